@@ -1,0 +1,77 @@
+//! What a deployed function is: a command to run, with the environment it declares.
+
+use serde::{Deserialize, Serialize};
+
+/// Longest function name accepted; names travel in every placement.
+pub const MAX_FUNCTION_NAME: usize = 128;
+
+/// A registered function. The spec travels with every placement, so dispatchers need no copy
+/// of the registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionSpec {
+    /// Unique name.
+    pub name: String,
+    /// Program and arguments; the payload arrives on stdin, the answer is read from stdout.
+    pub command: Vec<String>,
+    /// The only environment variables the process sees.
+    pub env: Vec<(String, String)>,
+    /// Store version, raised by every deploy; 0 before the first.
+    pub version: u64,
+}
+
+/// Why a spec is refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SpecError {
+    /// Empty or too-long name, or one with characters other than `[A-Za-z0-9_.-]`.
+    #[error("function name `{0}` must be 1-{MAX_FUNCTION_NAME} characters of A-Z a-z 0-9 _ . -")]
+    BadName(String),
+    /// No program to run.
+    #[error("function `{0}` has an empty command")]
+    EmptyCommand(String),
+}
+
+impl FunctionSpec {
+    /// Checks the spec before it is stored.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= MAX_FUNCTION_NAME
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !name_ok {
+            return Err(SpecError::BadName(self.name.clone()));
+        }
+        if self.command.first().is_none_or(|p| p.is_empty()) {
+            return Err(SpecError::EmptyCommand(self.name.clone()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, command: &[&str]) -> FunctionSpec {
+        FunctionSpec {
+            name: name.into(),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            env: vec![],
+            version: 0,
+        }
+    }
+
+    #[test]
+    fn names_and_commands_are_checked() {
+        assert_eq!(spec("echo", &["/bin/cat"]).validate(), Ok(()));
+        assert!(matches!(
+            spec("a b", &["/bin/cat"]).validate(),
+            Err(SpecError::BadName(_))
+        ));
+        assert!(matches!(
+            spec("x", &[]).validate(),
+            Err(SpecError::EmptyCommand(_))
+        ));
+    }
+}

@@ -1,0 +1,352 @@
+//! The messages Tariff processes exchange, one type per request and per response.
+//!
+//! Every stream starts with a [`StreamOpen`] frame that says what the stream is for; after that
+//! each side sends the frames of that stream's role. The byte layout of frames is the business
+//! of [`crate::codec`] alone. `docs/protocol.md` describes the streams and their order.
+
+use serde::{Deserialize, Serialize};
+
+use crate::class::ClassId;
+use crate::function::FunctionSpec;
+
+/// ALPN token of the Tariff protocol; a peer that speaks anything else is refused by TLS.
+pub const ALPN: &[u8] = b"tariff/1";
+
+/// Identifies an invocation cluster-wide: the shard's id in the high 16 bits, a counter below.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct InvocationId(pub u64);
+
+impl std::fmt::Display for InvocationId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:04x}-{:012x}", self.0 >> 48, self.0 & 0xffff_ffff_ffff)
+    }
+}
+
+/// The first frame of every stream: what the stream carries from now on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum StreamOpen {
+    /// A client request; the stream carries this one request and one [`ClientResponse`].
+    Client(ClientRequest),
+    /// A dispatcher's control stream: registration, idle-list entries and polls.
+    DispatcherControl(DispatcherHello),
+    /// A dispatcher's lane for one class: placements in, completions out.
+    ClassLane {
+        /// The machine that opened the lane.
+        machine: String,
+        /// The class this lane carries.
+        class: ClassId,
+    },
+    /// A peer shard passing on a change it wrote to the store.
+    PeerNotice(PeerNotice),
+}
+
+/// What a client (the CLI, the bench harness, a function calling another) asks a shard.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ClientRequest {
+    /// Run a function.
+    Invoke(InvokeRequest),
+    /// Register or replace a function.
+    Deploy(FunctionSpec),
+    /// List the registered functions.
+    ListFunctions,
+    /// The shard's view of the cluster.
+    Status,
+}
+
+/// A request to run one function once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InvokeRequest {
+    /// Registered function name.
+    pub function: String,
+    /// Price class name.
+    pub class: String,
+    /// Tenant paying for it.
+    pub tenant: String,
+    /// Bytes given to the function on stdin.
+    pub payload: Vec<u8>,
+    /// How long the caller waits for an answer, in milliseconds; 0 means the shard's default.
+    pub timeout_ms: u64,
+}
+
+/// A shard's answer to one [`ClientRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ClientResponse {
+    /// The answer to an invocation.
+    Invoked(Result<InvocationOutcome, InvokeError>),
+    /// The function is stored at this version.
+    Deployed {
+        /// Function name.
+        name: String,
+        /// Version the store gave it.
+        version: u64,
+    },
+    /// The request was refused; the reason says why.
+    Refused(String),
+    /// Registered functions.
+    Functions(Vec<FunctionSpec>),
+    /// The shard's status.
+    Status(ShardStatus),
+    /// The frame could not be understood; the stream is closed after this.
+    ProtocolError(String),
+}
+
+/// When each stage of an invocation happened, in microseconds since the Unix epoch. The first
+/// two are read on the shard's clock, the next two on the dispatcher's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timings {
+    /// The shard accepted the request.
+    pub queued_at_us: u64,
+    /// The shard chose a machine and sent it the invocation.
+    pub placed_at_us: u64,
+    /// The dispatcher started the function's process.
+    pub started_at_us: u64,
+    /// The function's process finished.
+    pub finished_at_us: u64,
+}
+
+impl Timings {
+    /// Microseconds spent in the shard's queue.
+    pub fn queued_us(&self) -> u64 {
+        self.placed_at_us.saturating_sub(self.queued_at_us)
+    }
+
+    /// Microseconds between placement and the process starting (network plus spawn).
+    pub fn start_us(&self) -> u64 {
+        self.started_at_us.saturating_sub(self.placed_at_us)
+    }
+
+    /// Microseconds the process ran.
+    pub fn run_us(&self) -> u64 {
+        self.finished_at_us.saturating_sub(self.started_at_us)
+    }
+}
+
+/// A successful invocation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InvocationOutcome {
+    /// The invocation.
+    pub id: InvocationId,
+    /// What the function wrote to stdout.
+    pub output: Vec<u8>,
+    /// Stage timings.
+    pub timings: Timings,
+    /// Machine that ran it.
+    pub machine: String,
+    /// Peak resident memory of the function's process, in bytes.
+    pub peak_memory_bytes: u64,
+    /// CPU time the process used, user plus system, in microseconds.
+    pub cpu_time_us: u64,
+}
+
+/// Why an invocation did not produce a result. Every submitted invocation ends in exactly one
+/// [`InvocationOutcome`] or one of these.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+pub enum InvokeError {
+    /// No function of that name is registered.
+    #[error("unknown function `{0}`")]
+    UnknownFunction(String),
+    /// The class name is not one of the cluster's.
+    #[error("{0}")]
+    BadClass(String),
+    /// The payload is larger than the shard accepts.
+    #[error("payload of {size} bytes is larger than the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// Payload size.
+        size: u64,
+        /// The shard's limit.
+        limit: u64,
+    },
+    /// The tenant has spent its budget.
+    #[error("tenant `{0}` is over budget")]
+    OverBudget(String),
+    /// The shard's queues are full.
+    #[error("shard overloaded: {queued} invocations queued, limit {limit}")]
+    Overloaded {
+        /// Invocations queued.
+        queued: u64,
+        /// The queue limit.
+        limit: u64,
+    },
+    /// No answer came within the timeout.
+    #[error("timed out after {0} ms")]
+    TimedOut(u64),
+    /// The machine running the invocation went away before answering.
+    #[error("machine `{0}` was lost while running the invocation")]
+    MachineLost(String),
+    /// The function ran and failed.
+    #[error("function exited with {status}; stderr: {stderr_tail}")]
+    FunctionFailed {
+        /// How it ended, e.g. `exit status 3` or `signal 9`.
+        status: String,
+        /// The end of what it wrote to stderr.
+        stderr_tail: String,
+    },
+    /// The function's process could not be started.
+    #[error("could not start the function: {0}")]
+    StartFailed(String),
+    /// The request could not be understood.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The shard is shutting down.
+    #[error("shard shutting down")]
+    ShuttingDown,
+}
+
+/// A shard's view of its part of the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShardStatus {
+    /// Shard id.
+    pub shard_id: u16,
+    /// Price class names, most expensive first.
+    pub classes: Vec<String>,
+    /// Queued invocations per class.
+    pub queued: Vec<u64>,
+    /// Machines connected to this shard.
+    pub machines: Vec<String>,
+    /// Machines on this shard's idle list.
+    pub idle_list: Vec<String>,
+    /// Invocations placed and not yet answered.
+    pub in_flight: u64,
+}
+
+/// First frame of a dispatcher's control stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DispatcherHello {
+    /// The machine's name, unique in the cluster.
+    pub machine: String,
+    /// CPUs functions may use.
+    pub cores: u32,
+    /// Memory functions may use, in bytes.
+    pub memory_bytes: u64,
+    /// Invocations at or above one class the machine runs at once.
+    pub slots: u32,
+}
+
+/// Frames a shard sends on a dispatcher's control stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ShardToDispatcher {
+    /// Registration accepted.
+    Welcome {
+        /// Shard id.
+        shard_id: u16,
+        /// Price classes (names, most expensive first) so the dispatcher opens one lane each.
+        classes: Vec<String>,
+    },
+    /// How many machines are on this shard's idle list.
+    IdleListLength {
+        /// Sequence number of the query answered.
+        seq: u64,
+        /// Entries on the list.
+        length: u32,
+    },
+    /// Power-of-k poll: how busy are you?
+    Poll {
+        /// Sequence number echoed in the reply.
+        seq: u64,
+    },
+    /// Stop running an invocation: its caller has stopped waiting.
+    Cancel(InvocationId),
+}
+
+/// Frames a dispatcher sends on its control stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum DispatcherToShard {
+    /// Ask for the length of the idle list.
+    QueryIdleListLength {
+        /// Sequence number to echo.
+        seq: u64,
+    },
+    /// Join, update or leave this shard's idle list.
+    Idle(IdleEntry),
+    /// Reply to a [`ShardToDispatcher::Poll`].
+    Load {
+        /// Sequence number of the poll.
+        seq: u64,
+        /// The machine's load.
+        load: MachineLoad,
+    },
+}
+
+/// A dispatcher's entry on a shard's idle list.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct IdleEntry {
+    /// True to join or update, false to leave the list.
+    pub listed: bool,
+    /// Free memory in bytes.
+    pub free_memory_bytes: u64,
+    /// Invocations placed on the machine and not finished.
+    pub queue_length: u32,
+}
+
+/// How busy a machine is, as reported to a poll.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MachineLoad {
+    /// Unfinished invocations per class, most expensive first.
+    pub per_class: Vec<u32>,
+    /// Invocations at or above one class the machine takes at once.
+    pub slots: u32,
+    /// Free memory in bytes.
+    pub free_memory_bytes: u64,
+}
+
+/// An invocation sent to a machine on a class lane.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Placement {
+    /// The invocation.
+    pub id: InvocationId,
+    /// Its class.
+    pub class: ClassId,
+    /// Tenant paying.
+    pub tenant: String,
+    /// What to run.
+    pub function: FunctionSpec,
+    /// stdin bytes.
+    pub payload: Vec<u8>,
+    /// Milliseconds the function may run before it is killed.
+    pub timeout_ms: u64,
+}
+
+/// What a machine sends back on a class lane when an invocation ends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Completion {
+    /// The invocation.
+    pub id: InvocationId,
+    /// Its result or error.
+    pub result: Result<RunReport, InvokeError>,
+}
+
+/// The machine's account of a successful run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunReport {
+    /// stdout.
+    pub output: Vec<u8>,
+    /// Process start, µs since the epoch.
+    pub started_at_us: u64,
+    /// Process end, µs since the epoch.
+    pub finished_at_us: u64,
+    /// Peak resident memory in bytes.
+    pub peak_memory_bytes: u64,
+    /// CPU time used, µs.
+    pub cpu_time_us: u64,
+}
+
+/// A change one shard wrote to the store, passed on so peers refresh their caches now rather
+/// than at their next miss.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum PeerNotice {
+    /// A function was deployed or replaced.
+    FunctionChanged {
+        /// Its name.
+        name: String,
+        /// Its new version.
+        version: u64,
+    },
+}
+
+/// Current time in microseconds since the Unix epoch.
+pub fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
