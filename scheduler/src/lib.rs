@@ -1,1 +1,18 @@
-//! placeholder
+//! The scheduler shard: takes invocations from clients, queues them per price class, and
+//! places them on machines.
+//!
+//! The policy is a pure core with no I/O ([`queue`], [`idle_list`], [`placement`], and
+//! [`shard`] which combines them); the QUIC service around it is in [`server`]. The simulator
+//! drives the same core in virtual time.
+
+pub mod idle_list;
+pub mod placement;
+pub mod queue;
+pub mod shard;
+
+pub use shard::{ShardConfig, ShardCore, Step, Taken};
+
+/// A shard's handle on a machine it knows: an index into its machine table, cheap to copy and
+/// compare in the hot path. The driver maps connections to indices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MachineIdx(pub u32);

@@ -1,0 +1,416 @@
+//! The shard's decisions as a pure state machine: what to place next, and where.
+//!
+//! [`ShardCore`] owns the class queues, the idle list and the table of known machines. It does
+//! no I/O and reads no clock: callers pass `now` and feed it events (a submission, a poll's
+//! answers, a completion, an idle-list update). The live shard drives it from QUIC tasks; the
+//! simulator drives the very same code in virtual time.
+//!
+//! A placement round is [`ShardCore::next`]: take the best queue head among eligible classes;
+//! place it on the idle list's best machine if that has room, else ask the caller to poll k
+//! machines and hand the answers to [`ShardCore::polled`]. When no polled machine has room the
+//! invocation goes back to the head of its queue and its class, and every cheaper class, is
+//! *blocked*: they need at least as much room, so trying them now would only poll in vain.
+//! Dearer classes still go (they may preempt). Any sign of freed capacity lifts the block.
+
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use tariff_common::wire::IdleEntry;
+use tariff_common::ClassId;
+
+use crate::idle_list::{IdleList, IdleMachine};
+use crate::placement::{self, PolledLoad};
+use crate::queue::{ClassQueues, DEFAULT_AGING};
+use crate::MachineIdx;
+
+/// Default cap on queued invocations per shard before new ones are refused as overloaded.
+pub const DEFAULT_MAX_QUEUED: usize = 100_000;
+
+/// Tunables of a shard's policy.
+#[derive(Debug, Clone)]
+pub struct ShardConfig {
+    /// Machines polled when the idle list has none with room.
+    pub k: usize,
+    /// τ of the queue's score; see [`crate::queue`].
+    pub aging: Duration,
+    /// Queued invocations beyond which submissions are refused.
+    pub max_queued: usize,
+    /// Place from the idle list first (the paper's latency experiment turns it off).
+    pub use_idle_list: bool,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        Self {
+            k: placement::DEFAULT_K,
+            aging: DEFAULT_AGING,
+            max_queued: DEFAULT_MAX_QUEUED,
+            use_idle_list: true,
+        }
+    }
+}
+
+/// A submission refused because the queues are full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("shard overloaded: {queued} invocations queued, limit {limit}")]
+pub struct Overloaded {
+    /// Invocations queued.
+    pub queued: usize,
+    /// The limit.
+    pub limit: usize,
+}
+
+/// An invocation taken off its queue, on its way to a machine.
+#[derive(Debug)]
+pub struct Taken<T> {
+    /// The caller's invocation.
+    pub item: T,
+    /// Its class.
+    pub class: ClassId,
+    /// When it was queued.
+    pub enqueued: Duration,
+}
+
+/// What the caller must do next.
+#[derive(Debug)]
+pub enum Step<T> {
+    /// Send the invocation to this machine.
+    Place(Taken<T>, MachineIdx),
+    /// Poll these machines for their load, then call [`ShardCore::polled`].
+    Poll(Taken<T>, Vec<MachineIdx>),
+}
+
+struct Machine {
+    slots: u32,
+}
+
+/// The shard's pure core. `T` is whatever the driver keeps per invocation.
+pub struct ShardCore<T> {
+    config: ShardConfig,
+    queues: ClassQueues<T>,
+    idle: IdleList,
+    machines: Vec<Option<Machine>>,
+    known: Vec<MachineIdx>,
+    classes: usize,
+    /// Classes from this index down are blocked until capacity frees up.
+    blocked_from: usize,
+    rng: SmallRng,
+    sample: Vec<MachineIdx>,
+}
+
+impl<T> ShardCore<T> {
+    /// A core for classes with these prices (index = class id); `seed` fixes its random
+    /// choices, so a simulation is repeatable.
+    pub fn new(prices: Vec<f64>, config: ShardConfig, seed: u64) -> Self {
+        let classes = prices.len();
+        Self {
+            queues: ClassQueues::new(prices, config.aging),
+            config,
+            idle: IdleList::new(),
+            machines: Vec::new(),
+            known: Vec::new(),
+            classes,
+            blocked_from: classes,
+            rng: SmallRng::seed_from_u64(seed),
+            sample: Vec::new(),
+        }
+    }
+
+    /// A machine connected; it can now be polled.
+    pub fn add_machine(&mut self, machine: MachineIdx, slots: u32) {
+        let i = machine.0 as usize;
+        if self.machines.len() <= i {
+            self.machines.resize_with(i + 1, || None);
+        }
+        if self.machines[i].replace(Machine { slots }).is_none() {
+            self.known.push(machine);
+        }
+        self.unblock();
+    }
+
+    /// A machine disconnected; it is forgotten, on the idle list too.
+    pub fn remove_machine(&mut self, machine: MachineIdx) {
+        if let Some(slot) = self.machines.get_mut(machine.0 as usize) {
+            if slot.take().is_some() {
+                self.known.retain(|&m| m != machine);
+            }
+        }
+        self.idle.remove(machine);
+    }
+
+    /// Queues an invocation, or gives it back if the queues are full.
+    pub fn submit(
+        &mut self,
+        class: ClassId,
+        item: T,
+        now: Duration,
+    ) -> Result<(), (T, Overloaded)> {
+        if self.queues.len() >= self.config.max_queued {
+            let overloaded = Overloaded {
+                queued: self.queues.len(),
+                limit: self.config.max_queued,
+            };
+            return Err((item, overloaded));
+        }
+        self.queues.push(class, item, now);
+        Ok(())
+    }
+
+    /// The next thing to do, or `None` when nothing eligible is queued or no machine is known.
+    pub fn next(&mut self, now: Duration) -> Option<Step<T>> {
+        if self.known.is_empty() {
+            return None;
+        }
+        let class = self.queues.next_class(now, self.blocked_from)?;
+        let machine = if self.config.use_idle_list {
+            self.idle.best()
+        } else {
+            None
+        };
+        let (item, enqueued) = self.queues.pop(class)?;
+        let taken = Taken {
+            item,
+            class,
+            enqueued,
+        };
+        match machine {
+            Some(machine) => {
+                self.idle.placed(machine);
+                Some(Step::Place(taken, machine))
+            }
+            None => {
+                let mut sample = std::mem::take(&mut self.sample);
+                placement::sample(&mut self.rng, &self.known, self.config.k, &mut sample);
+                let candidates = sample.clone();
+                self.sample = sample;
+                Some(Step::Poll(taken, candidates))
+            }
+        }
+    }
+
+    /// Hands in the answers to a poll (machines that did not answer are simply absent).
+    /// Returns the placement, or `Err(())` when the invocation went back to its queue.
+    pub fn polled(
+        &mut self,
+        taken: Taken<T>,
+        answers: &[PolledLoad<'_>],
+    ) -> Result<(Taken<T>, MachineIdx), ()> {
+        match placement::least_loaded(taken.class, answers) {
+            Some(machine) => {
+                self.idle.placed(machine);
+                Ok((taken, machine))
+            }
+            None => {
+                self.blocked_from = self.blocked_from.min(taken.class.index());
+                self.queues
+                    .push_front(taken.class, taken.item, taken.enqueued);
+                Err(())
+            }
+        }
+    }
+
+    /// Returns a taken invocation to the head of its queue without blocking anything (its
+    /// machine vanished before it could be sent).
+    pub fn requeue(&mut self, taken: Taken<T>) {
+        self.queues
+            .push_front(taken.class, taken.item, taken.enqueued);
+    }
+
+    /// An invocation this shard placed on `machine` finished there.
+    pub fn completed(&mut self, machine: MachineIdx) {
+        self.idle.finished(machine);
+        self.unblock();
+    }
+
+    /// A machine joined, updated or left this shard's idle list.
+    pub fn idle_update(&mut self, machine: MachineIdx, entry: IdleEntry) {
+        let Some(Some(known)) = self.machines.get(machine.0 as usize) else {
+            return;
+        };
+        if entry.listed {
+            self.idle.upsert(
+                machine,
+                IdleMachine {
+                    free_memory_bytes: entry.free_memory_bytes,
+                    queue_length: entry.queue_length,
+                    slots: known.slots,
+                },
+            );
+            self.unblock();
+        } else {
+            self.idle.remove(machine);
+        }
+    }
+
+    /// Lifts the block on cheaper classes: capacity may have freed up somewhere.
+    pub fn unblock(&mut self) {
+        self.blocked_from = self.classes;
+    }
+
+    /// True when some class is waiting for capacity.
+    pub fn is_blocked(&self) -> bool {
+        self.blocked_from < self.classes && !self.queues.is_empty()
+    }
+
+    /// Removes queued invocations for which `expired` is true.
+    pub fn expire(&mut self, expired: impl FnMut(&T) -> bool) -> Vec<T> {
+        self.queues.remove_where(expired)
+    }
+
+    /// Removes everything queued.
+    pub fn drain(&mut self) -> Vec<T> {
+        self.queues.drain().collect()
+    }
+
+    /// Invocations queued per class.
+    pub fn queued_per_class(&self) -> Vec<usize> {
+        self.queues.per_class()
+    }
+
+    /// Invocations queued.
+    pub fn queued(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// Machines on the idle list, smallest queue first.
+    pub fn idle_machines(&self) -> impl Iterator<Item = MachineIdx> + '_ {
+        self.idle.machines()
+    }
+
+    /// Length of the idle list (what dispatchers compare when choosing a shard).
+    pub fn idle_list_len(&self) -> usize {
+        self.idle.len()
+    }
+
+    /// Machines known to this shard.
+    pub fn machines(&self) -> &[MachineIdx] {
+        &self.known
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn core() -> ShardCore<u32> {
+        ShardCore::new(vec![2.0, 1.5, 1.0, 0.5], ShardConfig::default(), 7)
+    }
+
+    fn listed(queue_length: u32) -> IdleEntry {
+        IdleEntry {
+            listed: true,
+            free_memory_bytes: 1 << 30,
+            queue_length,
+        }
+    }
+
+    #[test]
+    fn nothing_happens_without_machines() {
+        let mut core = core();
+        core.submit(ClassId(0), 1, MS).unwrap();
+        assert!(core.next(MS).is_none());
+        assert_eq!(core.queued(), 1);
+    }
+
+    #[test]
+    fn idle_list_is_used_first_then_polling() {
+        let mut core = core();
+        core.add_machine(MachineIdx(0), 1);
+        core.add_machine(MachineIdx(1), 1);
+        core.idle_update(MachineIdx(1), listed(0));
+        core.submit(ClassId(2), 10, MS).unwrap();
+        core.submit(ClassId(2), 11, MS).unwrap();
+        match core.next(MS) {
+            Some(Step::Place(t, m)) => assert_eq!((t.item, m), (10, MachineIdx(1))),
+            other => panic!("expected an idle-list placement, got {other:?}"),
+        }
+        match core.next(MS) {
+            Some(Step::Poll(t, candidates)) => {
+                assert_eq!(t.item, 11);
+                assert_eq!(candidates.len(), 2);
+            }
+            other => panic!("expected a poll once the listed machine is full, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_failed_poll_blocks_cheaper_classes_but_not_dearer_ones() {
+        let mut core = core();
+        core.add_machine(MachineIdx(0), 1);
+        for item in 0..3 {
+            core.submit(ClassId(3), item, MS).unwrap();
+        }
+        let busy = [0, 0, 0, 1];
+        let answers = [PolledLoad {
+            machine: MachineIdx(0),
+            per_class: &busy,
+            slots: 1,
+        }];
+        let Some(Step::Poll(taken, _)) = core.next(MS) else {
+            panic!("expected a poll")
+        };
+        assert!(core.polled(taken, &answers).is_err());
+        assert!(core.is_blocked());
+        assert!(core.next(2 * MS).is_none(), "batch stays blocked");
+        core.submit(ClassId(0), 99, 3 * MS).unwrap();
+        let Some(Step::Poll(taken, _)) = core.next(3 * MS) else {
+            panic!("critical is still tried")
+        };
+        assert_eq!(taken.item, 99);
+        let (placed, machine) = core.polled(taken, &answers).expect("critical has room");
+        assert_eq!((placed.item, machine), (99, MachineIdx(0)));
+        core.completed(MachineIdx(0));
+        let Some(Step::Poll(taken, _)) = core.next(4 * MS) else {
+            panic!("batch unblocked by a completion")
+        };
+        assert_eq!(taken.item, 0, "the requeued head keeps its place");
+    }
+
+    #[test]
+    fn overload_gives_the_item_back() {
+        let config = ShardConfig {
+            max_queued: 1,
+            ..ShardConfig::default()
+        };
+        let mut core: ShardCore<u32> = ShardCore::new(vec![1.0], config, 1);
+        core.submit(ClassId(0), 1, MS).unwrap();
+        let (item, err) = core.submit(ClassId(0), 2, MS).unwrap_err();
+        assert_eq!((item, err.queued, err.limit), (2, 1, 1));
+    }
+
+    #[test]
+    fn removed_machines_leave_the_idle_list() {
+        let mut core = core();
+        core.add_machine(MachineIdx(3), 4);
+        core.idle_update(MachineIdx(3), listed(0));
+        assert_eq!(core.idle_list_len(), 1);
+        core.remove_machine(MachineIdx(3));
+        assert_eq!(core.idle_list_len(), 0);
+        assert!(core.machines().is_empty());
+        core.idle_update(MachineIdx(3), listed(0));
+        assert_eq!(
+            core.idle_list_len(),
+            0,
+            "unknown machines cannot list themselves"
+        );
+    }
+
+    #[test]
+    fn same_seed_same_choices() {
+        let run = || {
+            let mut core = core();
+            for m in 0..50 {
+                core.add_machine(MachineIdx(m), 4);
+            }
+            core.submit(ClassId(1), 0, MS).unwrap();
+            match core.next(MS) {
+                Some(Step::Poll(_, c)) => c,
+                _ => unreachable!(),
+            }
+        };
+        assert_eq!(run(), run());
+    }
+}
