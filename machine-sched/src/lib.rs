@@ -1,1 +1,12 @@
-//! placeholder
+//! Tariff's machine scheduler: decides which function processes hold the machine's cores, and
+//! runs those processes.
+//!
+//! The two halves are kept apart on purpose: [`run_queue`] is the pure run order (no I/O, no
+//! clock), which the dispatcher and the simulator both drive; [`process`] is the thin I/O layer
+//! that starts, feeds, measures and kills one process.
+
+pub mod process;
+pub mod run_queue;
+
+pub use process::{spawn, ProcessHandle, RunError, RunOutput, RunRequest, RunningProcess};
+pub use run_queue::{Decision, RunQueue, TaskId};
