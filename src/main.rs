@@ -1,1 +1,161 @@
-fn main() {}
+//! `tariff`: the one binary. Subcommands run a shard, a dispatcher, an embedded local cluster
+//! or the simulator, and talk to a running cluster (deploy, invoke, status).
+//!
+//! Library errors are typed; this binary adds context with `anyhow` and maps invocation
+//! errors to distinct exit codes (see [`exit_code`]) so scripts can tell them apart.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tariff_common::cluster::{default_cluster_dir, Cluster, CLUSTER_ENV};
+use tariff_common::PriceClasses;
+
+mod commands;
+mod local;
+
+/// Tariff: a price-class priority scheduler for serverless functions.
+#[derive(Parser, Debug)]
+#[command(name = "tariff", version, about, long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every subcommand shares.
+#[derive(Args, Debug, Clone)]
+struct Global {
+    /// Cluster directory holding the credentials and the embedded store (created if empty).
+    #[arg(long, global = true, env = CLUSTER_ENV)]
+    cluster: Option<PathBuf>,
+}
+
+impl Global {
+    fn cluster_dir(&self) -> PathBuf {
+        self.cluster.clone().unwrap_or_else(default_cluster_dir)
+    }
+
+    fn open_cluster(&self) -> anyhow::Result<Cluster> {
+        let dir = self.cluster_dir();
+        Cluster::open(&dir).with_context(|| format!("opening cluster directory {}", dir.display()))
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a scheduler shard.
+    Shard(commands::ShardArgs),
+    /// Run a dispatcher (one per machine).
+    Dispatcher(commands::DispatcherArgs),
+    /// Register or replace a function.
+    Deploy(commands::DeployArgs),
+    /// Invoke a function and print its output.
+    Invoke(commands::InvokeArgs),
+    /// List registered functions.
+    Functions(commands::ShardAddr),
+    /// Show a shard's queues, machines and idle list.
+    Status(commands::ShardAddr),
+    /// Run an embedded cluster (shards, dispatchers, example functions) in this process.
+    Local(local::LocalArgs),
+}
+
+/// Parses `--classes`.
+fn parse_classes(text: &str) -> Result<PriceClasses, String> {
+    text.parse()
+        .map_err(|e: tariff_common::class::ClassError| e.to_string())
+}
+
+/// Parses a duration such as `500ms` or `2s`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| e.to_string())
+}
+
+/// Parses a comma-separated list of socket addresses.
+fn parse_addrs(text: &str) -> Result<Vec<SocketAddr>, String> {
+    text.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            s.trim()
+                .parse()
+                .map_err(|e| format!("`{s}` is not an address like 127.0.0.1:7000: {e}"))
+        })
+        .collect()
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let servers = matches!(
+        cli.command,
+        Command::Shard(_) | Command::Dispatcher(_) | Command::Local(_)
+    );
+    init_tracing(if servers { "info" } else { "warn" });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("starting the tokio runtime");
+    let code = runtime.block_on(run(cli.global, cli.command));
+    std::process::exit(code);
+}
+
+fn report(result: anyhow::Result<()>) -> i32 {
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+async fn run(global: Global, command: Command) -> i32 {
+    match command {
+        Command::Shard(args) => report(commands::shard(&global, args).await),
+        Command::Dispatcher(args) => report(commands::dispatcher(&global, args).await),
+        Command::Deploy(args) => report(commands::deploy(&global, args).await),
+        Command::Invoke(args) => commands::invoke(&global, args).await,
+        Command::Functions(args) => report(commands::functions(&global, args).await),
+        Command::Status(args) => report(commands::status(&global, args).await),
+        Command::Local(args) => report(local::run(&global, args).await),
+    }
+}
+
+/// Exit status for each kind of invocation failure, so scripts can branch on it.
+pub fn exit_code(error: &tariff_common::InvokeError) -> i32 {
+    use tariff_common::InvokeError as E;
+    match error {
+        E::UnknownFunction(_) => 3,
+        E::BadClass(_) => 4,
+        E::PayloadTooLarge { .. } => 5,
+        E::Overloaded { .. } | E::OverBudget(_) | E::ShuttingDown => 6,
+        E::TimedOut(_) => 7,
+        E::MachineLost(_) => 8,
+        E::FunctionFailed { .. } | E::StartFailed(_) => 9,
+        E::Protocol(_) => 11,
+    }
+}
+
+/// Exit status when no shard could be reached.
+pub const EXIT_UNREACHABLE: i32 = 10;

@@ -2,6 +2,7 @@
 //! protocol and its codec, cluster credentials and the cluster store.
 
 pub mod class;
+pub mod client;
 pub mod cluster;
 pub mod codec;
 pub mod function;

@@ -16,3 +16,11 @@ pub use shard::{ShardConfig, ShardCore, Step, Taken};
 /// compare in the hot path. The driver maps connections to indices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MachineIdx(pub u32);
+pub mod registry;
+pub mod server;
+
+mod client;
+mod machines;
+mod pump;
+
+pub use server::{Shard, ShardError, ShardOptions};

@@ -1,0 +1,421 @@
+//! The dispatcher service: one per machine. It keeps a session with every shard, answers
+//! polls, runs what is placed on it and keeps its idle-list entry current.
+//!
+//! Each shard session is a control stream plus one lane per class (see `docs/protocol.md`).
+//! A session that fails is retried with backoff, so shards can restart under a running
+//! dispatcher. Every [`IDLE_TICK`] the dispatcher measures free memory and asks the pure
+//! [`IdleAdvertiser`] whether to join, update or leave an idle list.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::seq::SliceRandom;
+use tariff_common::class::MAX_CLASSES;
+use tariff_common::cluster::{Cluster, ClusterError, CLUSTER_SERVER_NAME};
+use tariff_common::codec::{self, CodecError};
+use tariff_common::wire::{
+    Completion, DispatcherHello, DispatcherToShard, IdleEntry, MachineLoad as LoadReport,
+    Placement, ShardToDispatcher, StreamOpen,
+};
+use tariff_common::ClassId;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::executor::{Executor, MachineLoad, Running};
+use crate::idle_advert::{least_crowded, IdleAction, IdleAdvertiser, IdlePolicy};
+
+/// How often free memory is measured and the idle-list entry reconsidered.
+pub const IDLE_TICK: Duration = Duration::from_millis(50);
+/// First wait before reconnecting to a shard; doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long to wait for shards to report their idle-list lengths.
+const QUERY_TIMEOUT: Duration = Duration::from_millis(200);
+/// Default k for choosing a shard's idle list.
+pub const DEFAULT_K: usize = 3;
+
+/// Everything a dispatcher is configured with.
+#[derive(Debug, Clone)]
+pub struct DispatcherOptions {
+    /// Shards to serve.
+    pub shards: Vec<SocketAddr>,
+    /// This machine's name, unique in the cluster.
+    pub machine: String,
+    /// CPUs functions may use.
+    pub cores: u32,
+    /// Memory functions may use, in bytes.
+    pub memory_bytes: u64,
+    /// Invocations at or above one class run at once (default: cores).
+    pub slots: u32,
+    /// Directory for the dispatcher's files and the functions' working directory.
+    pub data_dir: PathBuf,
+    /// Shards compared when joining an idle list.
+    pub k: usize,
+}
+
+/// Why a dispatcher could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatcherError {
+    /// Credentials or endpoint.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// The data directory could not be prepared.
+    #[error("dispatcher data directory {path}: {source}")]
+    DataDir {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// No shard address was given.
+    #[error("a dispatcher needs at least one shard address (--shards)")]
+    NoShards,
+}
+
+/// A live session with one shard, as the rest of the dispatcher sees it.
+struct ShardHandle {
+    control: mpsc::UnboundedSender<DispatcherToShard>,
+    queries: Arc<Mutex<HashMap<u64, oneshot::Sender<u32>>>>,
+}
+
+struct Shared {
+    options: DispatcherOptions,
+    endpoint: quinn::Endpoint,
+    executor: Executor,
+    load: MachineLoad,
+    running: Running,
+    shards: Mutex<HashMap<usize, ShardHandle>>,
+    advertiser: Mutex<IdleAdvertiser>,
+    next_seq: AtomicU64,
+    /// The cluster's number of price classes, learned from the first shard's welcome.
+    classes: AtomicUsize,
+}
+
+impl Shared {
+    fn shards(&self) -> std::sync::MutexGuard<'_, HashMap<usize, ShardHandle>> {
+        self.shards.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn advertiser(&self) -> std::sync::MutexGuard<'_, IdleAdvertiser> {
+        self.advertiser.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn free_memory(&self) -> u64 {
+        let used = crate::memory::used_bytes(&self.running.pids());
+        self.options.memory_bytes.saturating_sub(used)
+    }
+
+    fn load_report(&self) -> LoadReport {
+        LoadReport {
+            per_class: self.load.snapshot()[..self.classes.load(Ordering::Relaxed)].to_vec(),
+            slots: self.options.slots,
+            free_memory_bytes: self.free_memory(),
+        }
+    }
+}
+
+/// A configured dispatcher.
+pub struct Dispatcher {
+    shared: Arc<Shared>,
+}
+
+impl Dispatcher {
+    /// Prepares the data directory and the QUIC endpoint. The price classes are learned from
+    /// the shards, so every machine follows the cluster's table without configuration.
+    pub fn new(cluster: &Cluster, options: DispatcherOptions) -> Result<Self, DispatcherError> {
+        let first = *options.shards.first().ok_or(DispatcherError::NoShards)?;
+        let work_dir = options.data_dir.join("work");
+        std::fs::create_dir_all(&work_dir).map_err(|source| DispatcherError::DataDir {
+            path: work_dir.clone(),
+            source,
+        })?;
+        let endpoint = cluster.client_endpoint(first)?;
+        let shared = Arc::new(Shared {
+            advertiser: Mutex::new(IdleAdvertiser::new(IdlePolicy::new(options.memory_bytes))),
+            executor: Executor { work_dir },
+            load: MachineLoad::new(MAX_CLASSES),
+            running: Running::default(),
+            shards: Mutex::default(),
+            next_seq: AtomicU64::new(1),
+            endpoint,
+            classes: AtomicUsize::new(0),
+            options,
+        });
+        Ok(Self { shared })
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let shared = self.shared;
+        info!(
+            machine = %shared.options.machine,
+            cores = shared.options.cores,
+            slots = shared.options.slots,
+            memory = shared.options.memory_bytes,
+            shards = shared.options.shards.len(),
+            "dispatcher starting"
+        );
+        let mut tasks = Vec::new();
+        for (index, &addr) in shared.options.shards.iter().enumerate() {
+            tasks.push(tokio::spawn(keep_session(shared.clone(), index, addr)));
+        }
+        tasks.push(tokio::spawn(advertise(shared.clone())));
+        shutdown.await;
+        info!("dispatcher shutting down");
+        for task in tasks {
+            task.abort();
+        }
+        shared.endpoint.close(0u32.into(), b"shutdown");
+    }
+}
+
+/// Keeps a session with one shard, reconnecting with backoff.
+async fn keep_session(shared: Arc<Shared>, index: usize, addr: SocketAddr) {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        match session(&shared, index, addr).await {
+            Ok(()) => {
+                info!(shard = %addr, "shard session ended");
+                backoff = FIRST_BACKOFF;
+            }
+            Err(error) => debug!(shard = %addr, %error, "shard session failed"),
+        }
+        shared.shards().remove(&index);
+        shared.advertiser().shard_lost(index);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Why a session with a shard ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("connecting: {0}")]
+    Connect(String),
+    #[error("framing: {0}")]
+    Codec(#[from] CodecError),
+    #[error("stream: {0}")]
+    Stream(#[from] quinn::ConnectionError),
+    #[error("shard did not welcome us")]
+    NoWelcome,
+    #[error("shard has {shard} price classes but other shards have {ours}: give every shard the same --classes")]
+    ClassMismatch { shard: usize, ours: usize },
+}
+
+async fn session(shared: &Arc<Shared>, index: usize, addr: SocketAddr) -> Result<(), SessionError> {
+    let conn = shared
+        .endpoint
+        .connect(addr, CLUSTER_SERVER_NAME)
+        .map_err(|e| SessionError::Connect(e.to_string()))?
+        .await
+        .map_err(|e| SessionError::Connect(e.to_string()))?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let options = &shared.options;
+    let hello = DispatcherHello {
+        machine: options.machine.clone(),
+        cores: options.cores,
+        memory_bytes: options.memory_bytes,
+        slots: options.slots,
+    };
+    codec::write_message(&mut send, &StreamOpen::DispatcherControl(hello)).await?;
+    let Some(ShardToDispatcher::Welcome { shard_id, classes }) =
+        codec::read_message(&mut recv).await?
+    else {
+        return Err(SessionError::NoWelcome);
+    };
+    let known = match shared.classes.compare_exchange(
+        0,
+        classes.len(),
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    ) {
+        Ok(_) => classes.len(),
+        Err(known) => known,
+    };
+    if classes.len() != known {
+        return Err(SessionError::ClassMismatch {
+            shard: classes.len(),
+            ours: known,
+        });
+    }
+    info!(shard = %addr, shard_id, "registered with shard");
+    let (control, mut outbox) = mpsc::unbounded_channel::<DispatcherToShard>();
+    let mut lanes = Vec::new();
+    for class in 0..known {
+        let (mut lane_send, lane_recv) = conn.open_bi().await?;
+        let open = StreamOpen::ClassLane {
+            machine: options.machine.clone(),
+            class: ClassId(class as u8),
+        };
+        codec::write_message(&mut lane_send, &open).await?;
+        lanes.push(tokio::spawn(serve_lane(
+            shared.clone(),
+            lane_send,
+            lane_recv,
+        )));
+    }
+    let queries: Arc<Mutex<HashMap<u64, oneshot::Sender<u32>>>> = Arc::default();
+    shared.shards().insert(
+        index,
+        ShardHandle {
+            control: control.clone(),
+            queries: queries.clone(),
+        },
+    );
+    let writer = tokio::spawn(async move {
+        while let Some(message) = outbox.recv().await {
+            if codec::write_message(&mut send, &message).await.is_err() {
+                break;
+            }
+        }
+    });
+    let result = loop {
+        match codec::read_message::<ShardToDispatcher, _>(&mut recv).await {
+            Ok(Some(message)) => handle_control(shared, &control, &queries, message),
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e.into()),
+        }
+    };
+    writer.abort();
+    for lane in lanes {
+        lane.abort();
+    }
+    conn.close(0u32.into(), b"session over");
+    result
+}
+
+fn handle_control(
+    shared: &Shared,
+    control: &mpsc::UnboundedSender<DispatcherToShard>,
+    queries: &Mutex<HashMap<u64, oneshot::Sender<u32>>>,
+    message: ShardToDispatcher,
+) {
+    match message {
+        ShardToDispatcher::Poll { seq } => {
+            let load = shared.load_report();
+            let _ = control.send(DispatcherToShard::Load { seq, load });
+        }
+        ShardToDispatcher::IdleListLength { seq, length } => {
+            let waiter = queries
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&seq);
+            if let Some(waiter) = waiter {
+                let _ = waiter.send(length);
+            }
+        }
+        ShardToDispatcher::Cancel(id) => shared.running.cancel(id),
+        ShardToDispatcher::Welcome { .. } => {}
+    }
+}
+
+/// Reads placements from one class lane, runs each, writes completions back on the lane.
+async fn serve_lane(shared: Arc<Shared>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let (done, mut outbox) = mpsc::unbounded_channel::<Completion>();
+    let writer = tokio::spawn(async move {
+        while let Some(completion) = outbox.recv().await {
+            if codec::write_message(&mut send, &completion).await.is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        match codec::read_message::<Placement, _>(&mut recv).await {
+            Ok(Some(placement)) => {
+                let shared = shared.clone();
+                let done = done.clone();
+                tokio::spawn(async move {
+                    let completion = shared
+                        .executor
+                        .execute(placement, &shared.load, &shared.running)
+                        .await;
+                    let _ = done.send(completion);
+                });
+            }
+            Ok(None) => break,
+            Err(error) => {
+                debug!(%error, "lane ended");
+                break;
+            }
+        }
+    }
+    drop(done);
+    let _ = writer.await;
+}
+
+/// Keeps the machine's idle-list entry in step with its free memory and queue.
+async fn advertise(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(IDLE_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let free = shared.free_memory();
+        let queue = shared.load.total();
+        let action = shared.advertiser().observe(free, queue);
+        match action {
+            IdleAction::Nothing => {}
+            IdleAction::Update(shard, entry) => send_idle(&shared, shard, entry),
+            IdleAction::Leave(shard) => {
+                let entry = IdleEntry {
+                    listed: false,
+                    free_memory_bytes: free,
+                    queue_length: queue,
+                };
+                send_idle(&shared, shard, entry);
+            }
+            IdleAction::Join(entry) => {
+                if let Some(shard) = choose_shard(&shared).await {
+                    send_idle(&shared, shard, entry);
+                    shared.advertiser().joined(shard, entry);
+                    debug!(shard, free, "joined an idle list");
+                }
+            }
+        }
+    }
+}
+
+fn send_idle(shared: &Shared, shard: usize, entry: IdleEntry) {
+    if let Some(handle) = shared.shards().get(&shard) {
+        let _ = handle.control.send(DispatcherToShard::Idle(entry));
+    }
+}
+
+/// Asks k connected shards for their idle-list lengths and picks the shortest.
+async fn choose_shard(shared: &Shared) -> Option<usize> {
+    let waiting: Vec<(usize, oneshot::Receiver<u32>)> = {
+        let shards = shared.shards();
+        let mut connected: Vec<usize> = shards.keys().copied().collect();
+        connected.shuffle(&mut rand::thread_rng());
+        connected.truncate(shared.options.k.max(1));
+        connected
+            .into_iter()
+            .filter_map(|index| {
+                let handle = shards.get(&index)?;
+                let seq = shared.next_seq.fetch_add(1, Ordering::Relaxed);
+                let (tx, rx) = oneshot::channel();
+                handle
+                    .queries
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(seq, tx);
+                handle
+                    .control
+                    .send(DispatcherToShard::QueryIdleListLength { seq })
+                    .ok()?;
+                Some((index, rx))
+            })
+            .collect()
+    };
+    let deadline = tokio::time::Instant::now() + QUERY_TIMEOUT;
+    let mut lengths = Vec::new();
+    for (index, rx) in waiting {
+        if let Ok(Ok(length)) = tokio::time::timeout_at(deadline, rx).await {
+            lengths.push((index, length));
+        }
+    }
+    least_crowded(&lengths)
+}

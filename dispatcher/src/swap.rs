@@ -1,0 +1,206 @@
+//! Price-class-based swapping: which instances to page out under memory pressure, which to
+//! bring back once it eases, and whom to kill when swapping cannot free enough.
+//!
+//! The paper's argument (section 3.2) is that priority scheduling makes swapping realistic:
+//! the machine scheduler never runs a lower class while a higher one waits, so the memory of
+//! the lowest class's waiting instances will not be touched soon, and paging it out costs the
+//! machine nothing it needs right now. The choices here follow from that:
+//!
+//! * swap out the lowest class first (highest class number), and within a class the most
+//!   recently arrived first: under first-come-first-served it is the last to run;
+//! * never swap a running instance (it would fault its pages straight back in);
+//! * never touch a dearer class while a cheaper one still has swappable memory;
+//! * swap back in dearest class first, earliest arrival first: the order the run queue will
+//!   run them in.
+//!
+//! This module is pure (no I/O, no clock): the live dispatcher and the simulator both call it.
+
+/// A function instance on the machine, as the swap policy sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Instance {
+    /// The caller's identifier for the instance.
+    pub id: u64,
+    /// Its price class; 0 is the most expensive.
+    pub class: u8,
+    /// Arrival order on the machine: lower arrived earlier (and runs earlier within its class).
+    pub arrival: u64,
+    /// Bytes it holds in memory now.
+    pub resident_bytes: u64,
+    /// Bytes of it that are swapped out now.
+    pub swapped_bytes: u64,
+    /// Whether it holds a core now.
+    pub running: bool,
+}
+
+/// The outcome of a choice that must free memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FreePlan {
+    /// Instances chosen, in the order they should be acted on.
+    pub victims: Vec<u64>,
+    /// Bytes the victims free together.
+    pub freed_bytes: u64,
+    /// Bytes still missing after every eligible instance was chosen; zero when the request
+    /// is met. A swap plan with a shortfall tells the caller to fall back on
+    /// [`choose_kills`].
+    pub shortfall_bytes: u64,
+}
+
+/// Lowest class first, then most recent arrival first: the instances that will run last.
+fn last_to_run_first(a: &Instance, b: &Instance) -> std::cmp::Ordering {
+    b.class.cmp(&a.class).then(b.arrival.cmp(&a.arrival))
+}
+
+/// Takes instances from `candidates` in order until `need` bytes are freed.
+fn take_until(candidates: Vec<&Instance>, need: u64) -> FreePlan {
+    let mut plan = FreePlan::default();
+    for instance in candidates {
+        if plan.freed_bytes >= need {
+            break;
+        }
+        plan.victims.push(instance.id);
+        plan.freed_bytes += instance.resident_bytes;
+    }
+    plan.shortfall_bytes = need.saturating_sub(plan.freed_bytes);
+    plan
+}
+
+/// Chooses non-running instances to swap out so that at least `need` bytes are freed.
+///
+/// Stops as soon as enough is freed, so a dearer class is only touched once every cheaper
+/// class's swappable memory is gone. Running instances and instances with nothing resident
+/// are never chosen.
+pub fn choose_swap_out(instances: &[Instance], need: u64) -> FreePlan {
+    if need == 0 {
+        return FreePlan::default();
+    }
+    let mut candidates: Vec<&Instance> = instances
+        .iter()
+        .filter(|i| !i.running && i.resident_bytes > 0)
+        .collect();
+    candidates.sort_by(|a, b| last_to_run_first(a, b));
+    take_until(candidates, need)
+}
+
+/// Chooses instances to kill when swapping alone cannot free `need` bytes: the last resort
+/// the paper keeps for when swap space runs out.
+///
+/// Same order as [`choose_swap_out`] (lowest class, latest arrival), but running instances
+/// are allowed: within a class a waiting instance still goes before a running one, since it
+/// has done less work that would be lost.
+pub fn choose_kills(instances: &[Instance], need: u64) -> FreePlan {
+    if need == 0 {
+        return FreePlan::default();
+    }
+    let mut candidates: Vec<&Instance> =
+        instances.iter().filter(|i| i.resident_bytes > 0).collect();
+    candidates.sort_by(|a, b| {
+        b.class
+            .cmp(&a.class)
+            .then(a.running.cmp(&b.running))
+            .then(b.arrival.cmp(&a.arrival))
+    });
+    take_until(candidates, need)
+}
+
+/// Chooses swapped-out instances to bring back into `free_bytes` of memory: dearest class
+/// first, earliest arrival first, the order the run queue will want them in.
+///
+/// Stops at the first instance that does not fit rather than skipping ahead to a smaller
+/// one: letting a later, cheaper instance take the room would only delay the one that runs
+/// next.
+pub fn choose_swap_in(instances: &[Instance], free_bytes: u64) -> Vec<u64> {
+    let mut candidates: Vec<&Instance> = instances.iter().filter(|i| i.swapped_bytes > 0).collect();
+    candidates.sort_by(|a, b| a.class.cmp(&b.class).then(a.arrival.cmp(&b.arrival)));
+    let mut left = free_bytes;
+    let mut chosen = Vec::new();
+    for instance in candidates {
+        if instance.swapped_bytes > left {
+            break;
+        }
+        left -= instance.swapped_bytes;
+        chosen.push(instance.id);
+    }
+    chosen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MB: u64 = 1 << 20;
+
+    fn inst(id: u64, class: u8, arrival: u64, resident_mb: u64, running: bool) -> Instance {
+        Instance {
+            id,
+            class,
+            arrival,
+            resident_bytes: resident_mb * MB,
+            swapped_bytes: 0,
+            running,
+        }
+    }
+
+    #[test]
+    fn lowest_class_and_latest_arrival_go_first() {
+        let instances = [
+            inst(1, 3, 1, 100, false),
+            inst(2, 3, 2, 100, false),
+            inst(3, 1, 0, 100, false),
+        ];
+        let plan = choose_swap_out(&instances, 150 * MB);
+        assert_eq!(plan.victims, vec![2, 1]);
+        assert_eq!(plan.freed_bytes, 200 * MB);
+        assert_eq!(plan.shortfall_bytes, 0);
+    }
+
+    #[test]
+    fn dearer_classes_are_untouched_when_cheaper_ones_suffice() {
+        let instances = [inst(1, 0, 0, 500, false), inst(2, 2, 1, 500, false)];
+        let plan = choose_swap_out(&instances, 400 * MB);
+        assert_eq!(plan.victims, vec![2]);
+    }
+
+    #[test]
+    fn running_instances_are_never_swapped_and_shortfall_is_reported() {
+        let instances = [inst(1, 3, 0, 1000, true), inst(2, 2, 1, 100, false)];
+        let plan = choose_swap_out(&instances, 500 * MB);
+        assert_eq!(plan.victims, vec![2]);
+        assert_eq!(plan.shortfall_bytes, 400 * MB);
+    }
+
+    #[test]
+    fn kills_may_take_a_running_lowest_class_instance() {
+        let instances = [
+            inst(1, 3, 0, 1000, true),
+            inst(2, 0, 1, 1000, true),
+            inst(3, 3, 2, 10, false),
+        ];
+        let plan = choose_kills(&instances, 500 * MB);
+        assert_eq!(
+            plan.victims,
+            vec![3, 1],
+            "waiting before running within a class"
+        );
+        assert_eq!(plan.shortfall_bytes, 0);
+    }
+
+    #[test]
+    fn swap_in_goes_dearest_and_earliest_first_and_stops_when_full() {
+        let mut a = inst(1, 2, 5, 0, false);
+        a.swapped_bytes = 100 * MB;
+        let mut b = inst(2, 1, 9, 0, false);
+        b.swapped_bytes = 300 * MB;
+        let mut c = inst(3, 2, 1, 0, false);
+        c.swapped_bytes = 50 * MB;
+        let chosen = choose_swap_in(&[a, b, c], 360 * MB);
+        assert_eq!(chosen, vec![2, 3], "instance 1 does not fit after them");
+        assert!(choose_swap_in(&[a, b, c], 10 * MB).is_empty());
+    }
+
+    #[test]
+    fn nothing_needed_nothing_chosen() {
+        let instances = [inst(1, 3, 0, 100, false)];
+        assert_eq!(choose_swap_out(&instances, 0), FreePlan::default());
+        assert_eq!(choose_kills(&instances, 0), FreePlan::default());
+    }
+}

@@ -1,0 +1,308 @@
+//! `tariff local`: a whole cluster in one process, for trying Tariff and for the demo.
+//!
+//! Shards and dispatchers are the same types the standalone commands run, talking over real
+//! QUIC on loopback; only the process boundary is missing. The example functions are found
+//! next to this executable (built by `cargo build --workspace`) and deployed by name.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use hdrhistogram::Histogram;
+use tariff_common::client::Client;
+use tariff_common::store::{ClusterStore, SqliteStore};
+use tariff_common::units::parse_size;
+use tariff_common::wire::InvokeRequest;
+use tariff_common::{FunctionSpec, PriceClasses};
+use tariff_dispatcher::{Dispatcher, DispatcherOptions};
+use tariff_scheduler::{Shard, ShardConfig, ShardOptions};
+use tokio::sync::watch;
+
+use crate::{parse_duration, Global};
+
+/// The example functions deployed into a local cluster, by binary name.
+pub const EXAMPLE_FUNCTIONS: [&str; 5] = ["echo", "sleep", "spin", "alloc", "fail"];
+
+/// `tariff local`.
+#[derive(Args, Debug)]
+pub struct LocalArgs {
+    /// Scheduler shards to start.
+    #[arg(long, default_value_t = 2)]
+    shards: usize,
+    /// Dispatchers (simulated machines) to start.
+    #[arg(long, default_value_t = 2)]
+    dispatchers: usize,
+    /// Cores per dispatcher.
+    #[arg(long, default_value_t = 1)]
+    cores: u32,
+    /// Memory per dispatcher.
+    #[arg(long, value_parser = parse_size, default_value = "2G")]
+    memory: u64,
+    /// Run a short mixed-class load, print a per-class latency table and exit.
+    #[arg(long)]
+    demo: bool,
+    /// How long the demo's load runs.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    demo_duration: Duration,
+    /// Demo load as a multiple of the cluster's capacity (above 1 is overload).
+    #[arg(long, default_value_t = 1.5)]
+    demo_load: f64,
+    /// CPU milliseconds each demo invocation spins.
+    #[arg(long, default_value_t = 20)]
+    demo_spin_ms: u64,
+}
+
+/// Where the example function binaries are: beside the running executable.
+fn examples_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the tariff executable")?;
+    let dir = exe
+        .parent()
+        .context("the executable has no directory")?
+        .to_owned();
+    // `cargo test` runs binaries from target/<profile>/deps; the examples are one level up.
+    if dir.ends_with("deps") {
+        return Ok(dir.parent().map(Path::to_owned).unwrap_or(dir));
+    }
+    Ok(dir)
+}
+
+/// Specs for the example functions, refusing clearly if they were not built.
+pub fn example_specs() -> anyhow::Result<Vec<FunctionSpec>> {
+    let dir = examples_dir()?;
+    EXAMPLE_FUNCTIONS
+        .iter()
+        .map(|name| {
+            let path = dir.join(name);
+            if !path.exists() {
+                bail!(
+                    "example function {} is missing: build them with `cargo build --release --workspace`",
+                    path.display()
+                );
+            }
+            Ok(FunctionSpec {
+                name: (*name).to_owned(),
+                command: vec![path.to_string_lossy().into_owned()],
+                env: Vec::new(),
+                version: 0,
+            })
+        })
+        .collect()
+}
+
+pub async fn run(global: &Global, args: LocalArgs) -> anyhow::Result<()> {
+    if args.shards == 0 || args.dispatchers == 0 || args.cores == 0 {
+        bail!("a local cluster needs at least one shard, one dispatcher and one core");
+    }
+    let cluster = global.open_cluster()?;
+    let store: Arc<dyn ClusterStore> =
+        Arc::new(SqliteStore::open(&cluster.store_path()).context("opening the embedded store")?);
+    for spec in example_specs()? {
+        store.put_function(&spec)?;
+    }
+    let (stop, stopped) = watch::channel(false);
+    let until_stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|&s| s).await;
+    };
+    let local_dir = cluster.dir().join("local");
+    let classes = PriceClasses::default();
+    let mut shard_addrs = Vec::new();
+    let mut tasks = Vec::new();
+    for i in 0..args.shards {
+        let options = ShardOptions {
+            listen: ([127, 0, 0, 1], 0).into(),
+            data_dir: local_dir.join(format!("shard-{i}")),
+            shard_id: i as u16 + 1,
+            classes: classes.clone(),
+            policy: ShardConfig::default(),
+            peers: Vec::new(),
+            max_payload_bytes: tariff_scheduler::server::DEFAULT_MAX_PAYLOAD_BYTES,
+            default_timeout: tariff_scheduler::server::DEFAULT_TIMEOUT,
+        };
+        let shard = Shard::bind(&cluster, store.clone(), options)?;
+        shard_addrs.push(shard.local_addr());
+        tasks.push(tokio::spawn(shard.run(until_stopped(stopped.clone()))));
+    }
+    for i in 0..args.dispatchers {
+        let options = DispatcherOptions {
+            shards: shard_addrs.clone(),
+            machine: format!("local-{}", i + 1),
+            cores: args.cores,
+            memory_bytes: args.memory,
+            slots: args.cores,
+            data_dir: local_dir.join(format!("dispatcher-{i}")),
+            k: tariff_dispatcher::service::DEFAULT_K,
+        };
+        let dispatcher = Dispatcher::new(&cluster, options)?;
+        tasks.push(tokio::spawn(dispatcher.run(until_stopped(stopped.clone()))));
+    }
+    let addrs: Vec<String> = shard_addrs.iter().map(ToString::to_string).collect();
+    println!("Tariff local cluster");
+    println!("  cluster directory: {}", cluster.dir().display());
+    println!("  shards:            {}", addrs.join(", "));
+    println!(
+        "  dispatchers:       {} x {} core(s), {} MiB each",
+        args.dispatchers,
+        args.cores,
+        args.memory >> 20
+    );
+    println!("  price classes:     {classes}");
+    println!("  functions:         {}", EXAMPLE_FUNCTIONS.join(", "));
+    println!(
+        "try: tariff invoke --cluster {} --shard {} --function echo --class critical --payload hello",
+        cluster.dir().display(),
+        addrs[0]
+    );
+    wait_for_machines(&cluster, &shard_addrs, args.dispatchers).await?;
+    let result = if args.demo {
+        demo(&cluster, &shard_addrs, &args, &classes).await
+    } else {
+        println!("running; Ctrl-C to stop");
+        crate::shutdown_signal().await;
+        Ok(())
+    };
+    let _ = stop.send(true);
+    for task in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    result
+}
+
+/// Waits until every shard sees every dispatcher, so the first invocations are not refused
+/// for want of machines.
+async fn wait_for_machines(
+    cluster: &tariff_common::cluster::Cluster,
+    shards: &[SocketAddr],
+    dispatchers: usize,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for &addr in shards {
+        let client = Client::connect(cluster, addr).await?;
+        loop {
+            let response = client
+                .request(tariff_common::wire::ClientRequest::Status)
+                .await?;
+            if let tariff_common::wire::ClientResponse::Status(status) = response {
+                if status.machines.len() >= dispatchers {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("dispatchers did not register with shard {addr} within 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Per-class results of the demo.
+#[derive(Default)]
+struct ClassResult {
+    latency_us: Option<Histogram<u64>>,
+    errors: BTreeMap<String, u64>,
+}
+
+/// Open-loop mixed-class load: every class equally likely, a fixed spin per invocation,
+/// arrivals evenly spaced at `demo_load` times the cluster's capacity. Latency is measured
+/// from each invocation's scheduled send time.
+async fn demo(
+    cluster: &tariff_common::cluster::Cluster,
+    shards: &[SocketAddr],
+    args: &LocalArgs,
+    classes: &PriceClasses,
+) -> anyhow::Result<()> {
+    let mut clients = Vec::new();
+    for &addr in shards {
+        clients.push(Client::connect(cluster, addr).await?);
+    }
+    let capacity_per_sec =
+        f64::from(args.cores) * args.dispatchers as f64 * 1000.0 / args.demo_spin_ms as f64;
+    let rate = capacity_per_sec * args.demo_load;
+    let total = (rate * args.demo_duration.as_secs_f64()).ceil() as u64;
+    let gap = Duration::from_secs_f64(1.0 / rate);
+    println!(
+        "demo: {total} invocations of spin {} ms over {:?} at {:.0}/s ({:.1}x capacity), classes mixed evenly",
+        args.demo_spin_ms, args.demo_duration, rate, args.demo_load
+    );
+    let names: Vec<String> = classes.names().map(str::to_owned).collect();
+    let start = tokio::time::Instant::now();
+    let mut handles = Vec::new();
+    for n in 0..total {
+        let scheduled = start + gap.mul_f64(n as f64);
+        tokio::time::sleep_until(scheduled).await;
+        let client = clients[n as usize % clients.len()].clone();
+        let class = names[n as usize % names.len()].clone();
+        let request = InvokeRequest {
+            function: "spin".into(),
+            class: class.clone(),
+            tenant: "demo".into(),
+            payload: args.demo_spin_ms.to_string().into_bytes(),
+            timeout_ms: 60_000,
+        };
+        handles.push(tokio::spawn(async move {
+            let answer = client.invoke(request).await;
+            (class, scheduled.elapsed(), answer)
+        }));
+    }
+    let mut results: BTreeMap<String, ClassResult> = BTreeMap::new();
+    for handle in handles {
+        let (class, latency, answer) = handle.await?;
+        let entry = results.entry(class).or_default();
+        match answer {
+            Ok(Ok(_)) => {
+                let histogram = entry.latency_us.get_or_insert_with(|| {
+                    Histogram::new(3).expect("3 significant digits is valid")
+                });
+                let _ = histogram.record(latency.as_micros() as u64);
+            }
+            Ok(Err(e)) => {
+                *entry
+                    .errors
+                    .entry(crate::commands::error_kind(&e).into())
+                    .or_default() += 1
+            }
+            Err(e) => *entry.errors.entry(format!("client: {e}")).or_default() += 1,
+        }
+    }
+    println!();
+    println!(
+        "{:<10} {:>6} {:>10} {:>10} {:>10} {:>10}  errors",
+        "class", "ok", "p50 ms", "p90 ms", "p99 ms", "max ms"
+    );
+    for name in &names {
+        let Some(result) = results.get(name) else {
+            continue;
+        };
+        let ms = |q: f64| {
+            result
+                .latency_us
+                .as_ref()
+                .map_or(0.0, |h| h.value_at_quantile(q) as f64 / 1000.0)
+        };
+        let ok = result.latency_us.as_ref().map_or(0, Histogram::len);
+        let errors: Vec<String> = result
+            .errors
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!(
+            "{:<10} {:>6} {:>10.1} {:>10.1} {:>10.1} {:>10.1}  {}",
+            name,
+            ok,
+            ms(0.5),
+            ms(0.9),
+            ms(0.99),
+            ms(1.0),
+            if errors.is_empty() {
+                "-".into()
+            } else {
+                errors.join(" ")
+            }
+        );
+    }
+    Ok(())
+}
