@@ -15,7 +15,7 @@ use tariff_common::{FunctionSpec, PriceClasses};
 use tariff_dispatcher::{Dispatcher, DispatcherOptions};
 use tariff_scheduler::{Shard, ShardConfig, ShardOptions};
 
-use crate::{exit_code, parse_addrs, parse_classes, parse_duration, Global, EXIT_UNREACHABLE};
+use crate::{exit_code, parse_classes, parse_duration, Global, EXIT_UNREACHABLE};
 
 /// `tariff shard`.
 #[derive(Args, Debug)]
@@ -27,7 +27,7 @@ pub struct ShardArgs {
     #[arg(long)]
     data_dir: PathBuf,
     /// Other shards, told about deploys at once (comma separated).
-    #[arg(long, value_parser = parse_addrs, default_value = "")]
+    #[arg(long, value_delimiter = ',')]
     peers: Vec<SocketAddr>,
     /// Price classes as name=price,... (price per CPU-second); same on every shard.
     #[arg(long, value_parser = parse_classes, default_value = tariff_common::class::DEFAULT_CLASSES)]
@@ -56,7 +56,7 @@ pub struct ShardArgs {
 #[derive(Args, Debug)]
 pub struct DispatcherArgs {
     /// Shards to serve (comma separated).
-    #[arg(long, value_parser = parse_addrs)]
+    #[arg(long, value_delimiter = ',', required = true)]
     shards: Vec<SocketAddr>,
     /// CPUs functions may use.
     #[arg(long)]

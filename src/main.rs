@@ -4,7 +4,6 @@
 //! Library errors are typed; this binary adds context with `anyhow` and maps invocation
 //! errors to distinct exit codes (see [`exit_code`]) so scripts can tell them apart.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -72,18 +71,6 @@ fn parse_classes(text: &str) -> Result<PriceClasses, String> {
 /// Parses a duration such as `500ms` or `2s`.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| e.to_string())
-}
-
-/// Parses a comma-separated list of socket addresses.
-fn parse_addrs(text: &str) -> Result<Vec<SocketAddr>, String> {
-    text.split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| {
-            s.trim()
-                .parse()
-                .map_err(|e| format!("`{s}` is not an address like 127.0.0.1:7000: {e}"))
-        })
-        .collect()
 }
 
 fn init_tracing(default: &str) {

@@ -31,9 +31,9 @@ const STORE_FILE: &str = "store.sqlite3";
 /// for a client with many invocations in flight.
 pub const MAX_CONCURRENT_STREAMS: u32 = 4096;
 /// A connection with no traffic for this long is dead: its machine is declared lost.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Keep-alives keep healthy but quiet connections from reaching [`IDLE_TIMEOUT`].
-pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
+pub const KEEP_ALIVE: Duration = Duration::from_secs(1);
 
 /// Why the cluster's credentials or endpoints could not be set up.
 #[derive(Debug, thiserror::Error)]

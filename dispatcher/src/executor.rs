@@ -76,6 +76,13 @@ impl Running {
         }
     }
 
+    /// Kills every running function (at shutdown: nothing outlives its dispatcher).
+    pub fn kill_all(&self) {
+        for handle in self.lock().values() {
+            handle.kill();
+        }
+    }
+
     /// Process ids of every running function.
     pub fn pids(&self) -> Vec<i32> {
         self.lock().values().map(ProcessHandle::pid).collect()

@@ -23,7 +23,7 @@ use tariff_common::wire::{
 };
 use tariff_common::ClassId;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::executor::{Executor, MachineLoad, Running};
 use crate::idle_advert::{least_crowded, IdleAction, IdleAdvertiser, IdlePolicy};
@@ -169,6 +169,7 @@ impl Dispatcher {
         for task in tasks {
             task.abort();
         }
+        shared.running.kill_all();
         shared.endpoint.close(0u32.into(), b"shutdown");
     }
 }

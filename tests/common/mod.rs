@@ -1,0 +1,240 @@
+//! Shared helpers for the cross-process tests: start real `tariff shard` and `tariff
+//! dispatcher` processes on 127.0.0.1 with port 0, wait for them with bounded loops, and
+//! clean them up (processes and directories) when the test ends, pass or fail.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tariff_common::client::Client;
+use tariff_common::cluster::Cluster;
+use tariff_common::wire::{
+    ClientRequest, ClientResponse, InvocationOutcome, InvokeError, InvokeRequest,
+};
+use tariff_common::FunctionSpec;
+
+/// Longest a test waits for a process to come up.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest a stopped process gets to exit before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// The `tariff` binary under test.
+pub fn tariff() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tariff"))
+}
+
+/// Path of an example function binary.
+pub fn example(name: &str) -> PathBuf {
+    tariff().with_file_name(name)
+}
+
+/// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    /// Kills the process at once, as a crashed machine would die.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Asks the process to stop and waits (bounded) for it.
+    pub fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        // SAFETY: kill with a valid signal on our own child's pid has no memory effects.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A cluster of real processes in a private directory.
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub shards: Vec<Proc>,
+    pub shard_addrs: Vec<SocketAddr>,
+    pub dispatchers: Vec<Proc>,
+    pub cluster: Cluster,
+}
+
+impl TestCluster {
+    /// An empty cluster directory, with credentials.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cluster = Cluster::open(&dir.path().join("cluster")).expect("cluster credentials");
+        Self {
+            dir,
+            shards: Vec::new(),
+            shard_addrs: Vec::new(),
+            dispatchers: Vec::new(),
+            cluster,
+        }
+    }
+
+    pub fn cluster_dir(&self) -> PathBuf {
+        self.cluster.dir().to_owned()
+    }
+
+    /// A `tariff` command already pointed at this cluster.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(tariff());
+        cmd.arg("--cluster").arg(self.cluster_dir());
+        cmd.env("RUST_LOG", "warn");
+        cmd
+    }
+
+    /// Starts a shard with extra arguments and waits for its address.
+    pub fn start_shard(&mut self, extra: &[&str]) -> SocketAddr {
+        let n = self.shards.len();
+        let data_dir = self.dir.path().join(format!("shard-{n}"));
+        let addr_file = data_dir.join("shard.addr");
+        let child = self
+            .command()
+            .args(["shard", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data_dir)
+            .args(extra)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawning tariff shard");
+        self.shards.push(Proc {
+            child,
+            name: format!("shard-{n}"),
+        });
+        let addr = wait_for_file(&addr_file)
+            .parse()
+            .expect("shard.addr holds an address");
+        self.shard_addrs.push(addr);
+        addr
+    }
+
+    /// Starts a dispatcher serving every shard started so far.
+    pub fn start_dispatcher(&mut self, name: &str, cores: u32, extra: &[&str]) {
+        let shards: Vec<String> = self.shard_addrs.iter().map(ToString::to_string).collect();
+        let child = self
+            .command()
+            .args([
+                "dispatcher",
+                "--shards",
+                &shards.join(","),
+                "--memory",
+                "2G",
+            ])
+            .args(["--cores", &cores.to_string(), "--name", name, "--data-dir"])
+            .arg(self.dir.path().join(format!("dispatcher-{name}")))
+            .args(extra)
+            .spawn()
+            .expect("spawning tariff dispatcher");
+        self.dispatchers.push(Proc {
+            child,
+            name: name.into(),
+        });
+    }
+
+    /// A client of shard `i`.
+    pub async fn client(&self, i: usize) -> Client {
+        Client::connect(&self.cluster, self.shard_addrs[i])
+            .await
+            .expect("connecting to the shard")
+    }
+
+    /// Waits until every shard has `machines` machines registered with all lanes open.
+    pub async fn wait_for_machines(&self, machines: usize) {
+        for i in 0..self.shard_addrs.len() {
+            let client = self.client(i).await;
+            let deadline = Instant::now() + START_TIMEOUT;
+            loop {
+                if let Ok(ClientResponse::Status(status)) =
+                    client.request(ClientRequest::Status).await
+                {
+                    if status.machines.len() >= machines {
+                        break;
+                    }
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "shard {i} did not see {machines} machines in time"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        // Lanes open just after registration; give them a moment to be placeable.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    /// Deploys the example functions through shard 0.
+    pub async fn deploy_examples(&self) {
+        let client = self.client(0).await;
+        for name in ["echo", "sleep", "spin", "alloc", "fail"] {
+            let spec = FunctionSpec {
+                name: name.into(),
+                command: vec![example(name).to_string_lossy().into_owned()],
+                env: vec![],
+                version: 0,
+            };
+            let response = client.request(ClientRequest::Deploy(spec)).await.unwrap();
+            assert!(
+                matches!(response, ClientResponse::Deployed { .. }),
+                "{response:?}"
+            );
+        }
+    }
+}
+
+/// Reads a file a child writes once it is ready, waiting for it (bounded).
+pub fn wait_for_file(path: &Path) -> String {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if !text.trim().is_empty() {
+                return text.trim().to_owned();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} did not appear in time",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// An invocation request with a 30 s timeout.
+pub fn request(function: &str, class: &str, payload: &str) -> InvokeRequest {
+    InvokeRequest {
+        function: function.into(),
+        class: class.into(),
+        tenant: "test".into(),
+        payload: payload.as_bytes().to_vec(),
+        timeout_ms: 30_000,
+    }
+}
+
+/// Invokes and unwraps the transport result, leaving the shard's answer.
+pub async fn invoke(
+    client: &Client,
+    request: InvokeRequest,
+) -> Result<InvocationOutcome, InvokeError> {
+    client.invoke(request).await.expect("the shard answers")
+}
