@@ -5,6 +5,8 @@
 //! (answers fed back at once, as the simulator does), and, as the baseline the ratio is
 //! quoted against, a bare `VecDeque` push and pop, the least any queueing shard could do.
 
+#![allow(missing_docs)] // criterion's macros generate undocumented items
+
 use std::collections::VecDeque;
 use std::hint::black_box;
 use std::time::Duration;
@@ -90,7 +92,7 @@ fn bench(c: &mut Criterion) {
                             black_box(taken.item);
                             polling.completed(machine);
                         }
-                        Err(()) => polling.unblock(),
+                        Err(_) => polling.unblock(),
                     }
                 }
                 other => panic!("expected a poll, got {other:?}"),

@@ -10,7 +10,7 @@ pub mod placement;
 pub mod queue;
 pub mod shard;
 
-pub use shard::{ShardConfig, ShardCore, Step, Taken};
+pub use shard::{Requeued, ShardConfig, ShardCore, Step, Taken};
 
 /// A shard's handle on a machine it knows: an index into its machine table, cheap to copy and
 /// compare in the hot path. The driver maps connections to indices.

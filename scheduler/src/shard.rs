@@ -72,6 +72,10 @@ pub struct Taken<T> {
     pub enqueued: Duration,
 }
 
+/// The answer to a poll found no room: the invocation went back to the head of its queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Requeued;
+
 /// What the caller must do next.
 #[derive(Debug)]
 pub enum Step<T> {
@@ -190,12 +194,12 @@ impl<T> ShardCore<T> {
     }
 
     /// Hands in the answers to a poll (machines that did not answer are simply absent).
-    /// Returns the placement, or `Err(())` when the invocation went back to its queue.
+    /// Returns the placement, or [`Requeued`] when the invocation went back to its queue.
     pub fn polled(
         &mut self,
         taken: Taken<T>,
         answers: &[PolledLoad<'_>],
-    ) -> Result<(Taken<T>, MachineIdx), ()> {
+    ) -> Result<(Taken<T>, MachineIdx), Requeued> {
         match placement::least_loaded(taken.class, answers) {
             Some(machine) => {
                 self.idle.placed(machine);
@@ -205,7 +209,7 @@ impl<T> ShardCore<T> {
                 self.blocked_from = self.blocked_from.min(taken.class.index());
                 self.queues
                     .push_front(taken.class, taken.item, taken.enqueued);
-                Err(())
+                Err(Requeued)
             }
         }
     }
