@@ -60,6 +60,8 @@ enum Command {
     Status(commands::ShardAddr),
     /// Run an embedded cluster (shards, dispatchers, example functions) in this process.
     Local(local::LocalArgs),
+    /// Run the discrete-event simulator of the paper's experiments (docs/simulator.md).
+    Sim(tariff_bench::sim::SimArgs),
 }
 
 /// Parses `--classes`.
@@ -99,11 +101,16 @@ fn main() {
         Command::Shard(_) | Command::Dispatcher(_) | Command::Local(_)
     );
     init_tracing(if servers { "info" } else { "warn" });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("starting the tokio runtime");
-    let code = runtime.block_on(run(cli.global, cli.command));
+    let code = match cli.command {
+        Command::Sim(args) => report(tariff_bench::sim::run(&args)),
+        command => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("starting the tokio runtime");
+            runtime.block_on(run(cli.global, command))
+        }
+    };
     std::process::exit(code);
 }
 
@@ -126,6 +133,7 @@ async fn run(global: Global, command: Command) -> i32 {
         Command::Functions(args) => report(commands::functions(&global, args).await),
         Command::Status(args) => report(commands::status(&global, args).await),
         Command::Local(args) => report(local::run(&global, args).await),
+        Command::Sim(_) => unreachable!("the simulator runs without the async runtime"),
     }
 }
 

@@ -70,9 +70,7 @@ fn bench(c: &mut Criterion) {
     });
 
     let mut polling = core(false);
-    let loads: Vec<[u32; 4]> = (0..MACHINES)
-        .map(|m| [0, m % 2, m % 3, m % 5])
-        .collect();
+    let loads: Vec<[u32; 4]> = (0..MACHINES).map(|m| [0, m % 2, m % 3, m % 5]).collect();
     let mut answers = Vec::with_capacity(4);
     group.bench_function("power_of_k", |b| {
         b.iter(|| {

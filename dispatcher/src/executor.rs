@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tariff_common::codec::MAX_FRAME_BYTES;
 use tariff_common::wire::{Completion, InvocationId, InvokeError, Placement, RunReport};
-use tariff_machine_sched::{ProcessHandle, RunError, RunRequest};
+use tariff_machine_sched::{LaunchSpec, ProcessHandle, RunError, RunRequest};
 use tracing::{debug, Instrument};
 
 /// Largest stdout returned: what fits in a frame with room for the envelope.
@@ -126,12 +126,15 @@ impl Executor {
             ms => Duration::from_millis(ms),
         };
         let request = RunRequest {
-            command: placement.function.command,
-            env: placement.function.env,
+            launch: LaunchSpec {
+                command: placement.function.command,
+                env: placement.function.env,
+                work_dir: Some(self.work_dir.clone()),
+                ..LaunchSpec::default()
+            },
             stdin: placement.payload,
             timeout,
             max_output: MAX_OUTPUT_BYTES,
-            work_dir: Some(self.work_dir.clone()),
         };
         let result = match tariff_machine_sched::spawn(request) {
             Ok(process) => {

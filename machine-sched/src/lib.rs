@@ -5,8 +5,10 @@
 //! clock), which the dispatcher and the simulator both drive; [`process`] is the thin I/O layer
 //! that starts, feeds, measures and kills one process.
 
+pub mod launch;
 pub mod process;
 pub mod run_queue;
 
+pub use launch::LaunchSpec;
 pub use process::{spawn, ProcessHandle, RunError, RunOutput, RunRequest, RunningProcess};
 pub use run_queue::{Decision, RunQueue, TaskId};

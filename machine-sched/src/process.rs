@@ -16,9 +16,7 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStderr, ChildStdin, ChildStdout};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -32,6 +30,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::time::Instant;
 use tracing::{debug, warn};
+
+use crate::launch::LaunchSpec;
 
 /// How much of the child's stderr is kept: the end of it, where the error usually is.
 pub const STDERR_TAIL_BYTES: usize = 4 * 1024;
@@ -48,19 +48,14 @@ const MICROS_PER_SEC: u64 = 1_000_000;
 /// What to run and under which limits.
 #[derive(Debug, Clone)]
 pub struct RunRequest {
-    /// Program and arguments; the program is looked up the way `execvp` does.
-    pub command: Vec<String>,
-    /// The only environment the child sees: the runner's own environment is cleared first so
-    /// that no secret of the dispatcher leaks into a function.
-    pub env: Vec<(String, String)>,
+    /// Program, environment, identity and cgroups: see [`LaunchSpec`].
+    pub launch: LaunchSpec,
     /// Payload written to the child's stdin, which is then closed.
     pub stdin: Vec<u8>,
     /// Wall-clock limit from spawn; after it the whole process group is killed.
     pub timeout: Duration,
     /// Largest stdout accepted; more is [`RunError::OutputTooLarge`].
     pub max_output: usize,
-    /// Working directory of the child; the runner's own when `None`.
-    pub work_dir: Option<PathBuf>,
 }
 
 /// What a successful run produced and what it cost.
@@ -219,39 +214,23 @@ struct ChildIo {
     payload: Vec<u8>,
 }
 
-/// Starts `req.command` in its own process group with a cleared environment.
+/// Starts `req.launch` (see [`LaunchSpec`]) with its payload.
 ///
 /// Must be called within a tokio runtime (the pipes register with its reactor in `wait`).
 pub fn spawn(req: RunRequest) -> Result<RunningProcess, RunError> {
     let RunRequest {
-        command,
-        env,
+        launch,
         stdin,
         timeout,
         max_output,
-        work_dir,
     } = req;
-    let Some((program, args)) = command.split_first() else {
-        return Err(RunError::Spawn {
-            program: String::new(),
-            source: io::Error::new(io::ErrorKind::InvalidInput, "empty command"),
-        });
-    };
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .env_clear()
-        .envs(env)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // The child leads a new process group (pgid = its pid) so that killing the group
-        // reaches everything it starts.
-        .process_group(0);
-    if let Some(dir) = work_dir {
-        cmd.current_dir(dir);
-    }
-    // Children run at normal priority for now. The real-time priority (SCHED_FIFO) hook goes
-    // here, as a `CommandExt::pre_exec` closure, when the machine scheduler takes over.
+    let program = launch.program().to_owned();
+    let mut cmd = launch.command().map_err(|e| RunError::Spawn {
+        program: program.clone(),
+        source: io::Error::new(io::ErrorKind::InvalidInput, e.to_string()),
+    })?;
+    // Children start at normal priority: the machine scheduler raises them after exec, which
+    // keeps fork and exec (and their memory-management locks) out of the real-time path.
 
     let started_at_us = unix_micros();
     let deadline = Instant::now() + timeout;
@@ -574,12 +553,14 @@ mod tests {
 
     fn request(command: &[&str], stdin: &[u8]) -> RunRequest {
         RunRequest {
-            command: command.iter().map(|s| s.to_string()).collect(),
-            env: vec![("PATH".into(), TEST_PATH.into())],
+            launch: LaunchSpec {
+                command: command.iter().map(|s| s.to_string()).collect(),
+                env: vec![("PATH".into(), TEST_PATH.into())],
+                ..LaunchSpec::default()
+            },
             stdin: stdin.to_vec(),
             timeout: RUN_TIMEOUT,
             max_output: MAX_OUTPUT,
-            work_dir: None,
         }
     }
 
@@ -611,7 +592,7 @@ mod tests {
     #[tokio::test]
     async fn env_is_only_what_was_given() {
         let mut req = request(&["/usr/bin/env"], b"");
-        req.env = vec![("ONLY".into(), "this".into())];
+        req.launch.env = vec![("ONLY".into(), "this".into())];
         let out = run(req).await.unwrap();
         assert_eq!(out.stdout, b"ONLY=this\n");
     }
@@ -620,7 +601,7 @@ mod tests {
     async fn work_dir_is_used() {
         let dir = tempfile::tempdir().unwrap();
         let mut req = request(&["/bin/pwd"], b"");
-        req.work_dir = Some(dir.path().to_path_buf());
+        req.launch.work_dir = Some(dir.path().to_path_buf());
         let out = run(req).await.unwrap();
         let expected = dir.path().canonicalize().unwrap();
         assert_eq!(

@@ -1,0 +1,175 @@
+//! The `tariff sim` command line: parse the flags into a [`SimConfig`], run the sweep, write
+//! the JSON report and figures, print the table. Also `--convert-azure`, which turns the Azure
+//! Functions 2019 sample into the trace CSV format.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+use super::workload::{convert_azure, WorkloadConfig};
+use super::{report, run_sweep, SimConfig, GB};
+
+/// Loads of the default sweep, around the cluster's capacity.
+pub const DEFAULT_LOADS: &str = "0.5,0.7,0.9,1.0,1.1,1.2";
+/// File name of the JSON report in the output directory.
+pub const REPORT_FILE: &str = "report.json";
+/// File name of the latency figure.
+pub const FIG4_FILE: &str = "fig4.svg";
+/// File name of the memory figure.
+pub const FIG5_FILE: &str = "fig5.svg";
+/// Default output of `--convert-azure`.
+pub const DEFAULT_TRACE_OUT: &str = "trace.csv";
+
+/// Flags of `tariff sim`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SimArgs {
+    /// Seed of the workload and of every random choice; the same seed gives the same report.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Machines in the cluster.
+    #[arg(long, default_value_t = super::DEFAULT_MACHINES)]
+    pub machines: usize,
+    /// Cores per machine.
+    #[arg(long, default_value_t = super::DEFAULT_CORES)]
+    pub cores: usize,
+    /// Tariff scheduler shards.
+    #[arg(long, default_value_t = super::DEFAULT_SHARDS)]
+    pub shards: usize,
+    /// k of power-of-k choices.
+    #[arg(long, default_value_t = super::DEFAULT_K)]
+    pub k: usize,
+    /// Price classes.
+    #[arg(long, default_value_t = super::DEFAULT_CLASSES)]
+    pub classes: usize,
+    /// Invocations at or above a class a machine admits (default: its cores).
+    #[arg(long)]
+    pub slots: Option<u32>,
+    /// Simulated seconds.
+    #[arg(long, default_value_t = super::DEFAULT_DURATION_S)]
+    pub duration: f64,
+    /// Offered loads to sweep, as fractions of the cluster's cores, comma-separated.
+    #[arg(long, default_value = DEFAULT_LOADS)]
+    pub loads: String,
+    /// Schedulers to compare, comma-separated (tariff, hermod, edf, fifo); default all, or
+    /// tariff alone with --memory-experiment.
+    #[arg(long)]
+    pub schedulers: Option<String>,
+    /// Memory per machine in GB (default: unlimited, the latency experiment's set-up).
+    #[arg(long)]
+    pub memory_gb: Option<f64>,
+    /// Run the paper's memory experiment (Fig. 5): 32 GB per machine, idle list on.
+    #[arg(long)]
+    pub memory_experiment: bool,
+    /// Let Tariff's shards use the idle list in the latency experiment too.
+    #[arg(long)]
+    pub idle_list: bool,
+    /// Replay this trace CSV (arrival_s,function,duration_ms,memory_mb,class) instead of the
+    /// synthetic workload; it is time-scaled to each load.
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+    /// EDF deadlines count from arrival (textbook EDF) instead of the paper's literal
+    /// runtime × max price / price.
+    #[arg(long)]
+    pub edf_absolute_deadlines: bool,
+    /// Output directory for report.json and the figures (with --convert-azure: the CSV file).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Convert the Azure Functions 2019 sample in this directory to a trace CSV, then exit.
+    #[arg(long)]
+    pub convert_azure: Option<PathBuf>,
+    /// Minutes of the day to convert (default: all).
+    #[arg(long)]
+    pub convert_minutes: Option<usize>,
+}
+
+impl SimArgs {
+    /// The experiment these flags describe (at the first load).
+    pub fn config(&self) -> anyhow::Result<SimConfig> {
+        let mut config = if self.memory_experiment {
+            SimConfig::paper_memory(1.0)
+        } else {
+            SimConfig::paper(1.0)
+        };
+        config.seed = self.seed;
+        config.machines = self.machines;
+        config.cores = self.cores;
+        config.shards = self.shards;
+        config.k = self.k;
+        config.classes = self.classes;
+        config.slots = self.slots.unwrap_or(self.cores as u32);
+        config.duration_s = self.duration;
+        config.workload = WorkloadConfig::paper(self.classes);
+        config.trace = self.trace.clone();
+        config.idle_list |= self.idle_list;
+        config.edf_absolute_deadlines = self.edf_absolute_deadlines;
+        if let Some(gb) = self.memory_gb {
+            anyhow::ensure!(gb > 0.0, "--memory-gb must be positive");
+            config.memory_bytes = Some((gb * GB) as u64);
+        }
+        if let Some(list) = &self.schedulers {
+            config.schedulers = list
+                .split(',')
+                .filter(|s| !s.trim().is_empty())
+                .map(str::parse)
+                .collect::<Result<_, String>>()
+                .map_err(anyhow::Error::msg)?;
+        }
+        anyhow::ensure!(
+            self.machines > 0 && self.cores > 0 && self.shards > 0 && self.classes > 0,
+            "machines, cores, shards and classes must be positive"
+        );
+        anyhow::ensure!(self.classes <= usize::from(u8::MAX), "at most 255 classes");
+        anyhow::ensure!(self.duration > 0.0, "--duration must be positive");
+        Ok(config)
+    }
+
+    /// The loads to sweep.
+    pub fn loads(&self) -> anyhow::Result<Vec<f64>> {
+        let loads = self
+            .loads
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| {
+                s.trim()
+                    .parse::<f64>()
+                    .with_context(|| format!("--loads: not a number: {s:?}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        anyhow::ensure!(
+            !loads.is_empty() && loads.iter().all(|l| *l > 0.0),
+            "--loads needs positive numbers"
+        );
+        Ok(loads)
+    }
+}
+
+/// Writes `contents` to `path`.
+fn write(path: &Path, contents: &str) -> anyhow::Result<()> {
+    std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Runs `tariff sim` with these flags.
+pub fn run(args: &SimArgs) -> anyhow::Result<()> {
+    if let Some(dir) = &args.convert_azure {
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_TRACE_OUT));
+        let summary = convert_azure(dir, &out, args.classes, args.convert_minutes, args.seed)?;
+        report::print_conversion(&summary, &out);
+        return Ok(());
+    }
+    let config = args.config()?;
+    let loads = args.loads()?;
+    let sweep = run_sweep(&config, &loads)?;
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        write(&dir.join(REPORT_FILE), &sweep.to_json())?;
+        write(&dir.join(FIG4_FILE), &report::fig4_svg(&sweep))?;
+        if config.memory_bytes.is_some() {
+            write(&dir.join(FIG5_FILE), &report::fig5_svg(&sweep))?;
+        }
+    }
+    report::print_table(&sweep);
+    Ok(())
+}

@@ -1,0 +1,486 @@
+//! Tariff in the simulator: the live shard core, run queue and swap choice, driven in virtual
+//! time.
+//!
+//! Nothing here decides policy. Arrivals go round-robin to [`ShardCore`]s, which choose what to
+//! place next and where (idle list or power-of-k); polls are answered at once with each
+//! machine's true unfinished count per class. Each machine is a [`RunQueue`] whose
+//! start/preempt/resume decisions are carried out by tracking each task's remaining work.
+//! Memory pressure is resolved by [`tariff_dispatcher::swap`], and each machine's idle-list
+//! announcements (join the least crowded of k shards' lists when free memory is above a
+//! threshold, update on significant change, leave below it) by the dispatcher's
+//! [`IdleAdvertiser`].
+//!
+//! Memory per the paper: an invocation holds 100 MB when placed and grows linearly to its
+//! total as it runs. Memory is sampled at every event on the machine and at every tick, so
+//! growth between events is seen within one tick.
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tariff_common::wire::IdleEntry;
+use tariff_common::ClassId;
+use tariff_dispatcher::idle_advert::{
+    self, IdleAction, IdleAdvertiser, IdlePolicy, DEFAULT_IDLE_THRESHOLD,
+};
+use tariff_dispatcher::swap::{self, Instance};
+use tariff_machine_sched::run_queue::{Decision, RunQueue};
+use tariff_scheduler::placement::PolledLoad;
+use tariff_scheduler::{MachineIdx, ShardConfig, ShardCore, Step};
+
+use super::events::{to_duration, Event, Nanos};
+use super::workload::{Invocation, INITIAL_MEMORY_MB, MB};
+use super::{Ctx, Policy, SimConfig};
+
+/// Memory a machine reports on the idle list when the memory model is off ("absurdly high").
+const UNLIMITED_MEMORY: u64 = u64::MAX / 2;
+/// Swapped instances come back in before they run only while this fraction of memory stays
+/// free ("when the memory pressure is gone"), so a machine does not swap something in only to
+/// swap it out at the next growth step. The same fraction as the idle-list threshold: a
+/// machine with that much free memory counts as unpressured.
+pub const SWAP_IN_HEADROOM_FRACTION: f64 = DEFAULT_IDLE_THRESHOLD;
+/// Salt separating the dispatchers' random stream from the shards'.
+const DISPATCHER_SALT: u64 = 0xD15_BA7C;
+/// Rounds of swap/kill per memory check; a kill can start a swapped task which needs room in
+/// turn, but each round removes an instance, so a handful always suffices in practice.
+const MAX_MEMORY_ROUNDS: usize = 8;
+
+/// One invocation's state.
+#[derive(Debug, Clone, Copy)]
+struct Task {
+    /// The invocation.
+    inv: Invocation,
+    /// Its machine, once placed.
+    machine: u32,
+    /// The shard that queued it.
+    shard: u16,
+    /// Work left at `since` (or now, when not running).
+    remaining: Nanos,
+    /// When it last got a core.
+    since: Nanos,
+    /// Bumped on every start/preempt so stale completions are ignored.
+    generation: u32,
+    /// Whether it holds a core.
+    running: bool,
+    /// Arrival order on its machine.
+    seq: u64,
+    /// Bytes swapped out (0 = resident).
+    swapped: u64,
+}
+
+impl Task {
+    /// Bytes resident at `now`: 100 MB growing linearly to the total with work done.
+    fn resident(&self, now: Nanos) -> u64 {
+        if self.swapped > 0 {
+            return 0;
+        }
+        let base = (INITIAL_MEMORY_MB * MB).min(self.inv.memory);
+        let mut remaining = self.remaining;
+        if self.running {
+            remaining = remaining.saturating_sub(now.saturating_sub(self.since));
+        }
+        let done = self.inv.runtime.saturating_sub(remaining) as f64 / self.inv.runtime as f64;
+        base + ((self.inv.memory - base) as f64 * done) as u64
+    }
+}
+
+/// One simulated machine.
+struct Machine {
+    /// The machine scheduler's run order.
+    rq: RunQueue,
+    /// Unfinished invocations per class (what a poll answers).
+    counts: Vec<u32>,
+    /// Tasks holding a core.
+    running: u32,
+    /// Unfinished tasks (for the memory model).
+    tasks: Vec<u32>,
+    /// Bytes resident at the last memory check.
+    resident: u64,
+    /// Its dispatcher's idle-list state.
+    advert: IdleAdvertiser,
+}
+
+/// Tariff's policy code wired to the event loop.
+pub struct Tariff {
+    /// The shards.
+    shards: Vec<ShardCore<u32>>,
+    /// Shards whose block may have lifted and that should try to place again.
+    dirty: Vec<bool>,
+    /// Round-robin cursor for arrivals.
+    next_shard: usize,
+    /// The machines.
+    machines: Vec<Machine>,
+    /// Task slab; ids are indices, reused after completion.
+    tasks: Vec<Task>,
+    /// Free slab slots.
+    free: Vec<u32>,
+    /// Slots of a machine.
+    slots: u32,
+    /// Cores of a machine.
+    cores: usize,
+    /// Memory per machine; `None` disables the memory model.
+    capacity: Option<u64>,
+    /// Whether machines announce themselves on idle lists.
+    idle_list: bool,
+    /// k for the dispatcher's choice of shard.
+    k: usize,
+    /// The dispatchers' random choices.
+    rng: SmallRng,
+    /// Arrival counter on machines.
+    seq: u64,
+    /// Scratch for swap choices.
+    instances: Vec<Instance>,
+}
+
+impl Tariff {
+    /// A cluster as `config` describes it.
+    pub fn new(config: &SimConfig) -> Self {
+        let shard_config = ShardConfig {
+            k: config.k,
+            use_idle_list: config.idle_list,
+            // The simulator models an unbounded queue, as for the other schedulers, so that
+            // overload shows up as latency rather than as refusals.
+            max_queued: usize::MAX,
+            ..ShardConfig::default()
+        };
+        let mut shards: Vec<ShardCore<u32>> = (0..config.shards.max(1))
+            .map(|s| {
+                ShardCore::new(
+                    config.prices(),
+                    shard_config.clone(),
+                    config.seed.wrapping_add(s as u64),
+                )
+            })
+            .collect();
+        for shard in &mut shards {
+            for m in 0..config.machines {
+                shard.add_machine(MachineIdx(m as u32), config.slots);
+            }
+        }
+        let machines = (0..config.machines)
+            .map(|_| Machine {
+                rq: RunQueue::new(config.cores, config.classes),
+                counts: vec![0; config.classes],
+                running: 0,
+                tasks: Vec::new(),
+                resident: 0,
+                advert: IdleAdvertiser::new(IdlePolicy::new(
+                    config.memory_bytes.unwrap_or(UNLIMITED_MEMORY),
+                )),
+            })
+            .collect();
+        Self {
+            dirty: vec![false; shards.len()],
+            shards,
+            next_shard: 0,
+            machines,
+            tasks: Vec::new(),
+            free: Vec::new(),
+            slots: config.slots,
+            cores: config.cores,
+            capacity: config.memory_bytes,
+            idle_list: config.idle_list,
+            k: config.k,
+            rng: SmallRng::seed_from_u64(config.seed ^ DISPATCHER_SALT),
+            seq: 0,
+            instances: Vec::new(),
+        }
+    }
+
+    /// Lets shard `s` place until it has nothing eligible.
+    fn drive(&mut self, s: usize, now: Nanos, ctx: &mut Ctx) {
+        self.dirty[s] = false;
+        let d = to_duration(now);
+        while let Some(step) = self.shards[s].next(d) {
+            let placed = match step {
+                Step::Place(taken, machine) => Some((taken.item, machine)),
+                Step::Poll(taken, candidates) => {
+                    let answers: Vec<PolledLoad<'_>> = candidates
+                        .iter()
+                        .map(|&machine| PolledLoad {
+                            machine,
+                            per_class: &self.machines[machine.0 as usize].counts,
+                            slots: self.slots,
+                        })
+                        .collect();
+                    self.shards[s]
+                        .polled(taken, &answers)
+                        .ok()
+                        .map(|(taken, machine)| (taken.item, machine))
+                }
+            };
+            if let Some((task, machine)) = placed {
+                self.place(task, machine.0 as usize, now, ctx);
+            }
+        }
+    }
+
+    /// Drives every shard marked dirty.
+    fn drive_dirty(&mut self, now: Nanos, ctx: &mut Ctx) {
+        for s in 0..self.shards.len() {
+            if self.dirty[s] {
+                self.drive(s, now, ctx);
+            }
+        }
+    }
+
+    /// Sends a task to machine `m`.
+    fn place(&mut self, id: u32, m: usize, now: Nanos, ctx: &mut Ctx) {
+        let task = &mut self.tasks[id as usize];
+        task.machine = m as u32;
+        task.seq = self.seq;
+        self.seq += 1;
+        let class = task.inv.class;
+        let machine = &mut self.machines[m];
+        machine.counts[usize::from(class)] += 1;
+        if self.capacity.is_some() {
+            machine.tasks.push(id);
+        }
+        let decisions = machine.rq.arrive(u64::from(id), class);
+        self.apply(m, &decisions, now, ctx);
+        self.after_machine_event(m, now, ctx);
+    }
+
+    /// Carries out a run queue's decisions on machine `m`.
+    fn apply(&mut self, m: usize, decisions: &[Decision], now: Nanos, ctx: &mut Ctx) {
+        for decision in decisions {
+            match *decision {
+                Decision::Start(id) | Decision::Resume(id) => {
+                    let task = &mut self.tasks[id as usize];
+                    task.running = true;
+                    task.since = now;
+                    task.generation = task.generation.wrapping_add(1);
+                    // Paper assumption 3: swapping back in takes no time.
+                    task.swapped = 0;
+                    ctx.events.push(
+                        now + task.remaining,
+                        Event::Completion {
+                            id: id as u32,
+                            generation: task.generation,
+                        },
+                    );
+                    self.machines[m].running += 1;
+                }
+                Decision::Preempt(id) => {
+                    let task = &mut self.tasks[id as usize];
+                    task.remaining = task
+                        .remaining
+                        .saturating_sub(now.saturating_sub(task.since));
+                    task.running = false;
+                    task.generation = task.generation.wrapping_add(1);
+                    self.machines[m].running -= 1;
+                }
+            }
+        }
+    }
+
+    /// Removes a finished or killed task from its machine and shard.
+    fn remove(&mut self, id: u32, now: Nanos, ctx: &mut Ctx) {
+        let task = self.tasks[id as usize];
+        let m = task.machine as usize;
+        let machine = &mut self.machines[m];
+        machine.counts[usize::from(task.inv.class)] -= 1;
+        if task.running {
+            machine.running -= 1;
+        }
+        if let Some(pos) = machine.tasks.iter().position(|&t| t == id) {
+            machine.tasks.swap_remove(pos);
+        }
+        let decisions = machine.rq.finish(u64::from(id));
+        let slot = &mut self.tasks[id as usize];
+        slot.running = false;
+        slot.generation = slot.generation.wrapping_add(1);
+        self.free.push(id);
+        self.apply(m, &decisions, now, ctx);
+        let s = usize::from(task.shard);
+        self.shards[s].completed(MachineIdx(m as u32));
+        self.dirty[s] = true;
+    }
+
+    /// Memory and idle-list bookkeeping after anything changed on machine `m`.
+    fn after_machine_event(&mut self, m: usize, now: Nanos, ctx: &mut Ctx) {
+        if let Some(capacity) = self.capacity {
+            self.check_memory(m, capacity, now, ctx);
+        }
+        if self.idle_list {
+            self.check_idle(m);
+        }
+    }
+
+    /// Fills the scratch list with machine `m`'s instances as the swap policy sees them, and
+    /// returns the bytes resident.
+    fn collect_instances(&mut self, m: usize, now: Nanos) -> (u64, u64) {
+        self.instances.clear();
+        let mut resident = 0;
+        let mut swapped = 0;
+        for &id in &self.machines[m].tasks {
+            let task = &self.tasks[id as usize];
+            let bytes = task.resident(now);
+            resident += bytes;
+            swapped += task.swapped;
+            self.instances.push(Instance {
+                id: u64::from(id),
+                class: task.inv.class,
+                arrival: task.seq,
+                resident_bytes: bytes,
+                swapped_bytes: task.swapped,
+                running: task.running,
+            });
+        }
+        (resident, swapped)
+    }
+
+    /// Swaps (or, as a last resort, kills) until machine `m` fits in `capacity`; swaps back
+    /// in when there is room to spare.
+    fn check_memory(&mut self, m: usize, capacity: u64, now: Nanos, ctx: &mut Ctx) {
+        for _ in 0..MAX_MEMORY_ROUNDS {
+            let (resident, swapped) = self.collect_instances(m, now);
+            self.machines[m].resident = resident;
+            ctx.stats.swap_occupancy(m, swapped);
+            if resident <= capacity {
+                let headroom = (capacity as f64 * SWAP_IN_HEADROOM_FRACTION) as u64;
+                let room = capacity.saturating_sub(resident + headroom);
+                if room > 0 && self.instances.iter().any(|i| i.swapped_bytes > 0) {
+                    for id in swap::choose_swap_in(&self.instances, room) {
+                        let task = &mut self.tasks[id as usize];
+                        self.machines[m].resident += task.swapped;
+                        task.swapped = 0;
+                    }
+                }
+                return;
+            }
+            let plan = swap::choose_swap_out(&self.instances, resident - capacity);
+            for &id in &plan.victims {
+                let task = &mut self.tasks[id as usize];
+                let bytes = task.resident(now);
+                task.swapped = bytes.max(1);
+                ctx.stats.swapped(task.inv.class, m, bytes);
+            }
+            if plan.shortfall_bytes == 0 {
+                self.machines[m].resident = resident - plan.freed_bytes;
+                return;
+            }
+            let swapped: Vec<u64> = plan.victims;
+            self.instances.retain(|i| !swapped.contains(&i.id));
+            let kills = swap::choose_kills(&self.instances, plan.shortfall_bytes);
+            for id in kills.victims {
+                let class = self.tasks[id as usize].inv.class;
+                ctx.stats.killed(class);
+                self.remove(id as u32, now, ctx);
+            }
+        }
+    }
+
+    /// The dispatcher's idle-list announcements for machine `m`, decided by the live
+    /// [`IdleAdvertiser`].
+    fn check_idle(&mut self, m: usize) {
+        let capacity = self.capacity.unwrap_or(UNLIMITED_MEMORY);
+        let machine = &mut self.machines[m];
+        let free = capacity.saturating_sub(machine.resident);
+        let len = machine.rq.len() as u32;
+        let machine_idx = MachineIdx(m as u32);
+        match machine.advert.observe(free, len) {
+            IdleAction::Nothing => {}
+            IdleAction::Leave(s) => {
+                let entry = IdleEntry {
+                    listed: false,
+                    free_memory_bytes: free,
+                    queue_length: len,
+                };
+                self.shards[s].idle_update(machine_idx, entry);
+            }
+            IdleAction::Update(s, entry) => {
+                self.shards[s].idle_update(machine_idx, entry);
+                self.dirty[s] = true;
+            }
+            IdleAction::Join(entry) => {
+                let s = self.least_crowded_shard();
+                self.shards[s].idle_update(machine_idx, entry);
+                self.machines[m].advert.joined(s, entry);
+                self.dirty[s] = true;
+            }
+        }
+    }
+
+    /// Power-of-k over shards: the shortest idle list among k sampled, chosen by the live
+    /// [`idle_advert::least_crowded`].
+    fn least_crowded_shard(&mut self) -> usize {
+        let n = self.shards.len();
+        let mut polled = Vec::with_capacity(self.k);
+        for _ in 0..self.k.min(n).max(1) {
+            let s = self.rng.gen_range(0..n);
+            polled.push((s, self.shards[s].idle_list_len() as u32));
+        }
+        idle_advert::least_crowded(&polled).unwrap_or(0)
+    }
+}
+
+impl Policy for Tariff {
+    fn arrive(&mut self, now: Nanos, inv: Invocation, ctx: &mut Ctx) {
+        let s = self.next_shard;
+        self.next_shard = (self.next_shard + 1) % self.shards.len();
+        let task = Task {
+            inv,
+            machine: 0,
+            shard: s as u16,
+            remaining: inv.runtime,
+            since: now,
+            generation: 0,
+            running: false,
+            seq: 0,
+            swapped: 0,
+        };
+        let id = match self.free.pop() {
+            Some(id) => {
+                let generation = self.tasks[id as usize].generation;
+                self.tasks[id as usize] = Task { generation, ..task };
+                id
+            }
+            None => {
+                self.tasks.push(task);
+                (self.tasks.len() - 1) as u32
+            }
+        };
+        if self.shards[s]
+            .submit(ClassId(inv.class), id, to_duration(now))
+            .is_err()
+        {
+            // Unreachable with an unbounded queue; count it as lost rather than panic.
+            ctx.stats.killed(inv.class);
+            self.free.push(id);
+            return;
+        }
+        self.drive(s, now, ctx);
+    }
+
+    fn complete(&mut self, now: Nanos, id: u32, generation: u32, ctx: &mut Ctx) {
+        let task = self.tasks[id as usize];
+        if task.generation != generation || !task.running {
+            return;
+        }
+        ctx.stats
+            .completed(task.inv.class, task.inv.arrival, task.inv.runtime, now);
+        self.remove(id, now, ctx);
+        self.after_machine_event(task.machine as usize, now, ctx);
+        self.drive_dirty(now, ctx);
+    }
+
+    fn tick(&mut self, now: Nanos, ctx: &mut Ctx) {
+        for m in 0..self.machines.len() {
+            ctx.stats
+                .utilisation_sample(f64::from(self.machines[m].running) / self.cores as f64);
+            if let Some(capacity) = self.capacity {
+                self.after_machine_event(m, now, ctx);
+                ctx.stats
+                    .memory_sample(self.machines[m].resident as f64 / capacity as f64);
+            }
+        }
+        // A shard blocked on full machines learns of freed room from its own completions;
+        // retrying once per tick covers room freed by another shard's invocations.
+        for s in 0..self.shards.len() {
+            if self.shards[s].is_blocked() {
+                self.shards[s].unblock();
+                self.dirty[s] = true;
+            }
+        }
+        self.drive_dirty(now, ctx);
+    }
+}

@@ -1,0 +1,196 @@
+//! The paper's claims as properties of the simulator, on set-ups small enough for debug builds:
+//! at high load Tariff keeps its top class far better than Hermod and close to EDF; Tariff
+//! swaps only lower classes; a seed fully determines the result.
+
+use std::time::Instant;
+
+use tariff_bench::sim::{
+    report, run_experiment, run_sweep, ExperimentReport, SchedulerKind, SimConfig,
+};
+
+/// Machines in the small set-up.
+const MACHINES: usize = 20;
+/// Simulated seconds of the small set-up.
+const DURATION_S: f64 = 10.0;
+/// "High load": above capacity, where the schedulers differ most.
+const HIGH_LOAD: f64 = 1.15;
+
+fn small(load: f64) -> SimConfig {
+    SimConfig {
+        machines: MACHINES,
+        duration_s: DURATION_S,
+        ..SimConfig::paper(load)
+    }
+}
+
+fn top_p99_slowdown(report: &ExperimentReport, kind: SchedulerKind) -> f64 {
+    let s = report
+        .schedulers
+        .iter()
+        .find(|s| s.scheduler == kind)
+        .expect("scheduler ran");
+    assert!(s.classes[0].completed > 0, "{kind:?} completed nothing");
+    s.classes[0].slowdown.p99
+}
+
+#[test]
+fn at_high_load_tariff_protects_the_top_class() {
+    let report = run_experiment(&SimConfig {
+        schedulers: vec![
+            SchedulerKind::Tariff,
+            SchedulerKind::Hermod,
+            SchedulerKind::Edf,
+        ],
+        ..small(HIGH_LOAD)
+    })
+    .expect("synthetic workloads cannot fail");
+    let tariff = top_p99_slowdown(&report, SchedulerKind::Tariff);
+    let hermod = top_p99_slowdown(&report, SchedulerKind::Hermod);
+    let edf = top_p99_slowdown(&report, SchedulerKind::Edf);
+    eprintln!("top-class p99 slowdown: tariff {tariff}, hermod {hermod}, edf {edf}");
+    assert!(
+        tariff < hermod / 3.0,
+        "tariff {tariff} not far below hermod {hermod}"
+    );
+    assert!(tariff < edf * 4.0, "tariff {tariff} not close to edf {edf}");
+}
+
+#[test]
+fn tariff_swaps_only_lower_classes() {
+    let report = run_experiment(&SimConfig {
+        machines: MACHINES,
+        duration_s: DURATION_S,
+        ..SimConfig::paper_memory(HIGH_LOAD)
+    })
+    .expect("synthetic workloads cannot fail");
+    let tariff = &report.schedulers[0];
+    let swapped: Vec<f64> = tariff.classes.iter().map(|c| c.swapped_mb).collect();
+    eprintln!("swapped MB per class: {swapped:?}");
+    assert_eq!(swapped[0], 0.0, "the top class was swapped");
+    assert!(
+        swapped[1..].iter().any(|&mb| mb > 0.0),
+        "nothing swapped: memory was never under pressure"
+    );
+    let per_machine = tariff
+        .swapped_mb_per_machine
+        .as_ref()
+        .expect("memory model on");
+    assert_eq!(per_machine.len(), MACHINES);
+}
+
+#[test]
+fn same_seed_same_report_different_seed_different_report() {
+    let config = SimConfig {
+        machines: 8,
+        duration_s: 5.0,
+        ..SimConfig::paper(1.0)
+    };
+    let json = |seed| {
+        run_sweep(
+            &SimConfig {
+                seed,
+                ..config.clone()
+            },
+            &[0.9, 1.1],
+        )
+        .expect("synthetic")
+        .to_json()
+    };
+    let a = json(7);
+    assert_eq!(a, json(7));
+    assert_ne!(a, json(8));
+}
+
+#[test]
+fn figures_are_svg() {
+    let sweep = run_sweep(
+        &SimConfig {
+            machines: 4,
+            duration_s: 2.0,
+            ..SimConfig::paper_memory(1.0)
+        },
+        &[0.8, 1.2],
+    )
+    .expect("synthetic");
+    for svg in [report::fig4_svg(&sweep), report::fig5_svg(&sweep)] {
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    }
+    assert!(report::table(&sweep).contains("tariff"));
+}
+
+/// The default experiment's speed (run with `--release -- --ignored --nocapture`).
+#[test]
+#[ignore = "measures the full default experiment; run in release"]
+fn default_experiment_speed() {
+    let config = SimConfig::paper(1.0);
+    let start = Instant::now();
+    let one = run_experiment(&config).expect("synthetic");
+    let one_wall = start.elapsed();
+    let events: u64 = one.schedulers.iter().map(|s| s.events).sum();
+    eprintln!(
+        "one load point (4 schedulers, 60 s simulated): {:.2} s wall, {events} events",
+        one_wall.as_secs_f64()
+    );
+    for s in &one.schedulers {
+        eprintln!("  {:?}: {} events", s.scheduler, s.events);
+    }
+    let start = Instant::now();
+    let loads = [0.5, 0.7, 0.9, 1.0, 1.1, 1.2];
+    let sweep = run_sweep(&config, &loads).expect("synthetic");
+    let sweep_wall = start.elapsed();
+    let events: u64 = sweep
+        .experiments
+        .iter()
+        .flat_map(|e| &e.schedulers)
+        .map(|s| s.events)
+        .sum();
+    eprintln!(
+        "full sweep: {:.2} s wall, {events} events, {:.2} M events/s (all threads)",
+        sweep_wall.as_secs_f64(),
+        events as f64 / sweep_wall.as_secs_f64() / 1e6
+    );
+    eprintln!("{}", report::table(&sweep));
+    let fig = std::env::temp_dir().join("tariff-sim-fig4.svg");
+    std::fs::write(&fig, report::fig4_svg(&sweep)).expect("figure written");
+    eprintln!("figure: {}", fig.display());
+}
+
+/// The memory experiment at full size (run with `--release -- --ignored --nocapture`).
+#[test]
+#[ignore = "runs the full memory experiment; run in release"]
+fn memory_experiment_full() {
+    let start = Instant::now();
+    let sweep = run_sweep(&SimConfig::paper_memory(1.0), &[0.7, 0.9, 1.1]).expect("synthetic");
+    eprintln!("memory sweep: {:.2} s wall", start.elapsed().as_secs_f64());
+    eprintln!("{}", report::table(&sweep));
+    let fig = std::env::temp_dir().join("tariff-sim-fig5.svg");
+    std::fs::write(&fig, report::fig5_svg(&sweep)).expect("figure written");
+    eprintln!("figure: {}", fig.display());
+    for e in &sweep.experiments {
+        let s = &e.schedulers[0];
+        let peak = s.peak_swap_mb_per_machine.as_ref().unwrap();
+        eprintln!(
+            "  peak swap per machine: max {:.0} MB, mean {:.0} MB",
+            peak.iter().copied().fold(0.0, f64::max),
+            peak.iter().sum::<f64>() / peak.len() as f64
+        );
+        eprintln!(
+            "load {}: memory util {:?}; swapped per machine min {:.0} max {:.0} MB; killed {:?}",
+            e.load,
+            s.memory_utilisation,
+            s.swapped_mb_per_machine
+                .as_ref()
+                .unwrap()
+                .iter()
+                .copied()
+                .fold(f64::INFINITY, f64::min),
+            s.swapped_mb_per_machine
+                .as_ref()
+                .unwrap()
+                .iter()
+                .copied()
+                .fold(0.0, f64::max),
+            s.classes.iter().map(|c| c.killed).collect::<Vec<_>>()
+        );
+    }
+}

@@ -1,0 +1,112 @@
+//! How a function process is launched: the one place that turns a function's spec into a
+//! `std::process::Command`, shared by one-shot runs ([`crate::process`]) and persistent
+//! instances ([`crate::persistent`]).
+//!
+//! Every function process gets a cleared environment plus only what its spec declares, its own
+//! process group (one `kill(-pgid)` reaches everything it starts), its working directory, the
+//! unprivileged user when the dispatcher runs as root, and is moved into its instance's
+//! cgroups *before* `exec`, so that every page and CPU-second it ever uses is accounted.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+/// What to launch and under which identity.
+#[derive(Debug, Clone, Default)]
+pub struct LaunchSpec {
+    /// Program and arguments; the program is looked up the way `execvp` does.
+    pub command: Vec<String>,
+    /// The only environment the child sees.
+    pub env: Vec<(String, String)>,
+    /// Working directory; the runner's own when `None`.
+    pub work_dir: Option<PathBuf>,
+    /// `(uid, gid)` to run as; `None` keeps the dispatcher's identity.
+    pub user: Option<(u32, u32)>,
+    /// `cgroup.procs` (or v1 `cgroup.procs`) files the child writes `0` into before `exec`,
+    /// which moves it into those cgroups.
+    pub cgroup_procs: Vec<PathBuf>,
+}
+
+/// A spec that cannot be launched.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// No program.
+    #[error("empty command")]
+    EmptyCommand,
+    /// A path contains a NUL byte.
+    #[error("path {0:?} contains a NUL byte")]
+    NulInPath(PathBuf),
+}
+
+impl LaunchSpec {
+    /// The program name, for error messages.
+    pub fn program(&self) -> &str {
+        self.command.first().map_or("", String::as_str)
+    }
+
+    /// A command with stdin, stdout and stderr piped, ready to spawn.
+    pub fn command(&self) -> Result<Command, LaunchError> {
+        let (program, args) = self
+            .command
+            .split_first()
+            .ok_or(LaunchError::EmptyCommand)?;
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        if let Some(dir) = &self.work_dir {
+            cmd.current_dir(dir);
+        }
+        if let Some((uid, gid)) = self.user {
+            // std drops supplementary groups when root changes uid.
+            cmd.uid(uid).gid(gid);
+        }
+        if !self.cgroup_procs.is_empty() {
+            let files = self
+                .cgroup_procs
+                .iter()
+                .map(|p| {
+                    CString::new(p.as_os_str().as_bytes())
+                        .map_err(|_| LaunchError::NulInPath(p.clone()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            // SAFETY: the closure runs in the forked child before exec and only makes
+            // async-signal-safe calls (open, write, close) on memory prepared before the fork.
+            unsafe {
+                cmd.pre_exec(move || {
+                    for file in &files {
+                        join_cgroup(file)?;
+                    }
+                    Ok(())
+                });
+            }
+        }
+        Ok(cmd)
+    }
+}
+
+/// Moves the calling process into the cgroup whose `cgroup.procs` file is `procs` (writing
+/// `0` means "myself" in both cgroup versions).
+fn join_cgroup(procs: &CString) -> io::Result<()> {
+    // SAFETY: `procs` is a valid NUL-terminated path; the fd is closed on every path.
+    unsafe {
+        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+        let error = io::Error::last_os_error();
+        libc::close(fd);
+        if written != 1 {
+            return Err(error);
+        }
+    }
+    Ok(())
+}
