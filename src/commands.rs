@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use tariff_common::client::{Client, ClientError};
+use tariff_common::function::Runtime;
 use tariff_common::store::SqliteStore;
 use tariff_common::units::parse_size;
 use tariff_common::wire::{ClientRequest, ClientResponse, InvocationOutcome, InvokeRequest};
@@ -76,6 +77,9 @@ pub struct DispatcherArgs {
     /// Shards compared when joining an idle list.
     #[arg(long, default_value_t = tariff_dispatcher::service::DEFAULT_K)]
     k: usize,
+    /// Do not use SCHED_FIFO: enforce class order in user space (stop and continue signals).
+    #[arg(long)]
+    pub no_rt: bool,
 }
 
 /// A shard to talk to.
@@ -100,6 +104,22 @@ pub struct DeployArgs {
     /// Environment variable the function sees, as KEY=VALUE (repeatable; nothing else is passed).
     #[arg(long = "env")]
     env: Vec<String>,
+    /// `exec`: a process per invocation; `persistent`: a warm instance serving many
+    /// invocations over framed stdin/stdout (docs/persistent-functions.md).
+    #[arg(long, value_enum, default_value = "exec")]
+    runtime: RuntimeKind,
+    /// How long an idle persistent instance stays warm.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    keep_alive: Duration,
+}
+
+/// `--runtime` values.
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+pub enum RuntimeKind {
+    /// A process per invocation.
+    Exec,
+    /// A warm instance serving many invocations.
+    Persistent,
 }
 
 /// `tariff invoke`.
@@ -167,10 +187,17 @@ pub async fn dispatcher(global: &Global, args: DispatcherArgs) -> anyhow::Result
         bail!("--cores must be at least 1");
     }
     let cluster = global.open_cluster()?;
+    let machine = args
+        .name
+        .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+    let machine_options = tariff_dispatcher::machine_setup::machine_options(
+        args.cores,
+        args.no_rt,
+        &args.data_dir,
+        &machine,
+    )?;
     let options = DispatcherOptions {
-        machine: args
-            .name
-            .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id())),
+        machine,
         shards: args.shards,
         cores: args.cores,
         memory_bytes: args.memory,
@@ -178,7 +205,9 @@ pub async fn dispatcher(global: &Global, args: DispatcherArgs) -> anyhow::Result
         data_dir: args.data_dir,
         k: args.k,
     };
-    let dispatcher = Dispatcher::new(&cluster, options).context("starting the dispatcher")?;
+    let scheduler = tariff_machine_sched::machine::MachineScheduler::new(machine_options);
+    let dispatcher =
+        Dispatcher::new(&cluster, options, scheduler).context("starting the dispatcher")?;
     dispatcher.run(crate::shutdown_signal()).await;
     Ok(())
 }
@@ -198,11 +227,18 @@ pub async fn deploy(global: &Global, args: DeployArgs) -> anyhow::Result<()> {
             .with_context(|| format!("--env {pair:?} is not KEY=VALUE"))?;
         env.push((key.to_owned(), value.to_owned()));
     }
+    let runtime = match args.runtime {
+        RuntimeKind::Exec => Runtime::Exec,
+        RuntimeKind::Persistent => Runtime::Persistent {
+            keep_alive_ms: args.keep_alive.as_millis() as u64,
+        },
+    };
     let spec = FunctionSpec {
         name: args.name,
         command,
         env,
         version: 0,
+        runtime,
     };
     spec.validate()?;
     let client = connect(global, args.shard.shard).await?;
@@ -299,6 +335,9 @@ pub fn outcome_json(outcome: &InvocationOutcome) -> serde_json::Value {
         "machine": outcome.machine,
         "peak_memory_bytes": outcome.peak_memory_bytes,
         "cpu_time_us": outcome.cpu_time_us,
+        "cold_start": outcome.cold_start,
+        "start_us": outcome.start_us,
+        "preempted_us": outcome.preempted_us,
         "timings": {
             "queued_at_us": t.queued_at_us,
             "placed_at_us": t.placed_at_us,

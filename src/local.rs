@@ -54,6 +54,9 @@ pub struct LocalArgs {
     /// CPU milliseconds each demo invocation spins.
     #[arg(long, default_value_t = 20)]
     demo_spin_ms: u64,
+    /// Do not use SCHED_FIFO: enforce class order in user space.
+    #[arg(long)]
+    pub no_rt: bool,
 }
 
 /// Where the example function binaries are: beside the running executable.
@@ -88,6 +91,7 @@ pub fn example_specs() -> anyhow::Result<Vec<FunctionSpec>> {
                 command: vec![path.to_string_lossy().into_owned()],
                 env: Vec::new(),
                 version: 0,
+                runtime: tariff_common::function::Runtime::Exec,
             })
         })
         .collect()
@@ -136,7 +140,14 @@ pub async fn run(global: &Global, args: LocalArgs) -> anyhow::Result<()> {
             data_dir: local_dir.join(format!("dispatcher-{i}")),
             k: tariff_dispatcher::service::DEFAULT_K,
         };
-        let dispatcher = Dispatcher::new(&cluster, options)?;
+        let machine = tariff_dispatcher::machine_setup::machine_options(
+            args.cores,
+            args.no_rt,
+            &options.data_dir,
+            &options.machine,
+        )?;
+        let scheduler = tariff_machine_sched::machine::MachineScheduler::new(machine);
+        let dispatcher = Dispatcher::new(&cluster, options, scheduler)?;
         tasks.push(tokio::spawn(dispatcher.run(until_stopped(stopped.clone()))));
     }
     let addrs: Vec<String> = shard_addrs.iter().map(ToString::to_string).collect();

@@ -104,10 +104,22 @@ fn main() {
     let code = match cli.command {
         Command::Sim(args) => report(tariff_bench::sim::run(&args)),
         command => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("starting the tokio runtime");
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.enable_all();
+            // Processes that run functions keep their own threads above every function's
+            // real-time priority, so busy functions can never starve them (no-op without
+            // CAP_SYS_NICE; the dispatcher then reports user-space ordering).
+            let runs_functions = match &command {
+                Command::Dispatcher(args) => !args.no_rt,
+                Command::Local(args) => !args.no_rt,
+                _ => false,
+            };
+            if runs_functions {
+                builder.on_thread_start(|| {
+                    let _ = tariff_machine_sched::rt::raise_current_thread();
+                });
+            }
+            let runtime = builder.build().expect("starting the tokio runtime");
             runtime.block_on(run(cli.global, command))
         }
     };

@@ -15,7 +15,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use tariff_common::wire::IdleEntry;
 use tariff_common::{ClassId, PriceClasses};
 use tariff_scheduler::placement::PolledLoad;
-use tariff_scheduler::{MachineIdx, ShardConfig, ShardCore, Step};
+use tariff_scheduler::{FunctionKey, MachineIdx, ShardConfig, ShardCore, Step};
 
 const MACHINES: u32 = 1_000;
 const SLOTS: u32 = 8;
@@ -42,8 +42,13 @@ fn core(use_idle_list: bool) -> ShardCore<u64> {
         }
     }
     for i in 0..BACKLOG {
-        core.submit(ClassId((i % 4) as u8), i, Duration::from_micros(i))
-            .expect("unbounded queue");
+        core.submit(
+            ClassId((i % 4) as u8),
+            FunctionKey(i % 50),
+            i,
+            Duration::from_micros(i),
+        )
+        .expect("unbounded queue");
     }
     core
 }
@@ -58,7 +63,8 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             now += Duration::from_micros(1);
             n += 1;
-            idle.submit(ClassId((n % 4) as u8), n, now).unwrap();
+            idle.submit(ClassId((n % 4) as u8), FunctionKey(n % 50), n, now)
+                .unwrap();
             match idle.next(now) {
                 Some(Step::Place(taken, machine)) => {
                     black_box(taken.item);
@@ -76,7 +82,9 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             now += Duration::from_micros(1);
             n += 1;
-            polling.submit(ClassId((n % 4) as u8), n, now).unwrap();
+            polling
+                .submit(ClassId((n % 4) as u8), FunctionKey(n % 50), n, now)
+                .unwrap();
             match polling.next(now) {
                 Some(Step::Poll(taken, candidates)) => {
                     answers.clear();
@@ -84,6 +92,7 @@ fn bench(c: &mut Criterion) {
                         machine: m,
                         per_class: &loads[m.0 as usize],
                         slots: SLOTS,
+                        warm: false,
                     }));
                     match polling.polled(taken, &answers) {
                         Ok((taken, machine)) => {

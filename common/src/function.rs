@@ -17,6 +17,23 @@ pub struct FunctionSpec {
     pub env: Vec<(String, String)>,
     /// Store version, raised by every deploy; 0 before the first.
     pub version: u64,
+    /// How the function's process lives: one per invocation, or a warm persistent instance.
+    #[serde(default)]
+    pub runtime: Runtime,
+}
+
+/// How a function's processes live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Runtime {
+    /// A new process per invocation: payload on stdin, answer on stdout, then it exits.
+    #[default]
+    Exec,
+    /// One process serves many invocations over length-prefixed frames on stdin/stdout
+    /// (docs/persistent-functions.md); it stays warm while idle for `keep_alive_ms`.
+    Persistent {
+        /// Idle time after which the instance is reaped, in milliseconds.
+        keep_alive_ms: u64,
+    },
 }
 
 /// Why a spec is refused.
@@ -59,6 +76,7 @@ mod tests {
             command: command.iter().map(|s| s.to_string()).collect(),
             env: vec![],
             version: 0,
+            runtime: Runtime::Exec,
         }
     }
 

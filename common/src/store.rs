@@ -139,6 +139,7 @@ mod tests {
             command: vec![program.into()],
             env: vec![("A".into(), "1".into())],
             version: 0,
+            runtime: crate::function::Runtime::Exec,
         }
     }
 

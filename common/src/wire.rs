@@ -136,6 +136,13 @@ pub struct InvocationOutcome {
     pub peak_memory_bytes: u64,
     /// CPU time the process used, user plus system, in microseconds.
     pub cpu_time_us: u64,
+    /// Whether a process had to be started for this invocation (false: a warm instance).
+    pub cold_start: bool,
+    /// Microseconds from the machine receiving the invocation to the function starting on it
+    /// (process creation for a cold start, queueing on the machine for both).
+    pub start_us: u64,
+    /// Microseconds the function was runnable but held back by dearer work (preempted).
+    pub preempted_us: u64,
 }
 
 /// Why an invocation did not produce a result. Every submitted invocation ends in exactly one
@@ -258,6 +265,8 @@ pub enum DispatcherToShard {
     },
     /// Join, update or leave this shard's idle list.
     Idle(IdleEntry),
+    /// The functions that now have an idle warm instance on this machine (sent on change).
+    Warm(Vec<String>),
     /// Reply to a [`ShardToDispatcher::Poll`].
     Load {
         /// Sequence number of the poll.
@@ -287,6 +296,8 @@ pub struct MachineLoad {
     pub slots: u32,
     /// Free memory in bytes.
     pub free_memory_bytes: u64,
+    /// Functions (by name) with an idle warm instance on the machine.
+    pub warm: Vec<String>,
 }
 
 /// An invocation sent to a machine on a class lane.
@@ -328,6 +339,12 @@ pub struct RunReport {
     pub peak_memory_bytes: u64,
     /// CPU time used, µs.
     pub cpu_time_us: u64,
+    /// A process was started for this invocation.
+    pub cold_start: bool,
+    /// µs from receipt on the machine to the function starting.
+    pub start_us: u64,
+    /// µs the function was held back by dearer work.
+    pub preempted_us: u64,
 }
 
 /// A change one shard wrote to the store, passed on so peers refresh their caches now rather

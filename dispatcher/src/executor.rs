@@ -1,20 +1,19 @@
-//! Runs one placed invocation and turns the outcome into a completion for its shard.
+//! Runs one placed invocation through the machine scheduler and turns the outcome into a
+//! completion for its shard.
 //!
 //! The machine's unfinished-invocation counts per class (what polls report) are kept here, in
 //! [`MachineLoad`], raised when a placement arrives and lowered when its completion is sent.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tariff_common::codec::MAX_FRAME_BYTES;
-use tariff_common::wire::{Completion, InvocationId, InvokeError, Placement, RunReport};
-use tariff_machine_sched::{LaunchSpec, ProcessHandle, RunError, RunRequest};
+use tariff_common::wire::{Completion, InvokeError, Placement, RunReport};
+use tariff_machine_sched::machine::{Job, JobError, MachineScheduler};
 use tracing::{debug, Instrument};
 
-/// Largest stdout returned: what fits in a frame with room for the envelope.
+/// Largest output returned: what fits in a frame with room for the envelope.
 pub const MAX_OUTPUT_BYTES: usize = MAX_FRAME_BYTES - (64 << 10);
 /// Run time allowed when a placement carries no timeout.
 const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -33,13 +32,15 @@ impl MachineLoad {
         }
     }
 
-    fn add(&self, class: usize, delta: i32) {
+    fn add(&self, class: usize) {
         if let Some(counter) = self.per_class.get(class) {
-            if delta > 0 {
-                counter.fetch_add(delta as u32, Ordering::Relaxed);
-            } else {
-                counter.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
-            }
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn remove(&self, class: usize) {
+        if let Some(counter) = self.per_class.get(class) {
+            counter.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -57,53 +58,20 @@ impl MachineLoad {
     }
 }
 
-/// Processes currently running, so a cancel can reach them and memory can be measured.
-#[derive(Debug, Default)]
-pub struct Running {
-    processes: Mutex<HashMap<InvocationId, ProcessHandle>>,
-}
-
-impl Running {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<InvocationId, ProcessHandle>> {
-        self.processes.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Kills the invocation's process, if it is running here.
-    pub fn cancel(&self, id: InvocationId) {
-        if let Some(handle) = self.lock().get(&id) {
-            debug!(invocation = %id, "cancelled by its shard");
-            handle.kill();
-        }
-    }
-
-    /// Kills every running function (at shutdown: nothing outlives its dispatcher).
-    pub fn kill_all(&self) {
-        for handle in self.lock().values() {
-            handle.kill();
-        }
-    }
-
-    /// Process ids of every running function.
-    pub fn pids(&self) -> Vec<i32> {
-        self.lock().values().map(ProcessHandle::pid).collect()
-    }
-}
-
-/// Where and how this machine runs functions.
-#[derive(Debug, Clone)]
+/// Runs placements on this machine.
 pub struct Executor {
-    /// Working directory given to functions.
-    pub work_dir: PathBuf,
+    /// The machine scheduler that orders and runs the processes.
+    pub machine: Arc<MachineScheduler>,
 }
 
 impl Executor {
-    /// Runs `placement` to the end and returns its completion. `load` and `running` are
-    /// updated on the way in and out.
+    /// Runs `placement` to the end and returns its completion; `load` counts it meanwhile.
+    /// `classes` is the cluster's number of price classes.
     pub async fn execute(
         &self,
         placement: Placement,
         load: &MachineLoad,
-        running: &Running,
+        classes: usize,
     ) -> Completion {
         let span = tracing::info_span!(
             "run",
@@ -113,72 +81,58 @@ impl Executor {
             function = %placement.function.name
         );
         let class = placement.class.index();
-        load.add(class, 1);
-        let completion = self.run(placement, running).instrument(span).await;
-        load.add(class, -1);
-        completion
-    }
-
-    async fn run(&self, placement: Placement, running: &Running) -> Completion {
+        load.add(class);
         let id = placement.id;
-        let timeout = match placement.timeout_ms {
-            0 => DEFAULT_RUN_TIMEOUT,
-            ms => Duration::from_millis(ms),
-        };
-        let request = RunRequest {
-            launch: LaunchSpec {
-                command: placement.function.command,
-                env: placement.function.env,
-                work_dir: Some(self.work_dir.clone()),
-                ..LaunchSpec::default()
+        let job = Job {
+            id: id.0,
+            class: placement.class,
+            classes,
+            timeout: match placement.timeout_ms {
+                0 => DEFAULT_RUN_TIMEOUT,
+                ms => Duration::from_millis(ms),
             },
-            stdin: placement.payload,
-            timeout,
+            function: placement.function,
+            payload: placement.payload,
             max_output: MAX_OUTPUT_BYTES,
         };
-        let result = match tariff_machine_sched::spawn(request) {
-            Ok(process) => {
-                running.lock().insert(id, process.handle());
-                let result = process.wait().await;
-                running.lock().remove(&id);
-                result
-            }
-            Err(e) => Err(e),
-        };
+        let result = self.machine.run(job).instrument(span).await;
+        load.remove(class);
         let result = result
-            .map(|out| RunReport {
-                output: out.stdout,
-                started_at_us: out.started_at_us,
-                finished_at_us: out.finished_at_us,
-                peak_memory_bytes: out.peak_memory_bytes,
-                cpu_time_us: out.cpu_time_us,
+            .map(|report| RunReport {
+                output: report.output,
+                started_at_us: report.started_at_us,
+                finished_at_us: report.finished_at_us,
+                peak_memory_bytes: report.peak_memory_bytes,
+                cpu_time_us: report.cpu_time_us,
+                cold_start: report.cold_start,
+                start_us: report.start_us,
+                preempted_us: report.preempted_us,
             })
             .map_err(|e| {
-                debug!(error = %e, "function did not succeed");
+                debug!(invocation = %id, error = %e, "function did not succeed");
                 to_invoke_error(e)
             });
         Completion { id, result }
     }
 }
 
-fn to_invoke_error(error: RunError) -> InvokeError {
+fn to_invoke_error(error: JobError) -> InvokeError {
     match error {
-        RunError::Spawn { .. } => InvokeError::StartFailed(error.to_string()),
-        RunError::Failed {
+        JobError::Start(reason) => InvokeError::StartFailed(reason),
+        JobError::Failed {
             status,
             stderr_tail,
-            ..
         } => InvokeError::FunctionFailed {
             status,
             stderr_tail,
         },
-        RunError::TimedOut { after } => InvokeError::TimedOut(after.as_millis() as u64),
-        RunError::OutputTooLarge { limit } => InvokeError::FunctionFailed {
+        JobError::TimedOut(after) => InvokeError::TimedOut(after.as_millis() as u64),
+        JobError::OutputTooLarge(limit) => InvokeError::FunctionFailed {
             status: format!("output larger than {limit} bytes"),
             stderr_tail: String::new(),
         },
-        RunError::Killed => InvokeError::FunctionFailed {
-            status: "killed on request".into(),
+        JobError::Cancelled => InvokeError::FunctionFailed {
+            status: "cancelled".into(),
             stderr_tail: String::new(),
         },
     }

@@ -6,7 +6,7 @@
 
 pub mod executor;
 pub mod idle_advert;
-pub mod memory;
+pub mod machine_setup;
 pub mod service;
 pub mod swap;
 

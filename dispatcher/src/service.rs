@@ -25,8 +25,9 @@ use tariff_common::ClassId;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info};
 
-use crate::executor::{Executor, MachineLoad, Running};
+use crate::executor::{Executor, MachineLoad};
 use crate::idle_advert::{least_crowded, IdleAction, IdleAdvertiser, IdlePolicy};
+use tariff_machine_sched::machine::MachineScheduler;
 
 /// How often free memory is measured and the idle-list entry reconsidered.
 pub const IDLE_TICK: Duration = Duration::from_millis(50);
@@ -87,7 +88,8 @@ struct Shared {
     endpoint: quinn::Endpoint,
     executor: Executor,
     load: MachineLoad,
-    running: Running,
+    /// The warm set last sent to the shards.
+    warm_sent: Mutex<Vec<String>>,
     shards: Mutex<HashMap<usize, ShardHandle>>,
     advertiser: Mutex<IdleAdvertiser>,
     next_seq: AtomicU64,
@@ -105,7 +107,7 @@ impl Shared {
     }
 
     fn free_memory(&self) -> u64 {
-        let used = crate::memory::used_bytes(&self.running.pids());
+        let used = self.executor.machine.used_memory();
         self.options.memory_bytes.saturating_sub(used)
     }
 
@@ -114,6 +116,7 @@ impl Shared {
             per_class: self.load.snapshot()[..self.classes.load(Ordering::Relaxed)].to_vec(),
             slots: self.options.slots,
             free_memory_bytes: self.free_memory(),
+            warm: self.executor.machine.warm_functions(),
         }
     }
 }
@@ -124,21 +127,21 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Prepares the data directory and the QUIC endpoint. The price classes are learned from
-    /// the shards, so every machine follows the cluster's table without configuration.
-    pub fn new(cluster: &Cluster, options: DispatcherOptions) -> Result<Self, DispatcherError> {
+    /// Prepares the QUIC endpoint around a machine scheduler (see
+    /// [`crate::machine_setup`]). The price classes are learned from the shards, so every
+    /// machine follows the cluster's table without configuration.
+    pub fn new(
+        cluster: &Cluster,
+        options: DispatcherOptions,
+        machine: Arc<MachineScheduler>,
+    ) -> Result<Self, DispatcherError> {
         let first = *options.shards.first().ok_or(DispatcherError::NoShards)?;
-        let work_dir = options.data_dir.join("work");
-        std::fs::create_dir_all(&work_dir).map_err(|source| DispatcherError::DataDir {
-            path: work_dir.clone(),
-            source,
-        })?;
         let endpoint = cluster.client_endpoint(first)?;
         let shared = Arc::new(Shared {
             advertiser: Mutex::new(IdleAdvertiser::new(IdlePolicy::new(options.memory_bytes))),
-            executor: Executor { work_dir },
+            executor: Executor { machine },
             load: MachineLoad::new(MAX_CLASSES),
-            running: Running::default(),
+            warm_sent: Mutex::default(),
             shards: Mutex::default(),
             next_seq: AtomicU64::new(1),
             endpoint,
@@ -164,12 +167,13 @@ impl Dispatcher {
             tasks.push(tokio::spawn(keep_session(shared.clone(), index, addr)));
         }
         tasks.push(tokio::spawn(advertise(shared.clone())));
+        tasks.push(tokio::spawn(shared.executor.machine.clone().reap_forever()));
         shutdown.await;
         info!("dispatcher shutting down");
         for task in tasks {
             task.abort();
         }
-        shared.running.kill_all();
+        shared.executor.machine.shutdown().await;
         shared.endpoint.close(0u32.into(), b"shutdown");
     }
 }
@@ -267,6 +271,9 @@ async fn session(shared: &Arc<Shared>, index: usize, addr: SocketAddr) -> Result
             queries: queries.clone(),
         },
     );
+    let _ = control.send(DispatcherToShard::Warm(
+        shared.executor.machine.warm_functions(),
+    ));
     let writer = tokio::spawn(async move {
         while let Some(message) = outbox.recv().await {
             if codec::write_message(&mut send, &message).await.is_err() {
@@ -309,7 +316,7 @@ fn handle_control(
                 let _ = waiter.send(length);
             }
         }
-        ShardToDispatcher::Cancel(id) => shared.running.cancel(id),
+        ShardToDispatcher::Cancel(id) => shared.executor.machine.cancel(id.0),
         ShardToDispatcher::Welcome { .. } => {}
     }
 }
@@ -330,9 +337,10 @@ async fn serve_lane(shared: Arc<Shared>, mut send: quinn::SendStream, mut recv: 
                 let shared = shared.clone();
                 let done = done.clone();
                 tokio::spawn(async move {
+                    let classes = shared.classes.load(Ordering::Relaxed);
                     let completion = shared
                         .executor
-                        .execute(placement, &shared.load, &shared.running)
+                        .execute(placement, &shared.load, classes)
                         .await;
                     let _ = done.send(completion);
                 });
@@ -354,6 +362,7 @@ async fn advertise(shared: Arc<Shared>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        announce_warm(&shared);
         let free = shared.free_memory();
         let queue = shared.load.total();
         let action = shared.advertiser().observe(free, queue);
@@ -377,6 +386,20 @@ async fn advertise(shared: Arc<Shared>) {
             }
         }
     }
+}
+
+/// Tells every shard which functions have an idle warm instance here, when that changes, so
+/// they can place those functions where no process needs starting.
+fn announce_warm(shared: &Shared) {
+    let warm = shared.executor.machine.warm_functions();
+    let mut sent = shared.warm_sent.lock().unwrap_or_else(|p| p.into_inner());
+    if *sent == warm {
+        return;
+    }
+    for handle in shared.shards().values() {
+        let _ = handle.control.send(DispatcherToShard::Warm(warm.clone()));
+    }
+    *sent = warm;
 }
 
 fn send_idle(shared: &Shared, shard: usize, entry: IdleEntry) {

@@ -64,25 +64,28 @@ impl LaunchSpec {
         if let Some(dir) = &self.work_dir {
             cmd.current_dir(dir);
         }
-        if let Some((uid, gid)) = self.user {
-            // std drops supplementary groups when root changes uid.
-            cmd.uid(uid).gid(gid);
-        }
-        if !self.cgroup_procs.is_empty() {
-            let files = self
-                .cgroup_procs
-                .iter()
-                .map(|p| {
-                    CString::new(p.as_os_str().as_bytes())
-                        .map_err(|_| LaunchError::NulInPath(p.clone()))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+        let files = self
+            .cgroup_procs
+            .iter()
+            .map(|p| {
+                CString::new(p.as_os_str().as_bytes())
+                    .map_err(|_| LaunchError::NulInPath(p.clone()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let user = self.user;
+        if !files.is_empty() || user.is_some() {
             // SAFETY: the closure runs in the forked child before exec and only makes
-            // async-signal-safe calls (open, write, close) on memory prepared before the fork.
+            // async-signal-safe calls (open, write, close, setgroups, setgid, setuid) on memory
+            // prepared before the fork.
             unsafe {
                 cmd.pre_exec(move || {
+                    // Join the cgroups first: once the identity is dropped, the cgroup files
+                    // (owned by root) are no longer writable.
                     for file in &files {
                         join_cgroup(file)?;
+                    }
+                    if let Some((uid, gid)) = user {
+                        drop_privileges(uid, gid)?;
                     }
                     Ok(())
                 });
@@ -90,6 +93,21 @@ impl LaunchSpec {
         }
         Ok(cmd)
     }
+}
+
+/// Becomes `uid`:`gid` with no supplementary groups, in the order that works (groups and gid
+/// while still root, uid last).
+fn drop_privileges(uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: plain syscalls with no pointers except a null group list of length 0.
+    unsafe {
+        if libc::setgroups(0, std::ptr::null()) != 0
+            || libc::setgid(gid) != 0
+            || libc::setuid(uid) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Moves the calling process into the cgroup whose `cgroup.procs` file is `procs` (writing

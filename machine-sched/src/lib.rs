@@ -5,8 +5,15 @@
 //! clock), which the dispatcher and the simulator both drive; [`process`] is the thin I/O layer
 //! that starts, feeds, measures and kills one process.
 
+pub mod cgroup;
+pub mod gate;
+pub mod isolation;
 pub mod launch;
+pub mod machine;
+pub mod memory;
+pub mod persistent;
 pub mod process;
+pub mod rt;
 pub mod run_queue;
 
 pub use launch::LaunchSpec;

@@ -71,6 +71,9 @@ pub struct RunOutput {
     pub peak_memory_bytes: u64,
     /// User plus system CPU time of the child and the descendants it waited for.
     pub cpu_time_us: u64,
+    /// Time the child's main thread spent runnable but waiting for a CPU (preempted or
+    /// queued behind others), read from its schedstat before it is reaped.
+    pub runqueue_wait_us: u64,
 }
 
 /// Why a run produced no [`RunOutput`].
@@ -112,7 +115,7 @@ pub enum RunError {
 }
 
 /// Formats the stderr tail for [`RunError::Failed`]'s message, or nothing if it is empty.
-fn stderr_suffix(tail: &str) -> String {
+pub(crate) fn stderr_suffix(tail: &str) -> String {
     let tail = tail.trim();
     if tail.is_empty() {
         String::new()
@@ -123,14 +126,14 @@ fn stderr_suffix(tail: &str) -> String {
 
 /// State shared by a running process and its handles.
 #[derive(Debug)]
-struct Shared {
+pub(crate) struct Shared {
     /// The child's pid, which is also its process group id.
-    pid: Pid,
+    pub(crate) pid: Pid,
     /// True once the pid has been reaped; kills check it under the lock so they never reach
     /// a recycled pid.
-    reaped: Mutex<bool>,
+    pub(crate) reaped: Mutex<bool>,
     /// Set by [`ProcessHandle::kill`] so `wait` reports [`RunError::Killed`].
-    cancelled: AtomicBool,
+    pub(crate) cancelled: AtomicBool,
 }
 
 impl Shared {
@@ -142,7 +145,7 @@ impl Shared {
     }
 
     /// SIGKILLs the whole process group unless the leader has been reaped already.
-    fn kill_group(&self) {
+    pub(crate) fn kill_group(&self) {
         let reaped = self.lock();
         if !*reaped {
             kill_group_unreaped(self.pid);
@@ -165,7 +168,7 @@ fn kill_group_unreaped(pgid: Pid) {
 #[derive(Debug, Clone)]
 pub struct ProcessHandle {
     /// Shared with the [`RunningProcess`].
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl ProcessHandle {
@@ -266,15 +269,17 @@ pub fn spawn(req: RunRequest) -> Result<RunningProcess, RunError> {
 
 /// How the reaped child ended and what it used.
 #[derive(Debug, Clone, Copy)]
-struct Exit {
+pub(crate) struct Exit {
     /// Raw wait status from `wait4`.
-    status: i32,
+    pub(crate) status: i32,
     /// `ru_maxrss` converted to bytes.
     peak_memory_bytes: u64,
     /// `ru_utime + ru_stime` in microseconds.
     cpu_time_us: u64,
     /// Wall clock at reaping, microseconds since the epoch.
     finished_at_us: u64,
+    /// Runqueue wait of the main thread, µs.
+    runqueue_wait_us: u64,
 }
 
 impl RunningProcess {
@@ -345,6 +350,7 @@ impl RunningProcess {
             finished_at_us: exit.finished_at_us,
             peak_memory_bytes: exit.peak_memory_bytes,
             cpu_time_us: exit.cpu_time_us,
+            runqueue_wait_us: exit.runqueue_wait_us,
         };
         match describe_failure(exit.status) {
             None => Ok(output),
@@ -469,7 +475,7 @@ async fn read_stderr_tail(stderr: ChildStderr) -> String {
 }
 
 /// Blocks until the child exits, kills what it left in its group, and reaps it with rusage.
-fn reap(shared: &Shared) -> io::Result<Exit> {
+pub(crate) fn reap(shared: &Shared) -> io::Result<Exit> {
     // Step 1: wait for the exit but leave the zombie, so the pid (and pgid) stays ours.
     loop {
         match waitid(
@@ -481,6 +487,8 @@ fn reap(shared: &Shared) -> io::Result<Exit> {
             Err(e) => return Err(e.into()),
         }
     }
+    // The zombie still has its scheduler statistics; they are gone once reaped.
+    let runqueue_wait_us = crate::rt::runqueue_wait_us(shared.pid.as_raw()).unwrap_or(0);
     // Step 2: under the lock every kill takes, clean up stragglers and reap.
     let mut reaped = shared.lock();
     kill_group_unreaped(shared.pid);
@@ -510,6 +518,7 @@ fn reap(shared: &Shared) -> io::Result<Exit> {
             .saturating_mul(BYTES_PER_KIB),
         cpu_time_us: timeval_us(usage.ru_utime).saturating_add(timeval_us(usage.ru_stime)),
         finished_at_us: unix_micros(),
+        runqueue_wait_us,
     })
 }
 
@@ -521,7 +530,7 @@ fn timeval_us(tv: libc::timeval) -> u64 {
 }
 
 /// `None` for a clean exit, otherwise `exit status 3` or `killed by signal 9 (SIGKILL)`.
-fn describe_failure(status: i32) -> Option<String> {
+pub(crate) fn describe_failure(status: i32) -> Option<String> {
     if libc::WIFEXITED(status) {
         match libc::WEXITSTATUS(status) {
             0 => None,

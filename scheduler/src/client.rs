@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::server::Shared;
+use crate::FunctionKey;
 
 /// The answer to one invocation.
 pub(crate) type Answer = Result<InvocationOutcome, InvokeError>;
@@ -98,7 +99,8 @@ async fn invoke(shared: &Arc<Shared>, request: InvokeRequest) -> Answer {
             queued_at_us: unix_micros(),
             answer,
         };
-        let submitted = shared.core().submit(class, pending, shared.now());
+        let key = FunctionKey::of(&pending.function.name);
+        let submitted = shared.core().submit(class, key, pending, shared.now());
         if let Err((_, overloaded)) = submitted {
             return Err(InvokeError::Overloaded {
                 queued: overloaded.queued as u64,

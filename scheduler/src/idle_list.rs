@@ -56,6 +56,13 @@ impl IdleList {
         (queue < entry.slots).then_some(machine)
     }
 
+    /// Whether `machine` is listed with a free slot.
+    pub fn has_room(&self, machine: MachineIdx) -> bool {
+        self.entries
+            .get(&machine)
+            .is_some_and(|e| e.queue_length < e.slots)
+    }
+
     /// Records a placement on `machine` so the next choice sees its longer queue.
     pub fn placed(&mut self, machine: MachineIdx) {
         self.adjust(machine, |q| q.saturating_add(1));

@@ -12,6 +12,21 @@ pub mod shard;
 
 pub use shard::{Requeued, ShardConfig, ShardCore, Step, Taken};
 
+/// Identifies a function inside the policy core (a hash of its name), so the core can prefer
+/// machines holding a warm instance of it without knowing names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FunctionKey(pub u64);
+
+impl FunctionKey {
+    /// The key of the function called `name`.
+    pub fn of(name: &str) -> Self {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        name.hash(&mut hasher);
+        Self(hasher.finish())
+    }
+}
+
 /// A shard's handle on a machine it knows: an index into its machine table, cheap to copy and
 /// compare in the hot path. The driver maps connections to indices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

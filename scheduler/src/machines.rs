@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::client::Answer;
 use crate::server::{Shared, PROTOCOL_VIOLATION};
-use crate::MachineIdx;
+use crate::{FunctionKey, MachineIdx};
 
 /// A placement waiting for its machine's completion.
 pub(crate) struct InFlight {
@@ -171,6 +171,10 @@ fn handle_control(
             shared.core().idle_update(machine, entry);
             shared.wake.notify_one();
         }
+        DispatcherToShard::Warm(functions) => {
+            let keys = functions.iter().map(|f| FunctionKey::of(f)).collect();
+            shared.core().warm_update(machine, keys);
+        }
         DispatcherToShard::Load { seq, load } => {
             let waiter = polls.lock().unwrap_or_else(|p| p.into_inner()).remove(&seq);
             if let Some(waiter) = waiter {
@@ -257,6 +261,9 @@ fn complete(shared: &Shared, completion: Completion) {
         machine: in_flight.machine_name.to_string(),
         peak_memory_bytes: report.peak_memory_bytes,
         cpu_time_us: report.cpu_time_us,
+        cold_start: report.cold_start,
+        start_us: report.start_us,
+        preempted_us: report.preempted_us,
     });
     let _ = in_flight.answer.send(answer);
     shared.core().completed(in_flight.machine);

@@ -51,10 +51,13 @@ pub struct PolledLoad<'a> {
     pub per_class: &'a [u32],
     /// Its slots.
     pub slots: u32,
+    /// It holds an idle warm instance of the invocation's function.
+    pub warm: bool,
 }
 
-/// The polled machine with room for `class` and the fewest competing functions; ties go to
-/// the fewest functions overall, then to the earlier answer.
+/// The polled machine with room for `class` and the fewest competing functions; ties go to a
+/// machine with a warm instance (no process to start), then to the fewest functions overall,
+/// then to the earlier answer.
 pub fn least_loaded(class: ClassId, polled: &[PolledLoad<'_>]) -> Option<MachineIdx> {
     polled
         .iter()
@@ -62,6 +65,7 @@ pub fn least_loaded(class: ClassId, polled: &[PolledLoad<'_>]) -> Option<Machine
         .min_by_key(|p| {
             (
                 competing(class, p.per_class),
+                !p.warm,
                 p.per_class.iter().sum::<u32>(),
             )
         })
@@ -91,16 +95,19 @@ mod tests {
                 machine: MachineIdx(0),
                 per_class: &a,
                 slots: 4,
+                warm: false,
             },
             PolledLoad {
                 machine: MachineIdx(1),
                 per_class: &b,
                 slots: 4,
+                warm: false,
             },
             PolledLoad {
                 machine: MachineIdx(2),
                 per_class: &c,
                 slots: 4,
+                warm: false,
             },
         ];
         assert_eq!(least_loaded(ClassId(0), &polled), Some(MachineIdx(2)));
@@ -109,9 +116,51 @@ mod tests {
             machine: MachineIdx(0),
             per_class: &a,
             slots: 3,
+            warm: false,
         }];
         assert_eq!(least_loaded(ClassId(3), &full), None);
         assert_eq!(least_loaded(ClassId(2), &full), Some(MachineIdx(0)));
+    }
+
+    #[test]
+    fn a_warm_instance_breaks_ties() {
+        let a = [0, 0, 1, 0];
+        let b = [0, 0, 1, 0];
+        let polled = [
+            PolledLoad {
+                machine: MachineIdx(0),
+                per_class: &a,
+                slots: 4,
+                warm: false,
+            },
+            PolledLoad {
+                machine: MachineIdx(1),
+                per_class: &b,
+                slots: 4,
+                warm: true,
+            },
+        ];
+        assert_eq!(least_loaded(ClassId(1), &polled), Some(MachineIdx(1)));
+        let busier_warm = [1, 0, 1, 0];
+        let polled = [
+            PolledLoad {
+                machine: MachineIdx(0),
+                per_class: &a,
+                slots: 4,
+                warm: false,
+            },
+            PolledLoad {
+                machine: MachineIdx(1),
+                per_class: &busier_warm,
+                slots: 4,
+                warm: true,
+            },
+        ];
+        assert_eq!(
+            least_loaded(ClassId(1), &polled),
+            Some(MachineIdx(0)),
+            "a competitor costs more than a cold start"
+        );
     }
 
     #[test]

@@ -53,12 +53,14 @@ async fn place_all(shared: &Shared) {
                     continue;
                 }
                 let answers = poll(shared, &candidates).await;
+                let function = &taken.item.function.name;
                 let loads: Vec<PolledLoad<'_>> = answers
                     .iter()
                     .map(|(machine, load)| PolledLoad {
                         machine: *machine,
                         per_class: &load.per_class,
                         slots: load.slots,
+                        warm: load.warm.iter().any(|w| w == function),
                     })
                     .collect();
                 let placed = shared.core().polled(taken, &loads);

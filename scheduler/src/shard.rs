@@ -12,6 +12,7 @@
 //! *blocked*: they need at least as much room, so trying them now would only poll in vain.
 //! Dearer classes still go (they may preempt). Any sign of freed capacity lifts the block.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use rand::rngs::SmallRng;
@@ -22,7 +23,7 @@ use tariff_common::ClassId;
 use crate::idle_list::{IdleList, IdleMachine};
 use crate::placement::{self, PolledLoad};
 use crate::queue::{ClassQueues, DEFAULT_AGING};
-use crate::MachineIdx;
+use crate::{FunctionKey, MachineIdx};
 
 /// Default cap on queued invocations per shard before new ones are refused as overloaded.
 pub const DEFAULT_MAX_QUEUED: usize = 100_000;
@@ -66,6 +67,8 @@ pub struct Overloaded {
 pub struct Taken<T> {
     /// The caller's invocation.
     pub item: T,
+    /// Its function, for warm-instance preference.
+    pub function: FunctionKey,
     /// Its class.
     pub class: ClassId,
     /// When it was queued.
@@ -87,13 +90,26 @@ pub enum Step<T> {
 
 struct Machine {
     slots: u32,
+    /// Functions with an idle warm instance on this machine, as it last reported.
+    warm: Vec<FunctionKey>,
 }
+
+/// A queued invocation with the function it calls.
+struct Keyed<T> {
+    function: FunctionKey,
+    item: T,
+}
+
+/// Most warm machines put among a poll's candidates, so a poll still samples the cluster.
+const MAX_WARM_CANDIDATES: usize = 2;
 
 /// The shard's pure core. `T` is whatever the driver keeps per invocation.
 pub struct ShardCore<T> {
     config: ShardConfig,
-    queues: ClassQueues<T>,
+    queues: ClassQueues<Keyed<T>>,
     idle: IdleList,
+    /// Machines holding an idle warm instance, by function.
+    warm: HashMap<FunctionKey, Vec<MachineIdx>>,
     machines: Vec<Option<Machine>>,
     known: Vec<MachineIdx>,
     classes: usize,
@@ -112,6 +128,7 @@ impl<T> ShardCore<T> {
             queues: ClassQueues::new(prices, config.aging),
             config,
             idle: IdleList::new(),
+            warm: HashMap::new(),
             machines: Vec::new(),
             known: Vec::new(),
             classes,
@@ -127,7 +144,11 @@ impl<T> ShardCore<T> {
         if self.machines.len() <= i {
             self.machines.resize_with(i + 1, || None);
         }
-        if self.machines[i].replace(Machine { slots }).is_none() {
+        let fresh = Machine {
+            slots,
+            warm: Vec::new(),
+        };
+        if self.machines[i].replace(fresh).is_none() {
             self.known.push(machine);
         }
         self.unblock();
@@ -135,6 +156,7 @@ impl<T> ShardCore<T> {
 
     /// A machine disconnected; it is forgotten, on the idle list too.
     pub fn remove_machine(&mut self, machine: MachineIdx) {
+        self.warm_update(machine, Vec::new());
         if let Some(slot) = self.machines.get_mut(machine.0 as usize) {
             if slot.take().is_some() {
                 self.known.retain(|&m| m != machine);
@@ -143,10 +165,30 @@ impl<T> ShardCore<T> {
         self.idle.remove(machine);
     }
 
+    /// A machine reported which functions have an idle warm instance on it.
+    pub fn warm_update(&mut self, machine: MachineIdx, functions: Vec<FunctionKey>) {
+        let Some(Some(known)) = self.machines.get_mut(machine.0 as usize) else {
+            return;
+        };
+        for old in known.warm.drain(..) {
+            if let Some(list) = self.warm.get_mut(&old) {
+                list.retain(|&m| m != machine);
+                if list.is_empty() {
+                    self.warm.remove(&old);
+                }
+            }
+        }
+        for &function in &functions {
+            self.warm.entry(function).or_default().push(machine);
+        }
+        known.warm = functions;
+    }
+
     /// Queues an invocation, or gives it back if the queues are full.
     pub fn submit(
         &mut self,
         class: ClassId,
+        function: FunctionKey,
         item: T,
         now: Duration,
     ) -> Result<(), (T, Overloaded)> {
@@ -157,7 +199,7 @@ impl<T> ShardCore<T> {
             };
             return Err((item, overloaded));
         }
-        self.queues.push(class, item, now);
+        self.queues.push(class, Keyed { function, item }, now);
         Ok(())
     }
 
@@ -167,14 +209,24 @@ impl<T> ShardCore<T> {
             return None;
         }
         let class = self.queues.next_class(now, self.blocked_from)?;
+        let (Keyed { function, item }, enqueued) = self.queues.pop(class)?;
+        let warm = self
+            .warm
+            .get(&function)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         let machine = if self.config.use_idle_list {
-            self.idle.best()
+            // A listed warm machine with room beats the list's best: no process to start.
+            warm.iter()
+                .copied()
+                .find(|&m| self.idle.has_room(m))
+                .or_else(|| self.idle.best())
         } else {
             None
         };
-        let (item, enqueued) = self.queues.pop(class)?;
         let taken = Taken {
             item,
+            function,
             class,
             enqueued,
         };
@@ -186,7 +238,17 @@ impl<T> ShardCore<T> {
             None => {
                 let mut sample = std::mem::take(&mut self.sample);
                 placement::sample(&mut self.rng, &self.known, self.config.k, &mut sample);
-                let candidates = sample.clone();
+                let mut candidates: Vec<MachineIdx> =
+                    warm.iter().copied().take(MAX_WARM_CANDIDATES).collect();
+                let wanted = self.config.k.max(candidates.len());
+                for &m in &sample {
+                    if candidates.len() >= wanted {
+                        break;
+                    }
+                    if !candidates.contains(&m) {
+                        candidates.push(m);
+                    }
+                }
                 self.sample = sample;
                 Some(Step::Poll(taken, candidates))
             }
@@ -207,8 +269,7 @@ impl<T> ShardCore<T> {
             }
             None => {
                 self.blocked_from = self.blocked_from.min(taken.class.index());
-                self.queues
-                    .push_front(taken.class, taken.item, taken.enqueued);
+                self.requeue(taken);
                 Err(Requeued)
             }
         }
@@ -217,8 +278,11 @@ impl<T> ShardCore<T> {
     /// Returns a taken invocation to the head of its queue without blocking anything (its
     /// machine vanished before it could be sent).
     pub fn requeue(&mut self, taken: Taken<T>) {
-        self.queues
-            .push_front(taken.class, taken.item, taken.enqueued);
+        let keyed = Keyed {
+            function: taken.function,
+            item: taken.item,
+        };
+        self.queues.push_front(taken.class, keyed, taken.enqueued);
     }
 
     /// An invocation this shard placed on `machine` finished there.
@@ -258,13 +322,17 @@ impl<T> ShardCore<T> {
     }
 
     /// Removes queued invocations for which `expired` is true.
-    pub fn expire(&mut self, expired: impl FnMut(&T) -> bool) -> Vec<T> {
-        self.queues.remove_where(expired)
+    pub fn expire(&mut self, mut expired: impl FnMut(&T) -> bool) -> Vec<T> {
+        self.queues
+            .remove_where(|keyed| expired(&keyed.item))
+            .into_iter()
+            .map(|keyed| keyed.item)
+            .collect()
     }
 
     /// Removes everything queued.
     pub fn drain(&mut self) -> Vec<T> {
-        self.queues.drain().collect()
+        self.queues.drain().map(|keyed| keyed.item).collect()
     }
 
     /// Invocations queued per class.
@@ -298,6 +366,7 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+    const F: FunctionKey = FunctionKey(7);
 
     fn core() -> ShardCore<u32> {
         ShardCore::new(vec![2.0, 1.5, 1.0, 0.5], ShardConfig::default(), 7)
@@ -314,7 +383,7 @@ mod tests {
     #[test]
     fn nothing_happens_without_machines() {
         let mut core = core();
-        core.submit(ClassId(0), 1, MS).unwrap();
+        core.submit(ClassId(0), F, 1, MS).unwrap();
         assert!(core.next(MS).is_none());
         assert_eq!(core.queued(), 1);
     }
@@ -325,8 +394,8 @@ mod tests {
         core.add_machine(MachineIdx(0), 1);
         core.add_machine(MachineIdx(1), 1);
         core.idle_update(MachineIdx(1), listed(0));
-        core.submit(ClassId(2), 10, MS).unwrap();
-        core.submit(ClassId(2), 11, MS).unwrap();
+        core.submit(ClassId(2), F, 10, MS).unwrap();
+        core.submit(ClassId(2), F, 11, MS).unwrap();
         match core.next(MS) {
             Some(Step::Place(t, m)) => assert_eq!((t.item, m), (10, MachineIdx(1))),
             other => panic!("expected an idle-list placement, got {other:?}"),
@@ -345,13 +414,14 @@ mod tests {
         let mut core = core();
         core.add_machine(MachineIdx(0), 1);
         for item in 0..3 {
-            core.submit(ClassId(3), item, MS).unwrap();
+            core.submit(ClassId(3), F, item, MS).unwrap();
         }
         let busy = [0, 0, 0, 1];
         let answers = [PolledLoad {
             machine: MachineIdx(0),
             per_class: &busy,
             slots: 1,
+            warm: false,
         }];
         let Some(Step::Poll(taken, _)) = core.next(MS) else {
             panic!("expected a poll")
@@ -359,7 +429,7 @@ mod tests {
         assert!(core.polled(taken, &answers).is_err());
         assert!(core.is_blocked());
         assert!(core.next(2 * MS).is_none(), "batch stays blocked");
-        core.submit(ClassId(0), 99, 3 * MS).unwrap();
+        core.submit(ClassId(0), F, 99, 3 * MS).unwrap();
         let Some(Step::Poll(taken, _)) = core.next(3 * MS) else {
             panic!("critical is still tried")
         };
@@ -374,14 +444,53 @@ mod tests {
     }
 
     #[test]
+    fn warm_machines_are_preferred_on_the_idle_list_and_in_polls() {
+        let mut core = core();
+        for m in 0..10 {
+            core.add_machine(MachineIdx(m), 4);
+        }
+        core.idle_update(MachineIdx(1), listed(0));
+        core.idle_update(MachineIdx(8), listed(2));
+        core.warm_update(MachineIdx(8), vec![F]);
+        core.submit(ClassId(2), F, 1, MS).unwrap();
+        match core.next(MS) {
+            Some(Step::Place(t, m)) => assert_eq!((t.item, m), (1, MachineIdx(8))),
+            other => panic!("expected the warm listed machine, got {other:?}"),
+        }
+        let unlisted = IdleEntry {
+            listed: false,
+            ..listed(0)
+        };
+        core.idle_update(MachineIdx(1), unlisted);
+        core.idle_update(MachineIdx(8), unlisted);
+        core.warm_update(MachineIdx(5), vec![F]);
+        core.submit(ClassId(2), F, 2, MS).unwrap();
+        match core.next(MS) {
+            Some(Step::Poll(_, candidates)) => {
+                assert!(candidates.contains(&MachineIdx(5)));
+                assert!(candidates.contains(&MachineIdx(8)));
+                assert_eq!(candidates.len(), 3);
+            }
+            other => panic!("expected a poll, got {other:?}"),
+        }
+        core.remove_machine(MachineIdx(5));
+        core.warm_update(MachineIdx(8), vec![]);
+        core.submit(ClassId(2), F, 3, MS).unwrap();
+        match core.next(MS) {
+            Some(Step::Poll(_, candidates)) => assert!(!candidates.contains(&MachineIdx(5))),
+            other => panic!("expected a poll, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn overload_gives_the_item_back() {
         let config = ShardConfig {
             max_queued: 1,
             ..ShardConfig::default()
         };
         let mut core: ShardCore<u32> = ShardCore::new(vec![1.0], config, 1);
-        core.submit(ClassId(0), 1, MS).unwrap();
-        let (item, err) = core.submit(ClassId(0), 2, MS).unwrap_err();
+        core.submit(ClassId(0), F, 1, MS).unwrap();
+        let (item, err) = core.submit(ClassId(0), F, 2, MS).unwrap_err();
         assert_eq!((item, err.queued, err.limit), (2, 1, 1));
     }
 
@@ -409,7 +518,7 @@ mod tests {
             for m in 0..50 {
                 core.add_machine(MachineIdx(m), 4);
             }
-            core.submit(ClassId(1), 0, MS).unwrap();
+            core.submit(ClassId(1), F, 0, MS).unwrap();
             match core.next(MS) {
                 Some(Step::Poll(_, c)) => c,
                 _ => unreachable!(),

@@ -129,11 +129,15 @@ impl TestCluster {
         addr
     }
 
-    /// Starts a dispatcher serving every shard started so far.
+    /// Starts a dispatcher serving every shard started so far; its log goes to
+    /// [`TestCluster::dispatcher_log`].
     pub fn start_dispatcher(&mut self, name: &str, cores: u32, extra: &[&str]) {
         let shards: Vec<String> = self.shard_addrs.iter().map(ToString::to_string).collect();
+        let log = std::fs::File::create(self.dispatcher_log(name)).expect("log file");
         let child = self
             .command()
+            .env("RUST_LOG", "info")
+            .stderr(log)
             .args([
                 "dispatcher",
                 "--shards",
@@ -150,6 +154,25 @@ impl TestCluster {
             child,
             name: name.into(),
         });
+    }
+
+    /// Where dispatcher `name` logs.
+    pub fn dispatcher_log(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("dispatcher-{name}.log"))
+    }
+
+    /// Deploys one function through shard 0.
+    pub async fn deploy(&self, spec: FunctionSpec) {
+        let response = self
+            .client(0)
+            .await
+            .request(ClientRequest::Deploy(spec))
+            .await
+            .unwrap();
+        assert!(
+            matches!(response, ClientResponse::Deployed { .. }),
+            "{response:?}"
+        );
     }
 
     /// A client of shard `i`.
@@ -192,6 +215,7 @@ impl TestCluster {
                 command: vec![example(name).to_string_lossy().into_owned()],
                 env: vec![],
                 version: 0,
+                runtime: tariff_common::function::Runtime::Exec,
             };
             let response = client.request(ClientRequest::Deploy(spec)).await.unwrap();
             assert!(

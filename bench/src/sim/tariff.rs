@@ -24,7 +24,7 @@ use tariff_dispatcher::idle_advert::{
 use tariff_dispatcher::swap::{self, Instance};
 use tariff_machine_sched::run_queue::{Decision, RunQueue};
 use tariff_scheduler::placement::PolledLoad;
-use tariff_scheduler::{MachineIdx, ShardConfig, ShardCore, Step};
+use tariff_scheduler::{FunctionKey, MachineIdx, ShardConfig, ShardCore, Step};
 
 use super::events::{to_duration, Event, Nanos};
 use super::workload::{Invocation, INITIAL_MEMORY_MB, MB};
@@ -199,6 +199,7 @@ impl Tariff {
                             machine,
                             per_class: &self.machines[machine.0 as usize].counts,
                             slots: self.slots,
+                            warm: false,
                         })
                         .collect();
                     self.shards[s]
@@ -440,7 +441,12 @@ impl Policy for Tariff {
             }
         };
         if self.shards[s]
-            .submit(ClassId(inv.class), id, to_duration(now))
+            .submit(
+                ClassId(inv.class),
+                FunctionKey(u64::from(inv.function)),
+                id,
+                to_duration(now),
+            )
             .is_err()
         {
             // Unreachable with an unbounded queue; count it as lost rather than panic.

@@ -1,9 +1,8 @@
-//! How much memory this machine's functions use, read from `/proc`.
+//! Resident memory of processes, read from `/proc`.
 //!
 //! Functions pay for memory actually used, and the idle list is defined by free memory, so
-//! the dispatcher measures resident memory rather than trusting declared sizes. (Per-instance
-//! cgroups, with swap accounting, replace this when the machine scheduler places functions in
-//! cgroups.)
+//! the dispatcher measures resident memory rather than trusting declared sizes. Instance
+//! cgroups give the same figure per instance where they exist; this works everywhere.
 
 use std::fs;
 

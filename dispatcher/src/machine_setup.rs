@@ -1,0 +1,124 @@
+//! Works out, at start, how this machine will run functions: real-time or user-space
+//! ordering, which CPUs, which cgroups, which user. Every decision is logged plainly, because
+//! an operator must be able to tell from the log whether class priority is enforced by the
+//! kernel and why not if it is not.
+
+use std::path::Path;
+
+use tariff_machine_sched::cgroup::CgroupRoot;
+use tariff_machine_sched::machine::MachineOptions;
+use tariff_machine_sched::rt::{self, SchedMode};
+use tracing::{info, warn};
+
+use crate::DispatcherError;
+
+/// Detects the machine's capabilities and builds the machine scheduler's options.
+/// `no_rt` forces user-space ordering.
+pub fn machine_options(
+    cores: u32,
+    no_rt: bool,
+    data_dir: &Path,
+    machine: &str,
+) -> Result<MachineOptions, DispatcherError> {
+    let mode = if no_rt {
+        SchedMode::UserSpace {
+            reason: "--no-rt was given".into(),
+        }
+    } else {
+        rt::probe()
+    };
+    let real_time = mode == SchedMode::RealTime;
+    let (cpus, note) = rt::function_cpus(&rt::allowed_cpus(), cores as usize, real_time);
+    if let Some(note) = note {
+        warn!("{note}");
+    }
+    match &mode {
+        SchedMode::RealTime => {
+            let throttle = rt::rt_throttle()
+                .map(|(run, period)| format!("{run} of every {period} µs"))
+                .unwrap_or_else(|| "unknown".into());
+            info!(
+                cpus = ?cpus,
+                dispatcher_priority = rt::DISPATCHER_PRIORITY,
+                lowest_function_priority = rt::LOWEST_FUNCTION_PRIORITY,
+                rt_throttle = %throttle,
+                "machine scheduler: real-time (SCHED_FIFO by price class; the kernel preempts cheaper classes)"
+            );
+        }
+        SchedMode::UserSpace { reason } => warn!(
+            cpus = ?cpus,
+            %reason,
+            "machine scheduler: user-space ordering (at most one function per CPU, cheaper classes stopped with SIGSTOP while dearer ones run)"
+        ),
+    }
+    // One subtree per dispatcher: the machine name, plus a digest of the data directory so two
+    // dispatchers on one host (tests, or a misconfiguration) never clean up each other's
+    // instances as stale.
+    let base = format!("tariff/{}-{:08x}", sanitize(machine), digest(data_dir));
+    let cgroups = match CgroupRoot::detect(&base) {
+        Ok(root) => {
+            match root.clean_stale() {
+                Ok(0) => {}
+                Ok(n) => info!(
+                    removed = n,
+                    "removed instance cgroups left by an earlier run"
+                ),
+                Err(e) => warn!(error = %e, "could not clean stale instance cgroups"),
+            }
+            match root.confine_cpus(&cpus) {
+                Ok(true) => info!(cpus = ?cpus, "functions confined by cpuset"),
+                Ok(false) => info!("no cpuset controller: functions confined by affinity only"),
+                Err(e) => warn!(error = %e, "cpuset confinement failed: affinity only"),
+            }
+            info!(version = ?root.version(), base = %base, "per-instance cgroups");
+            Some(root)
+        }
+        Err(e) => {
+            warn!(error = %e, "no per-instance cgroups: CPU time and memory come from rusage and /proc");
+            None
+        }
+    };
+    let user = tariff_machine_sched::isolation::function_user();
+    match user {
+        Some((uid, gid)) => info!(uid, gid, "functions run as an unprivileged user"),
+        None => info!("functions run as the dispatcher's user (not root)"),
+    }
+    let work_root = data_dir.join("instances");
+    std::fs::create_dir_all(&work_root).map_err(|source| DispatcherError::DataDir {
+        path: work_root.clone(),
+        source,
+    })?;
+    Ok(MachineOptions {
+        cores: cpus.len(),
+        mode,
+        cpus,
+        cgroups,
+        user,
+        work_root,
+    })
+}
+
+/// A short, stable digest of a path (FNV-1a), for naming.
+fn digest(path: &Path) -> u32 {
+    let absolute = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    absolute
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0x811c_9dc5_u32, |hash, &byte| {
+            (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+        })
+}
+
+/// Machine names become cgroup directory names: keep them to safe characters.
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}

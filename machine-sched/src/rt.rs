@@ -1,0 +1,263 @@
+//! Real-time priorities and CPU confinement: how a price class becomes a kernel priority.
+//!
+//! Every function process runs under `SCHED_FIFO` at a priority derived from its invocation's
+//! class, so the kernel preempts a cheaper class the moment a dearer one becomes runnable, and
+//! runs equal priorities first come, first served. The dispatcher's own threads run above every
+//! function priority (with `SCHED_RESET_ON_FORK`, so the processes they start begin as normal
+//! tasks) and are never starved by the functions they manage.
+//!
+//! Three kernel facts shape this module (measured on these machines, see MACHINE-NOTES):
+//! - **RT throttling** (`kernel.sched_rt_runtime_us` = 950000 of 1000000): once real-time
+//!   tasks use 95 % of a period, *all* of them wait, the top class included. Confining
+//!   functions to fewer CPUs than the host has ([`function_cpus`]) keeps the rest of the
+//!   machine, and the throttle's budget, out of their reach.
+//! - **Priority inversion in fork/exec/exit**: these take memory-management locks without
+//!   priority inheritance, and kernel threads starved by real-time load may hold them for
+//!   seconds. So processes are spawned at normal priority and raised only after `exec`, warm
+//!   instances are preferred, and at least one CPU is left to CFS and kernel threads.
+//! - **CONFIG_RT_GROUP_SCHED**: a task in a `cpu` cgroup without an RT budget cannot become
+//!   real-time (EPERM). Instances are never put in `cpu` cgroups (see `cgroup`), and
+//!   [`probe`] reports such a dispatcher cgroup as the reason for falling back.
+
+use std::io;
+
+use tariff_common::ClassId;
+
+/// Priority of the dispatcher's threads: above every function priority.
+pub const DISPATCHER_PRIORITY: i32 = 50;
+/// Priority of the cheapest class.
+pub const LOWEST_FUNCTION_PRIORITY: i32 = 10;
+/// Gap between adjacent classes, leaving room for finer grades later.
+pub const PRIORITY_STEP: i32 = 2;
+/// `SCHED_RESET_ON_FORK` flag from `<linux/sched.h>`.
+const SCHED_RESET_ON_FORK: libc::c_int = 0x4000_0000;
+const RT_RUNTIME: &str = "/proc/sys/kernel/sched_rt_runtime_us";
+const RT_PERIOD: &str = "/proc/sys/kernel/sched_rt_period_us";
+
+/// The `SCHED_FIFO` priority of a class: the top class highest, each cheaper class
+/// [`PRIORITY_STEP`] lower, the cheapest at [`LOWEST_FUNCTION_PRIORITY`].
+pub fn function_priority(class: ClassId, classes: usize) -> i32 {
+    let below_top = classes.saturating_sub(1 + class.index()) as i32;
+    (LOWEST_FUNCTION_PRIORITY + below_top * PRIORITY_STEP).min(DISPATCHER_PRIORITY - 1)
+}
+
+/// How the machine enforces class order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SchedMode {
+    /// The kernel does it: functions run under `SCHED_FIFO`.
+    RealTime,
+    /// The dispatcher does it: at most `cores` functions run, cheaper ones are stopped
+    /// (`SIGSTOP`) while dearer ones need their CPU. The reason says why.
+    UserSpace {
+        /// Why real-time scheduling is not used.
+        reason: String,
+    },
+}
+
+fn set_scheduler(tid: i32, policy: libc::c_int, priority: i32) -> io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: `param` is a valid sched_param for the duration of the call; the kernel only
+    // reads it. A stale tid makes the call fail with ESRCH, which we report.
+    let rc = unsafe { libc::sched_setscheduler(tid, policy, &param) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Puts thread `tid` under `SCHED_FIFO` at `priority`.
+pub fn set_fifo(tid: i32, priority: i32) -> io::Result<()> {
+    set_scheduler(tid, libc::SCHED_FIFO, priority)
+}
+
+/// Returns thread `tid` to normal (CFS) scheduling.
+pub fn set_normal(tid: i32) -> io::Result<()> {
+    set_scheduler(tid, libc::SCHED_OTHER, 0)
+}
+
+/// Raises the calling thread to the dispatcher's priority, with reset-on-fork so that the
+/// function processes it starts begin as normal tasks. Call it on every runtime thread.
+pub fn raise_current_thread() -> io::Result<()> {
+    set_scheduler(
+        0,
+        libc::SCHED_FIFO | SCHED_RESET_ON_FORK,
+        DISPATCHER_PRIORITY,
+    )
+}
+
+/// Sets every thread in `tids` to `SCHED_FIFO` at `priority`, ignoring threads that have
+/// exited meanwhile. Returns how many were set.
+pub fn set_fifo_all(tids: &[i32], priority: i32) -> io::Result<usize> {
+    let mut set = 0;
+    for &tid in tids {
+        match set_fifo(tid, priority) {
+            Ok(()) => set += 1,
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(set)
+}
+
+/// Thread ids of process `pid` (from `/proc/PID/task`).
+pub fn threads_of(pid: i32) -> Vec<i32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Finds out whether this process may use `SCHED_FIFO`, by raising and lowering a
+/// short-lived probe thread.
+pub fn probe() -> SchedMode {
+    let attempt = std::thread::spawn(|| {
+        let result = set_fifo(0, LOWEST_FUNCTION_PRIORITY);
+        let _ = set_normal(0);
+        result
+    })
+    .join();
+    match attempt {
+        Ok(Ok(())) => SchedMode::RealTime,
+        Ok(Err(e)) => SchedMode::UserSpace {
+            reason: explain_refusal(&e),
+        },
+        Err(_) => SchedMode::UserSpace {
+            reason: "the SCHED_FIFO probe thread panicked".into(),
+        },
+    }
+}
+
+fn explain_refusal(error: &io::Error) -> String {
+    if error.raw_os_error() != Some(libc::EPERM) {
+        return format!("sched_setscheduler(SCHED_FIFO) failed: {error}");
+    }
+    let cpu_group = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.split_once(":cpu:").map(|(_, path)| path.to_owned()))
+        });
+    match cpu_group {
+        Some(group) if group != "/" => format!(
+            "SCHED_FIFO refused (EPERM): no CAP_SYS_NICE, or cpu cgroup {group} has no real-time \
+             budget (cpu.rt_runtime_us = 0 on a CONFIG_RT_GROUP_SCHED kernel)"
+        ),
+        _ => "SCHED_FIFO refused (EPERM): the dispatcher lacks CAP_SYS_NICE".into(),
+    }
+}
+
+/// The kernel's RT throttle as (runtime, period) in µs; runtime -1 means no throttling.
+pub fn rt_throttle() -> Option<(i64, i64)> {
+    let read = |path| std::fs::read_to_string(path).ok()?.trim().parse().ok();
+    Some((read(RT_RUNTIME)?, read(RT_PERIOD)?))
+}
+
+/// CPUs this process may run on.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: an all-zero cpu_set_t is a valid empty set; sched_getaffinity writes at most
+    // size_of::<cpu_set_t>() bytes into it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
+    }
+}
+
+/// Pins thread or process `tid` to `cpus`.
+pub fn set_affinity(tid: i32, cpus: &[usize]) -> io::Result<()> {
+    // SAFETY: as in allowed_cpus; CPU_SET only touches bits inside the set for cpu numbers
+    // below CPU_SETSIZE, which the filter guarantees.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &cpu in cpus.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        if libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+}
+
+/// The CPUs functions are confined to, chosen from `allowed`: the `cores` highest-numbered
+/// ones, so that CPU 0 (where interrupts and most kernel threads land) stays with CFS. In
+/// real-time mode at least one allowed CPU is always left out: real-time functions on every
+/// CPU can stall the kernel threads that fork, exec and exit depend on. The second value
+/// explains any reduction.
+pub fn function_cpus(
+    allowed: &[usize],
+    cores: usize,
+    real_time: bool,
+) -> (Vec<usize>, Option<String>) {
+    let mut cpus: Vec<usize> = allowed.to_vec();
+    cpus.sort_unstable();
+    let limit = if real_time && cpus.len() > 1 {
+        cpus.len() - 1
+    } else {
+        cpus.len()
+    };
+    let take = cores.clamp(1, limit.max(1));
+    let note = (take < cores).then(|| {
+        if real_time && cores >= cpus.len() {
+            format!(
+                "--cores {cores}: real-time functions get {take} of the host's {} CPUs; one is \
+                 left to the kernel, the dispatcher and normal tasks",
+                cpus.len()
+            )
+        } else {
+            format!("--cores {cores}: only {} CPUs are available", cpus.len())
+        }
+    });
+    let chosen = cpus.split_off(cpus.len() - take);
+    (chosen, note)
+}
+
+/// Time thread `pid` has spent runnable but waiting for a CPU, from `/proc/PID/schedstat`
+/// (its second field, in ns), in µs. This is the time it was preempted or queued.
+pub fn runqueue_wait_us(pid: i32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).ok()?;
+    let ns: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some(ns / 1_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dearer_classes_get_higher_priorities_below_the_dispatcher() {
+        let prios: Vec<i32> = (0..4).map(|c| function_priority(ClassId(c), 4)).collect();
+        assert_eq!(prios, [16, 14, 12, 10]);
+        assert!(prios.iter().all(|&p| p < DISPATCHER_PRIORITY));
+        assert_eq!(function_priority(ClassId(0), 1), LOWEST_FUNCTION_PRIORITY);
+        assert!(function_priority(ClassId(0), 100) < DISPATCHER_PRIORITY);
+    }
+
+    #[test]
+    fn real_time_functions_never_get_every_cpu() {
+        assert_eq!(function_cpus(&[0, 1], 1, true), (vec![1], None));
+        let (cpus, note) = function_cpus(&[0, 1], 2, true);
+        assert_eq!(cpus, [1]);
+        assert!(note.unwrap().contains("left to the kernel"));
+        assert_eq!(function_cpus(&[0, 1], 2, false), (vec![0, 1], None));
+        assert_eq!(function_cpus(&[0], 1, true), (vec![0], None));
+        assert_eq!(function_cpus(&[0, 1, 2, 3], 2, true), (vec![2, 3], None));
+    }
+
+    #[test]
+    fn this_thread_has_cpus_and_schedstat() {
+        assert!(!allowed_cpus().is_empty());
+        assert!(runqueue_wait_us(std::process::id() as i32).is_some());
+        assert!(!threads_of(std::process::id() as i32).is_empty());
+    }
+}
