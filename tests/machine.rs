@@ -11,6 +11,14 @@ use tariff_common::function::Runtime;
 use tariff_common::wire::{InvocationOutcome, InvokeError};
 use tariff_common::FunctionSpec;
 
+/// These tests measure who gets the function CPU; run in parallel, their dispatchers (all
+/// confined to the same CPU) would compete with each other. One at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -115,6 +123,7 @@ async fn fcfs_within_a_class(extra: &[&str]) {
 
 #[test]
 fn real_time_critical_preempts_a_batch_backlog() {
+    let _serial = serial();
     runtime().block_on(async {
         let log = critical_preempts_batch(&[]).await;
         assert!(
@@ -126,11 +135,13 @@ fn real_time_critical_preempts_a_batch_backlog() {
 
 #[test]
 fn real_time_runs_a_class_first_come_first_served() {
+    let _serial = serial();
     runtime().block_on(fcfs_within_a_class(&[]));
 }
 
 #[test]
 fn user_space_fallback_gives_the_same_preemption() {
+    let _serial = serial();
     runtime().block_on(async {
         let log = critical_preempts_batch(&["--no-rt"]).await;
         assert!(
@@ -143,6 +154,7 @@ fn user_space_fallback_gives_the_same_preemption() {
 
 #[test]
 fn user_space_fallback_runs_a_class_first_come_first_served() {
+    let _serial = serial();
     runtime().block_on(fcfs_within_a_class(&["--no-rt"]));
 }
 
@@ -158,6 +170,7 @@ fn counter(keep_alive_ms: u64) -> FunctionSpec {
 
 #[test]
 fn persistent_instances_stay_warm_and_are_reaped_after_keep_alive() {
+    let _serial = serial();
     runtime().block_on(async {
         let cluster = one_core_machine(&[]).await;
         cluster.deploy(counter(700)).await;
@@ -189,6 +202,7 @@ fn persistent_instances_stay_warm_and_are_reaped_after_keep_alive() {
 
 #[test]
 fn a_crashed_instance_answers_with_an_error_and_is_replaced() {
+    let _serial = serial();
     runtime().block_on(async {
         let cluster = one_core_machine(&[]).await;
         cluster.deploy(counter(60_000)).await;
@@ -209,6 +223,7 @@ fn a_crashed_instance_answers_with_an_error_and_is_replaced() {
 
 #[test]
 fn functions_run_isolated_and_accounted() {
+    let _serial = serial();
     runtime().block_on(async {
         let cluster = one_core_machine(&[]).await;
         let shell = |name: &str, script: &str, env: Vec<(String, String)>| FunctionSpec {
