@@ -12,6 +12,9 @@ use tracing::{info, warn};
 
 use crate::DispatcherError;
 
+/// File in the data directory listing the dispatcher's cgroup directories, one per line.
+pub const CGROUPS_FILE: &str = "cgroups";
+
 /// Detects the machine's capabilities and builds the machine scheduler's options.
 /// `no_rt` forces user-space ordering.
 pub fn machine_options(
@@ -71,6 +74,17 @@ pub fn machine_options(
                 Err(e) => warn!(error = %e, "cpuset confinement failed: affinity only"),
             }
             info!(version = ?root.version(), base = %base, "per-instance cgroups");
+            // Written down so an operator (or a test) can find and remove the subtree even
+            // if this dispatcher is killed before it can clean up.
+            let listing: String = root
+                .base_dirs()
+                .iter()
+                .map(|d| format!("{}\n", d.display()))
+                .collect();
+            let record = data_dir.join(CGROUPS_FILE);
+            if let Err(e) = std::fs::create_dir_all(data_dir).and_then(|()| std::fs::write(&record, listing)) {
+                warn!(file = %record.display(), error = %e, "could not record the cgroup subtree");
+            }
             Some(root)
         }
         Err(e) => {

@@ -30,6 +30,8 @@ pub(crate) struct Pending {
     pub(crate) function: Arc<FunctionSpec>,
     pub(crate) payload: Vec<u8>,
     pub(crate) deadline: Instant,
+    /// The caller's timeout.
+    pub(crate) timeout: Duration,
     pub(crate) queued_at_us: u64,
     pub(crate) answer: oneshot::Sender<Answer>,
 }
@@ -96,6 +98,7 @@ async fn invoke(shared: &Arc<Shared>, request: InvokeRequest) -> Answer {
             function,
             payload: request.payload,
             deadline,
+            timeout,
             queued_at_us: unix_micros(),
             answer,
         };

@@ -31,6 +31,8 @@ pub(crate) struct InFlight {
     pub(crate) machine_name: Arc<str>,
     pub(crate) queued_at_us: u64,
     pub(crate) placed_at_us: u64,
+    /// The caller's timeout, reported if the machine gives up on time first.
+    pub(crate) timeout_ms: u64,
     pub(crate) answer: oneshot::Sender<Answer>,
 }
 
@@ -249,7 +251,12 @@ fn complete(shared: &Shared, completion: Completion) {
         // The caller timed out and was answered already.
         return;
     };
-    let answer = completion.result.map(|report| InvocationOutcome {
+    let result = completion.result.map_err(|error| match error {
+        // The machine's deadline is derived from the caller's: report the caller's figure.
+        InvokeError::TimedOut(_) => InvokeError::TimedOut(in_flight.timeout_ms),
+        other => other,
+    });
+    let answer = result.map(|report| InvocationOutcome {
         id,
         output: report.output,
         timings: Timings {

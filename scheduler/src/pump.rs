@@ -122,6 +122,7 @@ fn send(shared: &Shared, taken: Taken<Pending>, machine: MachineIdx) {
             machine_name: link.name.clone(),
             queued_at_us: item.queued_at_us,
             placed_at_us: unix_micros(),
+            timeout_ms: item.timeout.as_millis() as u64,
             answer: item.answer,
         },
     );

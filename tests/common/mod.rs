@@ -226,6 +226,50 @@ impl TestCluster {
     }
 }
 
+impl Drop for TestCluster {
+    /// Stops the processes, then removes any cgroups a dispatcher could not remove itself
+    /// (one killed by a test, as a crashed machine would be).
+    fn drop(&mut self) {
+        self.dispatchers.clear();
+        self.shards.clear();
+        for entry in std::fs::read_dir(self.dir.path()).into_iter().flatten().flatten() {
+            let record = entry.path().join("cgroups");
+            let Ok(listing) = std::fs::read_to_string(&record) else {
+                continue;
+            };
+            for base in listing.lines().map(PathBuf::from) {
+                remove_cgroup_tree(&base);
+            }
+        }
+    }
+}
+
+/// Kills everything in a cgroup directory tree and removes it, bottom up (bounded retries).
+fn remove_cgroup_tree(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for child in entries.flatten() {
+        if child.path().is_dir() {
+            remove_cgroup_tree(&child.path());
+        }
+    }
+    for _ in 0..100 {
+        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                // SAFETY: kill has no memory effects; these are the test's own functions.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Reads a file a child writes once it is ready, waiting for it (bounded).
 pub fn wait_for_file(path: &Path) -> String {
     let deadline = Instant::now() + START_TIMEOUT;
