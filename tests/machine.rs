@@ -121,6 +121,37 @@ async fn fcfs_within_a_class(extra: &[&str]) {
     );
 }
 
+/// (policy, real-time priority) of every runtime worker thread of process `pid`.
+fn worker_policies(pid: u32) -> Vec<(u32, u32)> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("tokio-") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
+        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        // proc(5): field 40 is rt_priority, 41 policy; `fields` starts at field 3.
+        found.push((fields[41 - 3].parse().unwrap(), fields[40 - 3].parse().unwrap()));
+    }
+    found
+}
+
+#[test]
+fn the_dispatcher_runs_above_every_function() {
+    let _serial = serial();
+    runtime().block_on(async {
+        let cluster = one_core_machine(&[]).await;
+        let policies = worker_policies(cluster.dispatchers[0].child.id());
+        assert!(!policies.is_empty());
+        let fifo = libc::SCHED_FIFO as u32;
+        assert!(
+            policies.iter().all(|&(policy, prio)| policy == fifo && prio == 50),
+            "dispatcher worker threads (policy, priority): {policies:?}"
+        );
+    });
+}
+
 #[test]
 fn real_time_critical_preempts_a_batch_backlog() {
     let _serial = serial();
