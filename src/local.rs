@@ -14,6 +14,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use hdrhistogram::Histogram;
 use tariff_common::client::Client;
+use tariff_common::function::Runtime;
 use tariff_common::store::{ClusterStore, SqliteStore};
 use tariff_common::units::parse_size;
 use tariff_common::wire::InvokeRequest;
@@ -25,7 +26,9 @@ use tokio::sync::watch;
 use crate::{parse_duration, Global};
 
 /// The example functions deployed into a local cluster, by binary name.
-pub const EXAMPLE_FUNCTIONS: [&str; 5] = ["echo", "sleep", "spin", "alloc", "fail"];
+pub const EXAMPLE_FUNCTIONS: [&str; 6] = ["echo", "sleep", "spin", "alloc", "fail", "counter"];
+/// How long the persistent example stays warm when idle.
+const COUNTER_KEEP_ALIVE_MS: u64 = 60_000;
 
 /// `tariff local`.
 #[derive(Args, Debug)]
@@ -54,6 +57,10 @@ pub struct LocalArgs {
     /// CPU milliseconds each demo invocation spins.
     #[arg(long, default_value_t = 20)]
     demo_spin_ms: u64,
+    /// Run the demo's spins as one-shot processes (`spin`) instead of on warm persistent
+    /// instances (`counter`).
+    #[arg(long)]
+    demo_cold: bool,
     /// Do not use SCHED_FIFO: enforce class order in user space.
     #[arg(long)]
     pub no_rt: bool,
@@ -86,12 +93,19 @@ pub fn example_specs() -> anyhow::Result<Vec<FunctionSpec>> {
                     path.display()
                 );
             }
+            let runtime = if *name == "counter" {
+                Runtime::Persistent {
+                    keep_alive_ms: COUNTER_KEEP_ALIVE_MS,
+                }
+            } else {
+                Runtime::Exec
+            };
             Ok(FunctionSpec {
                 name: (*name).to_owned(),
                 command: vec![path.to_string_lossy().into_owned()],
                 env: Vec::new(),
                 version: 0,
-                runtime: tariff_common::function::Runtime::Exec,
+                runtime,
             })
         })
         .collect()
@@ -115,6 +129,7 @@ pub async fn run(global: &Global, args: LocalArgs) -> anyhow::Result<()> {
     let classes = PriceClasses::default();
     let mut shard_addrs = Vec::new();
     let mut tasks = Vec::new();
+    let mut function_cpus = std::collections::BTreeSet::new();
     for i in 0..args.shards {
         let options = ShardOptions {
             listen: ([127, 0, 0, 1], 0).into(),
@@ -146,6 +161,7 @@ pub async fn run(global: &Global, args: LocalArgs) -> anyhow::Result<()> {
             &options.data_dir,
             &options.machine,
         )?;
+        function_cpus.extend(machine.cpus.iter().copied());
         let scheduler = tariff_machine_sched::machine::MachineScheduler::new(machine);
         let dispatcher = Dispatcher::new(&cluster, options, scheduler)?;
         tasks.push(tokio::spawn(dispatcher.run(until_stopped(stopped.clone()))));
@@ -169,7 +185,7 @@ pub async fn run(global: &Global, args: LocalArgs) -> anyhow::Result<()> {
     );
     wait_for_machines(&cluster, &shard_addrs, args.dispatchers).await?;
     let result = if args.demo {
-        demo(&cluster, &shard_addrs, &args, &classes).await
+        demo(&cluster, &shard_addrs, &args, &classes, function_cpus.len()).await
     } else {
         println!("running; Ctrl-C to stop");
         crate::shutdown_signal().await;
@@ -215,6 +231,8 @@ async fn wait_for_machines(
 struct ClassResult {
     latency_us: Option<Histogram<u64>>,
     errors: BTreeMap<String, u64>,
+    /// Sums over successful invocations: shard queue, machine start, run, preempted (µs).
+    stages_us: [u64; 4],
 }
 
 /// Open-loop mixed-class load: every class equally likely, a fixed spin per invocation,
@@ -225,18 +243,26 @@ async fn demo(
     shards: &[SocketAddr],
     args: &LocalArgs,
     classes: &PriceClasses,
+    function_cpus: usize,
 ) -> anyhow::Result<()> {
     let mut clients = Vec::new();
     for &addr in shards {
         clients.push(Client::connect(cluster, addr).await?);
     }
-    let capacity_per_sec =
-        f64::from(args.cores) * args.dispatchers as f64 * 1000.0 / args.demo_spin_ms as f64;
+    // Capacity is what the function CPUs can do: dispatchers in one process share the
+    // host's CPUs, and in real-time mode one CPU is kept away from functions.
+    let capacity_per_sec = function_cpus.max(1) as f64 * 1000.0 / args.demo_spin_ms as f64;
     let rate = capacity_per_sec * args.demo_load;
     let total = (rate * args.demo_duration.as_secs_f64()).ceil() as u64;
     let gap = Duration::from_secs_f64(1.0 / rate);
+    let (function, payload) = if args.demo_cold {
+        ("spin", args.demo_spin_ms.to_string())
+    } else {
+        ("counter", format!("spin {}", args.demo_spin_ms))
+    };
     println!(
-        "demo: {total} invocations of spin {} ms over {:?} at {:.0}/s ({:.1}x capacity), classes mixed evenly",
+        "demo: {total} invocations of `{function}` ({} ms of CPU each) over {:?} at {:.0}/s = \
+         {:.1}x the capacity of {function_cpus} function CPU(s); classes mixed evenly",
         args.demo_spin_ms, args.demo_duration, rate, args.demo_load
     );
     let names: Vec<String> = classes.names().map(str::to_owned).collect();
@@ -248,10 +274,10 @@ async fn demo(
         let client = clients[n as usize % clients.len()].clone();
         let class = names[n as usize % names.len()].clone();
         let request = InvokeRequest {
-            function: "spin".into(),
+            function: function.into(),
             class: class.clone(),
             tenant: "demo".into(),
-            payload: args.demo_spin_ms.to_string().into_bytes(),
+            payload: payload.clone().into_bytes(),
             timeout_ms: 60_000,
         };
         handles.push(tokio::spawn(async move {
@@ -264,7 +290,17 @@ async fn demo(
         let (class, latency, answer) = handle.await?;
         let entry = results.entry(class).or_default();
         match answer {
-            Ok(Ok(_)) => {
+            Ok(Ok(outcome)) => {
+                let t = &outcome.timings;
+                let stages = [
+                    t.queued_us(),
+                    outcome.start_us,
+                    t.run_us(),
+                    outcome.preempted_us,
+                ];
+                for (sum, value) in entry.stages_us.iter_mut().zip(stages) {
+                    *sum += value;
+                }
                 let histogram = entry.latency_us.get_or_insert_with(|| {
                     Histogram::new(3).expect("3 significant digits is valid")
                 });
@@ -281,8 +317,8 @@ async fn demo(
     }
     println!();
     println!(
-        "{:<10} {:>6} {:>10} {:>10} {:>10} {:>10}  errors",
-        "class", "ok", "p50 ms", "p90 ms", "p99 ms", "max ms"
+        "{:<10} {:>6} {:>9} {:>9} {:>9} {:>9} | mean ms: {:>7} {:>7} {:>7} {:>7}  errors",
+        "class", "ok", "p50 ms", "p90 ms", "p99 ms", "max ms", "queue", "start", "run", "preempt"
     );
     for name in &names {
         let Some(result) = results.get(name) else {
@@ -295,24 +331,29 @@ async fn demo(
                 .map_or(0.0, |h| h.value_at_quantile(q) as f64 / 1000.0)
         };
         let ok = result.latency_us.as_ref().map_or(0, Histogram::len);
+        let mean = |i: usize| result.stages_us[i] as f64 / ok.max(1) as f64 / 1000.0;
         let errors: Vec<String> = result
             .errors
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
+        let errors = if errors.is_empty() {
+            "-".to_owned()
+        } else {
+            errors.join(" ")
+        };
         println!(
-            "{:<10} {:>6} {:>10.1} {:>10.1} {:>10.1} {:>10.1}  {}",
+            "{:<10} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>9.1} |          {:>7.1} {:>7.1} {:>7.1} {:>7.1}  {errors}",
             name,
             ok,
             ms(0.5),
             ms(0.9),
             ms(0.99),
             ms(1.0),
-            if errors.is_empty() {
-                "-".into()
-            } else {
-                errors.join(" ")
-            }
+            mean(0),
+            mean(1),
+            mean(2),
+            mean(3),
         );
     }
     Ok(())

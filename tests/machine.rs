@@ -16,7 +16,9 @@ use tariff_common::FunctionSpec;
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -124,15 +126,26 @@ async fn fcfs_within_a_class(extra: &[&str]) {
 /// (policy, real-time priority) of every runtime worker thread of process `pid`.
 fn worker_policies(pid: u32) -> Vec<(u32, u32)> {
     let mut found = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
         if !comm.starts_with("tokio-") {
             continue;
         }
         let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
-        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
         // proc(5): field 40 is rt_priority, 41 policy; `fields` starts at field 3.
-        found.push((fields[41 - 3].parse().unwrap(), fields[40 - 3].parse().unwrap()));
+        found.push((
+            fields[41 - 3].parse().unwrap(),
+            fields[40 - 3].parse().unwrap(),
+        ));
     }
     found
 }
@@ -146,7 +159,9 @@ fn the_dispatcher_runs_above_every_function() {
         assert!(!policies.is_empty());
         let fifo = libc::SCHED_FIFO as u32;
         assert!(
-            policies.iter().all(|&(policy, prio)| policy == fifo && prio == 50),
+            policies
+                .iter()
+                .all(|&(policy, prio)| policy == fifo && prio == 50),
             "dispatcher worker threads (policy, priority): {policies:?}"
         );
     });

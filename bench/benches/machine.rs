@@ -89,14 +89,19 @@ fn scheduler(work: &std::path::Path) -> Arc<MachineScheduler> {
     let mode = rt::probe();
     let real_time = mode == SchedMode::RealTime;
     let (cpus, _) = rt::function_cpus(&rt::allowed_cpus(), 1, real_time);
-    let cgroups =
-        tariff_machine_sched::cgroup::CgroupRoot::detect(&format!("tariff/bench-{}", std::process::id())).ok();
+    let cgroups = tariff_machine_sched::cgroup::CgroupRoot::detect(&format!(
+        "tariff/bench-{}",
+        std::process::id()
+    ))
+    .ok();
     if let Some(root) = &cgroups {
         let _ = root.confine_cpus(&cpus);
     }
     println!(
         "mode: {mode:?}; function CPUs {cpus:?}; cgroups: {}",
-        cgroups.as_ref().map_or("none".to_string(), |r| format!("{:?}", r.version()))
+        cgroups
+            .as_ref()
+            .map_or("none".to_string(), |r| format!("{:?}", r.version()))
     );
     MachineScheduler::new(MachineOptions {
         cores: cpus.len(),
@@ -148,28 +153,52 @@ async fn run(work: &std::path::Path) {
     let mut exec_total = histogram();
     for _ in 0..SAMPLES {
         let start = Instant::now();
-        let report = machine.run(job(next_id(), 1, echo.clone(), "")).await.expect("echo runs");
-        exec_total.record(start.elapsed().as_micros() as u64).unwrap();
+        let report = machine
+            .run(job(next_id(), 1, echo.clone(), ""))
+            .await
+            .expect("echo runs");
+        exec_total
+            .record(start.elapsed().as_micros() as u64)
+            .unwrap();
         exec_start.record(report.start_us).unwrap();
     }
 
     // Persistent cold starts: a fresh version each time, so no instance is reused.
     let mut persistent_start = histogram();
     for version in 0..SAMPLES {
-        let counter = function("counter", Runtime::Persistent { keep_alive_ms: 0 }, 1_000 + version);
-        let report = machine.run(job(next_id(), 1, counter, "x")).await.expect("counter runs");
+        let counter = function(
+            "counter",
+            Runtime::Persistent { keep_alive_ms: 0 },
+            1_000 + version,
+        );
+        let report = machine
+            .run(job(next_id(), 1, counter, "x"))
+            .await
+            .expect("counter runs");
         assert!(report.cold_start);
         persistent_start.record(report.start_us).unwrap();
     }
     machine.reap_idle().await;
 
     // Warm no-op dispatch, and the same instance kind called directly as the baseline.
-    let warm_fn = function("counter", Runtime::Persistent { keep_alive_ms: 60_000 }, 1);
-    machine.run(job(next_id(), 1, warm_fn.clone(), "x")).await.expect("warm-up");
+    let warm_fn = function(
+        "counter",
+        Runtime::Persistent {
+            keep_alive_ms: 60_000,
+        },
+        1,
+    );
+    machine
+        .run(job(next_id(), 1, warm_fn.clone(), "x"))
+        .await
+        .expect("warm-up");
     let mut warm = histogram();
     for _ in 0..SAMPLES {
         let start = Instant::now();
-        let report = machine.run(job(next_id(), 1, warm_fn.clone(), "x")).await.expect("warm call");
+        let report = machine
+            .run(job(next_id(), 1, warm_fn.clone(), "x"))
+            .await
+            .expect("warm call");
         assert!(!report.cold_start);
         warm.record(start.elapsed().as_micros() as u64).unwrap();
     }
@@ -181,14 +210,23 @@ async fn run(work: &std::path::Path) {
     .expect("direct instance");
     for _ in 0..SAMPLES {
         let start = Instant::now();
-        process.call(b"x", TIMEOUT, MAX_OUTPUT).await.expect("direct call");
+        process
+            .call(b"x", TIMEOUT, MAX_OUTPUT)
+            .await
+            .expect("direct call");
         direct.record(start.elapsed().as_micros() as u64).unwrap();
     }
     process.kill().await;
 
     // Preemption: saturate the function CPU with a long batch spin on a warm instance, then
     // time critical no-op calls to another warm instance: arrival to answer, vs. idle.
-    let batch_fn = function("counter", Runtime::Persistent { keep_alive_ms: 60_000 }, 2);
+    let batch_fn = function(
+        "counter",
+        Runtime::Persistent {
+            keep_alive_ms: 60_000,
+        },
+        2,
+    );
     let spin_machine = machine.clone();
     let spin_id = next_id();
     let saturate = tokio::spawn(async move {
@@ -200,8 +238,13 @@ async fn run(work: &std::path::Path) {
     let mut preempting = histogram();
     for _ in 0..SAMPLES {
         let start = Instant::now();
-        machine.run(job(next_id(), 0, warm_fn.clone(), "x")).await.expect("critical call");
-        preempting.record(start.elapsed().as_micros() as u64).unwrap();
+        machine
+            .run(job(next_id(), 0, warm_fn.clone(), "x"))
+            .await
+            .expect("critical call");
+        preempting
+            .record(start.elapsed().as_micros() as u64)
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     machine.cancel(spin_id);
@@ -210,12 +253,24 @@ async fn run(work: &std::path::Path) {
     println!();
     println!("{SAMPLES} samples each");
     line("baseline: bare spawn+wait of echo (total)", &bare, None);
-    line("cold start, exec (arrival -> process started)", &exec_start, None);
+    line(
+        "cold start, exec (arrival -> process started)",
+        &exec_start,
+        None,
+    );
     line("exec invocation total (echo)", &exec_total, Some(&bare));
-    line("cold start, persistent (arrival -> request sent)", &persistent_start, None);
+    line(
+        "cold start, persistent (arrival -> request sent)",
+        &persistent_start,
+        None,
+    );
     line("baseline: direct call to a warm instance", &direct, None);
     line("warm no-op via the machine scheduler", &warm, Some(&direct));
-    line("critical no-op, CPU saturated by batch", &preempting, Some(&warm));
+    line(
+        "critical no-op, CPU saturated by batch",
+        &preempting,
+        Some(&warm),
+    );
     reaper.abort();
     machine.shutdown().await;
 }

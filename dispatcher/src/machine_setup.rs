@@ -82,7 +82,9 @@ pub fn machine_options(
                 .map(|d| format!("{}\n", d.display()))
                 .collect();
             let record = data_dir.join(CGROUPS_FILE);
-            if let Err(e) = std::fs::create_dir_all(data_dir).and_then(|()| std::fs::write(&record, listing)) {
+            if let Err(e) =
+                std::fs::create_dir_all(data_dir).and_then(|()| std::fs::write(&record, listing))
+            {
                 warn!(file = %record.display(), error = %e, "could not record the cgroup subtree");
             }
             Some(root)

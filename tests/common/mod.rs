@@ -232,7 +232,11 @@ impl Drop for TestCluster {
     fn drop(&mut self) {
         self.dispatchers.clear();
         self.shards.clear();
-        for entry in std::fs::read_dir(self.dir.path()).into_iter().flatten().flatten() {
+        for entry in std::fs::read_dir(self.dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let record = entry.path().join("cgroups");
             let Ok(listing) = std::fs::read_to_string(&record) else {
                 continue;
