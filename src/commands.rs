@@ -16,7 +16,7 @@ use tariff_common::{FunctionSpec, PriceClasses};
 use tariff_dispatcher::{Dispatcher, DispatcherOptions};
 use tariff_scheduler::{Shard, ShardConfig, ShardOptions};
 
-use crate::{exit_code, parse_classes, parse_duration, Global, EXIT_UNREACHABLE};
+use crate::{exit_code, parse_classes, Policy, parse_duration, Global, EXIT_UNREACHABLE};
 
 /// `tariff shard`.
 #[derive(Args, Debug)]
@@ -51,6 +51,9 @@ pub struct ShardArgs {
     /// Shard id (the high bits of invocation ids); random if not given.
     #[arg(long)]
     shard_id: Option<u16>,
+    /// `tariff` (price classes) or `fifo` (the class-blind baseline, for comparison).
+    #[arg(long, value_enum, default_value = "tariff")]
+    policy: Policy,
 }
 
 /// `tariff dispatcher`.
@@ -80,6 +83,9 @@ pub struct DispatcherArgs {
     /// Do not use SCHED_FIFO: enforce class order in user space (stop and continue signals).
     #[arg(long)]
     pub no_rt: bool,
+    /// `tariff` (price classes) or `fifo` (every function at one priority: the baseline).
+    #[arg(long, value_enum, default_value = "tariff")]
+    policy: Policy,
 }
 
 /// A shard to talk to.
@@ -164,6 +170,7 @@ pub async fn shard(global: &Global, args: ShardArgs) -> anyhow::Result<()> {
             aging: args.aging,
             max_queued: args.max_queued,
             use_idle_list: !args.no_idle_list,
+            class_blind: args.policy == Policy::Fifo,
         },
         peers: args.peers,
         max_payload_bytes: args.max_payload as usize,
@@ -204,6 +211,7 @@ pub async fn dispatcher(global: &Global, args: DispatcherArgs) -> anyhow::Result
         slots: args.slots.unwrap_or(args.cores).max(1),
         data_dir: args.data_dir,
         k: args.k,
+        class_blind: args.policy == Policy::Fifo,
     };
     let scheduler = tariff_machine_sched::machine::MachineScheduler::new(machine_options);
     let dispatcher =

@@ -23,7 +23,7 @@ use tariff_dispatcher::{Dispatcher, DispatcherOptions};
 use tariff_scheduler::{Shard, ShardConfig, ShardOptions};
 use tokio::sync::watch;
 
-use crate::{parse_duration, Global};
+use crate::{parse_duration, Global, Policy};
 
 /// The example functions deployed into a local cluster, by binary name.
 pub const EXAMPLE_FUNCTIONS: [&str; 6] = ["echo", "sleep", "spin", "alloc", "fail", "counter"];
@@ -64,6 +64,9 @@ pub struct LocalArgs {
     /// Do not use SCHED_FIFO: enforce class order in user space.
     #[arg(long)]
     pub no_rt: bool,
+    /// `tariff` (price classes) or `fifo` (the class-blind baseline).
+    #[arg(long, value_enum, default_value = "tariff")]
+    pub policy: Policy,
 }
 
 /// Where the example function binaries are: beside the running executable.
@@ -136,7 +139,10 @@ pub async fn run(global: &Global, args: LocalArgs) -> anyhow::Result<()> {
             data_dir: local_dir.join(format!("shard-{i}")),
             shard_id: i as u16 + 1,
             classes: classes.clone(),
-            policy: ShardConfig::default(),
+            policy: ShardConfig {
+                class_blind: args.policy == Policy::Fifo,
+                ..ShardConfig::default()
+            },
             peers: Vec::new(),
             max_payload_bytes: tariff_scheduler::server::DEFAULT_MAX_PAYLOAD_BYTES,
             default_timeout: tariff_scheduler::server::DEFAULT_TIMEOUT,
@@ -154,6 +160,7 @@ pub async fn run(global: &Global, args: LocalArgs) -> anyhow::Result<()> {
             slots: args.cores,
             data_dir: local_dir.join(format!("dispatcher-{i}")),
             k: tariff_dispatcher::service::DEFAULT_K,
+            class_blind: args.policy == Policy::Fifo,
         };
         let machine = tariff_dispatcher::machine_setup::machine_options(
             args.cores,

@@ -64,6 +64,16 @@ enum Command {
     Sim(tariff_bench::sim::SimArgs),
 }
 
+/// Which scheduling policy a shard or dispatcher follows.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Policy {
+    /// Price classes everywhere: queue order, placement room, machine priority.
+    #[default]
+    Tariff,
+    /// Class-blind baseline: one FIFO queue, every function at the same priority.
+    Fifo,
+}
+
 /// Parses `--classes`.
 fn parse_classes(text: &str) -> Result<PriceClasses, String> {
     text.parse()

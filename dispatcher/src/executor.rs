@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tariff_common::codec::MAX_FRAME_BYTES;
 use tariff_common::wire::{Completion, InvokeError, Placement, RunReport};
+use tariff_common::ClassId;
 use tariff_machine_sched::machine::{Job, JobError, MachineScheduler};
 use tracing::{debug, Instrument};
 
@@ -62,6 +63,8 @@ impl MachineLoad {
 pub struct Executor {
     /// The machine scheduler that orders and runs the processes.
     pub machine: Arc<MachineScheduler>,
+    /// Run every class at the cheapest class's priority: the class-blind baseline.
+    pub class_blind: bool,
 }
 
 impl Executor {
@@ -83,9 +86,14 @@ impl Executor {
         let class = placement.class.index();
         load.add(class);
         let id = placement.id;
+        let run_as = if self.class_blind {
+            ClassId(classes.saturating_sub(1) as u8)
+        } else {
+            placement.class
+        };
         let job = Job {
             id: id.0,
-            class: placement.class,
+            class: run_as,
             classes,
             timeout: match placement.timeout_ms {
                 0 => DEFAULT_RUN_TIMEOUT,

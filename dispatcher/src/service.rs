@@ -56,6 +56,8 @@ pub struct DispatcherOptions {
     pub data_dir: PathBuf,
     /// Shards compared when joining an idle list.
     pub k: usize,
+    /// Ignore price classes on this machine (the FIFO baseline).
+    pub class_blind: bool,
 }
 
 /// Why a dispatcher could not start.
@@ -139,7 +141,10 @@ impl Dispatcher {
         let endpoint = cluster.client_endpoint(first)?;
         let shared = Arc::new(Shared {
             advertiser: Mutex::new(IdleAdvertiser::new(IdlePolicy::new(options.memory_bytes))),
-            executor: Executor { machine },
+            executor: Executor {
+                machine,
+                class_blind: options.class_blind,
+            },
             load: MachineLoad::new(MAX_CLASSES),
             warm_sent: Mutex::default(),
             shards: Mutex::default(),

@@ -39,6 +39,9 @@ pub struct ShardConfig {
     pub max_queued: usize,
     /// Place from the idle list first (the paper's latency experiment turns it off).
     pub use_idle_list: bool,
+    /// Ignore price classes: one FIFO queue, class-blind room. This is the baseline Tariff is
+    /// measured against (`--policy fifo`), run by the same code.
+    pub class_blind: bool,
 }
 
 impl Default for ShardConfig {
@@ -48,6 +51,7 @@ impl Default for ShardConfig {
             aging: DEFAULT_AGING,
             max_queued: DEFAULT_MAX_QUEUED,
             use_idle_list: true,
+            class_blind: false,
         }
     }
 }
@@ -94,8 +98,9 @@ struct Machine {
     warm: Vec<FunctionKey>,
 }
 
-/// A queued invocation with the function it calls.
+/// A queued invocation with its class and the function it calls.
 struct Keyed<T> {
+    class: ClassId,
     function: FunctionKey,
     item: T,
 }
@@ -199,8 +204,22 @@ impl<T> ShardCore<T> {
             };
             return Err((item, overloaded));
         }
-        self.queues.push(class, Keyed { function, item }, now);
+        let keyed = Keyed {
+            class,
+            function,
+            item,
+        };
+        self.queues.push(self.queue_of(class), keyed, now);
         Ok(())
+    }
+
+    /// The queue a class waits in: its own, or the one shared queue when class-blind.
+    fn queue_of(&self, class: ClassId) -> ClassId {
+        if self.config.class_blind {
+            ClassId((self.classes - 1) as u8)
+        } else {
+            class
+        }
     }
 
     /// The next thing to do, or `None` when nothing eligible is queued or no machine is known.
@@ -208,8 +227,15 @@ impl<T> ShardCore<T> {
         if self.known.is_empty() {
             return None;
         }
-        let class = self.queues.next_class(now, self.blocked_from)?;
-        let (Keyed { function, item }, enqueued) = self.queues.pop(class)?;
+        let queue = self.queues.next_class(now, self.blocked_from)?;
+        let (
+            Keyed {
+                class,
+                function,
+                item,
+            },
+            enqueued,
+        ) = self.queues.pop(queue)?;
         let warm = self
             .warm
             .get(&function)
@@ -262,13 +288,15 @@ impl<T> ShardCore<T> {
         taken: Taken<T>,
         answers: &[PolledLoad<'_>],
     ) -> Result<(Taken<T>, MachineIdx), Requeued> {
-        match placement::least_loaded(taken.class, answers) {
+        // Class-blind, every invocation counts everything as competition, like the cheapest.
+        let queue = self.queue_of(taken.class);
+        match placement::least_loaded(queue, answers) {
             Some(machine) => {
                 self.idle.placed(machine);
                 Ok((taken, machine))
             }
             None => {
-                self.blocked_from = self.blocked_from.min(taken.class.index());
+                self.blocked_from = self.blocked_from.min(queue.index());
                 self.requeue(taken);
                 Err(Requeued)
             }
@@ -278,11 +306,13 @@ impl<T> ShardCore<T> {
     /// Returns a taken invocation to the head of its queue without blocking anything (its
     /// machine vanished before it could be sent).
     pub fn requeue(&mut self, taken: Taken<T>) {
+        let queue = self.queue_of(taken.class);
         let keyed = Keyed {
+            class: taken.class,
             function: taken.function,
             item: taken.item,
         };
-        self.queues.push_front(taken.class, keyed, taken.enqueued);
+        self.queues.push_front(queue, keyed, taken.enqueued);
     }
 
     /// An invocation this shard placed on `machine` finished there.
@@ -480,6 +510,34 @@ mod tests {
             Some(Step::Poll(_, candidates)) => assert!(!candidates.contains(&MachineIdx(5))),
             other => panic!("expected a poll, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn class_blind_is_first_come_first_served_and_keeps_the_class() {
+        let config = ShardConfig {
+            class_blind: true,
+            ..ShardConfig::default()
+        };
+        let mut core: ShardCore<u32> = ShardCore::new(vec![2.0, 1.5, 1.0, 0.5], config, 3);
+        core.add_machine(MachineIdx(0), 1);
+        core.submit(ClassId(3), F, 1, MS).unwrap();
+        core.submit(ClassId(0), F, 2, 2 * MS).unwrap();
+        let Some(Step::Poll(first, _)) = core.next(3 * MS) else {
+            panic!("expected a poll")
+        };
+        assert_eq!((first.item, first.class), (1, ClassId(3)));
+        let busy = [0, 0, 0, 1];
+        let answers = [PolledLoad {
+            machine: MachineIdx(0),
+            per_class: &busy,
+            slots: 1,
+            warm: false,
+        }];
+        assert!(core.polled(first, &answers).is_err());
+        assert!(
+            core.next(4 * MS).is_none(),
+            "class-blind: the critical call waits behind the batch one"
+        );
     }
 
     #[test]
