@@ -16,7 +16,7 @@ use tariff_common::{FunctionSpec, PriceClasses};
 use tariff_dispatcher::{Dispatcher, DispatcherOptions};
 use tariff_scheduler::{Shard, ShardConfig, ShardOptions};
 
-use crate::{exit_code, parse_classes, Policy, parse_duration, Global, EXIT_UNREACHABLE};
+use crate::{exit_code, parse_classes, parse_duration, Global, Policy, EXIT_UNREACHABLE};
 
 /// `tariff shard`.
 #[derive(Args, Debug)]

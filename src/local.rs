@@ -5,25 +5,20 @@
 //! next to this executable (built by `cargo build --workspace`) and deployed by name.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
 use hdrhistogram::Histogram;
 use tariff_common::client::Client;
 use tariff_common::function::Runtime;
-use tariff_common::store::{ClusterStore, SqliteStore};
 use tariff_common::units::parse_size;
 use tariff_common::wire::InvokeRequest;
-use tariff_common::{FunctionSpec, PriceClasses};
-use tariff_dispatcher::{Dispatcher, DispatcherOptions};
-use tariff_scheduler::{Shard, ShardConfig, ShardOptions};
-use tokio::sync::watch;
+use tariff_common::FunctionSpec;
 
 use crate::{parse_duration, Global, Policy};
+use tariff_bench::local_cluster::{LocalCluster, LocalClusterConfig};
 
 /// The example functions deployed into a local cluster, by binary name.
 pub const EXAMPLE_FUNCTIONS: [&str; 6] = ["echo", "sleep", "spin", "alloc", "fail", "counter"];
@@ -115,122 +110,46 @@ pub fn example_specs() -> anyhow::Result<Vec<FunctionSpec>> {
 }
 
 pub async fn run(global: &Global, args: LocalArgs) -> anyhow::Result<()> {
-    if args.shards == 0 || args.dispatchers == 0 || args.cores == 0 {
-        bail!("a local cluster needs at least one shard, one dispatcher and one core");
-    }
     let cluster = global.open_cluster()?;
-    let store: Arc<dyn ClusterStore> =
-        Arc::new(SqliteStore::open(&cluster.store_path()).context("opening the embedded store")?);
-    for spec in example_specs()? {
-        store.put_function(&spec)?;
-    }
-    let (stop, stopped) = watch::channel(false);
-    let until_stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|&s| s).await;
+    let config = LocalClusterConfig {
+        shards: args.shards,
+        dispatchers: args.dispatchers,
+        cores: args.cores,
+        memory_bytes: args.memory,
+        no_rt: args.no_rt,
+        class_blind: args.policy == Policy::Fifo,
+        functions: example_specs()?,
+        dir_name: "local".into(),
     };
-    let local_dir = cluster.dir().join("local");
-    let classes = PriceClasses::default();
-    let mut shard_addrs = Vec::new();
-    let mut tasks = Vec::new();
-    let mut function_cpus = std::collections::BTreeSet::new();
-    for i in 0..args.shards {
-        let options = ShardOptions {
-            listen: ([127, 0, 0, 1], 0).into(),
-            data_dir: local_dir.join(format!("shard-{i}")),
-            shard_id: i as u16 + 1,
-            classes: classes.clone(),
-            policy: ShardConfig {
-                class_blind: args.policy == Policy::Fifo,
-                ..ShardConfig::default()
-            },
-            peers: Vec::new(),
-            max_payload_bytes: tariff_scheduler::server::DEFAULT_MAX_PAYLOAD_BYTES,
-            default_timeout: tariff_scheduler::server::DEFAULT_TIMEOUT,
-        };
-        let shard = Shard::bind(&cluster, store.clone(), options)?;
-        shard_addrs.push(shard.local_addr());
-        tasks.push(tokio::spawn(shard.run(until_stopped(stopped.clone()))));
-    }
-    for i in 0..args.dispatchers {
-        let options = DispatcherOptions {
-            shards: shard_addrs.clone(),
-            machine: format!("local-{}", i + 1),
-            cores: args.cores,
-            memory_bytes: args.memory,
-            slots: args.cores,
-            data_dir: local_dir.join(format!("dispatcher-{i}")),
-            k: tariff_dispatcher::service::DEFAULT_K,
-            class_blind: args.policy == Policy::Fifo,
-        };
-        let machine = tariff_dispatcher::machine_setup::machine_options(
-            args.cores,
-            args.no_rt,
-            &options.data_dir,
-            &options.machine,
-        )?;
-        function_cpus.extend(machine.cpus.iter().copied());
-        let scheduler = tariff_machine_sched::machine::MachineScheduler::new(machine);
-        let dispatcher = Dispatcher::new(&cluster, options, scheduler)?;
-        tasks.push(tokio::spawn(dispatcher.run(until_stopped(stopped.clone()))));
-    }
-    let addrs: Vec<String> = shard_addrs.iter().map(ToString::to_string).collect();
+    let local = LocalCluster::start(&cluster, &config).await?;
+    let addrs: Vec<String> = local.shard_addrs.iter().map(ToString::to_string).collect();
     println!("Tariff local cluster");
     println!("  cluster directory: {}", cluster.dir().display());
     println!("  shards:            {}", addrs.join(", "));
     println!(
-        "  dispatchers:       {} x {} core(s), {} MiB each",
+        "  dispatchers:       {} x {} core(s), {} MiB each; functions run on CPUs {:?}",
         args.dispatchers,
         args.cores,
-        args.memory >> 20
+        args.memory >> 20,
+        local.function_cpus
     );
-    println!("  price classes:     {classes}");
+    println!("  policy:            {:?}", args.policy);
+    println!("  price classes:     {}", local.classes);
     println!("  functions:         {}", EXAMPLE_FUNCTIONS.join(", "));
     println!(
         "try: tariff invoke --cluster {} --shard {} --function echo --class critical --payload hello",
         cluster.dir().display(),
         addrs[0]
     );
-    wait_for_machines(&cluster, &shard_addrs, args.dispatchers).await?;
     let result = if args.demo {
-        demo(&cluster, &shard_addrs, &args, &classes, function_cpus.len()).await
+        demo(&cluster, &local, &args).await
     } else {
         println!("running; Ctrl-C to stop");
         crate::shutdown_signal().await;
         Ok(())
     };
-    let _ = stop.send(true);
-    for task in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
-    }
+    local.stop().await;
     result
-}
-
-/// Waits until every shard sees every dispatcher, so the first invocations are not refused
-/// for want of machines.
-async fn wait_for_machines(
-    cluster: &tariff_common::cluster::Cluster,
-    shards: &[SocketAddr],
-    dispatchers: usize,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for &addr in shards {
-        let client = Client::connect(cluster, addr).await?;
-        loop {
-            let response = client
-                .request(tariff_common::wire::ClientRequest::Status)
-                .await?;
-            if let tariff_common::wire::ClientResponse::Status(status) = response {
-                if status.machines.len() >= dispatchers {
-                    break;
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("dispatchers did not register with shard {addr} within 10 s");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-    Ok(())
 }
 
 /// Per-class results of the demo.
@@ -247,13 +166,13 @@ struct ClassResult {
 /// from each invocation's scheduled send time.
 async fn demo(
     cluster: &tariff_common::cluster::Cluster,
-    shards: &[SocketAddr],
+    local: &LocalCluster,
     args: &LocalArgs,
-    classes: &PriceClasses,
-    function_cpus: usize,
 ) -> anyhow::Result<()> {
+    let classes = &local.classes;
+    let function_cpus = local.function_cpus.len();
     let mut clients = Vec::new();
-    for &addr in shards {
+    for &addr in &local.shard_addrs {
         clients.push(Client::connect(cluster, addr).await?);
     }
     // Capacity is what the function CPUs can do: dispatchers in one process share the

@@ -3,4 +3,5 @@
 //! [`sim`] is `tariff sim`: the discrete-event simulator of the paper's experiments, driving
 //! the live policy code in virtual time.
 
+pub mod local_cluster;
 pub mod sim;
