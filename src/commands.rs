@@ -2,14 +2,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
 use tariff_common::client::{Client, ClientError};
 use tariff_common::function::Runtime;
-use tariff_common::store::SqliteStore;
 use tariff_common::units::parse_size;
 use tariff_common::wire::{ClientRequest, ClientResponse, InvocationOutcome, InvokeRequest};
 use tariff_common::{FunctionSpec, PriceClasses};
@@ -54,6 +52,10 @@ pub struct ShardArgs {
     /// `tariff` (price classes) or `fifo` (the class-blind baseline, for comparison).
     #[arg(long, value_enum, default_value = "tariff")]
     policy: Policy,
+    /// Where the function registry lives: `sqlite:PATH`, or `etcd:http://HOST:2379[,...]` for
+    /// shards on several machines. Default: SQLite in the cluster directory.
+    #[arg(long)]
+    store: Option<String>,
 }
 
 /// `tariff dispatcher`.
@@ -158,8 +160,8 @@ pub struct InvokeArgs {
 
 pub async fn shard(global: &Global, args: ShardArgs) -> anyhow::Result<()> {
     let cluster = global.open_cluster()?;
-    let store = SqliteStore::open(&cluster.store_path())
-        .with_context(|| format!("opening the store {}", cluster.store_path().display()))?;
+    let store = tariff_common::store::open(args.store.as_deref(), &cluster.store_path())
+        .context("opening the cluster store")?;
     let options = ShardOptions {
         listen: args.listen,
         data_dir: args.data_dir,
@@ -176,7 +178,7 @@ pub async fn shard(global: &Global, args: ShardArgs) -> anyhow::Result<()> {
         max_payload_bytes: args.max_payload as usize,
         default_timeout: tariff_scheduler::server::DEFAULT_TIMEOUT,
     };
-    let shard = Shard::bind(&cluster, Arc::new(store), options).context("starting the shard")?;
+    let shard = Shard::bind(&cluster, store, options).context("starting the shard")?;
     println!("tariff shard listening on {}", shard.local_addr());
     shard.run(crate::shutdown_signal()).await;
     Ok(())

@@ -62,6 +62,9 @@ enum Command {
     Local(local::LocalArgs),
     /// Run the discrete-event simulator of the paper's experiments (docs/simulator.md).
     Sim(tariff_bench::sim::SimArgs),
+    /// Open-loop load against a live cluster, with an optional class-blind baseline
+    /// (docs/bench.md).
+    Bench(tariff_bench::harness::BenchArgs),
 }
 
 /// Which scheduling policy a shard or dispatcher follows.
@@ -122,6 +125,7 @@ fn main() {
             let runs_functions = match &command {
                 Command::Dispatcher(args) => !args.no_rt,
                 Command::Local(args) => !args.no_rt,
+                Command::Bench(args) => args.runs_functions(),
                 _ => false,
             };
             if runs_functions {
@@ -155,8 +159,14 @@ async fn run(global: Global, command: Command) -> i32 {
         Command::Functions(args) => report(commands::functions(&global, args).await),
         Command::Status(args) => report(commands::status(&global, args).await),
         Command::Local(args) => report(local::run(&global, args).await),
+        Command::Bench(args) => report(bench(&global, args).await),
         Command::Sim(_) => unreachable!("the simulator runs without the async runtime"),
     }
+}
+
+/// `tariff bench`: the harness, with the example functions this binary was built with.
+async fn bench(global: &Global, args: tariff_bench::harness::BenchArgs) -> anyhow::Result<()> {
+    tariff_bench::harness::run(&global.open_cluster()?, args, local::example_specs).await
 }
 
 /// Exit status for each kind of invocation failure, so scripts can branch on it.

@@ -3,7 +3,10 @@
 //!
 //! [`ClusterStore`] is the seam. [`SqliteStore`] is the embedded default: one SQLite file in
 //! the cluster directory, shared safely by every process on the machine (WAL mode, a busy
-//! timeout). A cluster spanning machines puts an etcd implementation behind the same trait.
+//! timeout). A cluster whose shards span machines uses [`etcd::EtcdStore`] instead, as
+//! OpenWhisk's scheduler does; [`open`] picks one from a `--store` value.
+
+pub mod etcd;
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -19,6 +22,12 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Why the store could not answer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// etcd failed or could not be reached.
+    #[error("etcd store: {0}")]
+    Etcd(String),
+    /// A `--store` value that names no known store.
+    #[error("`{0}` is not a store: use sqlite:PATH or etcd:http://HOST:PORT[,http://HOST:PORT...]")]
+    BadLocation(String),
     /// The database failed.
     #[error("cluster store: {0}")]
     Sqlite(#[from] rusqlite::Error),
@@ -163,5 +172,31 @@ mod tests {
             .map(|s| s.name)
             .collect();
         assert_eq!(names, ["a", "f"]);
+    }
+}
+
+/// Opens the store a `--store` value names: `sqlite:PATH`, `etcd:URL[,URL...]`, or, when
+/// `None`, the embedded SQLite file `default_sqlite` (in the cluster directory).
+pub fn open(location: Option<&str>, default_sqlite: &Path) -> Result<std::sync::Arc<dyn ClusterStore>, StoreError> {
+    match location {
+        None => Ok(std::sync::Arc::new(SqliteStore::open(default_sqlite)?)),
+        Some(text) => {
+            if let Some(path) = text.strip_prefix("sqlite:") {
+                Ok(std::sync::Arc::new(SqliteStore::open(Path::new(path))?))
+            } else if let Some(urls) = text.strip_prefix("etcd:") {
+                let endpoints: Vec<String> = urls
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                if endpoints.is_empty() {
+                    return Err(StoreError::BadLocation(text.to_owned()));
+                }
+                Ok(std::sync::Arc::new(etcd::EtcdStore::connect(endpoints)?))
+            } else {
+                Err(StoreError::BadLocation(text.to_owned()))
+            }
+        }
     }
 }

@@ -1,0 +1,339 @@
+//! `tariff bench`: parse the flags, start the cluster(s), run every phase of the workload
+//! against each policy in turn, write `report.json`, `cdf.svg`, `over_time.svg` and print
+//! the table.
+//!
+//! With `--compare fifo` the harness starts the embedded cluster twice, one after the other
+//! (both would share the same function CPUs): first with Tariff's policy, then class-blind,
+//! and replays the identical schedule against each.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use tariff_common::client::Client;
+use tariff_common::cluster::Cluster;
+use tariff_common::units::parse_size;
+use tariff_common::wire::{ClientRequest, ClientResponse};
+use tariff_common::{FunctionSpec, PriceClasses};
+
+use super::driver::{self, RunContext};
+use super::output;
+use super::plot;
+use super::record::{self, BenchReport, ClusterInfo, PolicyReport};
+use super::schedule::{self, Plan};
+use super::workload::Workload;
+use crate::local_cluster::{LocalCluster, LocalClusterConfig};
+
+/// File name of the JSON report.
+pub const REPORT_FILE: &str = "report.json";
+/// File name of the CDF figure.
+pub const CDF_FILE: &str = "cdf.svg";
+/// File name of the latency-over-time figure.
+pub const OVER_TIME_FILE: &str = "over_time.svg";
+/// Default output directory.
+pub const DEFAULT_OUT: &str = "bench-results";
+/// Default local shards (as `tariff local`).
+const DEFAULT_LOCAL_SHARDS: usize = 2;
+/// Default local dispatchers (as `tariff local`).
+const DEFAULT_DISPATCHERS: usize = 2;
+/// Default cores per local dispatcher (as `tariff local`).
+const DEFAULT_CORES: u32 = 1;
+/// Default QUIC connections per shard: quinn handles one connection on one task, so a few
+/// spread the client's work over the runtime's threads.
+const DEFAULT_CONNECTIONS: usize = 4;
+/// Default bound on unanswered invocations.
+const DEFAULT_MAX_OUTSTANDING: usize = 100_000;
+/// Sub-directory of the cluster directory for each policy's servers.
+const TARIFF_DIR: &str = "bench-tariff";
+/// Sub-directory for the baseline's servers.
+const FIFO_DIR: &str = "bench-fifo";
+/// Policy name of a run against a running cluster, whose policy the harness cannot know.
+const RUNNING_CLUSTER_POLICY: &str = "cluster";
+
+/// The baselines `--compare` knows.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Baseline {
+    /// Class-blind: one FIFO queue, class-blind room, every function at the same priority.
+    Fifo,
+}
+
+/// Flags of `tariff bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Workload file (TOML; see bench/workloads/ and docs/bench.md).
+    #[arg(long)]
+    pub workload: PathBuf,
+    /// Shards of a running cluster to load; without it the harness starts an embedded one.
+    #[arg(long, value_delimiter = ',')]
+    pub shards: Vec<SocketAddr>,
+    /// Also run the workload against a class-blind baseline (embedded cluster only).
+    #[arg(long, value_enum)]
+    pub compare: Option<Baseline>,
+    /// Output directory for report.json, cdf.svg and over_time.svg.
+    #[arg(long, default_value = DEFAULT_OUT)]
+    pub out: PathBuf,
+    /// Override the workload's seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Embedded cluster: shards (default: the workload's, else 2).
+    #[arg(long)]
+    pub local_shards: Option<usize>,
+    /// Embedded cluster: dispatchers (default: the workload's, else 2).
+    #[arg(long)]
+    pub dispatchers: Option<usize>,
+    /// Embedded cluster: cores per dispatcher (default: the workload's, else 1).
+    #[arg(long)]
+    pub cores: Option<u32>,
+    /// Embedded cluster: memory per dispatcher.
+    #[arg(long, value_parser = parse_size, default_value = "2G")]
+    pub memory: u64,
+    /// Embedded cluster: enforce class order in user space instead of SCHED_FIFO.
+    #[arg(long)]
+    pub no_rt: bool,
+    /// Running cluster: CPUs its functions run on, to size `load` phases.
+    #[arg(long)]
+    pub function_cpus: Option<usize>,
+    /// Running cluster: deploy the example functions first.
+    #[arg(long)]
+    pub deploy_examples: bool,
+    /// QUIC connections per shard.
+    #[arg(long, default_value_t = DEFAULT_CONNECTIONS)]
+    pub connections: usize,
+    /// Unanswered invocations beyond which the generator counts `client_overload` instead
+    /// of sending.
+    #[arg(long, default_value_t = DEFAULT_MAX_OUTSTANDING)]
+    pub max_outstanding: usize,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl BenchArgs {
+    /// Whether this run starts dispatchers in this process at real-time priority (the
+    /// binary then raises its runtime threads above every function).
+    pub fn runs_functions(&self) -> bool {
+        self.shards.is_empty() && !self.no_rt
+    }
+}
+
+/// A source of the example function specs (the `tariff` binary knows where they are built).
+pub type ExampleSpecs = fn() -> anyhow::Result<Vec<FunctionSpec>>;
+
+/// Runs `tariff bench`.
+pub async fn run(cluster: &Cluster, args: BenchArgs, examples: ExampleSpecs) -> anyhow::Result<()> {
+    let mut workload = Workload::load(&args.workload)?;
+    if let Some(seed) = args.seed {
+        workload.seed = seed;
+    }
+    let (info, classes, policies) = if args.shards.is_empty() {
+        run_local(cluster, &args, &workload, examples).await?
+    } else {
+        run_remote(cluster, &args, &workload, examples).await?
+    };
+    let ratios = match policies.as_slice() {
+        [tariff, baseline] => record::compare(tariff, baseline),
+        _ => Vec::new(),
+    };
+    let scheduled = policies
+        .first()
+        .map_or(0, |p| p.phases.iter().map(|ph| ph.scheduled).sum());
+    let report = BenchReport {
+        workload,
+        cluster: info,
+        classes,
+        scheduled,
+        policies,
+        ratios,
+    };
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let files = [
+        (REPORT_FILE, report.to_json()),
+        (CDF_FILE, plot::cdf_svg(&report)),
+        (OVER_TIME_FILE, plot::over_time_svg(&report)),
+    ];
+    let mut written = Vec::new();
+    for (name, text) in files {
+        let path = args.out.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        written.push(path);
+    }
+    output::print_report(&report, &written);
+    Ok(())
+}
+
+type Runs = (ClusterInfo, Vec<String>, Vec<PolicyReport>);
+
+fn host_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// Embedded cluster(s): Tariff, then the baseline if asked.
+async fn run_local(
+    cluster: &Cluster,
+    args: &BenchArgs,
+    workload: &Workload,
+    examples: ExampleSpecs,
+) -> anyhow::Result<Runs> {
+    let shape = &workload.cluster;
+    let mut config = LocalClusterConfig {
+        shards: args
+            .local_shards
+            .or(shape.shards)
+            .unwrap_or(DEFAULT_LOCAL_SHARDS),
+        dispatchers: args
+            .dispatchers
+            .or(shape.dispatchers)
+            .unwrap_or(DEFAULT_DISPATCHERS),
+        cores: args.cores.or(shape.cores).unwrap_or(DEFAULT_CORES),
+        memory_bytes: args.memory,
+        no_rt: args.no_rt,
+        class_blind: false,
+        functions: examples()?,
+        dir_name: TARIFF_DIR.into(),
+    };
+    let classes: Vec<String> = PriceClasses::default().names().map(str::to_owned).collect();
+    let weights = workload.check_classes(&classes)?;
+    let mut runs = vec![("tariff", false, TARIFF_DIR)];
+    if args.compare == Some(Baseline::Fifo) {
+        runs.push(("fifo", true, FIFO_DIR));
+    }
+    let mut plan: Option<Plan> = None;
+    let mut function_cpus = Vec::new();
+    let mut policies = Vec::new();
+    for (policy, class_blind, dir) in runs {
+        config.class_blind = class_blind;
+        config.dir_name = dir.into();
+        let local = LocalCluster::start(cluster, &config)
+            .await
+            .with_context(|| format!("starting the {policy} cluster"))?;
+        function_cpus = local.function_cpus.iter().copied().collect();
+        // The schedule is made once, from the first cluster's CPUs, so every policy gets the
+        // very same invocations at the very same times.
+        let plan = match &plan {
+            Some(plan) => plan,
+            None => match schedule::plan(workload, &weights, function_cpus.len()) {
+                Ok(p) => plan.insert(p),
+                Err(e) => {
+                    local.stop().await;
+                    return Err(e.into());
+                }
+            },
+        };
+        let result = run_policy(
+            cluster,
+            args,
+            workload,
+            plan,
+            &local.shard_addrs,
+            &classes,
+            policy,
+        )
+        .await;
+        local.stop().await;
+        policies.push(result?);
+    }
+    let info = ClusterInfo {
+        local: true,
+        shards: config.shards,
+        dispatchers: Some(config.dispatchers),
+        cores: Some(config.cores),
+        function_cpus,
+        rt: Some(!args.no_rt),
+        connections_per_shard: args.connections,
+        host_cpus: host_cpus(),
+    };
+    Ok((info, classes, policies))
+}
+
+/// A running cluster: one run, policy unknown.
+async fn run_remote(
+    cluster: &Cluster,
+    args: &BenchArgs,
+    workload: &Workload,
+    examples: ExampleSpecs,
+) -> anyhow::Result<Runs> {
+    if args.compare.is_some() {
+        bail!(
+            "--compare needs the embedded cluster: the harness cannot switch a running cluster's \
+             policy; run it without --shards, or run the baseline cluster yourself (--policy fifo) \
+             and bench it separately"
+        );
+    }
+    let first = Client::connect(cluster, args.shards[0]).await?;
+    let classes = match first.request(ClientRequest::Status).await? {
+        ClientResponse::Status(status) => status.classes,
+        other => bail!("unexpected answer to a status request: {other:?}"),
+    };
+    if args.deploy_examples {
+        for spec in examples()? {
+            match first.request(ClientRequest::Deploy(spec.clone())).await? {
+                ClientResponse::Deployed { .. } => {}
+                other => bail!("deploying {}: {other:?}", spec.name),
+            }
+        }
+    }
+    let weights = workload.check_classes(&classes)?;
+    let needs_cpus = workload.phases.iter().any(|p| p.load.is_some());
+    let cpus = match (args.function_cpus, needs_cpus) {
+        (Some(n), _) => n,
+        (None, false) => 1,
+        (None, true) => bail!(
+            "the workload has `load` phases: give the running cluster's function CPUs with --function-cpus"
+        ),
+    };
+    let plan = schedule::plan(workload, &weights, cpus)?;
+    let policy = run_policy(
+        cluster,
+        args,
+        workload,
+        &plan,
+        &args.shards,
+        &classes,
+        RUNNING_CLUSTER_POLICY,
+    )
+    .await?;
+    let info = ClusterInfo {
+        local: false,
+        shards: args.shards.len(),
+        dispatchers: None,
+        cores: None,
+        function_cpus: Vec::new(),
+        rt: None,
+        connections_per_shard: args.connections,
+        host_cpus: host_cpus(),
+    };
+    Ok((info, classes, vec![policy]))
+}
+
+/// Every phase of the plan against one cluster.
+async fn run_policy(
+    cluster: &Cluster,
+    args: &BenchArgs,
+    workload: &Workload,
+    plan: &Plan,
+    shards: &[SocketAddr],
+    classes: &[String],
+    policy: &str,
+) -> anyhow::Result<PolicyReport> {
+    let clients = driver::connect(cluster, shards, args.connections).await?;
+    let ctx = RunContext {
+        clients,
+        targets: Arc::new(plan.targets.clone()),
+        classes: Arc::new(classes.to_vec()),
+        tenant: workload.tenant.clone(),
+        timeout_ms: workload.timeout_ms,
+        max_outstanding: args.max_outstanding,
+        progress: !args.quiet,
+    };
+    let mut phases = Vec::new();
+    for phase in &plan.phases {
+        let label = format!("{policy} {}", phase.name);
+        let (recorder, elapsed) = driver::run_phase(&ctx, phase, &label).await;
+        if !phase.warmup {
+            phases.push(recorder.finish(phase, classes, elapsed, shards.len()));
+        }
+    }
+    Ok(PolicyReport::new(policy, phases))
+}

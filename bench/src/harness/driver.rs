@@ -1,0 +1,174 @@
+//! The open-loop generator: one task sleeps until each scheduled send time and hands the
+//! invocation to its own task; answers flow to one collector that records them.
+//!
+//! The generator never waits for an answer, so a slow cluster cannot slow the offered load
+//! down; it only refuses to send (and records [`CLIENT_OVERLOAD`]) when more than
+//! `max_outstanding` invocations are unanswered, so an overloaded cluster costs a bounded
+//! amount of the harness's memory instead of hanging it.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tariff_common::client::{Client, ClientError};
+use tariff_common::cluster::Cluster;
+use tariff_common::wire::InvokeRequest;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::output;
+use super::record::{
+    client_error_kind, invoke_error_kind, Answer, PhaseRecorder, Sample, Stages, CLIENT_OVERLOAD,
+};
+use super::schedule::{PhasePlan, Target};
+
+/// How often the progress line is redrawn.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Opens `per_shard` QUIC connections to each shard. Several connections per shard spread
+/// the client side's packet processing: one connection is one quinn state machine.
+pub async fn connect(
+    cluster: &Cluster,
+    shards: &[SocketAddr],
+    per_shard: usize,
+) -> Result<Vec<Client>, ClientError> {
+    let mut clients = Vec::new();
+    for _ in 0..per_shard.max(1) {
+        for &addr in shards {
+            clients.push(Client::connect(cluster, addr).await?);
+        }
+    }
+    Ok(clients)
+}
+
+/// What every invocation of a run shares.
+#[derive(Clone)]
+pub struct RunContext {
+    /// Connections, used round-robin (so shards alternate).
+    pub clients: Vec<Client>,
+    /// The plan's distinct calls.
+    pub targets: Arc<Vec<Target>>,
+    /// Class names, most expensive first.
+    pub classes: Arc<Vec<String>>,
+    /// Tenant billed.
+    pub tenant: String,
+    /// Per-invocation timeout, ms.
+    pub timeout_ms: u64,
+    /// Most unanswered invocations before the generator refuses to send more.
+    pub max_outstanding: usize,
+    /// Draw a progress line.
+    pub progress: bool,
+}
+
+/// Counters the progress line shows.
+#[derive(Default)]
+struct Counters {
+    sent: AtomicU64,
+    answered: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// Runs one phase and returns its recorder and the time from its start to its last answer.
+pub async fn run_phase(
+    ctx: &RunContext,
+    plan: &PhasePlan,
+    label: &str,
+) -> (PhaseRecorder, Duration) {
+    let recorder = PhaseRecorder::new(plan, ctx.classes.len());
+    let counters = Arc::new(Counters::default());
+    let outstanding = Arc::new(AtomicUsize::new(0));
+    let (tx, mut rx) = mpsc::unbounded_channel::<Sample>();
+    let start = Instant::now();
+
+    let collector = {
+        let counters = counters.clone();
+        tokio::spawn(async move {
+            let mut recorder = recorder;
+            let mut last = start;
+            while let Some(sample) = rx.recv().await {
+                last = Instant::now();
+                counters.answered.fetch_add(1, Ordering::Relaxed);
+                if matches!(sample.answer, Answer::Err(_)) {
+                    counters.failed.fetch_add(1, Ordering::Relaxed);
+                }
+                recorder.record(&sample);
+            }
+            (recorder, last - start)
+        })
+    };
+    let ticker = ctx.progress.then(|| {
+        let counters = counters.clone();
+        let label = label.to_owned();
+        let total = plan.invocations.len() as u64;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PROGRESS_INTERVAL);
+            loop {
+                tick.tick().await;
+                output::progress(
+                    &label,
+                    total,
+                    counters.sent.load(Ordering::Relaxed),
+                    counters.answered.load(Ordering::Relaxed),
+                    counters.failed.load(Ordering::Relaxed),
+                    start.elapsed(),
+                );
+            }
+        })
+    });
+
+    for (i, planned) in plan.invocations.iter().enumerate() {
+        let scheduled = start + planned.at;
+        if scheduled > Instant::now() {
+            tokio::time::sleep_until(scheduled).await;
+        }
+        counters.sent.fetch_add(1, Ordering::Relaxed);
+        if outstanding.load(Ordering::Relaxed) >= ctx.max_outstanding {
+            let _ = tx.send(Sample {
+                class: planned.class,
+                scheduled: planned.at,
+                latency: scheduled.elapsed(),
+                answer: Answer::Err(CLIENT_OVERLOAD.into()),
+            });
+            continue;
+        }
+        outstanding.fetch_add(1, Ordering::Relaxed);
+        let client = ctx.clients[i % ctx.clients.len()].clone();
+        let target = &ctx.targets[planned.target as usize];
+        let request = InvokeRequest {
+            function: target.function.clone(),
+            class: ctx.classes[planned.class as usize].clone(),
+            tenant: ctx.tenant.clone(),
+            payload: target.payload.clone(),
+            timeout_ms: ctx.timeout_ms,
+        };
+        let (tx, outstanding, planned) = (tx.clone(), outstanding.clone(), *planned);
+        tokio::spawn(async move {
+            let answer = match client.invoke(request).await {
+                Ok(Ok(outcome)) => Answer::Ok(Stages::of(&outcome)),
+                Ok(Err(e)) => Answer::Err(invoke_error_kind(&e).into()),
+                Err(e) => Answer::Err(client_error_kind(&e).into()),
+            };
+            let latency = scheduled.elapsed();
+            outstanding.fetch_sub(1, Ordering::Relaxed);
+            let _ = tx.send(Sample {
+                class: planned.class,
+                scheduled: planned.at,
+                latency,
+                answer,
+            });
+        });
+    }
+    drop(tx);
+    let result = collector.await.expect("the collector does not panic");
+    if let Some(ticker) = ticker {
+        ticker.abort();
+        output::progress_done(
+            label,
+            plan.invocations.len() as u64,
+            counters.failed.load(Ordering::Relaxed),
+            result.1,
+        );
+    }
+    result
+}

@@ -1,0 +1,17 @@
+//! `tariff bench`: open-loop load against a live cluster, with a class-blind baseline in the
+//! same run (docs/bench.md).
+//!
+//! The pieces, one concept each: [`workload`] (the TOML file), [`schedule`] (every send time
+//! and call, from the seed), [`driver`] (the open-loop generator), [`record`] (HDR histograms
+//! and the report), [`plot`] (SVG figures), [`output`] (the terminal) and [`cli`] (the
+//! command).
+
+pub mod cli;
+pub mod driver;
+pub mod output;
+pub mod plot;
+pub mod record;
+pub mod schedule;
+pub mod workload;
+
+pub use cli::{run, BenchArgs};

@@ -1,0 +1,224 @@
+//! What `tariff bench` shows on the terminal: a progress bar while a phase runs, and the table
+//! of results at the end. Everything goes through [`write_terminal`], the harness's one
+//! printing function, so the library stays quiet unless a command asks it to speak.
+
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write as _};
+use std::time::Duration;
+
+use super::record::{BenchReport, STAGE_NAMES};
+
+/// Width of the progress bar in characters.
+const BAR_WIDTH: usize = 30;
+/// µs per ms.
+const US_PER_MS: f64 = 1000.0;
+
+/// Where a piece of terminal output goes.
+#[derive(Debug, Clone, Copy)]
+enum Stream {
+    /// Results.
+    Stdout,
+    /// Progress.
+    Stderr,
+}
+
+/// The one place the harness prints.
+fn write_terminal(stream: Stream, text: &str) {
+    match stream {
+        Stream::Stdout => {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(text.as_bytes());
+            let _ = out.flush();
+        }
+        Stream::Stderr => {
+            let mut err = std::io::stderr().lock();
+            let _ = err.write_all(text.as_bytes());
+            let _ = err.flush();
+        }
+    }
+}
+
+/// Redraws the progress bar of a running phase (only on a terminal: in logs and CI a
+/// carriage-return animation is noise).
+pub fn progress(label: &str, total: u64, sent: u64, answered: u64, failed: u64, t: Duration) {
+    if !std::io::stderr().is_terminal() {
+        return;
+    }
+    let done = if total == 0 {
+        BAR_WIDTH
+    } else {
+        (answered as usize * BAR_WIDTH / total as usize).min(BAR_WIDTH)
+    };
+    let bar = format!("{}{}", "#".repeat(done), "-".repeat(BAR_WIDTH - done));
+    write_terminal(
+        Stream::Stderr,
+        &format!(
+            "\r{label:<24} [{bar}] sent {sent}/{total} answered {answered} failed {failed} \
+             in flight {} {:>6.1} s ",
+            sent.saturating_sub(answered),
+            t.as_secs_f64()
+        ),
+    );
+}
+
+/// Ends a phase's progress bar with a summary line.
+pub fn progress_done(label: &str, total: u64, failed: u64, elapsed: Duration) {
+    let clear = if std::io::stderr().is_terminal() {
+        "\r\x1b[K"
+    } else {
+        ""
+    };
+    write_terminal(
+        Stream::Stderr,
+        &format!(
+            "{clear}{label}: {total} invocations answered in {:.1} s, {failed} failed\n",
+            elapsed.as_secs_f64()
+        ),
+    );
+}
+
+/// Prints the results table and where the files went.
+pub fn print_report(report: &BenchReport, files: &[std::path::PathBuf]) {
+    let mut text = table(report);
+    for file in files {
+        let _ = writeln!(text, "wrote {}", file.display());
+    }
+    write_terminal(Stream::Stdout, &text);
+}
+
+/// Milliseconds with a precision that suits the size: 0.213, 21.3, 1234.
+fn ms(us: u64) -> String {
+    let ms = us as f64 / US_PER_MS;
+    if ms < 10.0 {
+        format!("{ms:.3}")
+    } else if ms < 1000.0 {
+        format!("{ms:.1}")
+    } else {
+        format!("{ms:.0}")
+    }
+}
+
+/// The results table: one line per policy, phase and class, then throughput and ratio lines.
+pub fn table(report: &BenchReport) -> String {
+    let mut out = String::new();
+    let c = &report.cluster;
+    let shape = if c.local {
+        format!(
+            "local cluster: {} shard(s), {} dispatcher(s) x {} core(s), function CPUs {:?}, {}",
+            c.shards,
+            c.dispatchers.unwrap_or(0),
+            c.cores.unwrap_or(0),
+            c.function_cpus,
+            if c.rt == Some(true) {
+                "real-time"
+            } else {
+                "no-rt"
+            }
+        )
+    } else {
+        format!("running cluster: {} shard(s)", c.shards)
+    };
+    let _ = writeln!(
+        out,
+        "\nworkload `{}` (seed {}) on a {}-CPU host, {shape}, {} connection(s) per shard",
+        report.workload.name, report.workload.seed, c.host_cpus, c.connections_per_shard
+    );
+    let _ = writeln!(
+        out,
+        "{:<7} {:<10} {:<9} {:>7} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} | p50 ms: {:>7} {:>7} {:>7} {:>7} {:>7} | errors",
+        "policy", "phase", "class", "sent", "ok", "failed", "p50 ms", "p90 ms", "p99 ms", "p99.9", "max ms",
+        STAGE_NAMES[0], "place", STAGE_NAMES[2], STAGE_NAMES[3], "preempt"
+    );
+    for policy in &report.policies {
+        for phase in &policy.phases {
+            for class in phase.classes.iter().filter(|c| c.scheduled > 0) {
+                let l = &class.latency_us;
+                let stage = |name: &str| ms(class.stages_us.get(name).map_or(0, |p| p.p50));
+                let errors: Vec<String> = class
+                    .errors
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "{:<7} {:<10} {:<9} {:>7} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} |         {:>7} {:>7} {:>7} {:>7} {:>7} | {}",
+                    policy.policy,
+                    phase.name,
+                    class.class,
+                    class.scheduled,
+                    class.ok,
+                    class.failed,
+                    ms(l.p50),
+                    ms(l.p90),
+                    ms(l.p99),
+                    ms(l.p999),
+                    ms(l.max),
+                    stage(STAGE_NAMES[0]),
+                    stage(STAGE_NAMES[1]),
+                    stage(STAGE_NAMES[2]),
+                    stage(STAGE_NAMES[3]),
+                    stage(STAGE_NAMES[4]),
+                    if errors.is_empty() { "-".into() } else { errors.join(" ") }
+                );
+            }
+        }
+    }
+    let _ = writeln!(out);
+    for policy in &report.policies {
+        for phase in &policy.phases {
+            let _ = writeln!(
+                out,
+                "{} {}: offered {:.0}/s ({:?}); {} ok of {} in {:.2} s = {:.0}/s, {:.0}/s per shard",
+                policy.policy,
+                phase.name,
+                phase.offered_rate_per_s,
+                phase.arrival,
+                phase.ok,
+                phase.scheduled,
+                phase.elapsed_s,
+                phase.throughput_per_s,
+                phase.placements_per_s_per_shard
+            );
+        }
+        if let Some(r) = &policy.top_class_p99_ratio {
+            let _ = writeln!(
+                out,
+                "{}: top class `{}` p99 {} / {} = {:.2}x ({} ms vs {} ms)",
+                policy.policy,
+                r.class,
+                r.phase,
+                r.reference_phase,
+                r.ratio,
+                ms(r.p99_us),
+                ms(r.reference_p99_us)
+            );
+        }
+    }
+    if !report.ratios.is_empty() {
+        let baseline = report.policies.get(1).map_or("baseline", |p| &p.policy);
+        let _ = writeln!(
+            out,
+            "\n{baseline} / tariff latency (above 1: tariff faster):"
+        );
+        for r in &report.ratios {
+            let _ = writeln!(
+                out,
+                "  {:<10} {:<9} p50 {:>8.2}x   p99 {:>8.2}x",
+                r.phase, r.class, r.p50, r.p99
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn milliseconds_keep_three_significant_digits() {
+        assert_eq!(ms(213), "0.213");
+        assert_eq!(ms(21_300), "21.3");
+        assert_eq!(ms(1_234_000), "1234");
+    }
+}

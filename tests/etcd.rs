@@ -1,0 +1,88 @@
+//! The function registry in a real etcd (Debian's `etcd-server`), as for shards on several
+//! machines: two shard processes share nothing but etcd, yet see each other's deploys.
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{invoke, request, Proc, TestCluster};
+use tariff_common::wire::{ClientRequest, ClientResponse};
+
+const ETCD: &str = "etcd";
+
+/// A free TCP port on 127.0.0.1 (etcd cannot bind port 0 and report it back).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts etcd in `dir` and waits (bounded) until it answers.
+fn start_etcd(dir: &std::path::Path) -> (Proc, String) {
+    let client = format!("http://127.0.0.1:{}", free_port());
+    let peer = format!("http://127.0.0.1:{}", free_port());
+    let child = Command::new(ETCD)
+        .arg("--data-dir")
+        .arg(dir.join("etcd"))
+        .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+        .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+        .args(["--initial-cluster", &format!("default={peer}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("`{ETCD}` could not start ({e}): install Debian's etcd-server (.ci/run does)")
+        });
+    let proc = Proc {
+        child,
+        name: "etcd".into(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let port = client.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "etcd did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (proc, client)
+}
+
+#[test]
+fn shards_sharing_only_etcd_see_each_others_deploys() {
+    let mut cluster = TestCluster::new();
+    let (_etcd, url) = start_etcd(cluster.dir.path());
+    let store = format!("etcd:{url}");
+    cluster.start_shard(&["--store", &store]);
+    cluster.start_shard(&["--store", &store]);
+    cluster.start_dispatcher("m1", 1, &[]);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            cluster.wait_for_machines(1).await;
+            cluster.deploy_examples().await;
+            let b = cluster.client(1).await;
+            let listed = b.request(ClientRequest::ListFunctions).await.unwrap();
+            assert!(
+                matches!(&listed, ClientResponse::Functions(f) if f.len() == 5 && f.iter().all(|s| s.version == 1)),
+                "{listed:?}"
+            );
+            let out = invoke(&b, request("echo", "critical", "via etcd")).await.unwrap();
+            assert_eq!(out.output, b"via etcd");
+            // A redeploy through shard 0 raises the version everywhere.
+            cluster.deploy_examples().await;
+            let listed = b.request(ClientRequest::ListFunctions).await.unwrap();
+            assert!(
+                matches!(&listed, ClientResponse::Functions(f) if f.iter().all(|s| s.version == 2)),
+                "{listed:?}"
+            );
+            assert!(
+                !cluster.cluster_dir().join("store.sqlite3").exists(),
+                "with --store etcd the embedded store is not used"
+            );
+        });
+}
