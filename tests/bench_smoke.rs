@@ -70,17 +70,26 @@ fn bench_smoke_report_is_complete_and_counts_add_up() {
     };
     let stdout = std::io::read_to_string(child.stdout.take().unwrap()).unwrap();
     assert!(status.success(), "tariff bench failed: {status}\n{stdout}");
-    assert!(stdout.contains("fifo / tariff"), "no ratio lines:\n{stdout}");
+    assert!(
+        stdout.contains("fifo / tariff"),
+        "no ratio lines:\n{stdout}"
+    );
     for file in ["cdf.svg", "over_time.svg"] {
         let svg = std::fs::read_to_string(out.join(file)).unwrap();
-        assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{file}");
+        assert!(
+            svg.starts_with("<svg") && svg.contains("polyline"),
+            "{file}"
+        );
     }
 
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["classes"], serde_json::json!(CLASSES));
     let scheduled = u(&report["scheduled"]);
-    assert!(scheduled > 50, "too small a run to mean anything: {scheduled}");
+    assert!(
+        scheduled > 50,
+        "too small a run to mean anything: {scheduled}"
+    );
     let policies = report["policies"].as_array().unwrap();
     let names: Vec<&str> = policies
         .iter()
@@ -100,7 +109,10 @@ fn bench_smoke_report_is_complete_and_counts_add_up() {
             let mut phase_total = 0;
             for class in classes {
                 for field in CLASS_FIELDS {
-                    assert!(!class[field].is_null(), "{name}: {field} missing in {class}");
+                    assert!(
+                        !class[field].is_null(),
+                        "{name}: {field} missing in {class}"
+                    );
                 }
                 for stage in STAGES {
                     for p in PERCENTILES {
@@ -119,7 +131,10 @@ fn bench_smoke_report_is_complete_and_counts_add_up() {
             assert_eq!(u(&phase["ok"]) + u(&phase["failed"]), phase_total);
             policy_total += phase_total;
         }
-        assert_eq!(policy_total, scheduled, "{name}: every scheduled call answered");
+        assert_eq!(
+            policy_total, scheduled,
+            "{name}: every scheduled call answered"
+        );
     }
     let ratios = report["ratios"].as_array().unwrap();
     assert!(!ratios.is_empty(), "--compare gives ratios");

@@ -1,5 +1,8 @@
 //! The function registry in a real etcd (Debian's `etcd-server`), as for shards on several
 //! machines: two shard processes share nothing but etcd, yet see each other's deploys.
+//! Built with `--features etcd` (CI does; it needs protoc).
+
+#![cfg(feature = "etcd")]
 
 mod common;
 
@@ -28,8 +31,18 @@ fn start_etcd(dir: &std::path::Path) -> (Proc, String) {
     let child = Command::new(ETCD)
         .arg("--data-dir")
         .arg(dir.join("etcd"))
-        .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-        .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+        .args([
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+        ])
         .args(["--initial-cluster", &format!("default={peer}")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())

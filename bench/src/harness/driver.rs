@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::time::Instant;
 use tariff_common::client::{Client, ClientError};
 use tariff_common::cluster::Cluster;
 use tariff_common::wire::InvokeRequest;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 use super::output;
 use super::record::{
@@ -117,50 +117,65 @@ pub async fn run_phase(
         })
     });
 
-    for (i, planned) in plan.invocations.iter().enumerate() {
-        let scheduled = start + planned.at;
-        if scheduled > Instant::now() {
-            tokio::time::sleep_until(scheduled).await;
-        }
-        counters.sent.fetch_add(1, Ordering::Relaxed);
-        if outstanding.load(Ordering::Relaxed) >= ctx.max_outstanding {
-            let _ = tx.send(Sample {
-                class: planned.class,
-                scheduled: planned.at,
-                latency: scheduled.elapsed(),
-                answer: Answer::Err(CLIENT_OVERLOAD.into()),
-            });
-            continue;
-        }
-        outstanding.fetch_add(1, Ordering::Relaxed);
-        let client = ctx.clients[i % ctx.clients.len()].clone();
-        let target = &ctx.targets[planned.target as usize];
-        let request = InvokeRequest {
-            function: target.function.clone(),
-            class: ctx.classes[planned.class as usize].clone(),
-            tenant: ctx.tenant.clone(),
-            payload: target.payload.clone(),
-            timeout_ms: ctx.timeout_ms,
-        };
-        let (tx, outstanding, planned) = (tx.clone(), outstanding.clone(), *planned);
-        tokio::spawn(async move {
-            let answer = match client.invoke(request).await {
-                Ok(Ok(outcome)) => Answer::Ok(Stages::of(&outcome)),
-                Ok(Err(e)) => Answer::Err(invoke_error_kind(&e).into()),
-                Err(e) => Answer::Err(client_error_kind(&e).into()),
-            };
-            let latency = scheduled.elapsed();
-            outstanding.fetch_sub(1, Ordering::Relaxed);
-            let _ = tx.send(Sample {
-                class: planned.class,
-                scheduled: planned.at,
-                latency,
-                answer,
-            });
-        });
-    }
-    drop(tx);
+    // The generator is a blocking thread: `std::thread::sleep` wakes within tens of µs,
+    // where tokio's timer wheel rounds every sleep up to the next millisecond, which would add
+    // ~0.5 ms of the harness's own lag to every latency measured from the scheduled time.
+    let generator = {
+        let ctx = ctx.clone();
+        let invocations = plan.invocations.clone();
+        let counters = counters.clone();
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            for (i, planned) in invocations.into_iter().enumerate() {
+                let scheduled = start + planned.at;
+                let now = Instant::now();
+                if scheduled > now {
+                    std::thread::sleep(scheduled - now);
+                }
+                counters.sent.fetch_add(1, Ordering::Relaxed);
+                if outstanding.load(Ordering::Relaxed) >= ctx.max_outstanding {
+                    let _ = tx.send(Sample {
+                        class: planned.class,
+                        scheduled: planned.at,
+                        latency: scheduled.elapsed(),
+                        answer: Answer::Err(CLIENT_OVERLOAD.into()),
+                    });
+                    continue;
+                }
+                outstanding.fetch_add(1, Ordering::Relaxed);
+                let client = ctx.clients[i % ctx.clients.len()].clone();
+                let target = &ctx.targets[planned.target as usize];
+                let request = InvokeRequest {
+                    function: target.function.clone(),
+                    class: ctx.classes[planned.class as usize].clone(),
+                    tenant: ctx.tenant.clone(),
+                    payload: target.payload.clone(),
+                    timeout_ms: ctx.timeout_ms,
+                };
+                let (tx, outstanding) = (tx.clone(), outstanding.clone());
+                runtime.spawn(async move {
+                    let answer = match client.invoke(request).await {
+                        Ok(Ok(outcome)) => Answer::Ok(Stages::of(&outcome)),
+                        Ok(Err(e)) => Answer::Err(invoke_error_kind(&e).into()),
+                        Err(e) => Answer::Err(client_error_kind(&e).into()),
+                    };
+                    let latency = scheduled.elapsed();
+                    outstanding.fetch_sub(1, Ordering::Relaxed);
+                    let _ = tx.send(Sample {
+                        class: planned.class,
+                        scheduled: planned.at,
+                        latency,
+                        answer,
+                    });
+                });
+            }
+        })
+    };
+    generator.await.expect("the generator does not panic");
     let result = collector.await.expect("the collector does not panic");
+    // A phase lasts at least its arrival window, so a burst answered early does not inflate
+    // the throughput.
+    let result = (result.0, result.1.max(plan.duration));
     if let Some(ticker) = ticker {
         ticker.abort();
         output::progress_done(

@@ -24,7 +24,10 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 enum Request {
     Put(FunctionSpec, mpsc::SyncSender<Result<u64, StoreError>>),
-    Get(String, mpsc::SyncSender<Result<Option<FunctionSpec>, StoreError>>),
+    Get(
+        String,
+        mpsc::SyncSender<Result<Option<FunctionSpec>, StoreError>>,
+    ),
     List(mpsc::SyncSender<Result<Vec<FunctionSpec>, StoreError>>),
 }
 
@@ -50,10 +53,11 @@ fn decode(key: &[u8], value: &[u8], version: i64) -> Result<FunctionSpec, StoreE
     let name = String::from_utf8_lossy(key)
         .trim_start_matches(FUNCTIONS_PREFIX)
         .to_owned();
-    let mut spec: FunctionSpec = serde_json::from_slice(value).map_err(|e| StoreError::Corrupt {
-        name,
-        reason: e.to_string(),
-    })?;
+    let mut spec: FunctionSpec =
+        serde_json::from_slice(value).map_err(|e| StoreError::Corrupt {
+            name,
+            reason: e.to_string(),
+        })?;
     spec.version = version as u64;
     Ok(spec)
 }
@@ -68,7 +72,10 @@ impl EtcdStore {
         std::thread::Builder::new()
             .name("tariff-etcd".into())
             .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
                     Ok(runtime) => runtime,
                     Err(e) => {
                         let _ = ready.send(Err(etcd_err(e)));
@@ -78,16 +85,21 @@ impl EtcdStore {
                 runtime.block_on(serve(targets, inbox, ready));
             })
             .map_err(etcd_err)?;
-        started
-            .recv_timeout(CALL_TIMEOUT)
-            .map_err(|_| StoreError::Etcd(format!("no answer from etcd at {endpoints:?} within {CALL_TIMEOUT:?}")))??;
+        started.recv_timeout(CALL_TIMEOUT).map_err(|_| {
+            StoreError::Etcd(format!(
+                "no answer from etcd at {endpoints:?} within {CALL_TIMEOUT:?}"
+            ))
+        })??;
         Ok(Self {
             requests: Mutex::new(requests),
             endpoints,
         })
     }
 
-    fn call<T>(&self, make: impl FnOnce(mpsc::SyncSender<Result<T, StoreError>>) -> Request) -> Result<T, StoreError> {
+    fn call<T>(
+        &self,
+        make: impl FnOnce(mpsc::SyncSender<Result<T, StoreError>>) -> Request,
+    ) -> Result<T, StoreError> {
         let (reply, answer) = mpsc::sync_channel(1);
         self.requests
             .lock()
@@ -106,7 +118,9 @@ async fn serve(
     inbox: mpsc::Receiver<Request>,
     ready: mpsc::SyncSender<Result<(), StoreError>>,
 ) {
-    let options = etcd_client::ConnectOptions::new().with_connect_timeout(CALL_TIMEOUT).with_timeout(CALL_TIMEOUT);
+    let options = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(CALL_TIMEOUT)
+        .with_timeout(CALL_TIMEOUT);
     let mut client = match Client::connect(&endpoints, Some(options)).await {
         Ok(client) => client,
         Err(e) => {
@@ -141,7 +155,10 @@ async fn put(client: &mut Client, spec: &FunctionSpec) -> Result<u64, StoreError
         reason: e.to_string(),
     })?;
     let key = format!("{FUNCTIONS_PREFIX}{}", spec.name);
-    client.put(key.as_str(), json, None).await.map_err(etcd_err)?;
+    client
+        .put(key.as_str(), json, None)
+        .await
+        .map_err(etcd_err)?;
     let stored = get(client, &spec.name).await?;
     Ok(stored.map_or(1, |s| s.version))
 }
@@ -194,20 +211,5 @@ mod tests {
         let err = EtcdStore::connect(vec!["http://127.0.0.1:9".into()]).unwrap_err();
         assert!(err.to_string().contains("etcd"), "{err}");
         assert!(started.elapsed() < CALL_TIMEOUT * 3);
-    }
-
-    #[test]
-    fn bad_store_locations_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let default = dir.path().join("s.sqlite3");
-        assert!(matches!(
-            super::super::open(Some("redis://x"), &default),
-            Err(StoreError::BadLocation(_))
-        ));
-        assert!(matches!(
-            super::super::open(Some("etcd:"), &default),
-            Err(StoreError::BadLocation(_))
-        ));
-        assert!(super::super::open(None, &default).is_ok());
     }
 }

@@ -6,6 +6,7 @@
 //! timeout). A cluster whose shards span machines uses [`etcd::EtcdStore`] instead, as
 //! OpenWhisk's scheduler does; [`open`] picks one from a `--store` value.
 
+#[cfg(feature = "etcd")]
 pub mod etcd;
 
 use std::path::Path;
@@ -26,7 +27,9 @@ pub enum StoreError {
     #[error("etcd store: {0}")]
     Etcd(String),
     /// A `--store` value that names no known store.
-    #[error("`{0}` is not a store: use sqlite:PATH or etcd:http://HOST:PORT[,http://HOST:PORT...]")]
+    #[error(
+        "`{0}` is not a store: use sqlite:PATH or etcd:http://HOST:PORT[,http://HOST:PORT...]"
+    )]
     BadLocation(String),
     /// The database failed.
     #[error("cluster store: {0}")]
@@ -153,6 +156,22 @@ mod tests {
     }
 
     #[test]
+    fn bad_store_locations_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let default = dir.path().join("s.sqlite3");
+        assert!(matches!(
+            open(Some("redis://x"), &default),
+            Err(StoreError::BadLocation(_))
+        ));
+        assert!(matches!(
+            open(Some("etcd:"), &default),
+            Err(StoreError::BadLocation(_))
+        ));
+        assert!(open(None, &default).is_ok());
+        assert!(open(Some(&format!("sqlite:{}", default.display())), &default).is_ok());
+    }
+
+    #[test]
     fn deploys_are_versioned_and_shared_between_handles() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sqlite3");
@@ -175,9 +194,25 @@ mod tests {
     }
 }
 
+#[cfg(feature = "etcd")]
+fn connect_etcd(endpoints: Vec<String>) -> Result<std::sync::Arc<dyn ClusterStore>, StoreError> {
+    Ok(std::sync::Arc::new(etcd::EtcdStore::connect(endpoints)?))
+}
+
+#[cfg(not(feature = "etcd"))]
+fn connect_etcd(endpoints: Vec<String>) -> Result<std::sync::Arc<dyn ClusterStore>, StoreError> {
+    Err(StoreError::Etcd(format!(
+        "this build of tariff has no etcd support (asked for {endpoints:?}): build it with \
+         `cargo build --release --features etcd` (needs protoc, Debian's protobuf-compiler)"
+    )))
+}
+
 /// Opens the store a `--store` value names: `sqlite:PATH`, `etcd:URL[,URL...]`, or, when
 /// `None`, the embedded SQLite file `default_sqlite` (in the cluster directory).
-pub fn open(location: Option<&str>, default_sqlite: &Path) -> Result<std::sync::Arc<dyn ClusterStore>, StoreError> {
+pub fn open(
+    location: Option<&str>,
+    default_sqlite: &Path,
+) -> Result<std::sync::Arc<dyn ClusterStore>, StoreError> {
     match location {
         None => Ok(std::sync::Arc::new(SqliteStore::open(default_sqlite)?)),
         Some(text) => {
@@ -193,7 +228,7 @@ pub fn open(location: Option<&str>, default_sqlite: &Path) -> Result<std::sync::
                 if endpoints.is_empty() {
                     return Err(StoreError::BadLocation(text.to_owned()));
                 }
-                Ok(std::sync::Arc::new(etcd::EtcdStore::connect(endpoints)?))
+                connect_etcd(endpoints)
             } else {
                 Err(StoreError::BadLocation(text.to_owned()))
             }
