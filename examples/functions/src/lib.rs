@@ -39,6 +39,54 @@ pub fn die(message: &str) -> ! {
     exit(BAD_INPUT_EXIT)
 }
 
+/// `CLOCK_THREAD_CPUTIME_ID` from Linux's `<time.h>`: CPU time consumed by the calling thread.
+const CLOCK_THREAD_CPUTIME_ID: std::ffi::c_int = 3;
+
+/// Work between clock reads, so a spin loop is not all system calls.
+const SPIN_STEPS_PER_CLOCK_READ: u32 = 1_000;
+
+/// Layout of C's `struct timespec` on Linux (`time_t` and `long` are both `long` there).
+#[repr(C)]
+struct Timespec {
+    tv_sec: std::ffi::c_long,
+    tv_nsec: std::ffi::c_long,
+}
+
+extern "C" {
+    fn clock_gettime(clock_id: std::ffi::c_int, tp: *mut Timespec) -> std::ffi::c_int;
+}
+
+/// CPU time used by the calling thread so far.
+pub fn thread_cpu_time() -> Result<std::time::Duration, String> {
+    let mut ts = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `clock_gettime` is the libc function of this signature; `ts` is a valid,
+    // exclusively borrowed `struct timespec` for the duration of the call.
+    let rc = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Err("clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed".to_owned());
+    }
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let nanos = u32::try_from(ts.tv_nsec).unwrap_or(0);
+    Ok(std::time::Duration::new(secs, nanos))
+}
+
+/// Burns `budget` of this thread's CPU time. It counts CPU time, not wall time, so the work is
+/// the same however the machine schedules it: preempted, its wall time exceeds `budget` while
+/// its CPU time stays `budget`. That is what makes it the workload for preemption tests.
+pub fn spin_cpu(budget: std::time::Duration) -> Result<(), String> {
+    let start = thread_cpu_time()?;
+    let mut counter: u64 = 0;
+    while thread_cpu_time()? - start < budget {
+        for _ in 0..SPIN_STEPS_PER_CLOCK_READ {
+            counter = std::hint::black_box(counter.wrapping_add(1));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,6 @@
 //! Every payload counts as an invocation. A malformed `spin` is an error answer, which leaves
 //! the instance serving.
 
-use std::ffi::{c_int, c_long};
 use std::process::exit;
 use std::time::Duration;
 
@@ -29,23 +28,6 @@ const CRASH: &str = "crash";
 
 /// The first word of a `spin MS` payload.
 const SPIN: &str = "spin";
-
-/// `CLOCK_THREAD_CPUTIME_ID` from Linux's `<time.h>`: CPU time consumed by the calling thread.
-const CLOCK_THREAD_CPUTIME_ID: c_int = 3;
-
-/// Work between clock reads, so the spin loop is not all system calls.
-const SPIN_STEPS_PER_CLOCK_READ: u32 = 1_000;
-
-/// Layout of C's `struct timespec` on Linux (`time_t` and `long` are both `long` there).
-#[repr(C)]
-struct Timespec {
-    tv_sec: c_long,
-    tv_nsec: c_long,
-}
-
-extern "C" {
-    fn clock_gettime(clock_id: c_int, tp: *mut Timespec) -> c_int;
-}
 
 fn main() {
     let mut invocations: u64 = 0;
@@ -73,42 +55,12 @@ fn invoke(n: u64, payload: &[u8]) -> Result<Vec<u8>, String> {
             (Some(Ok(millis)), None) => millis,
             _ => return Err(format!("expected payload `spin MS`, got {text:?}")),
         };
-        spin(Duration::from_millis(millis))?;
+        tariff_example_functions::spin_cpu(Duration::from_millis(millis))?;
         return Ok(format!("spun {millis} ms").into_bytes());
     }
     let mut answer = format!("invocation {n}: ").into_bytes();
     answer.extend_from_slice(payload);
     Ok(answer)
-}
-
-/// Burns `budget` of this thread's CPU time: under preemption wall time exceeds it, CPU time
-/// does not.
-fn spin(budget: Duration) -> Result<(), String> {
-    let start = thread_cpu_time()?;
-    let mut counter: u64 = 0;
-    while thread_cpu_time()? - start < budget {
-        for _ in 0..SPIN_STEPS_PER_CLOCK_READ {
-            counter = std::hint::black_box(counter.wrapping_add(1));
-        }
-    }
-    Ok(())
-}
-
-/// CPU time used by this thread so far.
-fn thread_cpu_time() -> Result<Duration, String> {
-    let mut ts = Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `clock_gettime` is the libc function of this signature; `ts` is a valid,
-    // exclusively borrowed `struct timespec` for the duration of the call.
-    let rc = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return Err("clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed".to_owned());
-    }
-    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
-    let nanos = u32::try_from(ts.tv_nsec).unwrap_or(0);
-    Ok(Duration::new(secs, nanos))
 }
 
 #[cfg(test)]
