@@ -141,6 +141,48 @@ impl ClusterStore for SqliteStore {
     }
 }
 
+#[cfg(feature = "etcd")]
+fn connect_etcd(endpoints: Vec<String>) -> Result<std::sync::Arc<dyn ClusterStore>, StoreError> {
+    Ok(std::sync::Arc::new(etcd::EtcdStore::connect(endpoints)?))
+}
+
+#[cfg(not(feature = "etcd"))]
+fn connect_etcd(endpoints: Vec<String>) -> Result<std::sync::Arc<dyn ClusterStore>, StoreError> {
+    Err(StoreError::Etcd(format!(
+        "this build of tariff has no etcd support (asked for {endpoints:?}): build it with \
+         `cargo build --release --features etcd` (needs protoc, Debian's protobuf-compiler)"
+    )))
+}
+
+/// Opens the store a `--store` value names: `sqlite:PATH`, `etcd:URL[,URL...]`, or, when
+/// `None`, the embedded SQLite file `default_sqlite` (in the cluster directory).
+pub fn open(
+    location: Option<&str>,
+    default_sqlite: &Path,
+) -> Result<std::sync::Arc<dyn ClusterStore>, StoreError> {
+    match location {
+        None => Ok(std::sync::Arc::new(SqliteStore::open(default_sqlite)?)),
+        Some(text) => {
+            if let Some(path) = text.strip_prefix("sqlite:") {
+                Ok(std::sync::Arc::new(SqliteStore::open(Path::new(path))?))
+            } else if let Some(urls) = text.strip_prefix("etcd:") {
+                let endpoints: Vec<String> = urls
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                if endpoints.is_empty() {
+                    return Err(StoreError::BadLocation(text.to_owned()));
+                }
+                connect_etcd(endpoints)
+            } else {
+                Err(StoreError::BadLocation(text.to_owned()))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,47 +233,5 @@ mod tests {
             .map(|s| s.name)
             .collect();
         assert_eq!(names, ["a", "f"]);
-    }
-}
-
-#[cfg(feature = "etcd")]
-fn connect_etcd(endpoints: Vec<String>) -> Result<std::sync::Arc<dyn ClusterStore>, StoreError> {
-    Ok(std::sync::Arc::new(etcd::EtcdStore::connect(endpoints)?))
-}
-
-#[cfg(not(feature = "etcd"))]
-fn connect_etcd(endpoints: Vec<String>) -> Result<std::sync::Arc<dyn ClusterStore>, StoreError> {
-    Err(StoreError::Etcd(format!(
-        "this build of tariff has no etcd support (asked for {endpoints:?}): build it with \
-         `cargo build --release --features etcd` (needs protoc, Debian's protobuf-compiler)"
-    )))
-}
-
-/// Opens the store a `--store` value names: `sqlite:PATH`, `etcd:URL[,URL...]`, or, when
-/// `None`, the embedded SQLite file `default_sqlite` (in the cluster directory).
-pub fn open(
-    location: Option<&str>,
-    default_sqlite: &Path,
-) -> Result<std::sync::Arc<dyn ClusterStore>, StoreError> {
-    match location {
-        None => Ok(std::sync::Arc::new(SqliteStore::open(default_sqlite)?)),
-        Some(text) => {
-            if let Some(path) = text.strip_prefix("sqlite:") {
-                Ok(std::sync::Arc::new(SqliteStore::open(Path::new(path))?))
-            } else if let Some(urls) = text.strip_prefix("etcd:") {
-                let endpoints: Vec<String> = urls
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|u| !u.is_empty())
-                    .map(str::to_owned)
-                    .collect();
-                if endpoints.is_empty() {
-                    return Err(StoreError::BadLocation(text.to_owned()));
-                }
-                connect_etcd(endpoints)
-            } else {
-                Err(StoreError::BadLocation(text.to_owned()))
-            }
-        }
     }
 }
