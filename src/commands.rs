@@ -302,7 +302,7 @@ pub async fn invoke(global: &Global, args: InvokeArgs) -> i32 {
             if args.json {
                 println!(
                     "{}",
-                    serde_json::json!({ "error": error_kind(&error), "message": error.to_string() })
+                    serde_json::json!({ "error": error.kind(), "message": error.to_string() })
                 );
             }
             eprintln!("error: {error}");
@@ -315,24 +315,6 @@ pub async fn invoke(global: &Global, args: InvokeArgs) -> i32 {
                 _ => EXIT_UNREACHABLE,
             }
         }
-    }
-}
-
-/// A short machine-readable name for an invocation error.
-pub fn error_kind(error: &tariff_common::InvokeError) -> &'static str {
-    use tariff_common::InvokeError as E;
-    match error {
-        E::UnknownFunction(_) => "unknown_function",
-        E::BadClass(_) => "bad_class",
-        E::PayloadTooLarge { .. } => "payload_too_large",
-        E::OverBudget(_) => "over_budget",
-        E::Overloaded { .. } => "overloaded",
-        E::TimedOut(_) => "timed_out",
-        E::MachineLost(_) => "machine_lost",
-        E::FunctionFailed { .. } => "function_failed",
-        E::StartFailed(_) => "start_failed",
-        E::Protocol(_) => "protocol",
-        E::ShuttingDown => "shutting_down",
     }
 }
 

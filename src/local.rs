@@ -232,12 +232,7 @@ async fn demo(
                 });
                 let _ = histogram.record(latency.as_micros() as u64);
             }
-            Ok(Err(e)) => {
-                *entry
-                    .errors
-                    .entry(crate::commands::error_kind(&e).into())
-                    .or_default() += 1
-            }
+            Ok(Err(e)) => *entry.errors.entry(e.kind().into()).or_default() += 1,
             Err(e) => *entry.errors.entry(format!("client: {e}")).or_default() += 1,
         }
     }

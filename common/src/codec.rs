@@ -161,6 +161,20 @@ pub async fn write_message<T: Serialize, W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// Writes every message that arrives on `outbox` to `writer`, in order, until the channel
+/// closes or a write fails. Long-lived streams use one such task each, so that many tasks can
+/// send on a stream without sharing its writer.
+pub async fn forward<T: Serialize, W: AsyncWrite + Unpin>(
+    mut outbox: tokio::sync::mpsc::UnboundedReceiver<T>,
+    mut writer: W,
+) {
+    while let Some(message) = outbox.recv().await {
+        if write_message(&mut writer, &message).await.is_err() {
+            break;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -199,6 +199,26 @@ pub enum InvokeError {
     ShuttingDown,
 }
 
+impl InvokeError {
+    /// A short, stable, machine-readable name for the kind of error (for `--json` output,
+    /// reports and metrics).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::UnknownFunction(_) => "unknown_function",
+            Self::BadClass(_) => "bad_class",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::OverBudget(_) => "over_budget",
+            Self::Overloaded { .. } => "overloaded",
+            Self::TimedOut(_) => "timed_out",
+            Self::MachineLost(_) => "machine_lost",
+            Self::FunctionFailed { .. } => "function_failed",
+            Self::StartFailed(_) => "start_failed",
+            Self::Protocol(_) => "protocol",
+            Self::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
 /// A shard's view of its part of the cluster.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ShardStatus {

@@ -253,7 +253,7 @@ async fn session(shared: &Arc<Shared>, index: usize, addr: SocketAddr) -> Result
         });
     }
     info!(shard = %addr, shard_id, "registered with shard");
-    let (control, mut outbox) = mpsc::unbounded_channel::<DispatcherToShard>();
+    let (control, outbox) = mpsc::unbounded_channel::<DispatcherToShard>();
     let mut lanes = Vec::new();
     for class in 0..known {
         let (mut lane_send, lane_recv) = conn.open_bi().await?;
@@ -279,13 +279,7 @@ async fn session(shared: &Arc<Shared>, index: usize, addr: SocketAddr) -> Result
     let _ = control.send(DispatcherToShard::Warm(
         shared.executor.machine.warm_functions(),
     ));
-    let writer = tokio::spawn(async move {
-        while let Some(message) = outbox.recv().await {
-            if codec::write_message(&mut send, &message).await.is_err() {
-                break;
-            }
-        }
-    });
+    let writer = tokio::spawn(codec::forward(outbox, send));
     let result = loop {
         match codec::read_message::<ShardToDispatcher, _>(&mut recv).await {
             Ok(Some(message)) => handle_control(shared, &control, &queries, message),
@@ -327,15 +321,9 @@ fn handle_control(
 }
 
 /// Reads placements from one class lane, runs each, writes completions back on the lane.
-async fn serve_lane(shared: Arc<Shared>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
-    let (done, mut outbox) = mpsc::unbounded_channel::<Completion>();
-    let writer = tokio::spawn(async move {
-        while let Some(completion) = outbox.recv().await {
-            if codec::write_message(&mut send, &completion).await.is_err() {
-                break;
-            }
-        }
-    });
+async fn serve_lane(shared: Arc<Shared>, send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let (done, outbox) = mpsc::unbounded_channel::<Completion>();
+    let writer = tokio::spawn(codec::forward(outbox, send));
     loop {
         match codec::read_message::<Placement, _>(&mut recv).await {
             Ok(Some(placement)) => {

@@ -97,11 +97,11 @@ pub(crate) async fn control_session(
     shared: Arc<Shared>,
     conn: quinn::Connection,
     hello: DispatcherHello,
-    mut send: quinn::SendStream,
+    send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
     let name: Arc<str> = hello.machine.as_str().into();
-    let (control, mut outbox) = mpsc::unbounded_channel::<ShardToDispatcher>();
+    let (control, outbox) = mpsc::unbounded_channel::<ShardToDispatcher>();
     let polls: PendingPolls = Arc::default();
     let machine = {
         let mut machines = shared.machines();
@@ -133,13 +133,7 @@ pub(crate) async fn control_session(
         shard_id: shared.options.shard_id,
         classes: shared.options.classes.names().map(str::to_owned).collect(),
     });
-    let writer = tokio::spawn(async move {
-        while let Some(message) = outbox.recv().await {
-            if codec::write_message(&mut send, &message).await.is_err() {
-                break;
-            }
-        }
-    });
+    let writer = tokio::spawn(codec::forward(outbox, send));
     loop {
         match codec::read_message::<DispatcherToShard, _>(&mut recv).await {
             Ok(Some(message)) => handle_control(&shared, machine, &control, &polls, message),
@@ -192,10 +186,10 @@ pub(crate) async fn lane_session(
     conn: quinn::Connection,
     name: String,
     class: ClassId,
-    mut send: quinn::SendStream,
+    send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let (lane, mut outbox) = mpsc::unbounded_channel::<Placement>();
+    let (lane, outbox) = mpsc::unbounded_channel::<Placement>();
     let machine = {
         let mut machines = shared.machines();
         let Some(&idx) = machines.by_name.get(name.as_str()) else {
@@ -221,13 +215,7 @@ pub(crate) async fn lane_session(
         }
         idx
     };
-    let writer = tokio::spawn(async move {
-        while let Some(placement) = outbox.recv().await {
-            if codec::write_message(&mut send, &placement).await.is_err() {
-                break;
-            }
-        }
-    });
+    let writer = tokio::spawn(codec::forward(outbox, send));
     loop {
         match codec::read_message::<Completion, _>(&mut recv).await {
             Ok(Some(completion)) => complete(&shared, completion),

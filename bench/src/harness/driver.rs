@@ -18,9 +18,7 @@ use tariff_common::wire::InvokeRequest;
 use tokio::sync::mpsc;
 
 use super::output;
-use super::record::{
-    client_error_kind, invoke_error_kind, Answer, PhaseRecorder, Sample, Stages, CLIENT_OVERLOAD,
-};
+use super::record::{client_error_kind, Answer, PhaseRecorder, Sample, Stages, CLIENT_OVERLOAD};
 use super::schedule::{PhasePlan, Target};
 
 /// How often the progress line is redrawn.
@@ -156,7 +154,7 @@ pub async fn run_phase(
                 runtime.spawn(async move {
                     let answer = match client.invoke(request).await {
                         Ok(Ok(outcome)) => Answer::Ok(Stages::of(&outcome)),
-                        Ok(Err(e)) => Answer::Err(invoke_error_kind(&e).into()),
+                        Ok(Err(e)) => Answer::Err(e.kind().into()),
                         Err(e) => Answer::Err(client_error_kind(&e).into()),
                     };
                     let latency = scheduled.elapsed();

@@ -11,7 +11,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tariff_common::client::ClientError;
-use tariff_common::wire::{InvocationOutcome, InvokeError};
+use tariff_common::wire::InvocationOutcome;
 
 use super::schedule::PhasePlan;
 use super::workload::{ArrivalKind, Workload};
@@ -97,23 +97,6 @@ pub struct Sample {
     pub latency: Duration,
     /// The result.
     pub answer: Answer,
-}
-
-/// The report's name for an invocation error.
-pub fn invoke_error_kind(error: &InvokeError) -> &'static str {
-    match error {
-        InvokeError::UnknownFunction(_) => "unknown_function",
-        InvokeError::BadClass(_) => "bad_class",
-        InvokeError::PayloadTooLarge { .. } => "payload_too_large",
-        InvokeError::OverBudget(_) => "over_budget",
-        InvokeError::Overloaded { .. } => "overloaded",
-        InvokeError::TimedOut(_) => "timed_out",
-        InvokeError::MachineLost(_) => "machine_lost",
-        InvokeError::FunctionFailed { .. } => "function_failed",
-        InvokeError::StartFailed(_) => "start_failed",
-        InvokeError::Protocol(_) => "protocol",
-        InvokeError::ShuttingDown => "shutting_down",
-    }
 }
 
 /// The report's name for a request that got no answer.
