@@ -405,11 +405,12 @@ impl Svg {
         panel
     }
 
-    /// Adds a legend of classes in the top-right corner.
+    /// Adds a legend of classes in one row along the bottom edge, clear of every panel.
     fn class_legend(&mut self, classes: usize) {
+        const ITEM_WIDTH: f64 = 70.0;
         for c in 0..classes {
-            let x = self.width - 90.0;
-            let y = MARGIN / 3.0 + 14.0 * c as f64;
+            let x = self.width - ITEM_WIDTH * (classes - c) as f64;
+            let y = self.height - 8.0;
             self.rect(
                 x,
                 y - 8.0,
