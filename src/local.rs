@@ -173,7 +173,7 @@ async fn demo(
     let function_cpus = local.function_cpus.len();
     let mut clients = Vec::new();
     for &addr in &local.shard_addrs {
-        clients.push(Client::connect(cluster, addr).await?);
+        clients.push(Client::connect(cluster, addr).await?.with_session().await?);
     }
     // Capacity is what the function CPUs can do: dispatchers in one process share the
     // host's CPUs, and in real-time mode one CPU is kept away from functions.

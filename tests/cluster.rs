@@ -270,6 +270,60 @@ fn garbage_on_a_raw_stream_does_not_disturb_other_clients() {
 }
 
 #[test]
+fn a_session_stream_answers_many_requests_each_once_and_garbage_ends_only_its_session() {
+    runtime().block_on(async {
+        let cluster = small_cluster(2).await;
+        let client = cluster.client(0).await.with_session().await.unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..100 {
+            let client = client.clone();
+            let class = ["critical", "batch"][i % 2];
+            tasks.push(tokio::spawn(async move {
+                let payload = format!("s-{i}");
+                (
+                    payload.clone(),
+                    invoke(&client, request("echo", class, &payload)).await,
+                )
+            }));
+        }
+        let mut ids = HashSet::new();
+        for task in tasks {
+            let (payload, answer) = task.await.unwrap();
+            let outcome = answer.unwrap();
+            assert_eq!(outcome.output, payload.as_bytes());
+            assert!(ids.insert(outcome.id));
+        }
+        // Errors travel on the session like results do.
+        assert_eq!(
+            invoke(&client, request("nope", "critical", ""))
+                .await
+                .unwrap_err(),
+            InvokeError::UnknownFunction("nope".into())
+        );
+        // Garbage on another session stream ends only that session.
+        let (mut send, mut recv) = client.connection().open_bi().await.unwrap();
+        let open = tariff_common::wire::StreamOpen::ClientSession;
+        tariff_common::codec::write_message(&mut send, &open)
+            .await
+            .unwrap();
+        send.write_all(&[0, 0, 0, 4, 1, 0xff, 0xff, 0xff])
+            .await
+            .unwrap();
+        let answer: tariff_common::wire::SessionResponse =
+            tariff_common::codec::read_message(&mut recv)
+                .await
+                .unwrap()
+                .unwrap();
+        assert_eq!(answer.id, 0);
+        assert!(matches!(answer.response, ClientResponse::ProtocolError(_)));
+        let after = invoke(&client, request("echo", "high", "after"))
+            .await
+            .unwrap();
+        assert_eq!(after.output, b"after");
+    });
+}
+
+#[test]
 fn a_lost_machine_answers_its_invocations_with_an_error() {
     runtime().block_on(async {
         let mut cluster = small_cluster(1).await;

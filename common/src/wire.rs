@@ -38,6 +38,27 @@ pub enum StreamOpen {
     },
     /// A peer shard passing on a change it wrote to the store.
     PeerNotice(PeerNotice),
+    /// A client's long-lived session: many [`SessionRequest`]s in, their
+    /// [`SessionResponse`]s out in completion order. Saves opening a stream per request.
+    ClientSession,
+}
+
+/// One request on a client session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionRequest {
+    /// Chosen by the client, echoed in the response.
+    pub id: u64,
+    /// The request.
+    pub request: ClientRequest,
+}
+
+/// One response on a client session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionResponse {
+    /// The request's id.
+    pub id: u64,
+    /// The response.
+    pub response: ClientResponse,
 }
 
 /// What a client (the CLI, the bench harness, a function calling another) asks a shard.

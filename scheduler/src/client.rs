@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use tariff_common::codec;
 use tariff_common::wire::{
     unix_micros, ClientRequest, ClientResponse, InvocationId, InvocationOutcome, InvokeError,
-    InvokeRequest, PeerNotice, ShardStatus, ShardToDispatcher, StreamOpen,
+    InvokeRequest, PeerNotice, SessionRequest, SessionResponse, ShardStatus, ShardToDispatcher,
+    StreamOpen,
 };
 use tariff_common::FunctionSpec;
 use tokio::sync::oneshot;
@@ -128,6 +129,48 @@ async fn invoke(shared: &Arc<Shared>, request: InvokeRequest) -> Answer {
     }
     .instrument(span)
     .await
+}
+
+/// Serves a client's session stream: each request is handled in its own task and its
+/// response written when ready, so a slow invocation never holds up the others. A frame
+/// that does not decode ends the session with a protocol error (id 0); the connection and
+/// other streams carry on.
+pub(crate) async fn session(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let (answers, outbox) = tokio::sync::mpsc::unbounded_channel::<SessionResponse>();
+    let writer = tokio::spawn(codec::forward(outbox, send));
+    loop {
+        match codec::read_message::<SessionRequest, _>(&mut recv).await {
+            Ok(Some(SessionRequest { id, request })) => {
+                let shared = shared.clone();
+                let conn = conn.clone();
+                let answers = answers.clone();
+                tokio::spawn(async move {
+                    let response = handle(&shared, &conn, request).await;
+                    let _ = answers.send(SessionResponse { id, response });
+                });
+            }
+            Ok(None) => break,
+            Err(e) => {
+                if e.is_protocol_violation() {
+                    warn!(error = %e, "malformed session frame; ending the session");
+                    let _ = answers.send(SessionResponse {
+                        id: 0,
+                        response: ClientResponse::ProtocolError(e.to_string()),
+                    });
+                }
+                let _ = recv.stop(crate::server::PROTOCOL_VIOLATION.into());
+                break;
+            }
+        }
+    }
+    // Requests still running keep their clones of `answers`; the writer ends after the last.
+    drop(answers);
+    let _ = writer.await;
 }
 
 /// The caller stopped waiting: if the invocation is running, tell its machine to stop it.

@@ -270,6 +270,7 @@ async fn serve_stream(
             crate::machines::lane_session(shared, conn, machine, class, send, recv).await;
         }
         StreamOpen::PeerNotice(notice) => crate::client::peer_notice(&shared, notice),
+        StreamOpen::ClientSession => crate::client::session(shared, conn, send, recv).await,
     }
 }
 

@@ -24,8 +24,9 @@ use super::schedule::{PhasePlan, Target};
 /// How often the progress line is redrawn.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 
-/// Opens `per_shard` QUIC connections to each shard. Several connections per shard spread
-/// the client side's packet processing: one connection is one quinn state machine.
+/// Opens `per_shard` QUIC connections to each shard, each with a long-lived session stream
+/// (no stream to open per request). Several connections per shard spread the client side's
+/// packet processing: one connection is one quinn state machine.
 pub async fn connect(
     cluster: &Cluster,
     shards: &[SocketAddr],
@@ -34,7 +35,7 @@ pub async fn connect(
     let mut clients = Vec::new();
     for _ in 0..per_shard.max(1) {
         for &addr in shards {
-            clients.push(Client::connect(cluster, addr).await?);
+            clients.push(Client::connect(cluster, addr).await?.with_session().await?);
         }
     }
     Ok(clients)
