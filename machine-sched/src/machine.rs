@@ -120,19 +120,27 @@ pub enum JobError {
     Cancelled,
 }
 
-/// Lifecycle state of an instance (see the module docs).
+/// Lifecycle state of an instance (see the module docs). A function with no instance is
+/// *cold*: its next invocation starts one, which is *warming* until its first answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InstanceState {
-    /// No process yet.
-    Cold,
-    /// Process starting.
+    /// Started for the invocation it is serving; its runtime is initialising.
     Warming,
     /// Idle, ready to serve.
     Warm,
     /// Serving an invocation.
     Hot,
-    /// Idle and frozen (memory pressure).
+    /// Idle and frozen (memory pressure; driven by the memory issue, not yet live).
     Frozen,
+}
+
+/// How many idle instances are in each state, for logs and status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InstanceCounts {
+    /// Idle and ready.
+    pub warm: usize,
+    /// Idle and frozen.
+    pub frozen: usize,
 }
 
 /// A persistent instance.
@@ -246,8 +254,15 @@ impl MachineScheduler {
     }
 
     /// Idle instances per state, for status and tests.
-    pub fn idle_instances(&self) -> usize {
-        self.idle().values().map(Vec::len).sum()
+    pub fn idle_instances(&self) -> InstanceCounts {
+        let mut counts = InstanceCounts::default();
+        for instance in self.idle().values().flatten() {
+            match instance.state {
+                InstanceState::Frozen => counts.frozen += 1,
+                _ => counts.warm += 1,
+            }
+        }
+        counts
     }
 
     /// Stops the job `id` if it is running here.
@@ -603,7 +618,7 @@ impl MachineScheduler {
             process,
             cgroup,
             work_dir,
-            state: InstanceState::Hot,
+            state: InstanceState::Warming,
             idle_since: Instant::now(),
             keep_alive,
         })
