@@ -167,12 +167,15 @@ pub async fn shard(global: &Global, args: ShardArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         shard_id: args.shard_id.unwrap_or_else(rand::random),
         classes: args.classes,
-        policy: ShardConfig {
-            k: args.k,
-            aging: args.aging,
-            max_queued: args.max_queued,
-            use_idle_list: !args.no_idle_list,
-            class_blind: args.policy == Policy::Fifo,
+        policy: {
+            let defaults = ShardConfig::for_policy(args.policy.into());
+            ShardConfig {
+                k: args.k,
+                aging: args.aging,
+                max_queued: args.max_queued,
+                use_idle_list: defaults.use_idle_list && !args.no_idle_list,
+                ..defaults
+            }
         },
         peers: args.peers,
         max_payload_bytes: args.max_payload as usize,
@@ -202,6 +205,7 @@ pub async fn dispatcher(global: &Global, args: DispatcherArgs) -> anyhow::Result
     let machine_options = tariff_dispatcher::machine_setup::machine_options(
         args.cores,
         args.no_rt,
+        args.policy.into(),
         &args.data_dir,
         &machine,
     )?;
@@ -213,7 +217,7 @@ pub async fn dispatcher(global: &Global, args: DispatcherArgs) -> anyhow::Result
         slots: args.slots.unwrap_or(args.cores).max(1),
         data_dir: args.data_dir,
         k: args.k,
-        class_blind: args.policy == Policy::Fifo,
+        policy: args.policy.into(),
     };
     let scheduler = tariff_machine_sched::machine::MachineScheduler::new(machine_options);
     let dispatcher =

@@ -117,7 +117,7 @@ pub async fn run(global: &Global, args: LocalArgs) -> anyhow::Result<()> {
         cores: args.cores,
         memory_bytes: args.memory,
         no_rt: args.no_rt,
-        class_blind: args.policy == Policy::Fifo,
+        policy: args.policy.into(),
         functions: example_specs()?,
         dir_name: "local".into(),
     };

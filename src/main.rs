@@ -75,6 +75,18 @@ pub enum Policy {
     Tariff,
     /// Class-blind baseline: one FIFO queue, every function at the same priority.
     Fifo,
+    /// Class-blind baseline after Hermod: early binding, processor sharing.
+    Hermod,
+}
+
+impl From<Policy> for tariff_common::policy::Policy {
+    fn from(policy: Policy) -> Self {
+        match policy {
+            Policy::Tariff => Self::Tariff,
+            Policy::Fifo => Self::Fifo,
+            Policy::Hermod => Self::Hermod,
+        }
+    }
 }
 
 /// Parses `--classes`.

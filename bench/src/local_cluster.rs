@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tariff_common::client::Client;
 use tariff_common::cluster::Cluster;
+use tariff_common::policy::Policy;
 use tariff_common::store::{ClusterStore, SqliteStore};
 use tariff_common::wire::{ClientRequest, ClientResponse};
 use tariff_common::{FunctionSpec, PriceClasses};
@@ -38,8 +39,8 @@ pub struct LocalClusterConfig {
     pub memory_bytes: u64,
     /// Enforce class order in user space instead of SCHED_FIFO.
     pub no_rt: bool,
-    /// Run the class-blind FIFO baseline instead of Tariff's policy.
-    pub class_blind: bool,
+    /// Tariff's policy, or a class-blind baseline.
+    pub policy: Policy,
     /// Functions to deploy before starting.
     pub functions: Vec<FunctionSpec>,
     /// Sub-directory of the cluster directory for the servers' files.
@@ -87,10 +88,7 @@ impl LocalCluster {
                 data_dir: dir.join(format!("shard-{i}")),
                 shard_id: i as u16 + 1,
                 classes: classes.clone(),
-                policy: ShardConfig {
-                    class_blind: config.class_blind,
-                    ..ShardConfig::default()
-                },
+                policy: ShardConfig::for_policy(config.policy),
                 peers: Vec::new(),
                 max_payload_bytes: tariff_scheduler::server::DEFAULT_MAX_PAYLOAD_BYTES,
                 default_timeout: tariff_scheduler::server::DEFAULT_TIMEOUT,
@@ -108,11 +106,12 @@ impl LocalCluster {
                 slots: config.cores,
                 data_dir: dir.join(format!("dispatcher-{i}")),
                 k: tariff_dispatcher::service::DEFAULT_K,
-                class_blind: config.class_blind,
+                policy: config.policy,
             };
             let machine = tariff_dispatcher::machine_setup::machine_options(
                 config.cores,
                 config.no_rt,
+                config.policy,
                 &options.data_dir,
                 &options.machine,
             )?;

@@ -6,6 +6,7 @@ pub mod client;
 pub mod cluster;
 pub mod codec;
 pub mod function;
+pub mod policy;
 pub mod store;
 pub mod units;
 pub mod wire;

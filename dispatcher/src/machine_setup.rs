@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use tariff_common::policy::Policy;
 use tariff_machine_sched::cgroup::CgroupRoot;
 use tariff_machine_sched::machine::MachineOptions;
 use tariff_machine_sched::rt::{self, SchedMode};
@@ -20,10 +21,13 @@ pub const CGROUPS_FILE: &str = "cgroups";
 pub fn machine_options(
     cores: u32,
     no_rt: bool,
+    policy: Policy,
     data_dir: &Path,
     machine: &str,
 ) -> Result<MachineOptions, DispatcherError> {
-    let mode = if no_rt {
+    let mode = if policy == Policy::Hermod {
+        SchedMode::ProcessorSharing
+    } else if no_rt {
         SchedMode::UserSpace {
             reason: "--no-rt was given".into(),
         }
@@ -48,6 +52,10 @@ pub fn machine_options(
                 "machine scheduler: real-time (SCHED_FIFO by price class; the kernel preempts cheaper classes)"
             );
         }
+        SchedMode::ProcessorSharing => info!(
+            cpus = ?cpus,
+            "machine scheduler: processor sharing (the Hermod baseline: class-blind, every function at once, time-shared by the kernel)"
+        ),
         SchedMode::UserSpace { reason } => warn!(
             cpus = ?cpus,
             %reason,

@@ -17,6 +17,7 @@ use rand::seq::SliceRandom;
 use tariff_common::class::MAX_CLASSES;
 use tariff_common::cluster::{Cluster, ClusterError, CLUSTER_SERVER_NAME};
 use tariff_common::codec::{self, CodecError};
+use tariff_common::policy::Policy;
 use tariff_common::wire::{
     Completion, DispatcherHello, DispatcherToShard, IdleEntry, MachineLoad as LoadReport,
     Placement, ShardToDispatcher, StreamOpen,
@@ -56,8 +57,8 @@ pub struct DispatcherOptions {
     pub data_dir: PathBuf,
     /// Shards compared when joining an idle list.
     pub k: usize,
-    /// Ignore price classes on this machine (the FIFO baseline).
-    pub class_blind: bool,
+    /// The cluster's policy: Tariff's, or a class-blind baseline.
+    pub policy: Policy,
 }
 
 /// Why a dispatcher could not start.
@@ -143,7 +144,7 @@ impl Dispatcher {
             advertiser: Mutex::new(IdleAdvertiser::new(IdlePolicy::new(options.memory_bytes))),
             executor: Executor {
                 machine,
-                class_blind: options.class_blind,
+                class_blind: options.policy.is_class_blind(),
             },
             load: MachineLoad::new(MAX_CLASSES),
             warm_sent: Mutex::default(),

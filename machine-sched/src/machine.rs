@@ -197,7 +197,7 @@ impl MachineScheduler {
     /// A scheduler with these options.
     pub fn new(options: MachineOptions) -> Arc<Self> {
         let gate = match &options.mode {
-            SchedMode::RealTime => None,
+            SchedMode::RealTime | SchedMode::ProcessorSharing => None,
             SchedMode::UserSpace { .. } => {
                 Some(Gate::new(options.cores, tariff_common::class::MAX_CLASSES))
             }

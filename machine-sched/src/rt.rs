@@ -52,6 +52,9 @@ pub enum SchedMode {
         /// Why real-time scheduling is not used.
         reason: String,
     },
+    /// No ordering at all: every function runs at once at normal priority and the kernel
+    /// time-shares the CPUs (processor sharing). Only the Hermod baseline runs this way.
+    ProcessorSharing,
 }
 
 fn set_scheduler(tid: i32, policy: libc::c_int, priority: i32) -> io::Result<()> {

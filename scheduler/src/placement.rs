@@ -72,6 +72,16 @@ pub fn least_loaded(class: ClassId, polled: &[PolledLoad<'_>]) -> Option<Machine
         .map(|p| p.machine)
 }
 
+/// The polled machine with the fewest unfinished invocations of any class, room or not:
+/// Hermod's least-loaded placement with early binding (ties: a warm instance, then the earlier
+/// answer).
+pub fn least_loaded_any(polled: &[PolledLoad<'_>]) -> Option<MachineIdx> {
+    polled
+        .iter()
+        .min_by_key(|p| (p.per_class.iter().sum::<u32>(), !p.warm))
+        .map(|p| p.machine)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
+use tariff_common::policy::Policy;
 use tariff_common::wire::IdleEntry;
 use tariff_common::ClassId;
 
@@ -42,6 +43,22 @@ pub struct ShardConfig {
     /// Ignore price classes: one FIFO queue, class-blind room. This is the baseline Tariff is
     /// measured against (`--policy fifo`), run by the same code.
     pub class_blind: bool,
+    /// Place every invocation on the least-loaded polled machine whether or not it has room
+    /// (Hermod's early binding), instead of queueing it at the shard.
+    pub early_binding: bool,
+}
+
+impl ShardConfig {
+    /// The default tunables for a cluster running `policy`.
+    pub fn for_policy(policy: Policy) -> Self {
+        Self {
+            class_blind: policy.is_class_blind(),
+            early_binding: policy == Policy::Hermod,
+            // Hermod finds machines by polling only.
+            use_idle_list: policy != Policy::Hermod,
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for ShardConfig {
@@ -52,6 +69,7 @@ impl Default for ShardConfig {
             max_queued: DEFAULT_MAX_QUEUED,
             use_idle_list: true,
             class_blind: false,
+            early_binding: false,
         }
     }
 }
@@ -290,7 +308,12 @@ impl<T> ShardCore<T> {
     ) -> Result<(Taken<T>, MachineIdx), Requeued> {
         // Class-blind, every invocation counts everything as competition, like the cheapest.
         let queue = self.queue_of(taken.class);
-        match placement::least_loaded(queue, answers) {
+        let chosen = if self.config.early_binding {
+            placement::least_loaded_any(answers)
+        } else {
+            placement::least_loaded(queue, answers)
+        };
+        match chosen {
             Some(machine) => {
                 self.idle.placed(machine);
                 Ok((taken, machine))
@@ -538,6 +561,41 @@ mod tests {
             core.next(4 * MS).is_none(),
             "class-blind: the critical call waits behind the batch one"
         );
+    }
+
+    #[test]
+    fn early_binding_places_on_a_full_machine_rather_than_queueing() {
+        let mut core: ShardCore<u32> = ShardCore::new(
+            vec![2.0, 1.5, 1.0, 0.5],
+            ShardConfig::for_policy(Policy::Hermod),
+            5,
+        );
+        core.add_machine(MachineIdx(0), 1);
+        core.add_machine(MachineIdx(1), 1);
+        core.submit(ClassId(3), F, 1, MS).unwrap();
+        let Some(Step::Poll(taken, _)) = core.next(MS) else {
+            panic!("Hermod polls")
+        };
+        let full = [0, 0, 0, 3];
+        let fuller = [0, 0, 0, 5];
+        let answers = [
+            PolledLoad {
+                machine: MachineIdx(0),
+                per_class: &fuller,
+                slots: 1,
+                warm: false,
+            },
+            PolledLoad {
+                machine: MachineIdx(1),
+                per_class: &full,
+                slots: 1,
+                warm: false,
+            },
+        ];
+        let (_, machine) = core
+            .polled(taken, &answers)
+            .expect("early binding always places");
+        assert_eq!(machine, MachineIdx(1), "the least loaded, room or not");
     }
 
     #[test]

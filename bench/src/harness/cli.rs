@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use tariff_common::policy::Policy;
 
 use anyhow::{bail, Context as _};
 use tariff_common::client::Client;
@@ -48,6 +49,8 @@ const DEFAULT_MAX_OUTSTANDING: usize = 100_000;
 const TARIFF_DIR: &str = "bench-tariff";
 /// Sub-directory for the baseline's servers.
 const FIFO_DIR: &str = "bench-fifo";
+/// Cluster directory of the Hermod baseline.
+const HERMOD_DIR: &str = "bench-hermod";
 /// Policy name of a run against a running cluster, whose policy the harness cannot know.
 const RUNNING_CLUSTER_POLICY: &str = "cluster";
 
@@ -56,6 +59,9 @@ const RUNNING_CLUSTER_POLICY: &str = "cluster";
 pub enum Baseline {
     /// Class-blind: one FIFO queue, class-blind room, every function at the same priority.
     Fifo,
+    /// Class-blind after Hermod: early binding on the least-loaded of k machines, processor
+    /// sharing on each machine.
+    Hermod,
 }
 
 /// Flags of `tariff bench`.
@@ -189,21 +195,23 @@ async fn run_local(
         cores: args.cores.or(shape.cores).unwrap_or(DEFAULT_CORES),
         memory_bytes: args.memory,
         no_rt: args.no_rt,
-        class_blind: false,
+        policy: Policy::Tariff,
         functions: examples()?,
         dir_name: TARIFF_DIR.into(),
     };
     let classes: Vec<String> = PriceClasses::default().names().map(str::to_owned).collect();
     let weights = workload.check_classes(&classes)?;
-    let mut runs = vec![("tariff", false, TARIFF_DIR)];
-    if args.compare == Some(Baseline::Fifo) {
-        runs.push(("fifo", true, FIFO_DIR));
+    let mut runs = vec![("tariff", Policy::Tariff, TARIFF_DIR)];
+    match args.compare {
+        Some(Baseline::Fifo) => runs.push(("fifo", Policy::Fifo, FIFO_DIR)),
+        Some(Baseline::Hermod) => runs.push(("hermod", Policy::Hermod, HERMOD_DIR)),
+        None => {}
     }
     let mut plan: Option<Plan> = None;
     let mut function_cpus = Vec::new();
     let mut policies = Vec::new();
-    for (policy, class_blind, dir) in runs {
-        config.class_blind = class_blind;
+    for (policy, cluster_policy, dir) in runs {
+        config.policy = cluster_policy;
         config.dir_name = dir.into();
         let local = LocalCluster::start(cluster, &config)
             .await
