@@ -405,6 +405,27 @@ impl Svg {
         panel
     }
 
+    /// Draws a spread as a box plot at `load`: a whisker from p5 to p95, a box from p25 to
+    /// p75 and a bar at the median.
+    fn spread_box(&mut self, panel: &Panel, load: f64, u: &Spread, colour: &str) {
+        const HALF_WIDTH: f64 = 4.0;
+        let x = panel.px(load);
+        self.line((x, panel.py(u.p5)), (x, panel.py(u.p95)), "gray", 1.0);
+        self.rect(
+            x - HALF_WIDTH,
+            panel.py(u.p75),
+            2.0 * HALF_WIDTH,
+            panel.py(u.p25) - panel.py(u.p75),
+            colour,
+        );
+        self.line(
+            (x - HALF_WIDTH, panel.py(u.p50)),
+            (x + HALF_WIDTH, panel.py(u.p50)),
+            "black",
+            2.0,
+        );
+    }
+
     /// Adds a legend of classes in one row along the bottom edge, clear of every panel.
     fn class_legend(&mut self, classes: usize) {
         const ITEM_WIDTH: f64 = 70.0;
@@ -521,24 +542,8 @@ pub fn fig4_svg(sweep: &SweepReport) -> String {
             false,
             ("load", "busy cores"),
         );
-        let half = 4.0;
         for (load, s) in &runs {
-            let u = &s.utilisation;
-            let x = panel.px(*load);
-            svg.line((x, panel.py(u.p5)), (x, panel.py(u.p95)), "gray", 1.0);
-            svg.rect(
-                x - half,
-                panel.py(u.p75),
-                2.0 * half,
-                panel.py(u.p25) - panel.py(u.p75),
-                "#1f77b4",
-            );
-            svg.line(
-                (x - half, panel.py(u.p50)),
-                (x + half, panel.py(u.p50)),
-                "black",
-                2.0,
-            );
+            svg.spread_box(&panel, *load, &s.utilisation, "#1f77b4");
         }
     }
     svg.class_legend(classes);
@@ -614,26 +619,10 @@ pub fn fig5_svg(sweep: &SweepReport) -> String {
         false,
         ("load", "resident / RAM"),
     );
-    let half = 4.0;
     for (load, s) in &tariff {
-        let Some(u) = &s.memory_utilisation else {
-            continue;
-        };
-        let x = panel.px(*load);
-        svg.line((x, panel.py(u.p5)), (x, panel.py(u.p95)), "gray", 1.0);
-        svg.rect(
-            x - half,
-            panel.py(u.p75),
-            2.0 * half,
-            panel.py(u.p25) - panel.py(u.p75),
-            "#2ca02c",
-        );
-        svg.line(
-            (x - half, panel.py(u.p50)),
-            (x + half, panel.py(u.p50)),
-            "black",
-            2.0,
-        );
+        if let Some(u) = &s.memory_utilisation {
+            svg.spread_box(&panel, *load, u, "#2ca02c");
+        }
     }
     svg.class_legend(classes);
     svg.finish()
