@@ -265,6 +265,7 @@ async fn session(shared: &Arc<Shared>, index: usize, addr: SocketAddr) -> Result
         codec::write_message(&mut lane_send, &open).await?;
         lanes.push(tokio::spawn(serve_lane(
             shared.clone(),
+            conn.clone(),
             lane_send,
             lane_recv,
         )));
@@ -322,7 +323,16 @@ fn handle_control(
 }
 
 /// Reads placements from one class lane, runs each, writes completions back on the lane.
-async fn serve_lane(shared: Arc<Shared>, send: quinn::SendStream, mut recv: quinn::RecvStream) {
+///
+/// A lane that ends while the connection lives (the shard sent something malformed) closes
+/// the connection: a session without one of its lanes is of no use, and reconnecting
+/// re-registers the machine cleanly.
+async fn serve_lane(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
     let (done, outbox) = mpsc::unbounded_channel::<Completion>();
     let writer = tokio::spawn(codec::forward(outbox, send));
     loop {
@@ -342,6 +352,9 @@ async fn serve_lane(shared: Arc<Shared>, send: quinn::SendStream, mut recv: quin
             Ok(None) => break,
             Err(error) => {
                 debug!(%error, "lane ended");
+                if error.is_protocol_violation() {
+                    conn.close(LANE_BROKEN.into(), b"malformed placement");
+                }
                 break;
             }
         }
@@ -349,6 +362,9 @@ async fn serve_lane(shared: Arc<Shared>, send: quinn::SendStream, mut recv: quin
     drop(done);
     let _ = writer.await;
 }
+
+/// QUIC application code for closing a session whose lane broke.
+const LANE_BROKEN: u32 = 1;
 
 /// Keeps the machine's idle-list entry in step with its free memory and queue.
 async fn advertise(shared: Arc<Shared>) {

@@ -149,6 +149,7 @@ pub(crate) async fn control_session(
     }
     writer.abort();
     machine_lost(&shared, machine);
+    conn.close(0u32.into(), b"control stream ended");
 }
 
 fn handle_control(
@@ -231,6 +232,9 @@ pub(crate) async fn lane_session(
     }
     writer.abort();
     machine_lost(&shared, machine);
+    // Whatever ended the lane, the session is unusable without it: closing the connection
+    // makes the dispatcher reconnect and register again rather than linger half-attached.
+    conn.close(0u32.into(), b"lane ended");
 }
 
 /// A machine answered: pass the result to the waiting caller.
