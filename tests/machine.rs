@@ -113,9 +113,16 @@ async fn fcfs_within_a_class(extra: &[&str]) {
     }
     let done = futures_all(tasks).await;
     let ends: Vec<u64> = done.iter().map(|o| o.timings.finished_at_us).collect();
+    let stages: Vec<(u64, u64, u64, u64)> = done
+        .iter()
+        .map(|o| {
+            let t = &o.timings;
+            (t.placed_at_us, t.started_at_us, o.start_us, o.preempted_us)
+        })
+        .collect();
     assert!(
         ends.windows(2).all(|w| w[0] < w[1]),
-        "completion order follows arrival: {ends:?}"
+        "completion order follows arrival: ends {ends:?}; (placed, started, start_us, preempted_us) {stages:?}"
     );
     assert!(
         ends[3] - ends[0] >= 300_000,
