@@ -6,15 +6,8 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{invoke, request, TestCluster};
+use common::{invoke, request, runtime, TestCluster};
 use tariff_common::wire::{ClientResponse, InvokeError};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// One shard, one dispatcher, the examples deployed.
 async fn small_cluster(cores: u32) -> TestCluster {

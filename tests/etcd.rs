@@ -71,11 +71,7 @@ fn shards_sharing_only_etcd_see_each_others_deploys() {
     cluster.start_shard(&["--store", &store]);
     cluster.start_shard(&["--store", &store]);
     cluster.start_dispatcher("m1", 1, &[]);
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
+    common::runtime().block_on(async {
             cluster.wait_for_machines(1).await;
             cluster.deploy_examples().await;
             let b = cluster.client(1).await;

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{example, invoke, request, TestCluster};
+use common::{example, invoke, request, runtime, TestCluster};
 use tariff_common::function::Runtime;
 use tariff_common::wire::{InvocationOutcome, InvokeError};
 use tariff_common::FunctionSpec;
@@ -19,13 +19,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// One shard and one dispatcher confined to one CPU, admitting four invocations of a class

@@ -146,8 +146,11 @@ impl Cluster {
         ];
         let key = rcgen::KeyPair::generate()?;
         let cert = params.self_signed(&key)?;
+        // Unique per process and per attempt, so racing threads never share a staging dir.
+        static ATTEMPTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let attempt = ATTEMPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let staging = dir.join(format!(
-            ".tls-{}-{}",
+            ".tls-{}-{attempt}-{}",
             std::process::id(),
             crate::wire::unix_micros()
         ));

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tariff_common::codec::MAX_FRAME_BYTES;
 use tariff_common::wire::{Completion, InvokeError, Placement, RunReport};
 use tariff_common::ClassId;
-use tariff_machine_sched::machine::{Job, JobError, MachineScheduler};
+use tariff_machine_sched::machine::{Job, JobError, MachineScheduler, Ticket};
 use tracing::{debug, Instrument};
 
 /// Largest output returned: what fits in a frame with room for the envelope.
@@ -68,11 +68,27 @@ pub struct Executor {
 }
 
 impl Executor {
+    /// The class a placement runs at on this machine: its own, or the cheapest when class-blind.
+    fn run_as(&self, placement: &Placement, classes: usize) -> ClassId {
+        if self.class_blind {
+            ClassId(classes.saturating_sub(1) as u8)
+        } else {
+            placement.class
+        }
+    }
+
+    /// Fixes the placement's place in its class's arrival order; call it in the order
+    /// placements arrive, then [`Executor::execute`] with the ticket.
+    pub fn admit(&self, placement: &Placement, classes: usize) -> Ticket {
+        self.machine.admit(self.run_as(placement, classes))
+    }
+
     /// Runs `placement` to the end and returns its completion; `load` counts it meanwhile.
     /// `classes` is the cluster's number of price classes.
     pub async fn execute(
         &self,
         placement: Placement,
+        ticket: Ticket,
         load: &MachineLoad,
         classes: usize,
     ) -> Completion {
@@ -86,11 +102,7 @@ impl Executor {
         let class = placement.class.index();
         load.add(class);
         let id = placement.id;
-        let run_as = if self.class_blind {
-            ClassId(classes.saturating_sub(1) as u8)
-        } else {
-            placement.class
-        };
+        let run_as = self.run_as(&placement, classes);
         let job = Job {
             id: id.0,
             class: run_as,
@@ -103,7 +115,11 @@ impl Executor {
             payload: placement.payload,
             max_output: MAX_OUTPUT_BYTES,
         };
-        let result = self.machine.run(job).instrument(span).await;
+        let result = self
+            .machine
+            .run_admitted(job, ticket)
+            .instrument(span)
+            .await;
         load.remove(class);
         let result = result
             .map(|report| RunReport {

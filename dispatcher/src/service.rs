@@ -338,13 +338,15 @@ async fn serve_lane(
     loop {
         match codec::read_message::<Placement, _>(&mut recv).await {
             Ok(Some(placement)) => {
+                let classes = shared.classes.load(Ordering::Relaxed);
+                // The ticket is taken here, in the order placements arrive on the lane.
+                let ticket = shared.executor.admit(&placement, classes);
                 let shared = shared.clone();
                 let done = done.clone();
                 tokio::spawn(async move {
-                    let classes = shared.classes.load(Ordering::Relaxed);
                     let completion = shared
                         .executor
-                        .execute(placement, &shared.load, classes)
+                        .execute(placement, ticket, &shared.load, classes)
                         .await;
                     let _ = done.send(completion);
                 });

@@ -95,6 +95,12 @@ impl Gate {
 
     /// Queues `task` of class `class` (0 = dearest) and waits until it may run.
     pub async fn enter(&self, task: TaskId, class: u8) {
+        let _ = self.arrive(task, class).await;
+    }
+
+    /// Queues `task` of class `class` now; the receiver completes when it may run. Splitting
+    /// this from the wait lets a caller fix the arrival order before it awaits.
+    pub fn arrive(&self, task: TaskId, class: u8) -> oneshot::Receiver<()> {
         let (start, started) = oneshot::channel();
         {
             let mut inner = self.lock();
@@ -108,7 +114,7 @@ impl Gate {
             let decisions = inner.queue.arrive(task, class);
             Self::apply(&mut inner, decisions);
         }
-        let _ = started.await;
+        started
     }
 
     /// The task's process (group) now exists; if the task was preempted meanwhile, it is

@@ -154,6 +154,39 @@ struct Instance {
     keep_alive: Duration,
 }
 
+/// A job's place in its class's arrival order (see [`MachineScheduler::admit`]).
+#[derive(Debug)]
+pub struct Ticket {
+    class: usize,
+    number: u64,
+}
+
+/// One class's ticket dispenser and the ticket now served.
+struct ClassTurns {
+    next: AtomicU64,
+    serving: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for ClassTurns {
+    fn default() -> Self {
+        Self {
+            next: AtomicU64::new(0),
+            serving: tokio::sync::watch::channel(0).0,
+        }
+    }
+}
+
+/// The right to launch now; dropping it serves the next ticket of the class.
+struct Turn<'a> {
+    turns: &'a ClassTurns,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.turns.serving.send_modify(|now| *now += 1);
+    }
+}
+
 /// Directory name of the v1 cpuset hierarchy's mount.
 const CPUSET_MOUNT: &str = "cpuset";
 
@@ -181,10 +214,12 @@ pub struct MachineScheduler {
     /// global cgroup lock and waits for RCU, which under load cost tens of milliseconds per
     /// cold start here (p90 81 ms measured), against microseconds to reuse one.
     cgroup_pool: Arc<Mutex<Vec<InstanceCgroup>>>,
-    /// One turn per class for launching: under SCHED_FIFO the kernel runs a class in the order
-    /// its processes become real-time, so launches of one class (which take a variable time
-    /// off the real-time path) must finish in the order they began to keep FCFS.
-    launch_turns: Vec<tokio::sync::Mutex<()>>,
+    /// Arrival order per class. Under SCHED_FIFO the kernel runs a class in the order its
+    /// processes become real-time, and in user-space mode the run queue in the order jobs
+    /// arrive; but jobs run in tasks of their own, which the async runtime may start in any
+    /// order (it even favours the newest). So each job takes a ticket where placements are
+    /// received in order, and launches (or enters the gate) when its ticket is served.
+    turns: Vec<ClassTurns>,
     /// CPUs outside the function CPUs, where new processes exec before they are raised.
     spawn_cpus: Vec<usize>,
     gate: Option<Gate>,
@@ -209,8 +244,8 @@ impl MachineScheduler {
         Arc::new(Self {
             gate,
             cgroup_pool: Arc::default(),
-            launch_turns: (0..tariff_common::class::MAX_CLASSES)
-                .map(|_| tokio::sync::Mutex::new(()))
+            turns: (0..tariff_common::class::MAX_CLASSES)
+                .map(|_| ClassTurns::default())
                 .collect(),
             spawn_cpus,
             options,
@@ -274,16 +309,50 @@ impl MachineScheduler {
         }
     }
 
-    /// Runs one job to the end.
+    /// Takes a job of `class` its place in the class's arrival order. Call it where jobs
+    /// arrive in order (the dispatcher's lane reader), before handing the job to a task of its
+    /// own, and pass the ticket to [`MachineScheduler::run_admitted`].
+    pub fn admit(&self, class: ClassId) -> Ticket {
+        let turns = &self.turns[class.index()];
+        Ticket {
+            class: class.index(),
+            number: turns.next.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// Waits until `ticket` is served; the returned turn passes to the next ticket when
+    /// dropped.
+    async fn turn(&self, ticket: Ticket) -> Turn<'_> {
+        let turns = &self.turns[ticket.class];
+        let mut serving = turns.serving.subscribe();
+        let _ = serving.wait_for(|&now| now == ticket.number).await;
+        Turn { turns }
+    }
+
+    /// Runs one job to the end, in arrival order from now.
     pub async fn run(self: &Arc<Self>, job: Job) -> Result<JobReport, JobError> {
+        let ticket = self.admit(job.class);
+        self.run_admitted(job, ticket).await
+    }
+
+    /// Runs one job, admitted earlier with [`MachineScheduler::admit`], to the end.
+    pub async fn run_admitted(
+        self: &Arc<Self>,
+        job: Job,
+        ticket: Ticket,
+    ) -> Result<JobReport, JobError> {
         let arrived = Instant::now();
+        let mut turn = Some(self.turn(ticket).await);
         if let Some(gate) = &self.gate {
-            gate.enter(job.id, job.class.0).await;
+            // In user-space mode the run queue keeps the order from here on.
+            let started = gate.arrive(job.id, job.class.0);
+            turn = None;
+            let _ = started.await;
         }
         let result = match job.function.runtime {
-            Runtime::Exec => self.run_exec(&job, arrived).await,
+            Runtime::Exec => self.run_exec(&job, arrived, turn).await,
             Runtime::Persistent { keep_alive_ms } => {
-                self.run_persistent(&job, arrived, Duration::from_millis(keep_alive_ms))
+                self.run_persistent(&job, arrived, Duration::from_millis(keep_alive_ms), turn)
                     .await
             }
         };
@@ -357,8 +426,8 @@ impl MachineScheduler {
         })
     }
 
-    /// Confines a fresh, already raised process to the function CPUs: joins the confining
-    /// cgroups held back at launch, and sets its threads' affinity.
+    /// Confines a fresh process (already exec'd, about to be raised) to the function CPUs:
+    /// joins the confining cgroups held back at launch, and sets its threads' affinity.
     fn confine(&self, pid: i32, confining: &[PathBuf]) {
         for file in confining {
             if let Err(e) = std::fs::write(file, pid.to_string()) {
@@ -405,14 +474,13 @@ impl MachineScheduler {
         self: &Arc<Self>,
         job: &Job,
         arrived: Instant,
+        turn: Option<Turn<'_>>,
     ) -> Result<JobReport, JobError> {
-        // tokio's Mutex is fair: turns are taken in the order they were asked for.
-        let turn = self.launch_turns[job.class.index()].lock().await;
         let name = self.new_instance_name();
         let machine = self.clone();
         let launch_job = job.clone();
         // Directories, cgroups and fork happen off the real-time path (see `off_real_time`).
-        let launched = off_real_time(move || {
+        let launched = off_real_time(self.spawn_cpus.clone(), move || {
             let Prepared {
                 spec,
                 cgroup,
@@ -438,8 +506,12 @@ impl MachineScheduler {
             Err(e) => Err(to_job_error(e)),
             Ok(process) => {
                 let pid = process.pid();
-                self.raise(pid, cgroup.as_ref(), job);
+                // Confine, then raise, back to back: the process becomes real-time already on
+                // the function CPUs, queued behind its class in the order of raising (never
+                // running real-time on a spawn CPU in between, where it could be migrated
+                // later and land out of turn).
                 self.confine(pid, &confining);
+                self.raise(pid, cgroup.as_ref(), job);
                 drop(turn);
                 if let Some(gate) = &self.gate {
                     gate.attach(job.id, pid);
@@ -481,9 +553,9 @@ impl MachineScheduler {
         job: &Job,
         arrived: Instant,
         keep_alive: Duration,
+        turn: Option<Turn<'_>>,
     ) -> Result<JobReport, JobError> {
         let key = (job.function.name.clone(), job.function.version);
-        let turn = self.launch_turns[job.class.index()].lock().await;
         let warm = self.idle().get_mut(&key).and_then(Vec::pop);
         let (mut instance, cold_start) = match warm {
             Some(mut instance) => {
@@ -498,8 +570,10 @@ impl MachineScheduler {
             None => {
                 let machine = self.clone();
                 let first = job.clone();
-                let started =
-                    off_real_time(move || machine.start_instance(&first, keep_alive)).await?;
+                let started = off_real_time(self.spawn_cpus.clone(), move || {
+                    machine.start_instance(&first, keep_alive)
+                })
+                .await?;
                 (started, true)
             }
         };
@@ -610,8 +684,8 @@ impl MachineScheduler {
         };
         // Raised for the call that started it, so its start-up is not starved on the function
         // CPUs; lowered again when it goes idle.
-        self.raise(process.pid(), cgroup.as_ref(), job);
         self.confine(process.pid(), &confining);
+        self.raise(process.pid(), cgroup.as_ref(), job);
         info!(instance = %name, function = %function.name, pid = process.pid(), "instance started");
         Ok(Instance {
             name,
@@ -661,8 +735,9 @@ impl MachineScheduler {
     /// the emptied cgroup to the pool (or removes it), and removes its working directory.
     fn retire(&self, cgroup: Option<InstanceCgroup>, work_dir: PathBuf) {
         let pool = self.cgroup_pool.clone();
+        let cpus = self.spawn_cpus.clone();
         tokio::task::spawn_blocking(move || {
-            let _ = rt::set_normal(0);
+            leave_function_cpus(&cpus);
             let _ = crate::isolation::remove_work_dir(&work_dir);
             let Some(cg) = cgroup else { return };
             let _ = cg.kill_all();
@@ -729,14 +804,25 @@ fn retire_now(cgroup: Option<InstanceCgroup>, work_dir: &std::path::Path) {
 /// measured here to take 17 ms at the median instead of 50 µs; done at normal priority, on the
 /// CPU kept free of functions, they take their usual time.
 async fn off_real_time<T: Send + 'static>(
+    cpus: Vec<usize>,
     work: impl FnOnce() -> Result<T, JobError> + Send + 'static,
 ) -> Result<T, JobError> {
     tokio::task::spawn_blocking(move || {
-        let _ = rt::set_normal(0);
+        leave_function_cpus(&cpus);
         work()
     })
     .await
     .map_err(|e| JobError::Start(format!("launch task failed: {e}")))?
+}
+
+/// Puts the calling (blocking-pool) thread at normal priority on `cpus`, the CPUs kept free of
+/// functions: a normal-priority thread on a function CPU waits behind real-time functions for
+/// as long as the kernel lets them run (tens of milliseconds measured here).
+fn leave_function_cpus(cpus: &[usize]) {
+    let _ = rt::set_normal(0);
+    if !cpus.is_empty() {
+        let _ = rt::set_affinity(0, cpus);
+    }
 }
 
 /// Runqueue wait of every thread of `pid`, µs.

@@ -36,6 +36,10 @@ use crate::launch::LaunchSpec;
 /// How much of the child's stderr is kept: the end of it, where the error usually is.
 pub const STDERR_TAIL_BYTES: usize = 4 * 1024;
 
+/// Bytes a fresh Linux pipe holds (16 pages): a payload this small is written at spawn without
+/// blocking.
+const PIPE_CAPACITY_BYTES: usize = 64 * 1024;
+
 /// Chunk size for pipe reads; one page-sized pipe buffer's worth of data per read call.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
@@ -207,8 +211,8 @@ pub struct RunningProcess {
 /// The parent's ends of the child's standard streams, and what to write.
 #[derive(Debug)]
 struct ChildIo {
-    /// The child's stdin.
-    stdin: ChildStdin,
+    /// The child's stdin, unless the payload was already written and stdin closed at spawn.
+    stdin: Option<ChildStdin>,
     /// The child's stdout.
     stdout: ChildStdout,
     /// The child's stderr.
@@ -243,10 +247,27 @@ pub fn spawn(req: RunRequest) -> Result<RunningProcess, RunError> {
     })?;
     let pid = Pid::from_raw(libc::pid_t::try_from(child.id()).expect("Linux pids fit in pid_t"));
     debug!(pid = pid.as_raw(), program = %program, "spawned function process");
-    let (Some(stdin_pipe), Some(stdout), Some(stderr)) = (child.stdin, child.stdout, child.stderr)
+    let (Some(mut stdin_pipe), Some(stdout), Some(stderr)) =
+        (child.stdin, child.stdout, child.stderr)
     else {
         // All three were requested as pipes above, so std always provides them.
         unreachable!("std::process::Command returned a child without the requested pipes");
+    };
+    // A payload that fits in the empty pipe is written and stdin closed right now, without
+    // blocking: the child then never waits for its input, so it is runnable the moment the
+    // machine scheduler raises it, and processes of a class run in the order they were raised.
+    let stdin_pipe = if stdin.len() <= PIPE_CAPACITY_BYTES {
+        use std::io::Write;
+        match stdin_pipe.write_all(&stdin) {
+            Ok(()) => None,
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => None,
+            Err(e) => {
+                debug!(error = %e, "could not write function stdin");
+                None
+            }
+        }
+    } else {
+        Some(stdin_pipe)
     };
     Ok(RunningProcess {
         shared: Arc::new(Shared {
@@ -407,7 +428,10 @@ async fn drive_pipes(
 
 /// Writes the payload and closes stdin. A child that exits without reading is fine: the
 /// resulting broken pipe is ignored.
-async fn write_stdin(stdin: ChildStdin, payload: Vec<u8>) {
+async fn write_stdin(stdin: Option<ChildStdin>, payload: Vec<u8>) {
+    let Some(stdin) = stdin else {
+        return;
+    };
     let result = async {
         let mut tx = pipe::Sender::from_owned_fd(OwnedFd::from(stdin))?;
         tx.write_all(&payload).await

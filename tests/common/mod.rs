@@ -21,6 +21,31 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest a stopped process gets to exit before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
+/// CPUs for the tests' own processes (the test, its shards): every CPU but the highest, which
+/// dispatchers in real-time mode give to functions. A normal-priority thread on a CPU that
+/// real-time functions keep busy waits for as long as the kernel lets them run, which would
+/// make the tests measure themselves rather than Tariff.
+pub fn non_function_cpus() -> Vec<usize> {
+    let mut cpus = tariff_machine_sched::rt::allowed_cpus();
+    if cpus.len() > 1 {
+        cpus.pop();
+    }
+    cpus
+}
+
+/// A runtime whose worker threads keep off the function CPUs. The calling thread keeps its
+/// affinity: processes it starts (dispatchers above all) must see every CPU.
+pub fn runtime() -> tokio::runtime::Runtime {
+    let cpus = non_function_cpus();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_start(move || {
+            let _ = tariff_machine_sched::rt::set_affinity(0, &cpus);
+        })
+        .build()
+        .unwrap()
+}
+
 /// The `tariff` binary under test.
 pub fn tariff() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tariff"))
@@ -110,8 +135,21 @@ impl TestCluster {
         let n = self.shards.len();
         let data_dir = self.dir.path().join(format!("shard-{n}"));
         let addr_file = data_dir.join("shard.addr");
-        let child = self
-            .command()
+        let cpus = non_function_cpus();
+        let mut command = self.command();
+        // SAFETY: the closure runs in the forked child before exec and only calls
+        // sched_setaffinity on a set prepared before the fork.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            let set = cpu_set(&cpus);
+            command.pre_exec(move || {
+                if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
             .args(["shard", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data_dir)
             .args(extra)
@@ -271,6 +309,19 @@ fn remove_cgroup_tree(dir: &Path) {
             return;
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A kernel CPU set holding `cpus`.
+fn cpu_set(cpus: &[usize]) -> libc::cpu_set_t {
+    // SAFETY: an all-zero cpu_set_t is a valid empty set; CPU_SET stays inside it for CPU
+    // numbers below CPU_SETSIZE, which the filter guarantees.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &cpu in cpus.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        set
     }
 }
 
