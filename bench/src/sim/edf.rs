@@ -104,17 +104,10 @@ impl Policy for Edf {
             since: now,
             generation: 0,
         };
-        let id = match self.free.pop() {
-            Some(id) => {
-                let generation = self.tasks[id as usize].generation;
-                self.tasks[id as usize] = Task { generation, ..task };
-                id
-            }
-            None => {
-                self.tasks.push(task);
-                (self.tasks.len() - 1) as u32
-            }
-        };
+        let id = super::slots::store(&mut self.tasks, &mut self.free, task, |old, new| Task {
+            generation: old.generation,
+            ..new
+        });
         if self.running.len() < self.cores {
             self.start(id, now, ctx);
             return;

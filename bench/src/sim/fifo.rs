@@ -49,16 +49,12 @@ impl Fifo {
         if *busy < self.cores {
             self.open.insert((*busy, m));
         }
-        let id = match self.free.pop() {
-            Some(id) => {
-                self.running[id as usize] = Some((inv, m));
-                id
-            }
-            None => {
-                self.running.push(Some((inv, m)));
-                (self.running.len() - 1) as u32
-            }
-        };
+        let id = super::slots::store(
+            &mut self.running,
+            &mut self.free,
+            Some((inv, m)),
+            |_, new| new,
+        );
         ctx.events
             .push(now + inv.runtime, Event::Completion { id, generation: 0 });
     }

@@ -17,6 +17,7 @@ pub mod events;
 pub mod fifo;
 pub mod hermod;
 pub mod report;
+mod slots;
 pub mod stats;
 pub mod tariff;
 pub mod workload;

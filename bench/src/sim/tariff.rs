@@ -429,17 +429,10 @@ impl Policy for Tariff {
             seq: 0,
             swapped: 0,
         };
-        let id = match self.free.pop() {
-            Some(id) => {
-                let generation = self.tasks[id as usize].generation;
-                self.tasks[id as usize] = Task { generation, ..task };
-                id
-            }
-            None => {
-                self.tasks.push(task);
-                (self.tasks.len() - 1) as u32
-            }
-        };
+        let id = super::slots::store(&mut self.tasks, &mut self.free, task, |old, new| Task {
+            generation: old.generation,
+            ..new
+        });
         if self.shards[s]
             .submit(
                 ClassId(inv.class),
