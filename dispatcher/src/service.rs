@@ -93,6 +93,8 @@ struct Shared {
     load: MachineLoad,
     /// The warm set last sent to the shards.
     warm_sent: Mutex<Vec<String>>,
+    /// Free memory as last measured by the idle tick (every [`IDLE_TICK`]).
+    free_memory: AtomicU64,
     shards: Mutex<HashMap<usize, ShardHandle>>,
     advertiser: Mutex<IdleAdvertiser>,
     next_seq: AtomicU64,
@@ -109,16 +111,21 @@ impl Shared {
         self.advertiser.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn free_memory(&self) -> u64 {
+    /// Measures free memory (reading `/proc` for every function process) and remembers it.
+    fn measure_free_memory(&self) -> u64 {
         let used = self.executor.machine.used_memory();
-        self.options.memory_bytes.saturating_sub(used)
+        let free = self.options.memory_bytes.saturating_sub(used);
+        self.free_memory.store(free, Ordering::Relaxed);
+        free
     }
 
     fn load_report(&self) -> LoadReport {
         LoadReport {
             per_class: self.load.snapshot()[..self.classes.load(Ordering::Relaxed)].to_vec(),
             slots: self.options.slots,
-            free_memory_bytes: self.free_memory(),
+            // The idle tick's measurement: polls are on the placement path and must not read
+            // /proc for every function process.
+            free_memory_bytes: self.free_memory.load(Ordering::Relaxed),
             warm: self.executor.machine.warm_functions(),
         }
     }
@@ -148,6 +155,7 @@ impl Dispatcher {
             },
             load: MachineLoad::new(MAX_CLASSES),
             warm_sent: Mutex::default(),
+            free_memory: AtomicU64::new(options.memory_bytes),
             shards: Mutex::default(),
             next_seq: AtomicU64::new(1),
             endpoint,
@@ -375,7 +383,7 @@ async fn advertise(shared: Arc<Shared>) {
     loop {
         tick.tick().await;
         announce_warm(&shared);
-        let free = shared.free_memory();
+        let free = shared.measure_free_memory();
         let queue = shared.load.total();
         let action = shared.advertiser().observe(free, queue);
         match action {

@@ -134,15 +134,6 @@ pub enum InstanceState {
     Frozen,
 }
 
-/// How many idle instances are in each state, for logs and status.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct InstanceCounts {
-    /// Idle and ready.
-    pub warm: usize,
-    /// Idle and frozen.
-    pub frozen: usize,
-}
-
 /// A persistent instance.
 struct Instance {
     name: String,
@@ -286,18 +277,6 @@ impl MachineScheduler {
         let mut pids: Vec<i32> = self.running().values().map(|(pid, _)| *pid).collect();
         pids.extend(self.idle().values().flatten().map(|i| i.process.pid()));
         crate::memory::used_bytes(&pids)
-    }
-
-    /// Idle instances per state, for status and tests.
-    pub fn idle_instances(&self) -> InstanceCounts {
-        let mut counts = InstanceCounts::default();
-        for instance in self.idle().values().flatten() {
-            match instance.state {
-                InstanceState::Frozen => counts.frozen += 1,
-                _ => counts.warm += 1,
-            }
-        }
-        counts
     }
 
     /// Stops the job `id` if it is running here.
@@ -747,7 +726,7 @@ impl MachineScheduler {
                 pool.push(cg);
             } else {
                 drop(pool);
-                retire_now(Some(cg), &work_dir);
+                remove_cgroup(cg);
             }
         });
     }
@@ -788,12 +767,17 @@ impl MachineScheduler {
 
 fn retire_now(cgroup: Option<InstanceCgroup>, work_dir: &std::path::Path) {
     if let Some(cg) = cgroup {
-        let _ = cg.kill_all();
-        if let Err(e) = cg.remove() {
-            debug!(error = %e, "removing an instance cgroup");
-        }
+        remove_cgroup(cg);
     }
     let _ = crate::isolation::remove_work_dir(work_dir);
+}
+
+/// Kills what is left in an instance cgroup and removes it.
+fn remove_cgroup(cg: InstanceCgroup) {
+    let _ = cg.kill_all();
+    if let Err(e) = cg.remove() {
+        debug!(error = %e, "removing an instance cgroup");
+    }
 }
 
 /// Runs `work` on a blocking thread at normal (CFS) priority and waits for it.
