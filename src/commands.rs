@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use tariff_common::client::{Client, ClientError};
-use tariff_common::function::Runtime;
-use tariff_common::units::parse_size;
-use tariff_common::wire::{ClientRequest, ClientResponse, InvocationOutcome, InvokeRequest};
-use tariff_common::{FunctionSpec, PriceClasses};
+use tariff_cluster::client::{Client, ClientError};
 use tariff_dispatcher::{Dispatcher, DispatcherOptions};
-use tariff_scheduler::{Shard, ShardConfig, ShardOptions};
+use tariff_policy::ShardConfig;
+use tariff_scheduler::{Shard, ShardOptions};
+use tariff_types::function::Runtime;
+use tariff_types::units::parse_size;
+use tariff_types::wire::{ClientRequest, ClientResponse, InvocationOutcome, InvokeRequest};
+use tariff_types::{FunctionSpec, PriceClasses};
 
 use crate::{exit_code, parse_classes, parse_duration, Global, Policy, EXIT_UNREACHABLE};
 
@@ -29,10 +30,10 @@ pub struct ShardArgs {
     #[arg(long, value_delimiter = ',')]
     peers: Vec<SocketAddr>,
     /// Price classes as name=price,... (price per CPU-second); same on every shard.
-    #[arg(long, value_parser = parse_classes, default_value = tariff_common::class::DEFAULT_CLASSES)]
+    #[arg(long, value_parser = parse_classes, default_value = tariff_types::class::DEFAULT_CLASSES)]
     classes: PriceClasses,
     /// Machines polled when the idle list has none with room.
-    #[arg(long, default_value_t = tariff_scheduler::placement::DEFAULT_K)]
+    #[arg(long, default_value_t = tariff_policy::placement::DEFAULT_K)]
     k: usize,
     /// Waiting time that doubles an invocation's priority score (see docs/design.md).
     #[arg(long, value_parser = parse_duration, default_value = "1s")]
@@ -41,7 +42,7 @@ pub struct ShardArgs {
     #[arg(long)]
     no_idle_list: bool,
     /// Invocations queued beyond which new ones are refused as overloaded.
-    #[arg(long, default_value_t = tariff_scheduler::shard::DEFAULT_MAX_QUEUED)]
+    #[arg(long, default_value_t = tariff_policy::shard::DEFAULT_MAX_QUEUED)]
     max_queued: usize,
     /// Largest payload accepted.
     #[arg(long, value_parser = parse_size, default_value = "1M")]
@@ -160,7 +161,7 @@ pub struct InvokeArgs {
 
 pub async fn shard(global: &Global, args: ShardArgs) -> anyhow::Result<()> {
     let cluster = global.open_cluster()?;
-    let store = tariff_common::store::open(args.store.as_deref(), &cluster.store_path())
+    let store = tariff_cluster::store::open(args.store.as_deref(), &cluster.store_path())
         .context("opening the cluster store")?;
     let options = ShardOptions {
         listen: args.listen,

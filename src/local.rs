@@ -11,14 +11,14 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use hdrhistogram::Histogram;
-use tariff_common::client::Client;
-use tariff_common::function::Runtime;
-use tariff_common::units::parse_size;
-use tariff_common::wire::InvokeRequest;
-use tariff_common::FunctionSpec;
+use tariff_cluster::client::Client;
+use tariff_types::function::Runtime;
+use tariff_types::units::parse_size;
+use tariff_types::wire::InvokeRequest;
+use tariff_types::FunctionSpec;
 
 use crate::{parse_duration, Global, Policy};
-use tariff_bench::local_cluster::{LocalCluster, LocalClusterConfig};
+use tariff_local::{LocalCluster, LocalClusterConfig};
 
 /// The example functions deployed into a local cluster, by binary name.
 pub const EXAMPLE_FUNCTIONS: [&str; 6] = ["echo", "sleep", "spin", "alloc", "fail", "counter"];
@@ -165,7 +165,7 @@ struct ClassResult {
 /// arrivals evenly spaced at `demo_load` times the cluster's capacity. Latency is measured
 /// from each invocation's scheduled send time.
 async fn demo(
-    cluster: &tariff_common::cluster::Cluster,
+    cluster: &tariff_cluster::cluster::Cluster,
     local: &LocalCluster,
     args: &LocalArgs,
 ) -> anyhow::Result<()> {

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use tariff_common::cluster::{default_cluster_dir, Cluster, CLUSTER_ENV};
-use tariff_common::PriceClasses;
+use tariff_cluster::cluster::{default_cluster_dir, Cluster, CLUSTER_ENV};
+use tariff_types::PriceClasses;
 
 mod commands;
 mod local;
@@ -61,7 +61,7 @@ enum Command {
     /// Run an embedded cluster (shards, dispatchers, example functions) in this process.
     Local(local::LocalArgs),
     /// Run the discrete-event simulator of the paper's experiments (docs/simulator.md).
-    Sim(tariff_bench::sim::SimArgs),
+    Sim(tariff_sim::SimArgs),
     /// Open-loop load against a live cluster, with an optional class-blind baseline
     /// (docs/bench.md).
     Bench(tariff_bench::harness::BenchArgs),
@@ -79,7 +79,7 @@ pub enum Policy {
     Hermod,
 }
 
-impl From<Policy> for tariff_common::policy::Policy {
+impl From<Policy> for tariff_types::policy::Policy {
     fn from(policy: Policy) -> Self {
         match policy {
             Policy::Tariff => Self::Tariff,
@@ -92,7 +92,7 @@ impl From<Policy> for tariff_common::policy::Policy {
 /// Parses `--classes`.
 fn parse_classes(text: &str) -> Result<PriceClasses, String> {
     text.parse()
-        .map_err(|e: tariff_common::class::ClassError| e.to_string())
+        .map_err(|e: tariff_types::class::ClassError| e.to_string())
 }
 
 /// Parses a duration such as `500ms` or `2s`.
@@ -127,7 +127,7 @@ fn main() {
     );
     init_tracing(if servers { "info" } else { "warn" });
     let code = match cli.command {
-        Command::Sim(args) => report(tariff_bench::sim::run(&args)),
+        Command::Sim(args) => report(tariff_sim::run(&args)),
         command => {
             let mut builder = tokio::runtime::Builder::new_multi_thread();
             builder.enable_all();
@@ -182,8 +182,8 @@ async fn bench(global: &Global, args: tariff_bench::harness::BenchArgs) -> anyho
 }
 
 /// Exit status for each kind of invocation failure, so scripts can branch on it.
-pub fn exit_code(error: &tariff_common::InvokeError) -> i32 {
-    use tariff_common::InvokeError as E;
+pub fn exit_code(error: &tariff_types::InvokeError) -> i32 {
+    use tariff_types::InvokeError as E;
     match error {
         E::UnknownFunction(_) => 3,
         E::BadClass(_) => 4,

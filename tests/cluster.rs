@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::{invoke, request, runtime, TestCluster};
-use tariff_common::wire::{ClientResponse, InvokeError};
+use tariff_types::wire::{ClientResponse, InvokeError};
 
 /// One shard, one dispatcher, the examples deployed.
 async fn small_cluster(cores: u32) -> TestCluster {
@@ -219,7 +219,7 @@ fn garbage_on_a_raw_stream_does_not_disturb_other_clients() {
         });
         let endpoint = cluster.cluster.client_endpoint(addr).unwrap();
         let conn = endpoint
-            .connect(addr, tariff_common::cluster::CLUSTER_SERVER_NAME)
+            .connect(addr, tariff_cluster::cluster::CLUSTER_SERVER_NAME)
             .unwrap()
             .await
             .unwrap();
@@ -232,7 +232,7 @@ fn garbage_on_a_raw_stream_does_not_disturb_other_clients() {
             let (mut send, mut recv) = conn.open_bi().await.unwrap();
             send.write_all(bytes).await.unwrap();
             let _ = send.finish();
-            let answer: ClientResponse = tariff_common::codec::read_message(&mut recv)
+            let answer: ClientResponse = tariff_cluster::codec::read_message(&mut recv)
                 .await
                 .unwrap()
                 .unwrap();
@@ -243,14 +243,14 @@ fn garbage_on_a_raw_stream_does_not_disturb_other_clients() {
         }
         // The same connection still serves well-formed requests.
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
-        let open = tariff_common::wire::StreamOpen::Client(
-            tariff_common::wire::ClientRequest::Invoke(request("echo", "critical", "after")),
+        let open = tariff_types::wire::StreamOpen::Client(
+            tariff_types::wire::ClientRequest::Invoke(request("echo", "critical", "after")),
         );
-        tariff_common::codec::write_message(&mut send, &open)
+        tariff_cluster::codec::write_message(&mut send, &open)
             .await
             .unwrap();
         let _ = send.finish();
-        let answer: ClientResponse = tariff_common::codec::read_message(&mut recv)
+        let answer: ClientResponse = tariff_cluster::codec::read_message(&mut recv)
             .await
             .unwrap()
             .unwrap();
@@ -295,15 +295,15 @@ fn a_session_stream_answers_many_requests_each_once_and_garbage_ends_only_its_se
         );
         // Garbage on another session stream ends only that session.
         let (mut send, mut recv) = client.connection().open_bi().await.unwrap();
-        let open = tariff_common::wire::StreamOpen::ClientSession;
-        tariff_common::codec::write_message(&mut send, &open)
+        let open = tariff_types::wire::StreamOpen::ClientSession;
+        tariff_cluster::codec::write_message(&mut send, &open)
             .await
             .unwrap();
         send.write_all(&[0, 0, 0, 4, 1, 0xff, 0xff, 0xff])
             .await
             .unwrap();
-        let answer: tariff_common::wire::SessionResponse =
-            tariff_common::codec::read_message(&mut recv)
+        let answer: tariff_types::wire::SessionResponse =
+            tariff_cluster::codec::read_message(&mut recv)
                 .await
                 .unwrap()
                 .unwrap();
@@ -344,7 +344,7 @@ fn deploys_reach_every_shard_and_full_queues_refuse_as_overloaded() {
         cluster.deploy_examples().await;
         let b = cluster.client(1).await;
         let functions = b
-            .request(tariff_common::wire::ClientRequest::ListFunctions)
+            .request(tariff_types::wire::ClientRequest::ListFunctions)
             .await
             .unwrap();
         assert!(matches!(functions, ClientResponse::Functions(f) if f.len() == 5));

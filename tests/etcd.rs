@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{invoke, request, Proc, TestCluster};
-use tariff_common::wire::{ClientRequest, ClientResponse};
+use tariff_types::wire::{ClientRequest, ClientResponse};
 
 const ETCD: &str = "etcd";
 

@@ -7,9 +7,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{example, invoke, request, runtime, TestCluster};
-use tariff_common::function::Runtime;
-use tariff_common::wire::{InvocationOutcome, InvokeError};
-use tariff_common::FunctionSpec;
+use tariff_types::function::Runtime;
+use tariff_types::wire::{InvocationOutcome, InvokeError};
+use tariff_types::FunctionSpec;
 
 /// These tests measure who gets the function CPU; run in parallel, their dispatchers (all
 /// confined to the same CPU) would compete with each other. One at a time.

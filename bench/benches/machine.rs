@@ -17,12 +17,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use tariff_common::function::Runtime;
-use tariff_common::{ClassId, FunctionSpec};
 use tariff_machine_sched::launch::LaunchSpec;
 use tariff_machine_sched::machine::{Job, MachineOptions, MachineScheduler};
 use tariff_machine_sched::persistent::PersistentProcess;
 use tariff_machine_sched::rt::{self, SchedMode};
+use tariff_types::function::Runtime;
+use tariff_types::{ClassId, FunctionSpec};
 
 const SAMPLES: u64 = 300;
 const CLASSES: usize = 4;

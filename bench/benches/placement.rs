@@ -12,10 +12,10 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use tariff_common::wire::IdleEntry;
-use tariff_common::{ClassId, PriceClasses};
-use tariff_scheduler::placement::PolledLoad;
-use tariff_scheduler::{FunctionKey, MachineIdx, ShardConfig, ShardCore, Step};
+use tariff_policy::placement::PolledLoad;
+use tariff_policy::{FunctionKey, MachineIdx, ShardConfig, ShardCore, Step};
+use tariff_types::wire::IdleEntry;
+use tariff_types::{ClassId, PriceClasses};
 
 const MACHINES: u32 = 1_000;
 const SLOTS: u32 = 8;

@@ -5,7 +5,7 @@
 #![allow(missing_docs)]
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use tariff_bench::sim::{run_experiment, SchedulerKind, SimConfig};
+use tariff_sim::{run_experiment, SchedulerKind, SimConfig};
 
 /// Simulated seconds per iteration: long enough to reach steady state, short enough for
 /// criterion's sampling.

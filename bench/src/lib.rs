@@ -1,8 +1,4 @@
-//! Tariff benchmarks and the simulator.
-//!
-//! [`sim`] is `tariff sim`: the discrete-event simulator of the paper's experiments, driving
-//! the live policy code in virtual time.
+//! Tariff's load harness (`tariff bench`, [`harness`]) and, in `benches/`, the criterion
+//! benchmarks of the hot paths. Nothing in the service depends on this crate.
 
 pub mod harness;
-pub mod local_cluster;
-pub mod sim;

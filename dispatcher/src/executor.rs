@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tariff_common::codec::MAX_FRAME_BYTES;
-use tariff_common::wire::{Completion, InvokeError, Placement, RunReport};
-use tariff_common::ClassId;
+use tariff_cluster::codec::MAX_FRAME_BYTES;
 use tariff_machine_sched::machine::{Job, JobError, MachineScheduler, Ticket};
+use tariff_types::wire::{Completion, InvokeError, Placement, RunReport};
+use tariff_types::ClassId;
 use tracing::{debug, Instrument};
 
 /// Largest output returned: what fits in a frame with room for the envelope.

@@ -5,10 +5,10 @@
 
 use std::path::Path;
 
-use tariff_common::policy::Policy;
 use tariff_machine_sched::cgroup::CgroupRoot;
 use tariff_machine_sched::machine::MachineOptions;
 use tariff_machine_sched::rt::{self, SchedMode};
+use tariff_types::policy::Policy;
 use tracing::{info, warn};
 
 use crate::DispatcherError;

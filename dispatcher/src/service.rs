@@ -14,21 +14,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::seq::SliceRandom;
-use tariff_common::class::MAX_CLASSES;
-use tariff_common::cluster::{Cluster, ClusterError, CLUSTER_SERVER_NAME};
-use tariff_common::codec::{self, CodecError};
-use tariff_common::policy::Policy;
-use tariff_common::wire::{
+use tariff_cluster::cluster::{Cluster, ClusterError, CLUSTER_SERVER_NAME};
+use tariff_cluster::codec::{self, CodecError};
+use tariff_types::class::MAX_CLASSES;
+use tariff_types::policy::Policy;
+use tariff_types::wire::{
     Completion, DispatcherHello, DispatcherToShard, IdleEntry, MachineLoad as LoadReport,
     Placement, ShardToDispatcher, StreamOpen,
 };
-use tariff_common::ClassId;
+use tariff_types::ClassId;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info};
 
 use crate::executor::{Executor, MachineLoad};
-use crate::idle_advert::{least_crowded, IdleAction, IdleAdvertiser, IdlePolicy};
 use tariff_machine_sched::machine::MachineScheduler;
+use tariff_policy::idle_advert::{least_crowded, IdleAction, IdleAdvertiser, IdlePolicy};
 
 /// How often free memory is measured and the idle-list entry reconsidered.
 pub const IDLE_TICK: Duration = Duration::from_millis(50);

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tracing::debug;
 
-use crate::run_queue::{Decision, RunQueue, TaskId};
+use tariff_policy::run_queue::{Decision, RunQueue, TaskId};
 
 #[derive(Default)]
 struct TaskCtl {

@@ -14,8 +14,6 @@ pub mod memory;
 pub mod persistent;
 pub mod process;
 pub mod rt;
-pub mod run_queue;
 
 pub use launch::LaunchSpec;
 pub use process::{spawn, ProcessHandle, RunError, RunOutput, RunRequest, RunningProcess};
-pub use run_queue::{Decision, RunQueue, TaskId};

@@ -17,9 +17,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tariff_common::function::Runtime;
-use tariff_common::wire::unix_micros;
-use tariff_common::{ClassId, FunctionSpec};
+use tariff_types::function::Runtime;
+use tariff_types::wire::unix_micros;
+use tariff_types::{ClassId, FunctionSpec};
 use tracing::{debug, info, warn};
 
 use crate::cgroup::{CgroupRoot, CgroupVersion, InstanceCgroup};
@@ -225,7 +225,7 @@ impl MachineScheduler {
         let gate = match &options.mode {
             SchedMode::RealTime | SchedMode::ProcessorSharing => None,
             SchedMode::UserSpace { .. } => {
-                Some(Gate::new(options.cores, tariff_common::class::MAX_CLASSES))
+                Some(Gate::new(options.cores, tariff_types::class::MAX_CLASSES))
             }
         };
         let spawn_cpus: Vec<usize> = rt::allowed_cpus()
@@ -235,7 +235,7 @@ impl MachineScheduler {
         Arc::new(Self {
             gate,
             cgroup_pool: Arc::default(),
-            turns: (0..tariff_common::class::MAX_CLASSES)
+            turns: (0..tariff_types::class::MAX_CLASSES)
                 .map(|_| ClassTurns::default())
                 .collect(),
             spawn_cpus,

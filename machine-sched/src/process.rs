@@ -1,7 +1,7 @@
 //! The process runner: starts one function process, feeds it its payload, collects its output
 //! and its resource use, and kills it (with everything it started) on timeout or cancellation.
 //!
-//! This is the thin I/O driver around the run order in [`crate::run_queue`]; it makes no
+//! This is the thin I/O driver around the run order in [`tariff_policy::run_queue`]; it makes no
 //! scheduling decisions. Design points, each for a reason:
 //!
 //! - `std::process::Command`, not `tokio::process`: tokio's child reaper would race our
@@ -25,7 +25,7 @@ use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
-use tariff_common::wire::unix_micros;
+use tariff_types::wire::unix_micros;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::time::Instant;

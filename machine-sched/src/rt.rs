@@ -21,7 +21,7 @@
 
 use std::io;
 
-use tariff_common::ClassId;
+use tariff_types::ClassId;
 
 /// Priority of the dispatcher's threads: above every function priority.
 pub const DISPATCHER_PRIORITY: i32 = 50;

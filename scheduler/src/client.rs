@@ -8,18 +8,18 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tariff_common::codec;
-use tariff_common::wire::{
+use tariff_cluster::codec;
+use tariff_types::wire::{
     unix_micros, ClientRequest, ClientResponse, InvocationId, InvocationOutcome, InvokeError,
     InvokeRequest, PeerNotice, SessionRequest, SessionResponse, ShardStatus, ShardToDispatcher,
     StreamOpen,
 };
-use tariff_common::FunctionSpec;
+use tariff_types::FunctionSpec;
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::server::Shared;
-use crate::FunctionKey;
+use tariff_policy::FunctionKey;
 
 /// The answer to one invocation.
 pub(crate) type Answer = Result<InvocationOutcome, InvokeError>;
@@ -214,7 +214,7 @@ async fn tell_peer(shared: Arc<Shared>, peer: std::net::SocketAddr, notice: Peer
     let attempt = async {
         let conn = shared
             .endpoint
-            .connect(peer, tariff_common::cluster::CLUSTER_SERVER_NAME)
+            .connect(peer, tariff_cluster::cluster::CLUSTER_SERVER_NAME)
             .map_err(|e| e.to_string())?
             .await
             .map_err(|e| e.to_string())?;

@@ -12,18 +12,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tariff_common::codec;
-use tariff_common::wire::{
+use tariff_cluster::codec;
+use tariff_types::wire::{
     Completion, DispatcherHello, DispatcherToShard, InvocationId, InvocationOutcome, InvokeError,
     MachineLoad, Placement, ShardToDispatcher, Timings,
 };
-use tariff_common::ClassId;
+use tariff_types::ClassId;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::client::Answer;
 use crate::server::{Shared, PROTOCOL_VIOLATION};
-use crate::{FunctionKey, MachineIdx};
+use tariff_policy::{FunctionKey, MachineIdx};
 
 /// A placement waiting for its machine's completion.
 pub(crate) struct InFlight {

@@ -9,14 +9,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tariff_common::wire::{unix_micros, InvokeError, MachineLoad, Placement};
+use tariff_types::wire::{unix_micros, InvokeError, MachineLoad, Placement};
 use tracing::debug;
 
 use crate::client::Pending;
 use crate::machines::{InFlight, POLL_TIMEOUT};
-use crate::placement::PolledLoad;
 use crate::server::Shared;
-use crate::{MachineIdx, Step, Taken};
+use tariff_policy::placement::PolledLoad;
+use tariff_policy::{MachineIdx, Step, Taken};
 
 /// How often a blocked shard polls again without other news.
 pub const RETRY_INTERVAL: Duration = Duration::from_millis(2);

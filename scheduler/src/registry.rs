@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use tariff_common::store::{ClusterStore, StoreError};
-use tariff_common::FunctionSpec;
+use tariff_cluster::store::{ClusterStore, StoreError};
+use tariff_types::FunctionSpec;
 
 /// How long a cached spec is used before the store is read again.
 pub const CACHE_TTL: Duration = Duration::from_secs(2);

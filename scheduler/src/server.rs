@@ -13,18 +13,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use tariff_common::cluster::{Cluster, ClusterError};
-use tariff_common::codec::{self, CodecError};
-use tariff_common::store::ClusterStore;
-use tariff_common::wire::{ClientResponse, InvocationId, StreamOpen};
-use tariff_common::PriceClasses;
+use tariff_cluster::cluster::{Cluster, ClusterError};
+use tariff_cluster::codec::{self, CodecError};
+use tariff_cluster::store::ClusterStore;
+use tariff_types::wire::{ClientResponse, InvocationId, StreamOpen};
+use tariff_types::PriceClasses;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::client::Pending;
 use crate::machines::{InFlight, Machines};
 use crate::registry::Registry;
-use crate::shard::{ShardConfig, ShardCore};
+use tariff_policy::shard::{ShardConfig, ShardCore};
 
 /// Default largest payload accepted: 1 MiB, like the request limits of common FaaS platforms.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1 << 20;

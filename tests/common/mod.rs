@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tariff_common::client::Client;
-use tariff_common::cluster::Cluster;
-use tariff_common::wire::{
+use tariff_cluster::client::Client;
+use tariff_cluster::cluster::Cluster;
+use tariff_types::wire::{
     ClientRequest, ClientResponse, InvocationOutcome, InvokeError, InvokeRequest,
 };
-use tariff_common::FunctionSpec;
+use tariff_types::FunctionSpec;
 
 /// Longest a test waits for a process to come up.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -253,7 +253,7 @@ impl TestCluster {
                 command: vec![example(name).to_string_lossy().into_owned()],
                 env: vec![],
                 version: 0,
-                runtime: tariff_common::function::Runtime::Exec,
+                runtime: tariff_types::function::Runtime::Exec,
             };
             let response = client.request(ClientRequest::Deploy(spec)).await.unwrap();
             assert!(

@@ -9,14 +9,14 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tariff_common::policy::Policy;
+use tariff_types::policy::Policy;
 
 use anyhow::{bail, Context as _};
-use tariff_common::client::Client;
-use tariff_common::cluster::Cluster;
-use tariff_common::units::parse_size;
-use tariff_common::wire::{ClientRequest, ClientResponse};
-use tariff_common::{FunctionSpec, PriceClasses};
+use tariff_cluster::client::Client;
+use tariff_cluster::cluster::Cluster;
+use tariff_types::units::parse_size;
+use tariff_types::wire::{ClientRequest, ClientResponse};
+use tariff_types::{FunctionSpec, PriceClasses};
 
 use super::driver::{self, RunContext};
 use super::output;
@@ -24,7 +24,7 @@ use super::plot;
 use super::record::{self, BenchReport, ClusterInfo, PolicyReport};
 use super::schedule::{self, Plan};
 use super::workload::Workload;
-use crate::local_cluster::{LocalCluster, LocalClusterConfig};
+use tariff_local::{LocalCluster, LocalClusterConfig};
 
 /// File name of the JSON report.
 pub const REPORT_FILE: &str = "report.json";

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use std::time::Instant;
-use tariff_common::client::{Client, ClientError};
-use tariff_common::cluster::Cluster;
-use tariff_common::wire::InvokeRequest;
+use tariff_cluster::client::{Client, ClientError};
+use tariff_cluster::cluster::Cluster;
+use tariff_types::wire::InvokeRequest;
 use tokio::sync::mpsc;
 
 use super::output;

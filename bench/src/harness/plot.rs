@@ -6,7 +6,7 @@
 //! policy and phase, each class's p99 (line with dots) and p50 (thin line) per second of
 //! scheduled send time on a log y-axis, which shows backlogs building up.
 
-use crate::sim::report::{Svg, CLASS_COLOURS, MARGIN, PANEL_H, PANEL_W};
+use tariff_sim::report::{Svg, CLASS_COLOURS, MARGIN, PANEL_H, PANEL_W};
 
 use super::record::{BenchReport, PolicyReport};
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tariff_common::client::ClientError;
-use tariff_common::wire::InvocationOutcome;
+use tariff_cluster::client::ClientError;
+use tariff_types::wire::InvocationOutcome;
 
 use super::schedule::PhasePlan;
 use super::workload::{ArrivalKind, Workload};

@@ -17,7 +17,7 @@ use rand_distr::Exp;
 use super::workload::{
     ArrivalKind, Workload, WorkloadError, MAX_INVOCATIONS_PER_PHASE, TRACE_FUNCTION, TRACE_PHASE,
 };
-use crate::sim::workload::{summarize_trace, TraceReader};
+use tariff_sim::workload::{summarize_trace, TraceReader};
 
 /// Salt separating the random streams of successive phases.
 const PHASE_SEED_SALT: u64 = 0x9E37_79B9_7F4A_7C15;

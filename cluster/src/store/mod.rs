@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use rusqlite::{params, OptionalExtension};
 
-use crate::function::FunctionSpec;
+use tariff_types::function::FunctionSpec;
 
 /// How long a writer waits for another process's transaction before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -193,7 +193,7 @@ mod tests {
             command: vec![program.into()],
             env: vec![("A".into(), "1".into())],
             version: 0,
-            runtime: crate::function::Runtime::Exec,
+            runtime: tariff_types::function::Runtime::Exec,
         }
     }
 

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::wire::{
+use tariff_types::wire::{
     ClientRequest, ClientResponse, InvocationOutcome, InvokeError, InvokeRequest, SessionRequest,
     SessionResponse, StreamOpen,
 };

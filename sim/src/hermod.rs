@@ -14,8 +14,8 @@ use std::collections::BinaryHeap;
 
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
-use tariff_scheduler::placement;
-use tariff_scheduler::MachineIdx;
+use tariff_policy::placement;
+use tariff_policy::MachineIdx;
 
 use super::events::{Event, Nanos};
 use super::workload::Invocation;

@@ -4,9 +4,7 @@
 
 use std::time::Instant;
 
-use tariff_bench::sim::{
-    report, run_experiment, run_sweep, ExperimentReport, SchedulerKind, SimConfig,
-};
+use tariff_sim::{report, run_experiment, run_sweep, ExperimentReport, SchedulerKind, SimConfig};
 
 /// Machines in the small set-up.
 const MACHINES: usize = 20;

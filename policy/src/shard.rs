@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
-use tariff_common::policy::Policy;
-use tariff_common::wire::IdleEntry;
-use tariff_common::ClassId;
+use tariff_types::policy::Policy;
+use tariff_types::wire::IdleEntry;
+use tariff_types::ClassId;
 
 use crate::idle_list::{IdleList, IdleMachine};
 use crate::placement::{self, PolledLoad};

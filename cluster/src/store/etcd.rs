@@ -15,7 +15,7 @@ use std::time::Duration;
 use etcd_client::{Client, GetOptions};
 
 use super::{ClusterStore, StoreError};
-use crate::function::FunctionSpec;
+use tariff_types::function::FunctionSpec;
 
 /// Key prefix of the function registry.
 pub const FUNCTIONS_PREFIX: &str = "/tariff/functions/";

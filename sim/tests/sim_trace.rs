@@ -6,8 +6,8 @@
 
 use std::path::PathBuf;
 
-use tariff_bench::sim::workload::{convert_azure, summarize_trace, TRACE_HEADER};
-use tariff_bench::sim::{run_experiment, SchedulerKind, SimConfig};
+use tariff_sim::workload::{convert_azure, summarize_trace, TRACE_HEADER};
+use tariff_sim::{run_experiment, SchedulerKind, SimConfig};
 
 /// Where the shared sample lives, relative to this crate.
 const SAMPLE_DIR: &str = "../../shared/traces/azure2019-104";

@@ -2,9 +2,9 @@
 //! Tariff's live policy code in virtual time.
 //!
 //! Tariff's run in the simulator is not a model of Tariff: it is the shard's
-//! [`tariff_scheduler::ShardCore`] (queue selection, idle list, power-of-k placement), the
-//! machine scheduler's [`tariff_machine_sched::RunQueue`] (preemptive priority, FCFS within a
-//! class) and the dispatcher's [`tariff_dispatcher::swap`] victim choice, fed events with a
+//! [`tariff_policy::ShardCore`] (queue selection, idle list, power-of-k placement), the
+//! machine scheduler's [`tariff_policy::run_queue::RunQueue`] (preemptive priority, FCFS within a
+//! class) and the dispatcher's [`tariff_policy::swap`] victim choice, fed events with a
 //! virtual `now`. The baselines (Hermod, centralised EDF, FIFO) are small models written here.
 //!
 //! One module per concept: [`workload`] (generator, trace replay, Azure converter),
@@ -116,7 +116,7 @@ pub struct SimConfig {
     /// Price classes.
     pub classes: usize,
     /// Invocations at or above a class a Tariff machine admits (see
-    /// [`tariff_scheduler::placement::has_room`]); the number of cores by default.
+    /// [`tariff_policy::placement::has_room`]); the number of cores by default.
     pub slots: u32,
     /// Simulated seconds of arrivals; the run stops then, unfinished work is counted.
     pub duration_s: f64,

@@ -8,7 +8,7 @@
 //! at all: fewer such functions than the machine's slots.
 
 use rand::Rng;
-use tariff_common::ClassId;
+use tariff_types::ClassId;
 
 use crate::MachineIdx;
 

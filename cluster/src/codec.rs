@@ -178,7 +178,7 @@ pub async fn forward<T: Serialize, W: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{ClientRequest, InvokeRequest, StreamOpen};
+    use tariff_types::wire::{ClientRequest, InvokeRequest, StreamOpen};
 
     fn sample() -> StreamOpen {
         StreamOpen::Client(ClientRequest::Invoke(InvokeRequest {

@@ -236,24 +236,24 @@ pub fn table(sweep: &SweepReport) -> String {
 // SVG.
 
 /// Width of one panel in px.
-pub(crate) const PANEL_W: f64 = 320.0;
+pub const PANEL_W: f64 = 320.0;
 /// Height of one panel in px.
-pub(crate) const PANEL_H: f64 = 220.0;
+pub const PANEL_H: f64 = 220.0;
 /// Margin around a panel's plot area in px (room for axes and labels).
-pub(crate) const MARGIN: f64 = 45.0;
+pub const MARGIN: f64 = 45.0;
 /// Colours of classes 0, 1, 2, … (cycled).
-pub(crate) const CLASS_COLOURS: [&str; 6] = [
+pub const CLASS_COLOURS: [&str; 6] = [
     "#d62728", "#ff7f0e", "#2ca02c", "#1f77b4", "#9467bd", "#8c564b",
 ];
 /// Lowest slowdown drawn on the log axis.
 const MIN_SLOWDOWN: f64 = 1.0;
 
 /// An SVG document being assembled.
-pub(crate) struct Svg {
+pub struct Svg {
     /// The markup so far.
     body: String,
     /// Width in px.
-    pub(crate) width: f64,
+    pub width: f64,
     /// Height in px.
     height: f64,
 }
@@ -296,7 +296,7 @@ impl Panel {
 
 impl Svg {
     /// An empty document of `cols × rows` panels.
-    pub(crate) fn new(cols: usize, rows: usize, title: &str) -> Self {
+    pub fn new(cols: usize, rows: usize, title: &str) -> Self {
         let mut svg = Self {
             body: String::new(),
             width: PANEL_W * cols as f64,
@@ -307,7 +307,7 @@ impl Svg {
     }
 
     /// Adds a text label.
-    pub(crate) fn text(&mut self, x: f64, y: f64, s: &str, anchor: &str, size: f64) {
+    pub fn text(&mut self, x: f64, y: f64, s: &str, anchor: &str, size: f64) {
         let _ = writeln!(
             self.body,
             r#"<text x="{x:.1}" y="{y:.1}" text-anchor="{anchor}" font-size="{size}" font-family="sans-serif">{}</text>"#,
@@ -316,7 +316,7 @@ impl Svg {
     }
 
     /// Adds a line.
-    pub(crate) fn line(&mut self, a: (f64, f64), b: (f64, f64), colour: &str, width: f64) {
+    pub fn line(&mut self, a: (f64, f64), b: (f64, f64), colour: &str, width: f64) {
         let _ = writeln!(
             self.body,
             r#"<line x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="{colour}" stroke-width="{width}"/>"#,
@@ -325,7 +325,7 @@ impl Svg {
     }
 
     /// Adds a filled rectangle.
-    pub(crate) fn rect(&mut self, x: f64, y: f64, w: f64, h: f64, colour: &str) {
+    pub fn rect(&mut self, x: f64, y: f64, w: f64, h: f64, colour: &str) {
         let _ = writeln!(
             self.body,
             r#"<rect x="{x:.1}" y="{y:.1}" width="{:.1}" height="{:.1}" fill="{colour}" fill-opacity="0.8"/>"#,
@@ -335,7 +335,7 @@ impl Svg {
     }
 
     /// Adds a polyline through `points` (in pixels).
-    pub(crate) fn polyline(&mut self, points: &[(f64, f64)], colour: &str) {
+    pub fn polyline(&mut self, points: &[(f64, f64)], colour: &str) {
         let pts: Vec<String> = points
             .iter()
             .map(|(x, y)| format!("{x:.1},{y:.1}"))
@@ -444,7 +444,7 @@ impl Svg {
     }
 
     /// The finished document.
-    pub(crate) fn finish(self) -> String {
+    pub fn finish(self) -> String {
         format!(
             r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w:.0}" height="{h:.0}" viewBox="0 0 {w:.0} {h:.0}">
 <rect width="100%" height="100%" fill="white"/>

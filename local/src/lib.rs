@@ -9,15 +9,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use tariff_common::client::Client;
-use tariff_common::cluster::Cluster;
-use tariff_common::policy::Policy;
-use tariff_common::store::{ClusterStore, SqliteStore};
-use tariff_common::wire::{ClientRequest, ClientResponse};
-use tariff_common::{FunctionSpec, PriceClasses};
+use tariff_cluster::client::Client;
+use tariff_cluster::cluster::Cluster;
+use tariff_cluster::store::{ClusterStore, SqliteStore};
 use tariff_dispatcher::{Dispatcher, DispatcherOptions};
 use tariff_machine_sched::machine::MachineScheduler;
-use tariff_scheduler::{Shard, ShardConfig, ShardOptions};
+use tariff_policy::ShardConfig;
+use tariff_scheduler::{Shard, ShardOptions};
+use tariff_types::policy::Policy;
+use tariff_types::wire::{ClientRequest, ClientResponse};
+use tariff_types::{FunctionSpec, PriceClasses};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::wire::ALPN;
+use tariff_types::wire::ALPN;
 
 /// Environment variable naming the cluster directory when `--cluster` is not given.
 pub const CLUSTER_ENV: &str = "TARIFF_CLUSTER";
@@ -152,7 +152,7 @@ impl Cluster {
         let staging = dir.join(format!(
             ".tls-{}-{attempt}-{}",
             std::process::id(),
-            crate::wire::unix_micros()
+            tariff_types::wire::unix_micros()
         ));
         fs::create_dir(&staging).map_err(io_err(&staging))?;
         let write = |name: &str, text: &str, mode: u32| -> Result<(), ClusterError> {

@@ -5,7 +5,7 @@
 //! place next and where (idle list or power-of-k); polls are answered at once with each
 //! machine's true unfinished count per class. Each machine is a [`RunQueue`] whose
 //! start/preempt/resume decisions are carried out by tracking each task's remaining work.
-//! Memory pressure is resolved by [`tariff_dispatcher::swap`], and each machine's idle-list
+//! Memory pressure is resolved by [`tariff_policy::swap`], and each machine's idle-list
 //! announcements (join the least crowded of k shards' lists when free memory is above a
 //! threshold, update on significant change, leave below it) by the dispatcher's
 //! [`IdleAdvertiser`].
@@ -16,15 +16,15 @@
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use tariff_common::wire::IdleEntry;
-use tariff_common::ClassId;
-use tariff_dispatcher::idle_advert::{
+use tariff_policy::idle_advert::{
     self, IdleAction, IdleAdvertiser, IdlePolicy, DEFAULT_IDLE_THRESHOLD,
 };
-use tariff_dispatcher::swap::{self, Instance};
-use tariff_machine_sched::run_queue::{Decision, RunQueue};
-use tariff_scheduler::placement::PolledLoad;
-use tariff_scheduler::{FunctionKey, MachineIdx, ShardConfig, ShardCore, Step};
+use tariff_policy::placement::PolledLoad;
+use tariff_policy::run_queue::{Decision, RunQueue};
+use tariff_policy::swap::{self, Instance};
+use tariff_policy::{FunctionKey, MachineIdx, ShardConfig, ShardCore, Step};
+use tariff_types::wire::IdleEntry;
+use tariff_types::ClassId;
 
 use super::events::{to_duration, Event, Nanos};
 use super::workload::{Invocation, INITIAL_MEMORY_MB, MB};

@@ -6,7 +6,7 @@
 //! turns periodic observations of free memory and queue length into the few messages that
 //! rule needs: join, update, leave, or nothing.
 
-use tariff_common::wire::IdleEntry;
+use tariff_types::wire::IdleEntry;
 
 /// Default: a machine is idle while at least this share of its memory is free.
 pub const DEFAULT_IDLE_THRESHOLD: f64 = 0.25;

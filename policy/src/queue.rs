@@ -20,7 +20,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use tariff_common::ClassId;
+use tariff_types::ClassId;
 
 /// Default τ: the wait that doubles an invocation's score.
 pub const DEFAULT_AGING: Duration = Duration::from_secs(1);

@@ -1,0 +1,11 @@
+//! How the processes of one Tariff cluster reach each other: the cluster's credentials
+//! ([`cluster`]), the length-prefixed frame codec on QUIC streams ([`codec`]), the client every
+//! command and the harness use ([`client`]), and the store for state several shards must agree
+//! on ([`store`]).
+//!
+//! The messages themselves are `tariff-types`'s `wire` module; this crate moves them.
+
+pub mod client;
+pub mod cluster;
+pub mod codec;
+pub mod store;
