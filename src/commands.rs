@@ -13,9 +13,9 @@ use tariff_scheduler::{Shard, ShardOptions};
 use tariff_types::function::Runtime;
 use tariff_types::units::parse_size;
 use tariff_types::wire::{ClientRequest, ClientResponse, InvocationOutcome, InvokeRequest};
-use tariff_types::{FunctionSpec, PriceClasses};
+use tariff_types::{FunctionSpec, Policy, PriceClasses};
 
-use crate::{exit_code, parse_classes, parse_duration, Global, Policy, EXIT_UNREACHABLE};
+use crate::{exit_code, parse_classes, parse_duration, Global, EXIT_UNREACHABLE};
 
 /// `tariff shard`.
 #[derive(Args, Debug)]
@@ -50,8 +50,8 @@ pub struct ShardArgs {
     /// Shard id (the high bits of invocation ids); random if not given.
     #[arg(long)]
     shard_id: Option<u16>,
-    /// `tariff` (price classes) or `fifo` (the class-blind baseline, for comparison).
-    #[arg(long, value_enum, default_value = "tariff")]
+    /// `tariff` (price classes), or a class-blind baseline for comparison: `fifo` or `hermod`.
+    #[arg(long, value_enum, default_value_t)]
     policy: Policy,
     /// Where the function registry lives: `sqlite:PATH`, or `etcd:http://HOST:2379[,...]` for
     /// shards on several machines. Default: SQLite in the cluster directory.
@@ -86,8 +86,9 @@ pub struct DispatcherArgs {
     /// Do not use SCHED_FIFO: enforce class order in user space (stop and continue signals).
     #[arg(long)]
     pub no_rt: bool,
-    /// `tariff` (price classes) or `fifo` (every function at one priority: the baseline).
-    #[arg(long, value_enum, default_value = "tariff")]
+    /// `tariff` (price classes), or a class-blind baseline: `fifo` (every function at one
+    /// priority) or `hermod` (every function at once, time-shared).
+    #[arg(long, value_enum, default_value_t)]
     policy: Policy,
 }
 
@@ -169,7 +170,7 @@ pub async fn shard(global: &Global, args: ShardArgs) -> anyhow::Result<()> {
         shard_id: args.shard_id.unwrap_or_else(rand::random),
         classes: args.classes,
         policy: {
-            let defaults = ShardConfig::for_policy(args.policy.into());
+            let defaults = ShardConfig::for_policy(args.policy);
             ShardConfig {
                 k: args.k,
                 aging: args.aging,
@@ -206,7 +207,7 @@ pub async fn dispatcher(global: &Global, args: DispatcherArgs) -> anyhow::Result
     let machine_options = tariff_dispatcher::machine_setup::machine_options(
         args.cores,
         args.no_rt,
-        args.policy.into(),
+        args.policy,
         &args.data_dir,
         &machine,
     )?;
@@ -218,7 +219,7 @@ pub async fn dispatcher(global: &Global, args: DispatcherArgs) -> anyhow::Result
         slots: args.slots.unwrap_or(args.cores).max(1),
         data_dir: args.data_dir,
         k: args.k,
-        policy: args.policy.into(),
+        policy: args.policy,
     };
     let scheduler = tariff_machine_sched::machine::MachineScheduler::new(machine_options);
     let dispatcher =

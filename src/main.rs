@@ -63,30 +63,13 @@ enum Command {
     /// Run the discrete-event simulator of the paper's experiments (docs/simulator.md).
     Sim(tariff_sim::SimArgs),
     /// Open-loop load against a live cluster, with an optional class-blind baseline
-    /// (docs/bench.md).
-    Bench(tariff_bench::harness::BenchArgs),
-}
-
-/// Which scheduling policy a shard or dispatcher follows.
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Policy {
-    /// Price classes everywhere: queue order, placement room, machine priority.
-    #[default]
-    Tariff,
-    /// Class-blind baseline: one FIFO queue, every function at the same priority.
-    Fifo,
-    /// Class-blind baseline after Hermod: early binding, processor sharing.
-    Hermod,
-}
-
-impl From<Policy> for tariff_types::policy::Policy {
-    fn from(policy: Policy) -> Self {
-        match policy {
-            Policy::Tariff => Self::Tariff,
-            Policy::Fifo => Self::Fifo,
-            Policy::Hermod => Self::Hermod,
-        }
-    }
+    /// (docs/bench.md). Runs `tariff-bench`, built beside this binary: `tariff bench --help`.
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// Everything after `bench`, passed to `tariff-bench` as it is.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 /// Parses `--classes`.
@@ -128,6 +111,7 @@ fn main() {
     init_tracing(if servers { "info" } else { "warn" });
     let code = match cli.command {
         Command::Sim(args) => report(tariff_sim::run(&args)),
+        Command::Bench { args } => report(bench(&cli.global, args)),
         command => {
             let mut builder = tokio::runtime::Builder::new_multi_thread();
             builder.enable_all();
@@ -137,7 +121,6 @@ fn main() {
             let runs_functions = match &command {
                 Command::Dispatcher(args) => !args.no_rt,
                 Command::Local(args) => !args.no_rt,
-                Command::Bench(args) => args.runs_functions(),
                 _ => false,
             };
             if runs_functions {
@@ -171,14 +154,23 @@ async fn run(global: Global, command: Command) -> i32 {
         Command::Functions(args) => report(commands::functions(&global, args).await),
         Command::Status(args) => report(commands::status(&global, args).await),
         Command::Local(args) => report(local::run(&global, args).await),
-        Command::Bench(args) => report(bench(&global, args).await),
-        Command::Sim(_) => unreachable!("the simulator runs without the async runtime"),
+        Command::Sim(_) | Command::Bench { .. } => {
+            unreachable!("the simulator and the harness run without this runtime")
+        }
     }
 }
 
-/// `tariff bench`: the harness, with the example functions this binary was built with.
-async fn bench(global: &Global, args: tariff_bench::harness::BenchArgs) -> anyhow::Result<()> {
-    tariff_bench::harness::run(&global.open_cluster()?, args, local::example_specs).await
+/// `tariff bench`: replaces this process with the harness, `tariff-bench`, so its exit status
+/// and signals are the caller's to see. The cluster directory is passed on when given.
+fn bench(global: &Global, args: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let harness = tariff_local::harness_binary()?;
+    let mut command = std::process::Command::new(&harness);
+    if let Some(dir) = &global.cluster {
+        command.arg("--cluster").arg(dir);
+    }
+    let error = command.args(args).exec();
+    Err(error).with_context(|| format!("running {}", harness.display()))
 }
 
 /// Exit status for each kind of invocation failure, so scripts can branch on it.

@@ -139,3 +139,18 @@ fn bench_smoke_report_is_complete_and_counts_add_up() {
     let ratios = report["ratios"].as_array().unwrap();
     assert!(!ratios.is_empty(), "--compare gives ratios");
 }
+
+/// `tariff bench` is the harness binary behind the `tariff` command: its help comes through.
+#[test]
+fn tariff_bench_runs_the_harness() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tariff"))
+        .args(["bench", "--help"])
+        .output()
+        .expect("running tariff bench --help");
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("--workload") && stdout.contains("--compare"),
+        "{stdout}"
+    );
+}

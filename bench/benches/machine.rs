@@ -12,7 +12,6 @@
 
 #![allow(missing_docs)] // a bench binary
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,14 +28,9 @@ const CLASSES: usize = 4;
 const MAX_OUTPUT: usize = 1 << 20;
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-fn examples_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("bench executable");
-    let deps = exe.parent().expect("deps dir");
-    deps.parent().expect("profile dir").to_owned()
-}
-
 fn function(name: &str, runtime: Runtime, version: u64) -> FunctionSpec {
-    let path = examples_dir().join(name);
+    let dir = tariff_local::binaries_dir().expect("locating the bench executable");
+    let path = tariff_local::examples::example_binary(&dir, name);
     assert!(
         path.exists(),
         "{} is missing: run `cargo build --release` first",

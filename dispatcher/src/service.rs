@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rand::seq::SliceRandom;
 use tariff_cluster::cluster::{Cluster, ClusterError, CLUSTER_SERVER_NAME};
 use tariff_cluster::codec::{self, CodecError};
 use tariff_types::class::MAX_CLASSES;
@@ -28,7 +27,9 @@ use tracing::{debug, info};
 
 use crate::executor::{Executor, MachineLoad};
 use tariff_machine_sched::machine::MachineScheduler;
-use tariff_policy::idle_advert::{least_crowded, IdleAction, IdleAdvertiser, IdlePolicy};
+use tariff_policy::idle_advert::{
+    least_crowded, shards_to_poll, IdleAction, IdleAdvertiser, IdlePolicy,
+};
 
 /// How often free memory is measured and the idle-list entry reconsidered.
 pub const IDLE_TICK: Duration = Duration::from_millis(50);
@@ -433,9 +434,9 @@ async fn choose_shard(shared: &Shared) -> Option<usize> {
     let waiting: Vec<(usize, oneshot::Receiver<u32>)> = {
         let shards = shared.shards();
         let mut connected: Vec<usize> = shards.keys().copied().collect();
-        connected.shuffle(&mut rand::thread_rng());
-        connected.truncate(shared.options.k.max(1));
-        connected
+        // Sorted so the draw depends on the rng alone, not on the map's iteration order.
+        connected.sort_unstable();
+        shards_to_poll(&connected, shared.options.k, &mut rand::thread_rng())
             .into_iter()
             .filter_map(|index| {
                 let handle = shards.get(&index)?;

@@ -6,6 +6,8 @@
 //! turns periodic observations of free memory and queue length into the few messages that
 //! rule needs: join, update, leave, or nothing.
 
+use rand::seq::SliceRandom;
+use rand::Rng;
 use tariff_types::wire::IdleEntry;
 
 /// Default: a machine is idle while at least this share of its memory is free.
@@ -127,6 +129,14 @@ impl IdleAdvertiser {
     }
 }
 
+/// The k shards to ask for their idle-list lengths: distinct shards drawn uniformly from
+/// `candidates` without replacement (all of them when there are k or fewer). Sampling with
+/// replacement would poll the same shard twice and so ask fewer than k on small clusters;
+/// the live dispatcher and the simulator both call this, so they poll alike.
+pub fn shards_to_poll<R: Rng + ?Sized>(candidates: &[usize], k: usize, rng: &mut R) -> Vec<usize> {
+    candidates.choose_multiple(rng, k.max(1)).copied().collect()
+}
+
 /// Power-of-k on list lengths: the polled shard with the shortest idle list (ties go to the
 /// first answer).
 pub fn least_crowded(lengths: &[(usize, u32)]) -> Option<usize> {
@@ -138,6 +148,24 @@ pub fn least_crowded(lengths: &[(usize, u32)]) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
+    use rand::SeedableRng;
+
+    #[test]
+    fn polls_k_distinct_shards() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        let candidates: Vec<usize> = (0..10).collect();
+        for _ in 0..100 {
+            let mut polled = shards_to_poll(&candidates, 3, &mut rng);
+            assert_eq!(polled.len(), 3);
+            polled.sort_unstable();
+            polled.dedup();
+            assert_eq!(polled.len(), 3, "a shard was polled twice");
+        }
+        assert_eq!(shards_to_poll(&[4, 5], 3, &mut rng).len(), 2);
+        assert_eq!(shards_to_poll(&[4, 5], 0, &mut rng).len(), 1);
+        assert!(shards_to_poll(&[], 3, &mut rng).is_empty());
+    }
+
     use super::*;
 
     const GIB: u64 = 1 << 30;

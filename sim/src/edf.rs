@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 
 use super::events::{Event, Nanos};
 use super::workload::Invocation;
-use super::{Ctx, Policy, SimConfig};
+use super::{Ctx, SimConfig, SimScheduler};
 
 /// One invocation's state.
 #[derive(Debug, Clone, Copy)]
@@ -88,7 +88,7 @@ impl Edf {
     }
 }
 
-impl Policy for Edf {
+impl SimScheduler for Edf {
     fn arrive(&mut self, now: Nanos, inv: Invocation, ctx: &mut Ctx) {
         let stretch = self.stretch[usize::from(inv.class)];
         let relative = (inv.runtime as f64 * stretch) as Nanos;

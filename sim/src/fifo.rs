@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, VecDeque};
 
 use super::events::{Event, Nanos};
 use super::workload::Invocation;
-use super::{Ctx, Policy, SimConfig};
+use super::{Ctx, SimConfig, SimScheduler};
 
 /// The FIFO model.
 pub struct Fifo {
@@ -60,7 +60,7 @@ impl Fifo {
     }
 }
 
-impl Policy for Fifo {
+impl SimScheduler for Fifo {
     fn arrive(&mut self, now: Nanos, inv: Invocation, ctx: &mut Ctx) {
         match self.open.first() {
             Some(&(_, m)) if self.queue.is_empty() => self.start(inv, m, now, ctx),

@@ -19,7 +19,7 @@ use tariff_policy::MachineIdx;
 
 use super::events::{Event, Nanos};
 use super::workload::Invocation;
-use super::{Ctx, Policy, SimConfig};
+use super::{Ctx, SimConfig, SimScheduler};
 
 /// Slack when deciding that a task's service is complete, in ns of service: completions are
 /// scheduled at a rounded-up nanosecond, so float error can leave a sliver of work.
@@ -119,7 +119,7 @@ impl Hermod {
     }
 }
 
-impl Policy for Hermod {
+impl SimScheduler for Hermod {
     fn arrive(&mut self, now: Nanos, inv: Invocation, ctx: &mut Ctx) {
         placement::sample(&mut self.rng, &self.all, self.k, &mut self.sample);
         let Some(m) = self

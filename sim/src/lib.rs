@@ -26,6 +26,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use serde::Serialize;
+use tariff_types::Policy;
 
 pub use cli::{run, SimArgs};
 pub use report::{ExperimentReport, SchedulerReport, SweepReport};
@@ -60,32 +61,41 @@ pub const TICK: Nanos = 10_000_000;
 /// Bytes per GB (binary, like [`MB`]).
 pub const GB: f64 = (1u64 << 30) as f64;
 
-/// The schedulers the simulator compares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
+/// The schedulers the simulator compares: each policy a live cluster can run (Tariff's and
+/// its class-blind baselines, the one [`Policy`] type), plus centralised EDF, an ideal no
+/// cluster runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SchedulerKind {
-    /// Tariff: the live shard, run queue and swap code.
-    Tariff,
-    /// Hermod: class-blind power-of-k least-loaded, early binding, processor sharing.
-    Hermod,
+    /// A cluster policy: Tariff (the live shard, run queue and swap code), Hermod
+    /// (class-blind power-of-k least-loaded, early binding, processor sharing) or FIFO (one
+    /// global queue, non-preemptive, class-blind).
+    Cluster(Policy),
     /// Centralised preemptive EDF on one machine with every core.
     Edf,
-    /// One global FIFO queue, non-preemptive, class-blind.
-    Fifo,
 }
 
 impl SchedulerKind {
+    /// Tariff.
+    pub const TARIFF: Self = Self::Cluster(Policy::Tariff);
+    /// The Hermod baseline.
+    pub const HERMOD: Self = Self::Cluster(Policy::Hermod);
+    /// The FIFO baseline.
+    pub const FIFO: Self = Self::Cluster(Policy::Fifo);
     /// Every scheduler, in report order.
-    pub const ALL: [SchedulerKind; 4] = [Self::Tariff, Self::Hermod, Self::Edf, Self::Fifo];
+    pub const ALL: [SchedulerKind; 4] = [Self::TARIFF, Self::HERMOD, Self::Edf, Self::FIFO];
 
     /// Its name in reports and on the command line.
     pub fn name(self) -> &'static str {
         match self {
-            Self::Tariff => "tariff",
-            Self::Hermod => "hermod",
+            Self::Cluster(policy) => policy.name(),
             Self::Edf => "edf",
-            Self::Fifo => "fifo",
         }
+    }
+}
+
+impl Serialize for SchedulerKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
     }
 }
 
@@ -164,7 +174,7 @@ impl SimConfig {
     /// idle list on.
     pub fn paper_memory(load: f64) -> Self {
         Self {
-            schedulers: vec![SchedulerKind::Tariff],
+            schedulers: vec![SchedulerKind::TARIFF],
             memory_bytes: Some((MEMORY_EXPERIMENT_GB * GB) as u64),
             idle_list: true,
             ..Self::paper(load)
@@ -279,7 +289,7 @@ pub(crate) struct Ctx {
 }
 
 /// A scheduler as the event loop drives it.
-pub(crate) trait Policy {
+pub(crate) trait SimScheduler {
     /// An invocation arrived.
     fn arrive(&mut self, now: Nanos, invocation: Invocation, ctx: &mut Ctx);
     /// A completion event fired (it may be stale; the policy checks `generation`).
@@ -289,7 +299,12 @@ pub(crate) trait Policy {
 }
 
 /// Runs `policy` over `source` until `end`; returns the measurements and the event count.
-fn simulate(policy: &mut dyn Policy, mut source: Source, end: Nanos, stats: Stats) -> (Stats, u64) {
+fn simulate(
+    policy: &mut dyn SimScheduler,
+    mut source: Source,
+    end: Nanos,
+    stats: Stats,
+) -> (Stats, u64) {
     let mut ctx = Ctx {
         events: EventQueue::new(),
         stats,
@@ -338,11 +353,11 @@ fn run_one(
         _ => config.machines,
     };
     let stats = Stats::new(config.classes, stats_machines);
-    let mut policy: Box<dyn Policy> = match kind {
-        SchedulerKind::Tariff => Box::new(tariff::Tariff::new(config)),
-        SchedulerKind::Hermod => Box::new(hermod::Hermod::new(config)),
+    let mut policy: Box<dyn SimScheduler> = match kind {
+        SchedulerKind::TARIFF => Box::new(tariff::Tariff::new(config)),
+        SchedulerKind::HERMOD => Box::new(hermod::Hermod::new(config)),
         SchedulerKind::Edf => Box::new(edf::Edf::new(config)),
-        SchedulerKind::Fifo => Box::new(fifo::Fifo::new(config)),
+        SchedulerKind::FIFO => Box::new(fifo::Fifo::new(config)),
     };
     let (stats, events) = simulate(policy.as_mut(), source, config.end(), stats);
     Ok(report::scheduler_report(config, kind, &stats, events))

@@ -148,7 +148,7 @@ pub(crate) fn scheduler_report(
             swapped_mb: to_mb(c.swapped_bytes),
         })
         .collect();
-    let memory = config.memory_bytes.is_some() && kind == SchedulerKind::Tariff;
+    let memory = config.memory_bytes.is_some() && kind == SchedulerKind::TARIFF;
     SchedulerReport {
         scheduler: kind,
         events,
@@ -559,7 +559,7 @@ pub fn fig5_svg(sweep: &SweepReport) -> String {
         .filter_map(|e| {
             e.schedulers
                 .iter()
-                .find(|s| s.scheduler == SchedulerKind::Tariff)
+                .find(|s| s.scheduler == SchedulerKind::TARIFF)
                 .map(|s| (e.load, s))
         })
         .collect();

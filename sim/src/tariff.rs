@@ -15,7 +15,7 @@
 //! growth between events is seen within one tick.
 
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use tariff_policy::idle_advert::{
     self, IdleAction, IdleAdvertiser, IdlePolicy, DEFAULT_IDLE_THRESHOLD,
 };
@@ -28,7 +28,7 @@ use tariff_types::ClassId;
 
 use super::events::{to_duration, Event, Nanos};
 use super::workload::{Invocation, INITIAL_MEMORY_MB, MB};
-use super::{Ctx, Policy, SimConfig};
+use super::{Ctx, SimConfig, SimScheduler};
 
 /// Memory a machine reports on the idle list when the memory model is off ("absurdly high").
 const UNLIMITED_MEMORY: u64 = u64::MAX / 2;
@@ -102,6 +102,8 @@ struct Machine {
 pub struct Tariff {
     /// The shards.
     shards: Vec<ShardCore<u32>>,
+    /// Every shard's index, which is what a dispatcher chooses k from.
+    shard_ids: Vec<usize>,
     /// Shards whose block may have lifted and that should try to place again.
     dirty: Vec<bool>,
     /// Round-robin cursor for arrivals.
@@ -169,6 +171,7 @@ impl Tariff {
             .collect();
         Self {
             dirty: vec![false; shards.len()],
+            shard_ids: (0..shards.len()).collect(),
             shards,
             next_shard: 0,
             machines,
@@ -401,20 +404,20 @@ impl Tariff {
         }
     }
 
-    /// Power-of-k over shards: the shortest idle list among k sampled, chosen by the live
-    /// [`idle_advert::least_crowded`].
+    /// Power-of-k over shards, exactly as the live dispatcher does it: k distinct shards
+    /// ([`idle_advert::shards_to_poll`]), the shortest idle list among them
+    /// ([`idle_advert::least_crowded`]).
     fn least_crowded_shard(&mut self) -> usize {
-        let n = self.shards.len();
-        let mut polled = Vec::with_capacity(self.k);
-        for _ in 0..self.k.min(n).max(1) {
-            let s = self.rng.gen_range(0..n);
-            polled.push((s, self.shards[s].idle_list_len() as u32));
-        }
+        let polled: Vec<(usize, u32)> =
+            idle_advert::shards_to_poll(&self.shard_ids, self.k, &mut self.rng)
+                .into_iter()
+                .map(|s| (s, self.shards[s].idle_list_len() as u32))
+                .collect();
         idle_advert::least_crowded(&polled).unwrap_or(0)
     }
 }
 
-impl Policy for Tariff {
+impl SimScheduler for Tariff {
     fn arrive(&mut self, now: Nanos, inv: Invocation, ctx: &mut Ctx) {
         let s = self.next_shard;
         self.next_shard = (self.next_shard + 1) % self.shards.len();

@@ -35,15 +35,15 @@ fn top_p99_slowdown(report: &ExperimentReport, kind: SchedulerKind) -> f64 {
 fn at_high_load_tariff_protects_the_top_class() {
     let report = run_experiment(&SimConfig {
         schedulers: vec![
-            SchedulerKind::Tariff,
-            SchedulerKind::Hermod,
+            SchedulerKind::TARIFF,
+            SchedulerKind::HERMOD,
             SchedulerKind::Edf,
         ],
         ..small(HIGH_LOAD)
     })
     .expect("synthetic workloads cannot fail");
-    let tariff = top_p99_slowdown(&report, SchedulerKind::Tariff);
-    let hermod = top_p99_slowdown(&report, SchedulerKind::Hermod);
+    let tariff = top_p99_slowdown(&report, SchedulerKind::TARIFF);
+    let hermod = top_p99_slowdown(&report, SchedulerKind::HERMOD);
     let edf = top_p99_slowdown(&report, SchedulerKind::Edf);
     eprintln!("top-class p99 slowdown: tariff {tariff}, hermod {hermod}, edf {edf}");
     assert!(

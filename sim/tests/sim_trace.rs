@@ -43,7 +43,7 @@ fn azure_sample_converts_and_replays() {
         machines: 10,
         duration_s: 30.0,
         trace: Some(out),
-        schedulers: vec![SchedulerKind::Tariff, SchedulerKind::Hermod],
+        schedulers: vec![SchedulerKind::TARIFF, SchedulerKind::HERMOD],
         ..SimConfig::paper(0.8)
     })
     .expect("replays");

@@ -51,9 +51,17 @@ pub fn tariff() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tariff"))
 }
 
-/// Path of an example function binary.
+/// Path of the example function deployed as `name` (`tariff-echo` for `echo`). The examples
+/// are their own package; `cargo test --workspace` builds them (their package has tests).
 pub fn example(name: &str) -> PathBuf {
-    tariff().with_file_name(name)
+    let path = tariff_local::examples::example_binary(&tariff().with_file_name(""), name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`, or build the examples \
+         first (`cargo build -p tariff-example-functions`)",
+        path.display()
+    );
+    path
 }
 
 /// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.

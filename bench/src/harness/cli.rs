@@ -9,14 +9,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tariff_types::policy::Policy;
 
 use anyhow::{bail, Context as _};
 use tariff_cluster::client::Client;
 use tariff_cluster::cluster::Cluster;
 use tariff_types::units::parse_size;
 use tariff_types::wire::{ClientRequest, ClientResponse};
-use tariff_types::{FunctionSpec, PriceClasses};
+use tariff_types::{Policy, PriceClasses};
 
 use super::driver::{self, RunContext};
 use super::output;
@@ -24,6 +23,7 @@ use super::plot;
 use super::record::{self, BenchReport, ClusterInfo, PolicyReport};
 use super::schedule::{self, Plan};
 use super::workload::Workload;
+use tariff_local::examples::example_specs;
 use tariff_local::{LocalCluster, LocalClusterConfig};
 
 /// File name of the JSON report.
@@ -45,23 +45,18 @@ const DEFAULT_CORES: u32 = 1;
 const DEFAULT_CONNECTIONS: usize = 4;
 /// Default bound on unanswered invocations.
 const DEFAULT_MAX_OUTSTANDING: usize = 100_000;
-/// Sub-directory of the cluster directory for each policy's servers.
-const TARIFF_DIR: &str = "bench-tariff";
-/// Sub-directory for the baseline's servers.
-const FIFO_DIR: &str = "bench-fifo";
-/// Cluster directory of the Hermod baseline.
-const HERMOD_DIR: &str = "bench-hermod";
+/// Sub-directory of the cluster directory for each policy's servers: this prefix and the
+/// policy's name (`bench-tariff`, `bench-fifo`, `bench-hermod`).
+const BENCH_DIR_PREFIX: &str = "bench-";
 /// Policy name of a run against a running cluster, whose policy the harness cannot know.
 const RUNNING_CLUSTER_POLICY: &str = "cluster";
 
-/// The baselines `--compare` knows.
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Baseline {
-    /// Class-blind: one FIFO queue, class-blind room, every function at the same priority.
-    Fifo,
-    /// Class-blind after Hermod: early binding on the least-loaded of k machines, processor
-    /// sharing on each machine.
-    Hermod,
+/// Parses `--compare`: a class-blind baseline, not Tariff itself.
+fn parse_baseline(text: &str) -> Result<Policy, String> {
+    match text.parse::<Policy>().map_err(|e| e.to_string())? {
+        Policy::Tariff => Err("--compare takes a baseline (fifo or hermod), not tariff".into()),
+        baseline => Ok(baseline),
+    }
 }
 
 /// Flags of `tariff bench`.
@@ -74,8 +69,8 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',')]
     pub shards: Vec<SocketAddr>,
     /// Also run the workload against a class-blind baseline (embedded cluster only).
-    #[arg(long, value_enum)]
-    pub compare: Option<Baseline>,
+    #[arg(long, value_parser = parse_baseline)]
+    pub compare: Option<Policy>,
     /// Output directory for report.json, cdf.svg and over_time.svg.
     #[arg(long, default_value = DEFAULT_OUT)]
     pub out: PathBuf,
@@ -113,6 +108,14 @@ pub struct BenchArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Running cluster: the policy it runs, to name it in the report (the harness cannot
+    /// check it; without this flag the run is called `cluster`).
+    #[arg(long, value_enum)]
+    pub cluster_policy: Option<Policy>,
+    /// CPUs the harness's own threads run on (default: wherever the kernel puts them). Keep
+    /// the harness off CPUs that real-time functions keep busy, or it measures its own stalls.
+    #[arg(long, value_delimiter = ',')]
+    pub cpus: Vec<usize>,
 }
 
 impl BenchArgs {
@@ -123,19 +126,16 @@ impl BenchArgs {
     }
 }
 
-/// A source of the example function specs (the `tariff` binary knows where they are built).
-pub type ExampleSpecs = fn() -> anyhow::Result<Vec<FunctionSpec>>;
-
 /// Runs `tariff bench`.
-pub async fn run(cluster: &Cluster, args: BenchArgs, examples: ExampleSpecs) -> anyhow::Result<()> {
+pub async fn run(cluster: &Cluster, args: BenchArgs) -> anyhow::Result<()> {
     let mut workload = Workload::load(&args.workload)?;
     if let Some(seed) = args.seed {
         workload.seed = seed;
     }
     let (info, classes, policies) = if args.shards.is_empty() {
-        run_local(cluster, &args, &workload, examples).await?
+        run_local(cluster, &args, &workload).await?
     } else {
-        run_remote(cluster, &args, &workload, examples).await?
+        run_remote(cluster, &args, &workload).await?
     };
     let ratios = match policies.as_slice() {
         [tariff, baseline] => record::compare(tariff, baseline),
@@ -180,7 +180,6 @@ async fn run_local(
     cluster: &Cluster,
     args: &BenchArgs,
     workload: &Workload,
-    examples: ExampleSpecs,
 ) -> anyhow::Result<Runs> {
     let shape = &workload.cluster;
     let mut config = LocalClusterConfig {
@@ -196,23 +195,19 @@ async fn run_local(
         memory_bytes: args.memory,
         no_rt: args.no_rt,
         policy: Policy::Tariff,
-        functions: examples()?,
-        dir_name: TARIFF_DIR.into(),
+        functions: example_specs()?,
+        dir_name: format!("{BENCH_DIR_PREFIX}{}", Policy::Tariff),
     };
     let classes: Vec<String> = PriceClasses::default().names().map(str::to_owned).collect();
     let weights = workload.check_classes(&classes)?;
-    let mut runs = vec![("tariff", Policy::Tariff, TARIFF_DIR)];
-    match args.compare {
-        Some(Baseline::Fifo) => runs.push(("fifo", Policy::Fifo, FIFO_DIR)),
-        Some(Baseline::Hermod) => runs.push(("hermod", Policy::Hermod, HERMOD_DIR)),
-        None => {}
-    }
+    let runs = std::iter::once(Policy::Tariff).chain(args.compare);
     let mut plan: Option<Plan> = None;
     let mut function_cpus = Vec::new();
     let mut policies = Vec::new();
-    for (policy, cluster_policy, dir) in runs {
+    for cluster_policy in runs {
+        let policy = cluster_policy.name();
         config.policy = cluster_policy;
-        config.dir_name = dir.into();
+        config.dir_name = format!("{BENCH_DIR_PREFIX}{policy}");
         let local = LocalCluster::start(cluster, &config)
             .await
             .with_context(|| format!("starting the {policy} cluster"))?;
@@ -260,7 +255,6 @@ async fn run_remote(
     cluster: &Cluster,
     args: &BenchArgs,
     workload: &Workload,
-    examples: ExampleSpecs,
 ) -> anyhow::Result<Runs> {
     if args.compare.is_some() {
         bail!(
@@ -275,7 +269,7 @@ async fn run_remote(
         other => bail!("unexpected answer to a status request: {other:?}"),
     };
     if args.deploy_examples {
-        for spec in examples()? {
+        for spec in example_specs()? {
             match first.request(ClientRequest::Deploy(spec.clone())).await? {
                 ClientResponse::Deployed { .. } => {}
                 other => bail!("deploying {}: {other:?}", spec.name),
@@ -299,7 +293,8 @@ async fn run_remote(
         &plan,
         &args.shards,
         &classes,
-        RUNNING_CLUSTER_POLICY,
+        args.cluster_policy
+            .map_or(RUNNING_CLUSTER_POLICY, Policy::name),
     )
     .await?;
     let info = ClusterInfo {

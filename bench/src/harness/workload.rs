@@ -33,7 +33,7 @@ pub const MAX_INVOCATIONS_PER_PHASE: usize = 5_000_000;
 #[derive(Debug, thiserror::Error)]
 pub enum WorkloadError {
     /// The file could not be read.
-    #[error("{path}: {source}")]
+    #[error("reading workload {path}")]
     Io {
         /// The file.
         path: PathBuf,

@@ -1,0 +1,164 @@
+//! Starting and stopping an embedded cluster: the shards and dispatchers `tariff local` and
+//! `tariff bench` start, and the wait until every shard sees every dispatcher.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tariff_cluster::client::Client;
+use tariff_cluster::cluster::Cluster;
+use tariff_cluster::store::{ClusterStore, SqliteStore};
+use tariff_dispatcher::{Dispatcher, DispatcherOptions};
+use tariff_machine_sched::machine::MachineScheduler;
+use tariff_policy::ShardConfig;
+use tariff_scheduler::{Shard, ShardOptions};
+use tariff_types::policy::Policy;
+use tariff_types::wire::{ClientRequest, ClientResponse};
+use tariff_types::{FunctionSpec, PriceClasses};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How long to wait for every dispatcher to register with every shard.
+const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long each server task gets to stop.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct LocalClusterConfig {
+    /// Scheduler shards.
+    pub shards: usize,
+    /// Dispatchers (simulated machines).
+    pub dispatchers: usize,
+    /// Cores per dispatcher.
+    pub cores: u32,
+    /// Memory per dispatcher, bytes.
+    pub memory_bytes: u64,
+    /// Enforce class order in user space instead of SCHED_FIFO.
+    pub no_rt: bool,
+    /// Tariff's policy, or a class-blind baseline.
+    pub policy: Policy,
+    /// Functions to deploy before starting.
+    pub functions: Vec<FunctionSpec>,
+    /// Sub-directory of the cluster directory for the servers' files.
+    pub dir_name: String,
+}
+
+/// A running embedded cluster.
+pub struct LocalCluster {
+    /// The shards' addresses.
+    pub shard_addrs: Vec<SocketAddr>,
+    /// Distinct CPUs the dispatchers run functions on.
+    pub function_cpus: BTreeSet<usize>,
+    /// The price classes.
+    pub classes: PriceClasses,
+    /// Where the servers keep their files.
+    pub dir: PathBuf,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl LocalCluster {
+    /// Starts the cluster and waits until every shard sees every dispatcher.
+    pub async fn start(cluster: &Cluster, config: &LocalClusterConfig) -> anyhow::Result<Self> {
+        if config.shards == 0 || config.dispatchers == 0 || config.cores == 0 {
+            bail!("a local cluster needs at least one shard, one dispatcher and one core");
+        }
+        let store: Arc<dyn ClusterStore> = Arc::new(
+            SqliteStore::open(&cluster.store_path()).context("opening the embedded store")?,
+        );
+        for spec in &config.functions {
+            store.put_function(spec)?;
+        }
+        let (stop, stopped) = watch::channel(false);
+        let until_stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|&s| s).await;
+        };
+        let dir = cluster.dir().join(&config.dir_name);
+        let classes = PriceClasses::default();
+        let mut shard_addrs = Vec::new();
+        let mut tasks = Vec::new();
+        let mut function_cpus = BTreeSet::new();
+        for i in 0..config.shards {
+            let options = ShardOptions {
+                listen: ([127, 0, 0, 1], 0).into(),
+                data_dir: dir.join(format!("shard-{i}")),
+                shard_id: i as u16 + 1,
+                classes: classes.clone(),
+                policy: ShardConfig::for_policy(config.policy),
+                peers: Vec::new(),
+                max_payload_bytes: tariff_scheduler::server::DEFAULT_MAX_PAYLOAD_BYTES,
+                default_timeout: tariff_scheduler::server::DEFAULT_TIMEOUT,
+            };
+            let shard = Shard::bind(cluster, store.clone(), options)?;
+            shard_addrs.push(shard.local_addr());
+            tasks.push(tokio::spawn(shard.run(until_stopped(stopped.clone()))));
+        }
+        for i in 0..config.dispatchers {
+            let options = DispatcherOptions {
+                shards: shard_addrs.clone(),
+                machine: format!("{}-{}", config.dir_name, i + 1),
+                cores: config.cores,
+                memory_bytes: config.memory_bytes,
+                slots: config.cores,
+                data_dir: dir.join(format!("dispatcher-{i}")),
+                k: tariff_dispatcher::service::DEFAULT_K,
+                policy: config.policy,
+            };
+            let machine = tariff_dispatcher::machine_setup::machine_options(
+                config.cores,
+                config.no_rt,
+                config.policy,
+                &options.data_dir,
+                &options.machine,
+            )?;
+            function_cpus.extend(machine.cpus.iter().copied());
+            let dispatcher = Dispatcher::new(cluster, options, MachineScheduler::new(machine))?;
+            tasks.push(tokio::spawn(dispatcher.run(until_stopped(stopped.clone()))));
+        }
+        let local = Self {
+            shard_addrs,
+            function_cpus,
+            classes,
+            dir,
+            stop,
+            tasks,
+        };
+        local.wait_for_machines(cluster, config.dispatchers).await?;
+        Ok(local)
+    }
+
+    /// Waits until every shard sees `dispatchers` machines, so the first invocations are not
+    /// refused for want of machines.
+    async fn wait_for_machines(&self, cluster: &Cluster, dispatchers: usize) -> anyhow::Result<()> {
+        let deadline = Instant::now() + REGISTRATION_TIMEOUT;
+        for &addr in &self.shard_addrs {
+            let client = Client::connect(cluster, addr).await?;
+            loop {
+                if let ClientResponse::Status(status) =
+                    client.request(ClientRequest::Status).await?
+                {
+                    if status.machines.len() >= dispatchers {
+                        break;
+                    }
+                }
+                if Instant::now() > deadline {
+                    bail!("dispatchers did not register with shard {addr} within {REGISTRATION_TIMEOUT:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every server and waits (bounded) for them to finish cleaning up.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = tokio::time::timeout(STOP_TIMEOUT, task).await;
+        }
+    }
+}
