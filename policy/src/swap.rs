@@ -13,7 +13,9 @@
 //! * swap back in dearest class first, earliest arrival first: the order the run queue will
 //!   run them in.
 //!
-//! This module is pure (no I/O, no clock): the live dispatcher and the simulator both call it.
+//! This module is pure (no I/O, no clock). Today only the simulator calls it; the live
+//! dispatcher does not swap yet (that is the memory issue's work), so a dispatcher whose
+//! functions outgrow its memory still meets the kernel's OOM killer.
 
 /// A function instance on the machine, as the swap policy sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
