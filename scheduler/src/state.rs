@@ -770,6 +770,16 @@ mod tests {
         }
     }
 
+    /// A poll answer from a machine with every slot free.
+    fn free_load() -> MachineLoad {
+        MachineLoad {
+            per_class: vec![0; PriceClasses::default().len()],
+            slots: 4,
+            free_memory_bytes: 1 << 30,
+            warm: Vec::new(),
+        }
+    }
+
     fn expect_placed(state: &ShardState) {
         match state.place_next() {
             Placing::Progress => {}
@@ -1011,12 +1021,7 @@ mod tests {
                 _ => None,
             })
             .expect("a poll frame");
-        let load = MachineLoad {
-            per_class: vec![0; 4],
-            slots: 4,
-            free_memory_bytes: 1 << 30,
-            warm: Vec::new(),
-        };
+        let load = free_load();
         state.load_reported(m.idx, seq, load);
         let answers: Vec<_> = poll
             .take_waiting()
@@ -1038,12 +1043,7 @@ mod tests {
         };
         let _ = poll.take_waiting();
         state.abandon(id, InvokeError::TimedOut(5000));
-        let load = MachineLoad {
-            per_class: vec![0; 4],
-            slots: 4,
-            free_memory_bytes: 1 << 30,
-            warm: Vec::new(),
-        };
+        let load = free_load();
         state.polled(poll, &[(m.idx, load)]);
         assert!(m.placements().is_empty());
         assert_eq!(error_of(&mut rx), InvokeError::TimedOut(5000));
