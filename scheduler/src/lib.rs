@@ -15,8 +15,8 @@
 //! registry, config, machine_table ──► nothing
 //! ```
 //!
-//! All mutable state lives in [`state::ShardState`](crate::state); the session modules and
-//! the pump change it only through its operations.
+//! All mutable state lives in `state::ShardState`; the session modules and the pump change
+//! it only through its operations.
 pub mod registry;
 pub mod server;
 

@@ -2,10 +2,10 @@
 //!
 //! Shape borrowed from mini-redis: [`Shard::run`] accepts connections until shutdown, each
 //! connection accepts streams, and each stream is routed by its first frame to the client
-//! handlers ([`crate::client`]), the machine sessions ([`crate::machines`]) or peer notices.
+//! handlers (`client`), the machine sessions (`machines`) or peer notices.
 //! A stream whose first frame does not decode gets a protocol error and is closed; nothing
 //! else on the connection or the shard notices. This module wires the others together and
-//! holds no state of its own: [`Shard::bind`] builds the [`crate::state::ShardState`] and
+//! holds no state of its own: [`Shard::bind`] builds the shard's `state::ShardState` and
 //! [`Shard::run`] starts the pump and the sweeper beside the accept loop.
 
 use std::net::SocketAddr;
