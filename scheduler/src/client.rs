@@ -1,68 +1,43 @@
 //! Client requests: invoke, deploy, list, status; and notices from peer shards.
 //!
 //! An invocation is checked (class, size, function) before it is queued, so a bad request is
-//! answered at once and never occupies a queue. Once queued, exactly one answer goes back on
-//! the stream it came on: the result a machine reports, or an error. The handler alone writes
-//! that answer, after waiting for a result or the caller's deadline, whichever comes first.
+//! answered at once and never occupies a queue. Once queued, its one answer comes from the
+//! shard state ([`crate::state`], which keeps the one-answer rule); the handler waits for it
+//! until the caller's deadline, and at the deadline abandons the invocation, which answers it
+//! with a timeout unless a result got there first. The handler then writes that answer on the
+//! stream the request came on.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tariff_cluster::codec;
 use tariff_types::wire::{
-    unix_micros, ClientRequest, ClientResponse, InvocationId, InvocationOutcome, InvokeError,
-    InvokeRequest, PeerNotice, SessionRequest, SessionResponse, ShardStatus, ShardToDispatcher,
-    StreamOpen,
+    ClientRequest, ClientResponse, InvokeError, InvokeRequest, PeerNotice, SessionRequest,
+    SessionResponse, StreamOpen,
 };
 use tariff_types::FunctionSpec;
-use tokio::sync::oneshot;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::server::Shared;
-use tariff_policy::FunctionKey;
-
-/// The answer to one invocation.
-pub(crate) type Answer = Result<InvocationOutcome, InvokeError>;
-
-/// A queued invocation: everything needed to place it and to answer its caller.
-pub(crate) struct Pending {
-    pub(crate) id: InvocationId,
-    pub(crate) tenant: String,
-    pub(crate) function: Arc<FunctionSpec>,
-    pub(crate) payload: Vec<u8>,
-    pub(crate) deadline: Instant,
-    /// The caller's timeout.
-    pub(crate) timeout: Duration,
-    pub(crate) queued_at_us: u64,
-    pub(crate) answer: oneshot::Sender<Answer>,
-}
-
-impl Pending {
-    /// True once the caller has been answered (it timed out) and placing this is pointless.
-    pub(crate) fn is_abandoned(&self) -> bool {
-        self.answer.is_closed()
-    }
-}
+use crate::config::PROTOCOL_VIOLATION;
+use crate::service::Service;
+use crate::state::{Answer, Submission};
 
 /// Handles one client request and returns the response to write.
-pub(crate) async fn handle(
-    shared: &Arc<Shared>,
-    _conn: &quinn::Connection,
-    request: ClientRequest,
-) -> ClientResponse {
+pub(crate) async fn handle(service: &Arc<Service>, request: ClientRequest) -> ClientResponse {
     match request {
-        ClientRequest::Invoke(request) => ClientResponse::Invoked(invoke(shared, request).await),
-        ClientRequest::Deploy(spec) => deploy(shared, spec),
-        ClientRequest::ListFunctions => match shared.registry.all() {
+        ClientRequest::Invoke(request) => ClientResponse::Invoked(invoke(service, request).await),
+        ClientRequest::Deploy(spec) => deploy(service, spec),
+        ClientRequest::ListFunctions => match service.registry().all() {
             Ok(specs) => ClientResponse::Functions(specs),
             Err(e) => ClientResponse::Refused(e.to_string()),
         },
-        ClientRequest::Status => ClientResponse::Status(status(shared)),
+        ClientRequest::Status => ClientResponse::Status(service.state().status()),
     }
 }
 
-async fn invoke(shared: &Arc<Shared>, request: InvokeRequest) -> Answer {
-    let id = shared.next_id();
+async fn invoke(service: &Arc<Service>, request: InvokeRequest) -> Answer {
+    let state = service.state();
+    let id = state.next_id();
     let span = tracing::info_span!(
         "invocation",
         id = %id,
@@ -71,7 +46,7 @@ async fn invoke(shared: &Arc<Shared>, request: InvokeRequest) -> Answer {
         function = %request.function
     );
     async move {
-        let options = &shared.options;
+        let options = service.options();
         let class = options
             .classes
             .resolve(&request.class)
@@ -82,8 +57,8 @@ async fn invoke(shared: &Arc<Shared>, request: InvokeRequest) -> Answer {
                 limit: options.max_payload_bytes as u64,
             });
         }
-        let function = shared
-            .registry
+        let function = service
+            .registry()
             .lookup(&request.function)
             .map_err(|e| InvokeError::StartFailed(e.to_string()))?
             .ok_or_else(|| InvokeError::UnknownFunction(request.function.clone()))?;
@@ -92,35 +67,32 @@ async fn invoke(shared: &Arc<Shared>, request: InvokeRequest) -> Answer {
             ms => Duration::from_millis(ms),
         };
         let deadline = Instant::now() + timeout;
-        let (answer, result) = oneshot::channel();
-        let pending = Pending {
-            id,
-            tenant: request.tenant,
-            function,
-            payload: request.payload,
-            deadline,
-            timeout,
-            queued_at_us: unix_micros(),
-            answer,
-        };
-        let key = FunctionKey::of(&pending.function.name);
-        let submitted = shared.core().submit(class, key, pending, shared.now());
-        if let Err((_, overloaded)) = submitted {
-            return Err(InvokeError::Overloaded {
+        let mut result = state
+            .submit(Submission {
+                id,
+                class,
+                tenant: request.tenant,
+                function,
+                payload: request.payload,
+                timeout,
+                deadline,
+            })
+            .map_err(|overloaded| InvokeError::Overloaded {
                 queued: overloaded.queued as u64,
                 limit: overloaded.limit as u64,
-            });
-        }
-        shared.wake.notify_one();
+            })?;
         debug!("queued");
-        let answer = match tokio::time::timeout_at(deadline.into(), result).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Err(InvokeError::ShuttingDown),
+        let received = match tokio::time::timeout_at(deadline.into(), &mut result).await {
+            Ok(received) => received,
             Err(_) => {
-                abandon(shared, id);
-                Err(InvokeError::TimedOut(timeout.as_millis() as u64))
+                // Answers with the timeout unless a result got there first; either way the
+                // answer is now in the channel.
+                state.abandon(id, InvokeError::TimedOut(timeout.as_millis() as u64));
+                result.await
             }
         };
+        // The sender is dropped unanswered only when the shard itself is torn down.
+        let answer = received.unwrap_or(Err(InvokeError::ShuttingDown));
         match &answer {
             Ok(outcome) => debug!(machine = %outcome.machine, "answered"),
             Err(e) => info!(error = %e, "failed"),
@@ -136,8 +108,7 @@ async fn invoke(shared: &Arc<Shared>, request: InvokeRequest) -> Answer {
 /// that does not decode ends the session with a protocol error (id 0); the connection and
 /// other streams carry on.
 pub(crate) async fn session(
-    shared: Arc<Shared>,
-    conn: quinn::Connection,
+    service: Arc<Service>,
     send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
@@ -146,11 +117,10 @@ pub(crate) async fn session(
     loop {
         match codec::read_message::<SessionRequest, _>(&mut recv).await {
             Ok(Some(SessionRequest { id, request })) => {
-                let shared = shared.clone();
-                let conn = conn.clone();
+                let service = service.clone();
                 let answers = answers.clone();
                 tokio::spawn(async move {
-                    let response = handle(&shared, &conn, request).await;
+                    let response = handle(&service, request).await;
                     let _ = answers.send(SessionResponse { id, response });
                 });
             }
@@ -163,7 +133,7 @@ pub(crate) async fn session(
                         response: ClientResponse::ProtocolError(e.to_string()),
                     });
                 }
-                let _ = recv.stop(crate::server::PROTOCOL_VIOLATION.into());
+                let _ = recv.stop(PROTOCOL_VIOLATION.into());
                 break;
             }
         }
@@ -173,31 +143,19 @@ pub(crate) async fn session(
     let _ = writer.await;
 }
 
-/// The caller stopped waiting: if the invocation is running, tell its machine to stop it.
-/// (If it is still queued, dropping the answer channel marks it abandoned for the sweeper.)
-fn abandon(shared: &Shared, id: InvocationId) {
-    if let Some((_, in_flight)) = shared.in_flight.remove(&id) {
-        if let Some(link) = shared.machines().get(in_flight.machine) {
-            let _ = link.control.send(ShardToDispatcher::Cancel(id));
-        }
-        shared.core().completed(in_flight.machine);
-        shared.wake.notify_one();
-    }
-}
-
-fn deploy(shared: &Arc<Shared>, spec: FunctionSpec) -> ClientResponse {
+fn deploy(service: &Arc<Service>, spec: FunctionSpec) -> ClientResponse {
     if let Err(e) = spec.validate() {
         return ClientResponse::Refused(e.to_string());
     }
-    match shared.registry.deploy(&spec) {
+    match service.registry().deploy(&spec) {
         Ok(version) => {
             info!(function = %spec.name, version, "deployed");
             let notice = PeerNotice::FunctionChanged {
                 name: spec.name.clone(),
                 version,
             };
-            for &peer in &shared.options.peers {
-                tokio::spawn(tell_peer(shared.clone(), peer, notice.clone()));
+            for &peer in &service.options().peers {
+                tokio::spawn(tell_peer(service.clone(), peer, notice.clone()));
             }
             ClientResponse::Deployed {
                 name: spec.name,
@@ -210,10 +168,10 @@ fn deploy(shared: &Arc<Shared>, spec: FunctionSpec) -> ClientResponse {
 
 /// Passes a change on to a peer shard. Best effort: the store has the change already, and
 /// the peer's cache expires on its own.
-async fn tell_peer(shared: Arc<Shared>, peer: std::net::SocketAddr, notice: PeerNotice) {
+async fn tell_peer(service: Arc<Service>, peer: std::net::SocketAddr, notice: PeerNotice) {
     let attempt = async {
-        let conn = shared
-            .endpoint
+        let conn = service
+            .endpoint()
             .connect(peer, tariff_cluster::cluster::CLUSTER_SERVER_NAME)
             .map_err(|e| e.to_string())?
             .await
@@ -233,45 +191,13 @@ async fn tell_peer(shared: Arc<Shared>, peer: std::net::SocketAddr, notice: Peer
 }
 
 /// A peer shard changed the store: read the change now.
-pub(crate) fn peer_notice(shared: &Shared, notice: PeerNotice) {
+pub(crate) fn peer_notice(service: &Service, notice: PeerNotice) {
     match notice {
         PeerNotice::FunctionChanged { name, version } => {
             debug!(function = %name, version, "peer changed a function");
-            if let Err(e) = shared.registry.refresh(&name) {
+            if let Err(e) = service.registry().refresh(&name) {
                 warn!(error = %e, "reading a changed function from the store");
             }
         }
-    }
-}
-
-fn status(shared: &Shared) -> ShardStatus {
-    let (queued, idle) = {
-        let core = shared.core();
-        let queued = core
-            .queued_per_class()
-            .into_iter()
-            .map(|n| n as u64)
-            .collect();
-        let idle: Vec<_> = core.idle_machines().collect();
-        (queued, idle)
-    };
-    let machines = shared.machines();
-    ShardStatus {
-        shard_id: shared.options.shard_id,
-        classes: shared.options.classes.names().map(str::to_owned).collect(),
-        queued,
-        machines: machines.names(),
-        idle_list: idle
-            .into_iter()
-            .filter_map(|m| machines.get(m).map(|l| l.name.to_string()))
-            .collect(),
-        in_flight: shared.in_flight.len() as u64,
-    }
-}
-
-/// At shutdown: every queued invocation is answered rather than silently dropped.
-pub(crate) fn fail_all_queued(shared: &Shared) {
-    for pending in shared.core().drain() {
-        let _ = pending.answer.send(Err(InvokeError::ShuttingDown));
     }
 }

@@ -1,10 +1,31 @@
 //! The scheduler shard's service: takes invocations from clients over QUIC, queues and places
 //! them through the pure shard core (`tariff_policy::ShardCore`), and answers each exactly once.
+//!
+//! Modules, by what each imports from this crate. The direction is one way: sessions →
+//! service → state ← pump, with the server above wiring them together; no two modules import
+//! each other and nothing imports `server`.
+//!
+//! ```text
+//! server        ──► client, machines, pump, service, state, registry, config
+//! client        ──► service, state, config      (client requests and sessions)
+//! machines      ──► service, state, config      (dispatcher control streams and lanes)
+//! pump          ──► state                       (the placement task)
+//! service       ──► state, registry, config     (what every session is handed)
+//! state         ──► machine_table               (the one owner of mutable state)
+//! registry, config, machine_table ──► nothing
+//! ```
+//!
+//! All mutable state lives in `state::ShardState`; the session modules and the pump change
+//! it only through its operations.
 pub mod registry;
 pub mod server;
 
 mod client;
+mod config;
+mod machine_table;
 mod machines;
 mod pump;
+mod service;
+mod state;
 
 pub use server::{Shard, ShardError, ShardOptions};

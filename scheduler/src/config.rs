@@ -1,0 +1,40 @@
+//! What a shard is configured with, and the constants every part of the service shares.
+//!
+//! A leaf module: it imports nothing from this crate, so the session modules and the server
+//! can all read it without importing one another. [`crate::server`] re-exports its public
+//! items, which is where other crates find them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tariff_policy::shard::ShardConfig;
+use tariff_types::PriceClasses;
+
+/// Default largest payload accepted: 1 MiB, like the request limits of common FaaS platforms.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1 << 20;
+/// Default time a caller waits for an answer when it names none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// QUIC application error code for closing a connection that broke the protocol.
+pub const PROTOCOL_VIOLATION: u32 = 1;
+
+/// Everything a shard is configured with.
+#[derive(Debug, Clone)]
+pub struct ShardOptions {
+    /// Address to listen on; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// Directory for this shard's own files (its bound address in `shard.addr`).
+    pub data_dir: PathBuf,
+    /// This shard's id; the high bits of every invocation id it issues.
+    pub shard_id: u16,
+    /// The cluster's price classes.
+    pub classes: PriceClasses,
+    /// Policy tunables.
+    pub policy: ShardConfig,
+    /// Other shards told about deploys so they refresh at once.
+    pub peers: Vec<SocketAddr>,
+    /// Largest payload accepted.
+    pub max_payload_bytes: usize,
+    /// Timeout for invocations that name none.
+    pub default_timeout: Duration,
+}

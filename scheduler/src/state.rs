@@ -1,0 +1,1099 @@
+//! The one owner of a shard's mutable state: the pure [`ShardCore`], the machine table and the
+//! invocation table, changed only through the named operations of [`ShardState`].
+//!
+//! The session modules ([`crate::client`], [`crate::machines`]) and the placement pump
+//! ([`crate::pump`]) call these operations and nothing else; they never see the tables. So the
+//! rules that span the tables are kept here, once:
+//!
+//! **Every invocation gets exactly one answer.** An invocation is *live* while it has an entry
+//! in the invocation table; the entry holds the caller's answer sender. The private
+//! [`Book::answer`] is the only code that sends an answer, and it first removes the entry, so
+//! a second answer finds nothing to send to. It also frees the invocation's slot in the core
+//! if it was running on a machine that is still connected. Every way an invocation ends goes
+//! through it: a completion ([`ShardState::complete`]), the caller giving up
+//! ([`ShardState::abandon`]), its machine being lost ([`ShardState::lose_machine`]) or gone
+//! before the placement could be sent, and shutdown ([`ShardState::fail_all_queued`]).
+//!
+//! **The core may hold answered invocations; they are never placed.** Answering a queued
+//! invocation leaves its item in the core's queues (finding it there would cost a scan per
+//! timeout). Such an item is a tombstone: the pump drops it when the core hands it out, and
+//! [`ShardState::sweep`] clears the rest every so often.
+//!
+//! **Machines exist in the table and the core together.** A machine joins the core when all
+//! its lanes are open and leaves both under the same lock, so a decision the core makes under
+//! the lock always names a machine with a link.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tariff_policy::placement::PolledLoad;
+use tariff_policy::shard::{Overloaded, ShardConfig, ShardCore};
+use tariff_policy::{FunctionKey, MachineIdx, Step, Taken};
+use tariff_types::wire::{
+    unix_micros, Completion, DispatcherHello, IdleEntry, InvocationId, InvocationOutcome,
+    InvokeError, MachineLoad, Placement, ShardStatus, ShardToDispatcher, Timings,
+};
+use tariff_types::{ClassId, FunctionSpec, PriceClasses};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tracing::{debug, warn};
+
+use crate::machine_table::MachineTable;
+
+/// The answer to one invocation.
+pub(crate) type Answer = Result<InvocationOutcome, InvokeError>;
+
+/// An invocation a client hands in to be queued (already checked: class, size, function).
+pub(crate) struct Submission {
+    /// Its id, from [`ShardState::next_id`].
+    pub(crate) id: InvocationId,
+    /// Its class.
+    pub(crate) class: ClassId,
+    /// The tenant paying.
+    pub(crate) tenant: String,
+    /// What to run.
+    pub(crate) function: Arc<FunctionSpec>,
+    /// stdin bytes.
+    pub(crate) payload: Vec<u8>,
+    /// The caller's timeout.
+    pub(crate) timeout: Duration,
+    /// When the caller stops waiting.
+    pub(crate) deadline: Instant,
+}
+
+/// Why a class lane was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LaneRefused {
+    /// No machine of that name has registered.
+    Unregistered,
+    /// The lane came on another connection than the machine's control stream, or names a
+    /// class the shard does not have.
+    BadLane,
+}
+
+/// What one call of [`ShardState::place_next`] did.
+pub(crate) enum Placing {
+    /// Nothing can be placed now; wait for news.
+    Idle,
+    /// One invocation was sent to a machine, or dropped because it was already answered.
+    Progress,
+    /// The core wants machines polled first: await the loads outside the lock, then hand
+    /// them to [`ShardState::polled`].
+    Poll(Poll),
+}
+
+/// A poll in progress: the invocation it is for, and the machines' answers to await.
+pub(crate) struct Poll {
+    /// The invocation, out of its queue while the poll lasts.
+    taken: Taken<Queued>,
+    /// One receiver per machine the poll reached.
+    waiting: Vec<(MachineIdx, oneshot::Receiver<MachineLoad>)>,
+}
+
+impl Poll {
+    /// The answers to await; the rest of the poll goes back to [`ShardState::polled`].
+    pub(crate) fn take_waiting(&mut self) -> Vec<(MachineIdx, oneshot::Receiver<MachineLoad>)> {
+        std::mem::take(&mut self.waiting)
+    }
+}
+
+/// A queued invocation as the core holds it: what placing it needs. Its answer sender is in
+/// the invocation table, not here, so nothing that holds a `Queued` can answer it.
+struct Queued {
+    id: InvocationId,
+    tenant: String,
+    function: Arc<FunctionSpec>,
+    payload: Vec<u8>,
+    deadline: Instant,
+}
+
+/// A live invocation's entry in the invocation table.
+struct Invocation {
+    /// The caller's answer; sent only by [`Book::answer`].
+    answer: oneshot::Sender<Answer>,
+    /// The caller's timeout, reported if the machine gives up on time first.
+    timeout: Duration,
+    /// When it was queued, µs since the epoch.
+    queued_at_us: u64,
+    /// Where it runs, once sent to a machine.
+    running: Option<Running>,
+}
+
+/// Where a placed invocation runs.
+struct Running {
+    machine: MachineIdx,
+    machine_name: Arc<str>,
+    /// When it was sent, µs since the epoch.
+    placed_at_us: u64,
+}
+
+/// Everything mutable about a shard, behind [`ShardState`]'s one lock.
+struct Book {
+    /// Queues, idle list and placement decisions.
+    core: ShardCore<Queued>,
+    /// Connected machines.
+    machines: MachineTable,
+    /// Live invocations, queued or running.
+    invocations: HashMap<InvocationId, Invocation>,
+}
+
+/// The owner of a shard's state; shared by every task of the shard behind an `Arc`.
+pub(crate) struct ShardState {
+    /// The only lock in the shard's state; there is no lock order because there is no second
+    /// lock. It is a `std` mutex, held only for the short, non-blocking body of one operation
+    /// and never across an `.await` (its guard is not `Send`, so a spawned task that tried
+    /// would not compile). Sends under it go to unbounded channels and oneshots, which never
+    /// block. The function registry has its own concurrent map; no operation here touches
+    /// it, so the two are never held together.
+    book: Mutex<Book>,
+    /// Wakes the placement pump when something may allow a placement.
+    wake: Notify,
+    /// Zero of the core's clock.
+    started: Instant,
+    /// This shard's id; the high bits of every invocation id.
+    shard_id: u16,
+    /// The cluster's price classes.
+    classes: PriceClasses,
+    /// Low bits of the next invocation id.
+    next_invocation: AtomicU64,
+}
+
+impl ShardState {
+    /// A shard with no machines and nothing queued.
+    pub(crate) fn new(shard_id: u16, classes: PriceClasses, policy: ShardConfig) -> Self {
+        let core = ShardCore::new(classes.prices(), policy, u64::from(shard_id));
+        Self {
+            book: Mutex::new(Book {
+                core,
+                machines: MachineTable::default(),
+                invocations: HashMap::new(),
+            }),
+            wake: Notify::new(),
+            started: Instant::now(),
+            shard_id,
+            classes,
+            next_invocation: AtomicU64::new(1),
+        }
+    }
+
+    /// The book, locked; see the lock rule on the `book` field.
+    fn book(&self) -> MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The core's notion of now.
+    fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// A fresh invocation id.
+    pub(crate) fn next_id(&self) -> InvocationId {
+        let n = self.next_invocation.fetch_add(1, Ordering::Relaxed);
+        InvocationId((u64::from(self.shard_id) << 48) | (n & 0xffff_ffff_ffff))
+    }
+
+    /// Waits until something may allow a placement (the pump's sleep).
+    pub(crate) async fn changed(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Queues an invocation; the receiver yields its one answer. Refused when the queues are
+    /// full, and then nothing is kept.
+    pub(crate) fn submit(
+        &self,
+        submission: Submission,
+    ) -> Result<oneshot::Receiver<Answer>, Overloaded> {
+        let Submission {
+            id,
+            class,
+            tenant,
+            function,
+            payload,
+            timeout,
+            deadline,
+        } = submission;
+        let key = FunctionKey::of(&function.name);
+        let queued = Queued {
+            id,
+            tenant,
+            function,
+            payload,
+            deadline,
+        };
+        let now = self.now();
+        let (answer, receiver) = oneshot::channel();
+        {
+            let mut book = self.book();
+            book.core
+                .submit(class, key, queued, now)
+                .map_err(|(_, overloaded)| overloaded)?;
+            book.invocations.insert(
+                id,
+                Invocation {
+                    answer,
+                    timeout,
+                    queued_at_us: unix_micros(),
+                    running: None,
+                },
+            );
+        }
+        self.wake.notify_one();
+        Ok(receiver)
+    }
+
+    /// The caller stopped waiting: answers it with `error` (unless it was answered already)
+    /// and, if it is running, tells its machine to stop it.
+    pub(crate) fn abandon(&self, id: InvocationId, error: InvokeError) {
+        let was_running = self.book().abandon(id, error);
+        if was_running {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Takes the core's next decision and carries it out as far as it can without waiting:
+    /// sends a placement, drops an answered invocation, or starts a poll.
+    pub(crate) fn place_next(&self) -> Placing {
+        let now = self.now();
+        self.book().place_next(now)
+    }
+
+    /// Hands in a poll's answers (machines that did not answer are absent) and sends the
+    /// invocation to the machine chosen, if any; otherwise the core has requeued it.
+    pub(crate) fn polled(&self, poll: Poll, answers: &[(MachineIdx, MachineLoad)]) {
+        self.book().polled(poll.taken, answers);
+    }
+
+    /// True when some class is waiting for capacity.
+    pub(crate) fn is_blocked(&self) -> bool {
+        self.book().core.is_blocked()
+    }
+
+    /// Lifts the core's block: capacity may have freed up on another shard's machines.
+    pub(crate) fn unblock(&self) {
+        self.book().core.unblock();
+    }
+
+    /// A dispatcher sent its hello on connection `connection_id`; `control` reaches its
+    /// control stream. A machine already registered under the name is lost first.
+    pub(crate) fn register(
+        &self,
+        hello: &DispatcherHello,
+        connection_id: usize,
+        control: mpsc::UnboundedSender<ShardToDispatcher>,
+    ) -> MachineIdx {
+        let name: Arc<str> = hello.machine.as_str().into();
+        let mut book = self.book();
+        if let Some(old) = book.machines.lookup(&name) {
+            warn!(machine = %name, "machine registered again; dropping its old session");
+            if let Some((_, count)) = book.lose_machine(old) {
+                warn!(machine = %name, lost = count, "machine lost");
+            }
+            self.wake.notify_one();
+        }
+        book.machines.insert(
+            name,
+            hello.slots,
+            self.classes.len(),
+            connection_id,
+            control,
+        )
+    }
+
+    /// A dispatcher opened its lane for `class`. Once every lane is open the machine joins
+    /// the core and can take placements.
+    pub(crate) fn open_lane(
+        &self,
+        name: &str,
+        connection_id: usize,
+        class: ClassId,
+        lane: mpsc::UnboundedSender<Placement>,
+    ) -> Result<MachineIdx, LaneRefused> {
+        let mut book = self.book();
+        let machine = book
+            .machines
+            .lookup(name)
+            .ok_or(LaneRefused::Unregistered)?;
+        let link = book
+            .machines
+            .get_mut(machine)
+            .expect("lookup and get agree");
+        if !link.open_lane(connection_id, class, lane) {
+            return Err(LaneRefused::BadLane);
+        }
+        if link.all_lanes_open() {
+            let slots = link.slots();
+            book.core.add_machine(machine, slots);
+            drop(book);
+            self.wake.notify_one();
+            debug!(machine = %name, "all lanes open; machine placeable");
+        }
+        Ok(machine)
+    }
+
+    /// A machine joined, updated or left this shard's idle list.
+    pub(crate) fn idle_update(&self, machine: MachineIdx, entry: IdleEntry) {
+        self.book().core.idle_update(machine, entry);
+        self.wake.notify_one();
+    }
+
+    /// A machine reported which functions have an idle warm instance on it.
+    pub(crate) fn warm_update(&self, machine: MachineIdx, functions: &[String]) {
+        let keys = functions.iter().map(|f| FunctionKey::of(f)).collect();
+        self.book().core.warm_update(machine, keys);
+    }
+
+    /// Length of the idle list, for a dispatcher choosing a shard.
+    pub(crate) fn idle_list_len(&self) -> usize {
+        self.book().core.idle_list_len()
+    }
+
+    /// A machine answered poll `seq`.
+    pub(crate) fn load_reported(&self, machine: MachineIdx, seq: u64, load: MachineLoad) {
+        if let Some(link) = self.book().machines.get_mut(machine) {
+            link.load_reported(seq, load);
+        }
+    }
+
+    /// A machine reported an invocation's end: answers its caller, unless answered already.
+    pub(crate) fn complete(&self, completion: Completion) {
+        if self.book().complete(completion) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Forgets a machine and answers everything it was running with a machine-lost error.
+    /// Losing a machine twice (its control stream and a lane both end) is harmless.
+    pub(crate) fn lose_machine(&self, machine: MachineIdx) {
+        let lost = self.book().lose_machine(machine);
+        if let Some((name, count)) = lost {
+            warn!(machine = %name, lost = count, "machine lost");
+            self.wake.notify_one();
+        }
+    }
+
+    /// Drops queued invocations that were answered already (tombstones); returns how many.
+    pub(crate) fn sweep(&self) -> usize {
+        self.book().sweep()
+    }
+
+    /// At shutdown: answers every invocation not yet sent to a machine (queued, or out of
+    /// its queue for a poll) with a shutting-down error rather than dropping it silently.
+    pub(crate) fn fail_all_queued(&self) {
+        self.book().fail_all_queued();
+    }
+
+    /// What the shard is doing, for a status request.
+    pub(crate) fn status(&self) -> ShardStatus {
+        let book = self.book();
+        ShardStatus {
+            shard_id: self.shard_id,
+            classes: self.classes.names().map(str::to_owned).collect(),
+            queued: book
+                .core
+                .queued_per_class()
+                .into_iter()
+                .map(|n| n as u64)
+                .collect(),
+            machines: book.machines.names(),
+            idle_list: book
+                .core
+                .idle_machines()
+                .filter_map(|m| book.machines.get(m).map(|l| l.name().to_string()))
+                .collect(),
+            in_flight: book
+                .invocations
+                .values()
+                .filter(|i| i.running.is_some())
+                .count() as u64,
+        }
+    }
+}
+
+impl Book {
+    /// The only code that answers an invocation: removes it from the invocation table, frees
+    /// its slot in the core if it was running on a machine still connected (a lost machine
+    /// has left the core already), and sends `result(entry)` to its caller. Returns false,
+    /// sending nothing, if the invocation was answered already.
+    fn answer(&mut self, id: InvocationId, result: impl FnOnce(&Invocation) -> Answer) -> bool {
+        let Some(invocation) = self.invocations.remove(&id) else {
+            return false;
+        };
+        if let Some(running) = &invocation.running {
+            if self.machines.get(running.machine).is_some() {
+                self.core.completed(running.machine);
+            }
+        }
+        let result = result(&invocation);
+        // The caller may be gone (its task was dropped); there is no one else to tell.
+        let _ = invocation.answer.send(result);
+        true
+    }
+
+    /// True while `id` has not been answered and its caller still waits.
+    fn is_live(&self, id: InvocationId) -> bool {
+        is_live(&self.invocations, id)
+    }
+
+    /// Clears an invocation whose caller is gone or was answered, so it is never placed.
+    fn forget(&mut self, id: InvocationId) {
+        self.answer(id, |invocation| {
+            Err(InvokeError::TimedOut(invocation.timeout.as_millis() as u64))
+        });
+    }
+
+    /// See [`ShardState::abandon`]; returns whether the invocation was running.
+    fn abandon(&mut self, id: InvocationId, error: InvokeError) -> bool {
+        let Some(invocation) = self.invocations.get(&id) else {
+            return false;
+        };
+        let running = invocation.running.as_ref().map(|r| r.machine);
+        if let Some(link) = running.and_then(|m| self.machines.get(m)) {
+            link.cancel(id);
+        }
+        self.answer(id, |_| Err(error));
+        running.is_some()
+    }
+
+    /// See [`ShardState::place_next`].
+    fn place_next(&mut self, now: Duration) -> Placing {
+        match self.core.next(now) {
+            None => Placing::Idle,
+            Some(Step::Place(taken, machine)) => {
+                if self.is_live(taken.item.id) {
+                    self.send(taken, machine);
+                } else {
+                    // The core counted it against the machine already.
+                    self.core.completed(machine);
+                    self.forget(taken.item.id);
+                }
+                Placing::Progress
+            }
+            Some(Step::Poll(taken, candidates)) => {
+                if !self.is_live(taken.item.id) {
+                    self.forget(taken.item.id);
+                    return Placing::Progress;
+                }
+                let waiting = candidates
+                    .into_iter()
+                    .filter_map(|m| {
+                        let link = self.machines.get_mut(m)?;
+                        link.start_poll().map(|rx| (m, rx))
+                    })
+                    .collect();
+                Placing::Poll(Poll { taken, waiting })
+            }
+        }
+    }
+
+    /// See [`ShardState::polled`].
+    fn polled(&mut self, taken: Taken<Queued>, answers: &[(MachineIdx, MachineLoad)]) {
+        if !self.is_live(taken.item.id) {
+            // Answered while the poll lasted: placing it would only waste a machine's time.
+            self.forget(taken.item.id);
+            return;
+        }
+        let function = &taken.item.function.name;
+        let loads: Vec<PolledLoad<'_>> = answers
+            .iter()
+            .map(|(machine, load)| PolledLoad {
+                machine: *machine,
+                per_class: &load.per_class,
+                slots: load.slots,
+                warm: load.warm.iter().any(|w| w == function),
+            })
+            .collect();
+        if let Ok((taken, machine)) = self.core.polled(taken, &loads) {
+            self.send(taken, machine);
+        }
+    }
+
+    /// Sends a live invocation on its machine's lane for its class and marks it running.
+    fn send(&mut self, taken: Taken<Queued>, machine: MachineIdx) {
+        let Taken { item, class, .. } = taken;
+        let id = item.id;
+        let Some(link) = self.machines.get(machine) else {
+            // The machine was lost while a poll for it was out.
+            self.core.completed(machine);
+            self.answer(id, |_| {
+                Err(InvokeError::MachineLost(format!("{machine:?}")))
+            });
+            return;
+        };
+        let remaining = item.deadline.saturating_duration_since(Instant::now());
+        let placement = Placement {
+            id,
+            class,
+            tenant: item.tenant,
+            function: (*item.function).clone(),
+            payload: item.payload,
+            timeout_ms: remaining.as_millis() as u64,
+        };
+        let name = link.name().clone();
+        let sent = link.place(placement);
+        if let Some(invocation) = self.invocations.get_mut(&id) {
+            invocation.running = Some(Running {
+                machine,
+                machine_name: name.clone(),
+                placed_at_us: unix_micros(),
+            });
+        }
+        if sent {
+            debug!(invocation = %id, ?machine, "placed");
+        } else {
+            self.answer(id, |_| Err(InvokeError::MachineLost(name.to_string())));
+        }
+    }
+
+    /// See [`ShardState::complete`]; returns whether a caller was answered.
+    fn complete(&mut self, completion: Completion) -> bool {
+        let placed = self
+            .invocations
+            .get(&completion.id)
+            .is_some_and(|i| i.running.is_some());
+        if !placed {
+            // Answered already (its caller timed out), or never sent: nothing to tell.
+            return false;
+        }
+        let Completion { id, result } = completion;
+        self.answer(id, |invocation| {
+            let (machine, placed_at_us) = invocation
+                .running
+                .as_ref()
+                .map(|r| (r.machine_name.to_string(), r.placed_at_us))
+                .unwrap_or_default();
+            let result = result.map_err(|error| match error {
+                // The machine's deadline is derived from the caller's: report the caller's.
+                InvokeError::TimedOut(_) => {
+                    InvokeError::TimedOut(invocation.timeout.as_millis() as u64)
+                }
+                other => other,
+            });
+            result.map(|report| InvocationOutcome {
+                id,
+                output: report.output,
+                timings: Timings {
+                    queued_at_us: invocation.queued_at_us,
+                    placed_at_us,
+                    started_at_us: report.started_at_us,
+                    finished_at_us: report.finished_at_us,
+                },
+                machine,
+                peak_memory_bytes: report.peak_memory_bytes,
+                cpu_time_us: report.cpu_time_us,
+                cold_start: report.cold_start,
+                start_us: report.start_us,
+                preempted_us: report.preempted_us,
+            })
+        })
+    }
+
+    /// See [`ShardState::lose_machine`]; returns the machine's name and how many invocations
+    /// it was running, or `None` if it was lost already.
+    fn lose_machine(&mut self, machine: MachineIdx) -> Option<(Arc<str>, usize)> {
+        let link = self.machines.remove(machine)?;
+        self.core.remove_machine(machine);
+        let lost: Vec<InvocationId> = self
+            .invocations
+            .iter()
+            .filter(|(_, i)| i.running.as_ref().is_some_and(|r| r.machine == machine))
+            .map(|(id, _)| *id)
+            .collect();
+        for &id in &lost {
+            self.answer(id, |_| {
+                Err(InvokeError::MachineLost(link.name().to_string()))
+            });
+        }
+        Some((link.name().clone(), lost.len()))
+    }
+
+    /// See [`ShardState::sweep`].
+    fn sweep(&mut self) -> usize {
+        let invocations = &self.invocations;
+        let dropped = self.core.expire(|queued| !is_live(invocations, queued.id));
+        for queued in &dropped {
+            self.forget(queued.id);
+        }
+        if !dropped.is_empty() {
+            debug!(
+                dropped = dropped.len(),
+                "swept abandoned invocations from the queues"
+            );
+        }
+        dropped.len()
+    }
+
+    /// See [`ShardState::fail_all_queued`].
+    fn fail_all_queued(&mut self) {
+        self.core.drain();
+        let waiting: Vec<InvocationId> = self
+            .invocations
+            .iter()
+            .filter(|(_, i)| i.running.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in waiting {
+            self.answer(id, |_| Err(InvokeError::ShuttingDown));
+        }
+    }
+}
+
+/// True while `id` is in the table and its caller still waits.
+fn is_live(invocations: &HashMap<InvocationId, Invocation>, id: InvocationId) -> bool {
+    invocations
+        .get(&id)
+        .is_some_and(|invocation| !invocation.answer.is_closed())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The operations driven directly, without a network: channels stand in for the streams.
+    use super::*;
+    use tariff_types::wire::RunReport;
+    use tokio::sync::oneshot::error::TryRecvError;
+
+    const TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// A machine as the shard sees it: the far ends of its control stream and lanes.
+    struct FakeMachine {
+        idx: MachineIdx,
+        control: mpsc::UnboundedReceiver<ShardToDispatcher>,
+        lanes: Vec<mpsc::UnboundedReceiver<Placement>>,
+    }
+
+    impl FakeMachine {
+        /// Every placement sent to it so far, on any lane.
+        fn placements(&mut self) -> Vec<Placement> {
+            let mut out = Vec::new();
+            for lane in &mut self.lanes {
+                while let Ok(p) = lane.try_recv() {
+                    out.push(p);
+                }
+            }
+            out
+        }
+
+        /// Every control frame sent to it so far.
+        fn control_frames(&mut self) -> Vec<ShardToDispatcher> {
+            let mut out = Vec::new();
+            while let Ok(frame) = self.control.try_recv() {
+                out.push(frame);
+            }
+            out
+        }
+    }
+
+    fn state_with(config: ShardConfig) -> ShardState {
+        ShardState::new(7, PriceClasses::default(), config)
+    }
+
+    fn state() -> ShardState {
+        state_with(ShardConfig::default())
+    }
+
+    /// Registers `name`, opens all its lanes and, if `listed`, puts it on the idle list with
+    /// `slots` free slots, so placements need no poll.
+    fn connect(
+        state: &ShardState,
+        name: &str,
+        connection: usize,
+        slots: u32,
+        listed: bool,
+    ) -> FakeMachine {
+        let (control_tx, control) = mpsc::unbounded_channel();
+        let hello = DispatcherHello {
+            machine: name.to_owned(),
+            cores: 4,
+            memory_bytes: 1 << 30,
+            slots,
+        };
+        let idx = state.register(&hello, connection, control_tx);
+        let mut lanes = Vec::new();
+        for class in PriceClasses::default().ids() {
+            let (tx, rx) = mpsc::unbounded_channel();
+            assert_eq!(state.open_lane(name, connection, class, tx), Ok(idx));
+            lanes.push(rx);
+        }
+        if listed {
+            state.idle_update(
+                idx,
+                IdleEntry {
+                    listed: true,
+                    free_memory_bytes: 1 << 30,
+                    queue_length: 0,
+                },
+            );
+        }
+        FakeMachine {
+            idx,
+            control,
+            lanes,
+        }
+    }
+
+    fn spec(name: &str) -> Arc<FunctionSpec> {
+        Arc::new(FunctionSpec {
+            name: name.to_owned(),
+            command: vec!["cat".to_owned()],
+            env: Vec::new(),
+            version: 1,
+            runtime: Default::default(),
+        })
+    }
+
+    fn submit(state: &ShardState) -> (InvocationId, oneshot::Receiver<Answer>) {
+        let id = state.next_id();
+        let rx = state
+            .submit(Submission {
+                id,
+                class: ClassId(0),
+                tenant: "tenant".to_owned(),
+                function: spec("echo"),
+                payload: b"hello".to_vec(),
+                timeout: TIMEOUT,
+                deadline: Instant::now() + TIMEOUT,
+            })
+            .expect("queues have room");
+        (id, rx)
+    }
+
+    fn report() -> RunReport {
+        RunReport {
+            output: b"out".to_vec(),
+            started_at_us: 10,
+            finished_at_us: 20,
+            peak_memory_bytes: 1,
+            cpu_time_us: 2,
+            cold_start: true,
+            start_us: 3,
+            preempted_us: 0,
+        }
+    }
+
+    /// A poll answer from a machine with every slot free.
+    fn free_load() -> MachineLoad {
+        MachineLoad {
+            per_class: vec![0; PriceClasses::default().len()],
+            slots: 4,
+            free_memory_bytes: 1 << 30,
+            warm: Vec::new(),
+        }
+    }
+
+    fn expect_placed(state: &ShardState) {
+        match state.place_next() {
+            Placing::Progress => {}
+            Placing::Idle => panic!("nothing was placed"),
+            Placing::Poll(_) => panic!("a poll was asked for"),
+        }
+    }
+
+    fn expect_idle(state: &ShardState) {
+        assert!(matches!(state.place_next(), Placing::Idle));
+    }
+
+    /// The error `rx` was answered with; panics on no answer or a success.
+    fn error_of(rx: &mut oneshot::Receiver<Answer>) -> InvokeError {
+        match rx.try_recv() {
+            Ok(Err(error)) => error,
+            other => panic!("expected an error answer, got {other:?}"),
+        }
+    }
+
+    /// True if `rx` has no answer yet and still can get one.
+    fn unanswered(rx: &mut oneshot::Receiver<Answer>) -> bool {
+        matches!(rx.try_recv(), Err(TryRecvError::Empty))
+    }
+
+    fn live(state: &ShardState) -> usize {
+        state.book().invocations.len()
+    }
+
+    #[test]
+    fn lost_machine_answers_its_invocation_once_with_machine_lost() {
+        let state = state();
+        let mut m = connect(&state, "m1", 1, 4, true);
+        let (id, mut rx) = submit(&state);
+        expect_placed(&state);
+        assert_eq!(m.placements()[0].id, id);
+        assert_eq!(state.status().in_flight, 1);
+
+        state.lose_machine(m.idx);
+        assert_eq!(error_of(&mut rx), InvokeError::MachineLost("m1".to_owned()));
+        assert_eq!(live(&state), 0);
+        // A late completion and a second loss find nothing to answer.
+        let late = Completion {
+            id,
+            result: Ok(report()),
+        };
+        assert!(!state.book().complete(late));
+        assert!(state.book().lose_machine(m.idx).is_none());
+        let status = state.status();
+        assert_eq!(status.in_flight, 0);
+        assert!(status.machines.is_empty());
+    }
+
+    #[test]
+    fn completion_after_abandon_sends_nothing_and_frees_the_slot_once() {
+        let state = state();
+        // Two slots: the idle list places directly while the machine has one free.
+        let mut m = connect(&state, "m1", 1, 2, true);
+        let (a, mut rx_a) = submit(&state);
+        let (_b, _rx_b) = submit(&state);
+        expect_placed(&state);
+        expect_placed(&state);
+        assert_eq!(m.placements().len(), 2);
+
+        state.abandon(a, InvokeError::TimedOut(5000));
+        assert_eq!(error_of(&mut rx_a), InvokeError::TimedOut(5000));
+        assert!(m
+            .control_frames()
+            .iter()
+            .any(|f| matches!(f, ShardToDispatcher::Cancel(c) if *c == a)));
+
+        // The machine reports the cancelled run: no one to answer, and no second free slot.
+        let late = Completion {
+            id: a,
+            result: Err(InvokeError::TimedOut(1)),
+        };
+        assert!(!state.book().complete(late));
+        // One slot is free (a's), so one more goes straight to the machine, and the next
+        // needs a poll. Had the late completion freed a's slot again, both would be placed.
+        let (_c, _rx_c) = submit(&state);
+        let (_d, _rx_d) = submit(&state);
+        expect_placed(&state);
+        assert!(matches!(state.place_next(), Placing::Poll(_)));
+    }
+
+    #[test]
+    fn fail_all_answers_every_waiting_invocation_once_and_spares_running_ones() {
+        let state = state();
+        let mut m = connect(&state, "m1", 1, 4, true);
+        let (running, mut rx_running) = submit(&state);
+        expect_placed(&state);
+        assert_eq!(m.placements()[0].id, running);
+        let mut queued: Vec<_> = (0..3).map(|_| submit(&state)).collect();
+
+        state.fail_all_queued();
+        for (_, rx) in &mut queued {
+            assert_eq!(error_of(rx), InvokeError::ShuttingDown);
+        }
+        assert!(unanswered(&mut rx_running));
+        assert_eq!(state.status().queued.iter().sum::<u64>(), 0);
+        assert_eq!(live(&state), 1);
+        for (id, _) in &queued {
+            assert!(!state.book().answer(*id, |_| Err(InvokeError::ShuttingDown)));
+        }
+        expect_idle(&state);
+    }
+
+    #[test]
+    fn completion_answers_with_timings_and_the_callers_timeout() {
+        let state = state();
+        let _m = connect(&state, "m1", 1, 4, true);
+        let (ok, mut rx_ok) = submit(&state);
+        let (late, mut rx_late) = submit(&state);
+        expect_placed(&state);
+        expect_placed(&state);
+
+        state.complete(Completion {
+            id: ok,
+            result: Ok(report()),
+        });
+        let outcome = rx_ok.try_recv().expect("answered").expect("succeeded");
+        assert_eq!(outcome.id, ok);
+        assert_eq!(outcome.machine, "m1");
+        assert_eq!(outcome.output, b"out");
+        assert!(outcome.timings.queued_at_us <= outcome.timings.placed_at_us);
+        assert_eq!(outcome.timings.started_at_us, 10);
+
+        // The machine's own deadline is shorter; the caller hears its own figure.
+        state.complete(Completion {
+            id: late,
+            result: Err(InvokeError::TimedOut(1)),
+        });
+        assert_eq!(
+            error_of(&mut rx_late),
+            InvokeError::TimedOut(TIMEOUT.as_millis() as u64)
+        );
+        assert_eq!(live(&state), 0);
+    }
+
+    #[test]
+    fn abandoned_queued_invocation_is_never_placed() {
+        let state = state();
+        let (id, mut rx) = submit(&state);
+        state.abandon(id, InvokeError::TimedOut(5000));
+        assert_eq!(error_of(&mut rx), InvokeError::TimedOut(5000));
+
+        let mut m = connect(&state, "m1", 1, 4, true);
+        expect_placed(&state); // the tombstone, dropped
+        expect_idle(&state);
+        assert!(m.placements().is_empty());
+        assert_eq!(live(&state), 0);
+    }
+
+    #[test]
+    fn sweep_clears_answered_invocations_from_the_queues() {
+        let state = state();
+        let (a, _rx_a) = submit(&state);
+        let (_b, mut rx_b) = submit(&state);
+        state.abandon(a, InvokeError::TimedOut(5000));
+        assert_eq!(state.sweep(), 1);
+        assert_eq!(state.status().queued.iter().sum::<u64>(), 1);
+        assert_eq!(state.sweep(), 0);
+        assert!(unanswered(&mut rx_b));
+    }
+
+    #[test]
+    fn caller_gone_without_abandoning_is_swept_and_forgotten() {
+        let state = state();
+        let (_id, rx) = submit(&state);
+        drop(rx);
+        assert_eq!(state.sweep(), 1);
+        assert_eq!(live(&state), 0);
+    }
+
+    #[test]
+    fn closed_lane_answers_machine_lost() {
+        let state = state();
+        let m = connect(&state, "m1", 1, 4, true);
+        drop(m.lanes);
+        let (_id, mut rx) = submit(&state);
+        expect_placed(&state);
+        assert_eq!(error_of(&mut rx), InvokeError::MachineLost("m1".to_owned()));
+        assert_eq!(state.status().in_flight, 0);
+    }
+
+    #[test]
+    fn registering_again_loses_the_old_session() {
+        let state = state();
+        let old = connect(&state, "m1", 1, 4, true);
+        let (_id, mut rx) = submit(&state);
+        expect_placed(&state);
+        let new = connect(&state, "m1", 2, 4, true);
+        assert_ne!(old.idx, new.idx);
+        assert_eq!(error_of(&mut rx), InvokeError::MachineLost("m1".to_owned()));
+        // The old session ending later must not touch the new machine.
+        state.lose_machine(old.idx);
+        assert_eq!(state.status().machines, vec!["m1".to_owned()]);
+    }
+
+    #[test]
+    fn lanes_are_refused_from_strangers() {
+        let state = state();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        assert_eq!(
+            state.open_lane("nobody", 1, ClassId(0), tx.clone()),
+            Err(LaneRefused::Unregistered)
+        );
+        let (control, _control_rx) = mpsc::unbounded_channel();
+        let hello = DispatcherHello {
+            machine: "m1".to_owned(),
+            cores: 1,
+            memory_bytes: 1,
+            slots: 1,
+        };
+        state.register(&hello, 1, control);
+        assert_eq!(
+            state.open_lane("m1", 2, ClassId(0), tx.clone()),
+            Err(LaneRefused::BadLane)
+        );
+        assert_eq!(
+            state.open_lane("m1", 1, ClassId(99), tx),
+            Err(LaneRefused::BadLane)
+        );
+    }
+
+    #[test]
+    fn poll_answers_place_on_a_machine_with_room() {
+        let state = state();
+        let mut m = connect(&state, "m1", 1, 4, false);
+        let (id, _rx) = submit(&state);
+        let Placing::Poll(mut poll) = state.place_next() else {
+            panic!("an unlisted machine must be polled");
+        };
+        let seq = m
+            .control_frames()
+            .iter()
+            .find_map(|f| match f {
+                ShardToDispatcher::Poll { seq } => Some(*seq),
+                _ => None,
+            })
+            .expect("a poll frame");
+        let load = free_load();
+        state.load_reported(m.idx, seq, load);
+        let answers: Vec<_> = poll
+            .take_waiting()
+            .into_iter()
+            .map(|(machine, mut rx)| (machine, rx.try_recv().expect("load delivered")))
+            .collect();
+        state.polled(poll, &answers);
+        assert_eq!(m.placements()[0].id, id);
+        assert_eq!(state.status().in_flight, 1);
+    }
+
+    #[test]
+    fn invocation_answered_during_its_poll_is_not_placed() {
+        let state = state();
+        let mut m = connect(&state, "m1", 1, 4, false);
+        let (id, mut rx) = submit(&state);
+        let Placing::Poll(mut poll) = state.place_next() else {
+            panic!("an unlisted machine must be polled");
+        };
+        let _ = poll.take_waiting();
+        state.abandon(id, InvokeError::TimedOut(5000));
+        let load = free_load();
+        state.polled(poll, &[(m.idx, load)]);
+        assert!(m.placements().is_empty());
+        assert_eq!(error_of(&mut rx), InvokeError::TimedOut(5000));
+        assert_eq!(live(&state), 0);
+    }
+
+    #[test]
+    fn shutdown_answers_an_invocation_out_for_a_poll() {
+        let state = state();
+        let _m = connect(&state, "m1", 1, 4, false);
+        let (_id, mut rx) = submit(&state);
+        let Placing::Poll(_poll) = state.place_next() else {
+            panic!("an unlisted machine must be polled");
+        };
+        state.fail_all_queued();
+        assert_eq!(error_of(&mut rx), InvokeError::ShuttingDown);
+    }
+
+    #[test]
+    fn overloaded_submission_keeps_nothing() {
+        let state = state_with(ShardConfig {
+            max_queued: 1,
+            ..ShardConfig::default()
+        });
+        let _first = submit(&state);
+        let refused = state.submit(Submission {
+            id: state.next_id(),
+            class: ClassId(0),
+            tenant: "tenant".to_owned(),
+            function: spec("echo"),
+            payload: Vec::new(),
+            timeout: TIMEOUT,
+            deadline: Instant::now() + TIMEOUT,
+        });
+        assert_eq!(
+            refused.err(),
+            Some(Overloaded {
+                queued: 1,
+                limit: 1
+            })
+        );
+        assert_eq!(live(&state), 1);
+    }
+
+    #[test]
+    fn ids_carry_the_shard_id_in_their_high_bits() {
+        let state = state();
+        let a = state.next_id();
+        let b = state.next_id();
+        assert_eq!(a.0 >> 48, 7);
+        assert_ne!(a, b);
+    }
+}
