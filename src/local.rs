@@ -217,12 +217,12 @@ async fn demo(
         let entry = results.entry(class).or_default();
         match answer {
             Ok(Ok(outcome)) => {
-                let t = &outcome.timings;
+                let t = outcome.timings();
                 let stages = [
                     t.queued_us(),
-                    outcome.start_us,
+                    outcome.run.start_us,
                     t.run_us(),
-                    outcome.preempted_us,
+                    outcome.run.preempted_us,
                 ];
                 for (sum, value) in entry.stages_us.iter_mut().zip(stages) {
                     *sum += value;

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tariff_cluster::codec;
 use tariff_types::wire::{
     Completion, DispatcherHello, DispatcherToShard, InvocationId, InvocationOutcome, InvokeError,
-    MachineLoad, Placement, ShardToDispatcher, Timings,
+    MachineLoad, Placement, ShardToDispatcher,
 };
 use tariff_types::ClassId;
 use tokio::sync::{mpsc, oneshot};
@@ -248,21 +248,12 @@ fn complete(shared: &Shared, completion: Completion) {
         InvokeError::TimedOut(_) => InvokeError::TimedOut(in_flight.timeout_ms),
         other => other,
     });
-    let answer = result.map(|report| InvocationOutcome {
+    let answer = result.map(|run| InvocationOutcome {
         id,
-        output: report.output,
-        timings: Timings {
-            queued_at_us: in_flight.queued_at_us,
-            placed_at_us: in_flight.placed_at_us,
-            started_at_us: report.started_at_us,
-            finished_at_us: report.finished_at_us,
-        },
         machine: in_flight.machine_name.to_string(),
-        peak_memory_bytes: report.peak_memory_bytes,
-        cpu_time_us: report.cpu_time_us,
-        cold_start: report.cold_start,
-        start_us: report.start_us,
-        preempted_us: report.preempted_us,
+        queued_at_us: in_flight.queued_at_us,
+        placed_at_us: in_flight.placed_at_us,
+        run,
     });
     let _ = in_flight.answer.send(answer);
     shared.core().completed(in_flight.machine);
