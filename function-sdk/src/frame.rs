@@ -100,7 +100,9 @@ pub fn encode_answer_header(
 
 /// The status and body length an answer header declares, or
 /// [`FrameError::UnknownStatus`].
-pub fn decode_answer_header(header: [u8; ANSWER_HEADER_BYTES]) -> Result<(Status, u32), FrameError> {
+pub fn decode_answer_header(
+    header: [u8; ANSWER_HEADER_BYTES],
+) -> Result<(Status, u32), FrameError> {
     let [status, length @ ..] = header;
     let status = match status {
         STATUS_OK => Status::Ok,

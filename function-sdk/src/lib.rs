@@ -29,8 +29,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 pub mod frame;
 
-pub use frame::{ANSWER_HEADER_BYTES, REQUEST_HEADER_BYTES, STATUS_ERROR, STATUS_OK};
 use frame::{FrameError, Status};
+pub use frame::{ANSWER_HEADER_BYTES, REQUEST_HEADER_BYTES, STATUS_ERROR, STATUS_OK};
 
 /// Bytes reserved up front for a frame body. Larger bodies grow as their bytes arrive, so a
 /// corrupt length cannot make the function allocate gigabytes before reading anything.

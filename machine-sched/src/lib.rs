@@ -6,14 +6,23 @@
 //! that starts, feeds, measures and kills one process.
 
 pub mod cgroup;
+mod exec_run;
 pub mod gate;
+mod instance_pool;
 pub mod isolation;
+pub mod job;
 pub mod launch;
 pub mod machine;
 pub mod memory;
 pub mod persistent;
+mod persistent_run;
+mod priority;
 pub mod process;
+mod provision;
 pub mod rt;
+mod running;
+mod stderr_tail;
+mod turns;
 
 pub use launch::LaunchSpec;
-pub use process::{spawn, ProcessHandle, RunError, RunOutput, RunRequest, RunningProcess};
+pub use process::{spawn, ProcessHandle, RunError, RunRequest, RunningProcess};

@@ -25,16 +25,15 @@ use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
-use tariff_types::wire::unix_micros;
+use tariff_types::wire::{unix_micros, RunReport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::launch::LaunchSpec;
-
-/// How much of the child's stderr is kept: the end of it, where the error usually is.
-pub const STDERR_TAIL_BYTES: usize = 4 * 1024;
+pub use crate::stderr_tail::STDERR_TAIL_BYTES;
+use crate::stderr_tail::{stderr_suffix, StderrTail};
 
 /// Bytes a fresh Linux pipe holds (16 pages): a payload this small is written at spawn without
 /// blocking.
@@ -62,25 +61,7 @@ pub struct RunRequest {
     pub max_output: usize,
 }
 
-/// What a successful run produced and what it cost.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RunOutput {
-    /// Everything the child wrote to stdout.
-    pub stdout: Vec<u8>,
-    /// Wall-clock time just before the spawn, in microseconds since the Unix epoch.
-    pub started_at_us: u64,
-    /// Wall-clock time when the child was reaped, in microseconds since the Unix epoch.
-    pub finished_at_us: u64,
-    /// Peak resident memory of the child and the descendants it waited for (`ru_maxrss`).
-    pub peak_memory_bytes: u64,
-    /// User plus system CPU time of the child and the descendants it waited for.
-    pub cpu_time_us: u64,
-    /// Time the child's main thread spent runnable but waiting for a CPU (preempted or
-    /// queued behind others), read from its schedstat before it is reaped.
-    pub runqueue_wait_us: u64,
-}
-
-/// Why a run produced no [`RunOutput`].
+/// Why a run produced no [`RunReport`].
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// The program could not be started (not found, not executable, bad working directory).
@@ -99,7 +80,7 @@ pub enum RunError {
         /// The last [`STDERR_TAIL_BYTES`] of stderr, lossily decoded.
         stderr_tail: String,
         /// Stdout and resource use up to the failure: failed runs still used CPU.
-        output: RunOutput,
+        output: RunReport,
     },
     /// The process group was killed because the run exceeded [`RunRequest::timeout`].
     #[error("process timed out after {after:?}")]
@@ -116,16 +97,6 @@ pub enum RunError {
     /// The process group was killed through [`ProcessHandle::kill`] (cancellation).
     #[error("process was killed on request")]
     Killed,
-}
-
-/// Formats the stderr tail for [`RunError::Failed`]'s message, or nothing if it is empty.
-pub(crate) fn stderr_suffix(tail: &str) -> String {
-    let tail = tail.trim();
-    if tail.is_empty() {
-        String::new()
-    } else {
-        format!(": {tail}")
-    }
 }
 
 /// State shared by a running process and its handles.
@@ -319,7 +290,11 @@ impl RunningProcess {
     /// Writes the payload, collects stdout and the stderr tail, reaps the child and reports.
     ///
     /// The timeout counts from [`spawn`], not from this call.
-    pub async fn wait(mut self) -> Result<RunOutput, RunError> {
+    ///
+    /// This is where a one-shot run's [`RunReport`] is built: output, time stamps, and the
+    /// process's own rusage and schedstat. The machine scheduler then completes it with what
+    /// only it knows (when the job arrived, the instance cgroup's figures).
+    pub async fn wait(mut self) -> Result<RunReport, RunError> {
         let Some(io) = self.io.take() else {
             // Only `wait` takes the pipes and it consumes `self`.
             unreachable!("RunningProcess::wait called twice");
@@ -356,7 +331,7 @@ impl RunningProcess {
                 return Err(RunError::Failed {
                     status: format!("unknown status ({e})"),
                     stderr_tail: String::new(),
-                    output: RunOutput::default(),
+                    output: RunReport::default(),
                 });
             }
             Err(join_error) => std::panic::resume_unwind(join_error.into_panic()),
@@ -365,13 +340,19 @@ impl RunningProcess {
             return Err(RunError::Killed);
         }
         let (stdout, stderr_tail) = pipes?;
-        let output = RunOutput {
-            stdout,
+        let output = RunReport {
+            output: stdout,
             started_at_us: self.started_at_us,
             finished_at_us: exit.finished_at_us,
             peak_memory_bytes: exit.peak_memory_bytes,
             cpu_time_us: exit.cpu_time_us,
-            runqueue_wait_us: exit.runqueue_wait_us,
+            // A one-shot run always starts a process.
+            cold_start: true,
+            // Known only to the machine scheduler, which saw the job arrive.
+            start_us: 0,
+            // Time the main thread was runnable but waited for a CPU (preempted or queued
+            // behind others), read from its schedstat before it was reaped.
+            preempted_us: exit.runqueue_wait_us,
         };
         match describe_failure(exit.status) {
             None => Ok(output),
@@ -477,25 +458,12 @@ async fn read_stdout(stdout: ChildStdout, limit: usize) -> Result<Vec<u8>, RunEr
 
 /// Reads stderr to the end, keeping only its last [`STDERR_TAIL_BYTES`].
 async fn read_stderr_tail(stderr: ChildStderr) -> String {
-    let Ok(mut rx) = pipe::Receiver::from_owned_fd(OwnedFd::from(stderr)) else {
+    let Ok(rx) = pipe::Receiver::from_owned_fd(OwnedFd::from(stderr)) else {
         return String::new();
     };
-    let mut tail: Vec<u8> = Vec::with_capacity(STDERR_TAIL_BYTES);
-    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
-    loop {
-        match rx.read(&mut chunk).await {
-            Ok(0) => break,
-            Ok(n) => {
-                tail.extend_from_slice(&chunk[..n]);
-                if tail.len() > STDERR_TAIL_BYTES {
-                    tail.drain(..tail.len() - STDERR_TAIL_BYTES);
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
-    }
-    String::from_utf8_lossy(&tail).into_owned()
+    let tail = StderrTail::default();
+    tail.collect(rx).await;
+    tail.text()
 }
 
 /// Blocks until the child exits, kills what it left in its group, and reaps it with rusage.
@@ -597,7 +565,7 @@ mod tests {
         }
     }
 
-    async fn run(req: RunRequest) -> Result<RunOutput, RunError> {
+    async fn run(req: RunRequest) -> Result<RunReport, RunError> {
         let process = spawn(req)?;
         tokio::time::timeout(TEST_BOUND, process.wait())
             .await
@@ -618,7 +586,7 @@ mod tests {
     #[tokio::test]
     async fn cat_echoes_stdin() {
         let out = run(request(&["/bin/cat"], b"hello tariff")).await.unwrap();
-        assert_eq!(out.stdout, b"hello tariff");
+        assert_eq!(out.output, b"hello tariff");
         assert!(out.finished_at_us >= out.started_at_us);
     }
 
@@ -627,7 +595,7 @@ mod tests {
         let mut req = request(&["/usr/bin/env"], b"");
         req.launch.env = vec![("ONLY".into(), "this".into())];
         let out = run(req).await.unwrap();
-        assert_eq!(out.stdout, b"ONLY=this\n");
+        assert_eq!(out.output, b"ONLY=this\n");
     }
 
     #[tokio::test]
@@ -638,7 +606,7 @@ mod tests {
         let out = run(req).await.unwrap();
         let expected = dir.path().canonicalize().unwrap();
         assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.output).trim(),
             expected.to_str().unwrap()
         );
     }
@@ -676,7 +644,7 @@ mod tests {
             } => {
                 assert_eq!(status, "exit status 3");
                 assert_eq!(stderr_tail, "boom\n");
-                assert_eq!(output.stdout, b"out\n");
+                assert_eq!(output.output, b"out\n");
             }
             other => panic!("expected Failed, got {other:?}"),
         }
@@ -767,7 +735,7 @@ mod tests {
         let out = run(request(&["/bin/sh", "-c", "sleep 30 & echo done"], b""))
             .await
             .unwrap();
-        assert_eq!(out.stdout, b"done\n");
+        assert_eq!(out.output, b"done\n");
     }
 
     #[tokio::test]
@@ -784,7 +752,7 @@ mod tests {
         let mut req = request(&["/bin/sh", "-c", "head -c 1000 /dev/zero"], b"");
         req.max_output = LIMIT;
         assert_eq!(
-            run(req).await.unwrap().stdout.len(),
+            run(req).await.unwrap().output.len(),
             LIMIT,
             "exactly the limit is fine"
         );
@@ -797,7 +765,7 @@ mod tests {
         let out = run(request(&["/bin/sh", "-c", "echo early"], &payload))
             .await
             .unwrap();
-        assert_eq!(out.stdout, b"early\n");
+        assert_eq!(out.output, b"early\n");
     }
 
     #[tokio::test]
