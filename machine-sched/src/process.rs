@@ -79,8 +79,9 @@ pub enum RunError {
         status: String,
         /// The last [`STDERR_TAIL_BYTES`] of stderr, lossily decoded.
         stderr_tail: String,
-        /// Stdout and resource use up to the failure: failed runs still used CPU.
-        output: RunReport,
+        /// Stdout and resource use up to the failure: failed runs still used CPU. Boxed, so
+        /// every other result stays small.
+        output: Box<RunReport>,
     },
     /// The process group was killed because the run exceeded [`RunRequest::timeout`].
     #[error("process timed out after {after:?}")]
@@ -331,7 +332,7 @@ impl RunningProcess {
                 return Err(RunError::Failed {
                     status: format!("unknown status ({e})"),
                     stderr_tail: String::new(),
-                    output: RunReport::default(),
+                    output: Box::default(),
                 });
             }
             Err(join_error) => std::panic::resume_unwind(join_error.into_panic()),
@@ -359,7 +360,7 @@ impl RunningProcess {
             Some(status) => Err(RunError::Failed {
                 status,
                 stderr_tail,
-                output,
+                output: Box::new(output),
             }),
         }
     }
