@@ -14,12 +14,12 @@
 //! This module is the facade; each concern has a module of its own, and [`MachineScheduler`]
 //! owns one of each:
 //!
-//! - [`crate::turns`]: per-class tickets that keep arrival order until launch;
-//! - [`crate::priority`]: confining, raising and lowering, and launch work off real time;
-//! - [`crate::provision`]: names, cgroups and working directories, and retiring them;
-//! - [`crate::instance_pool`]: the idle warm instances;
-//! - [`crate::running`]: the running jobs, for cancellation;
-//! - [`crate::exec_run`] and [`crate::persistent_run`]: one job of each runtime, start to end;
+//! - `turns`: per-class tickets that keep arrival order until launch;
+//! - `priority`: confining, raising and lowering, and launch work off real time;
+//! - `provision`: names, cgroups and working directories, and retiring them;
+//! - `instance_pool`: the idle warm instances;
+//! - `running`: the running jobs, for cancellation;
+//! - `exec_run` and `persistent_run`: one job of each runtime, start to end;
 //! - [`crate::job`]: the job, its errors, and their way to the wire.
 
 use std::path::PathBuf;
@@ -74,10 +74,10 @@ pub struct MachineOptions {
 /// The machine scheduler of one dispatcher.
 ///
 /// Its parts each own their state behind named operations; the run modules
-/// ([`crate::exec_run`], [`crate::persistent_run`]) use those operations, never a lock. No
+/// (`exec_run`, `persistent_run`) use those operations, never a lock. No
 /// two of the parts' locks are ever held at once.
 pub struct MachineScheduler {
-    /// Arrival order per class (see [`crate::turns`]).
+    /// Arrival order per class (see the `turns` module).
     pub(crate) turns: Turns,
     /// The user-space run queue, in [`SchedMode::UserSpace`].
     pub(crate) gate: Option<Gate>,
