@@ -66,7 +66,7 @@ async fn critical_preempts_batch(extra: &[&str]) -> String {
          critical: {critical:?}\ndispatcher log:\n{}",
         mode_logged(&cluster)
     );
-    assert!(critical.cpu_time_us >= 150_000, "{}", critical.cpu_time_us);
+    assert!(critical.run.cpu_time_us >= 150_000, "{}", critical.run.cpu_time_us);
     let last_batch_end = batch
         .iter()
         .map(|o| o.run.finished_at_us)
@@ -300,7 +300,7 @@ fn functions_run_isolated_and_accounted() {
         let out = invoke(&client, request("whoami", "standard", ""))
             .await
             .unwrap();
-        let text = String::from_utf8(out.output).unwrap();
+        let text = String::from_utf8(out.run.output).unwrap();
         let mut lines = text.lines();
         let uid: u32 = lines.next().unwrap().parse().unwrap();
         // SAFETY: geteuid has no preconditions.

@@ -27,19 +27,18 @@
 use std::io;
 use std::os::fd::OwnedFd;
 use std::process::{ChildStderr, ChildStdin, ChildStdout};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use nix::unistd::Pid;
 use tariff_function::frame::{self, ANSWER_HEADER_BYTES, REQUEST_HEADER_BYTES};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::launch::LaunchSpec;
+use crate::launch::{LaunchSpec, StartFailure, Started};
 use crate::process::{describe_failure, reap, ProcessHandle, Shared};
 use crate::stderr_tail::{stderr_suffix, StderrTail};
 
@@ -189,27 +188,18 @@ impl PersistentProcess {
     /// stderr collector is a task on it.
     pub fn spawn(spec: &LaunchSpec) -> Result<PersistentProcess, PersistentError> {
         let program = spec.program().to_owned();
-        let mut cmd = spec.command().map_err(|e| PersistentError::Spawn {
-            program: program.clone(),
-            source: io::Error::new(io::ErrorKind::InvalidInput, e.to_string()),
-        })?;
-        let child = cmd.spawn().map_err(|source| PersistentError::Spawn {
-            program: program.clone(),
-            source,
-        })?;
-        let pid =
-            Pid::from_raw(libc::pid_t::try_from(child.id()).expect("Linux pids fit in pid_t"));
-        debug!(pid = pid.as_raw(), program = %program, "spawned persistent function instance");
-        let shared = Arc::new(Shared {
+        let Started {
             pid,
-            reaped: Mutex::new(false),
-            cancelled: AtomicBool::new(false),
-        });
-        let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin, child.stdout, child.stderr)
-        else {
-            // All three are requested as pipes by `LaunchSpec::command`, so std provides them.
-            unreachable!("std::process::Command returned a child without the requested pipes");
-        };
+            stdin,
+            stdout,
+            stderr,
+        } = spec
+            .start()
+            .map_err(|StartFailure { program, source }| PersistentError::Spawn {
+                program,
+                source,
+            })?;
+        let shared = Arc::new(Shared::new(pid));
 
         // The reaper first: from then on every failure path can just kill the group.
         let exit = match start_reaper(&shared) {

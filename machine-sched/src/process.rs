@@ -16,7 +16,7 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::process::{Child, ChildStderr, ChildStdin, ChildStdout};
+use std::process::{ChildStderr, ChildStdin, ChildStdout};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -31,7 +31,7 @@ use tokio::net::unix::pipe;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::launch::LaunchSpec;
+use crate::launch::{LaunchSpec, StartFailure, Started};
 pub use crate::stderr_tail::STDERR_TAIL_BYTES;
 use crate::stderr_tail::{stderr_suffix, StderrTail};
 
@@ -113,6 +113,15 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The state of the fresh, unreaped child `pid`.
+    pub(crate) fn new(pid: Pid) -> Self {
+        Self {
+            pid,
+            reaped: Mutex::new(false),
+            cancelled: AtomicBool::new(false),
+        }
+    }
+
     /// Locks the `reaped` flag; a poisoned lock still holds a valid bool.
     fn lock(&self) -> MutexGuard<'_, bool> {
         self.reaped
@@ -203,28 +212,16 @@ pub fn spawn(req: RunRequest) -> Result<RunningProcess, RunError> {
         timeout,
         max_output,
     } = req;
-    let program = launch.program().to_owned();
-    let mut cmd = launch.command().map_err(|e| RunError::Spawn {
-        program: program.clone(),
-        source: io::Error::new(io::ErrorKind::InvalidInput, e.to_string()),
-    })?;
-    // Children start at normal priority: the machine scheduler raises them after exec, which
-    // keeps fork and exec (and their memory-management locks) out of the real-time path.
-
     let started_at_us = unix_micros();
     let deadline = Instant::now() + timeout;
-    let child: Child = cmd.spawn().map_err(|source| RunError::Spawn {
-        program: program.clone(),
-        source,
-    })?;
-    let pid = Pid::from_raw(libc::pid_t::try_from(child.id()).expect("Linux pids fit in pid_t"));
-    debug!(pid = pid.as_raw(), program = %program, "spawned function process");
-    let (Some(mut stdin_pipe), Some(stdout), Some(stderr)) =
-        (child.stdin, child.stdout, child.stderr)
-    else {
-        // All three were requested as pipes above, so std always provides them.
-        unreachable!("std::process::Command returned a child without the requested pipes");
-    };
+    let Started {
+        pid,
+        stdin: mut stdin_pipe,
+        stdout,
+        stderr,
+    } = launch
+        .start()
+        .map_err(|StartFailure { program, source }| RunError::Spawn { program, source })?;
     // A payload that fits in the empty pipe is written and stdin closed right now, without
     // blocking: the child then never waits for its input, so it is runnable the moment the
     // machine scheduler raises it, and processes of a class run in the order they were raised.
@@ -242,11 +239,7 @@ pub fn spawn(req: RunRequest) -> Result<RunningProcess, RunError> {
         Some(stdin_pipe)
     };
     Ok(RunningProcess {
-        shared: Arc::new(Shared {
-            pid,
-            reaped: Mutex::new(false),
-            cancelled: AtomicBool::new(false),
-        }),
+        shared: Arc::new(Shared::new(pid)),
         io: Some(ChildIo {
             stdin: stdin_pipe,
             stdout,
