@@ -175,7 +175,7 @@ fn bad_requests_get_clear_errors_and_the_cluster_keeps_serving() {
             InvokeError::TimedOut(300)
         );
         let ok = invoke(&client, request("echo", "critical", "still here")).await;
-        assert_eq!(ok.unwrap().output, b"still here");
+        assert_eq!(ok.unwrap().run.output, b"still here");
 
         let shard = cluster.shard_addrs[0].to_string();
         let cli = |args: &[&str]| {
@@ -255,7 +255,7 @@ fn garbage_on_a_raw_stream_does_not_disturb_other_clients() {
             .unwrap()
             .unwrap();
         assert!(
-            matches!(&answer, ClientResponse::Invoked(Ok(o)) if o.output == b"after"),
+            matches!(&answer, ClientResponse::Invoked(Ok(o)) if o.run.output == b"after"),
             "{answer:?}"
         );
         steady.await.unwrap();
@@ -312,7 +312,7 @@ fn a_session_stream_answers_many_requests_each_once_and_garbage_ends_only_its_se
         let after = invoke(&client, request("echo", "high", "after"))
             .await
             .unwrap();
-        assert_eq!(after.output, b"after");
+        assert_eq!(after.run.output, b"after");
     });
 }
 
