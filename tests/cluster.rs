@@ -84,7 +84,11 @@ fn two_hundred_concurrent_mixed_invocations_are_each_answered_once() {
         for task in tasks {
             let (payload, answer) = task.await.unwrap();
             let outcome = answer.unwrap_or_else(|e| panic!("{payload}: {e}"));
-            assert_eq!(outcome.run.output, payload.as_bytes(), "each answer is its own");
+            assert_eq!(
+                outcome.run.output,
+                payload.as_bytes(),
+                "each answer is its own"
+            );
             assert!(ids.insert(outcome.id), "invocation ids are unique");
             machines.insert(outcome.machine);
         }

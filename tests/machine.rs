@@ -66,12 +66,12 @@ async fn critical_preempts_batch(extra: &[&str]) -> String {
          critical: {critical:?}\ndispatcher log:\n{}",
         mode_logged(&cluster)
     );
-    assert!(critical.run.cpu_time_us >= 150_000, "{}", critical.run.cpu_time_us);
-    let last_batch_end = batch
-        .iter()
-        .map(|o| o.run.finished_at_us)
-        .max()
-        .unwrap();
+    assert!(
+        critical.run.cpu_time_us >= 150_000,
+        "{}",
+        critical.run.cpu_time_us
+    );
+    let last_batch_end = batch.iter().map(|o| o.run.finished_at_us).max().unwrap();
     assert!(critical.run.finished_at_us + 1_000_000 < last_batch_end);
     let preempted: u64 = batch.iter().map(|o| o.run.preempted_us).max().unwrap();
     assert!(
@@ -110,7 +110,12 @@ async fn fcfs_within_a_class(extra: &[&str]) {
         .iter()
         .map(|o| {
             let t = o.timings();
-            (t.placed_at_us, t.started_at_us, o.run.start_us, o.run.preempted_us)
+            (
+                t.placed_at_us,
+                t.started_at_us,
+                o.run.start_us,
+                o.run.preempted_us,
+            )
         })
         .collect();
     assert!(
@@ -324,7 +329,11 @@ fn functions_run_isolated_and_accounted() {
             .await
             .unwrap();
         assert!(spun.run.cold_start);
-        assert!(spun.run.cpu_time_us >= 80_000, "cpu {}", spun.run.cpu_time_us);
+        assert!(
+            spun.run.cpu_time_us >= 80_000,
+            "cpu {}",
+            spun.run.cpu_time_us
+        );
         assert!(spun.run.peak_memory_bytes > 0);
         assert!(spun.run.start_us > 0);
     });
