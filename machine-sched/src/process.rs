@@ -67,7 +67,7 @@ pub enum RunError {
     /// The program could not be started (not found, not executable, bad working directory).
     #[error("could not start `{program}`: {source}")]
     Spawn {
-        /// The program as given in [`RunRequest::command`].
+        /// The program as given in [`LaunchSpec::command`].
         program: String,
         /// What `fork`/`exec` reported.
         source: io::Error,
