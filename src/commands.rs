@@ -300,7 +300,7 @@ pub async fn invoke(global: &Global, args: InvokeArgs) -> i32 {
                 println!("{}", outcome_json(&outcome));
             } else {
                 use std::io::Write;
-                let _ = std::io::stdout().write_all(&outcome.output);
+                let _ = std::io::stdout().write_all(&outcome.run.output);
             }
             0
         }
@@ -326,16 +326,16 @@ pub async fn invoke(global: &Global, args: InvokeArgs) -> i32 {
 
 /// The `--json` form of a successful invocation.
 pub fn outcome_json(outcome: &InvocationOutcome) -> serde_json::Value {
-    let t = &outcome.timings;
+    let t = outcome.timings();
     serde_json::json!({
         "id": outcome.id.to_string(),
-        "output": String::from_utf8_lossy(&outcome.output),
+        "output": String::from_utf8_lossy(&outcome.run.output),
         "machine": outcome.machine,
-        "peak_memory_bytes": outcome.peak_memory_bytes,
-        "cpu_time_us": outcome.cpu_time_us,
-        "cold_start": outcome.cold_start,
-        "start_us": outcome.start_us,
-        "preempted_us": outcome.preempted_us,
+        "peak_memory_bytes": outcome.run.peak_memory_bytes,
+        "cpu_time_us": outcome.run.cpu_time_us,
+        "cold_start": outcome.run.cold_start,
+        "start_us": outcome.run.start_us,
+        "preempted_us": outcome.run.preempted_us,
         "timings": {
             "queued_at_us": t.queued_at_us,
             "placed_at_us": t.placed_at_us,

@@ -181,7 +181,9 @@ pub fn exit_code(error: &tariff_types::InvokeError) -> i32 {
         E::BadClass(_) => 4,
         E::PayloadTooLarge { .. } => 5,
         E::Overloaded { .. } | E::OverBudget(_) | E::ShuttingDown => 6,
-        E::TimedOut(_) => 7,
+        // A cancellation is sent only when the caller stopped waiting (its timeout) or the
+        // machine shut down mid-run: the function did not fail, its time ran out.
+        E::TimedOut(_) | E::Cancelled => 7,
         E::MachineLost(_) => 8,
         E::FunctionFailed { .. } | E::StartFailed(_) => 9,
         E::Protocol(_) => 11,

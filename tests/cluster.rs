@@ -84,7 +84,11 @@ fn two_hundred_concurrent_mixed_invocations_are_each_answered_once() {
         for task in tasks {
             let (payload, answer) = task.await.unwrap();
             let outcome = answer.unwrap_or_else(|e| panic!("{payload}: {e}"));
-            assert_eq!(outcome.output, payload.as_bytes(), "each answer is its own");
+            assert_eq!(
+                outcome.run.output,
+                payload.as_bytes(),
+                "each answer is its own"
+            );
             assert!(ids.insert(outcome.id), "invocation ids are unique");
             machines.insert(outcome.machine);
         }
@@ -113,7 +117,7 @@ fn critical_is_placed_before_a_batch_backlog() {
             .expect("critical succeeds");
         let mut batch_placed = Vec::new();
         for task in batch {
-            batch_placed.push(task.await.unwrap().expect("batch succeeds").timings);
+            batch_placed.push(task.await.unwrap().expect("batch succeeds").timings());
         }
         let first_batch_start = batch_placed.iter().map(|t| t.placed_at_us).min().unwrap();
         let backlog: Vec<_> = batch_placed
@@ -127,14 +131,14 @@ fn critical_is_placed_before_a_batch_backlog() {
         );
         for t in backlog {
             assert!(
-                critical.timings.placed_at_us < t.placed_at_us,
+                critical.placed_at_us < t.placed_at_us,
                 "critical placed at {} after a queued batch placed at {}",
-                critical.timings.placed_at_us,
+                critical.placed_at_us,
                 t.placed_at_us
             );
         }
         assert!(
-            critical.timings.queued_us() < 250_000,
+            critical.timings().queued_us() < 250_000,
             "critical did not wait for a batch slot"
         );
     });
@@ -175,7 +179,7 @@ fn bad_requests_get_clear_errors_and_the_cluster_keeps_serving() {
             InvokeError::TimedOut(300)
         );
         let ok = invoke(&client, request("echo", "critical", "still here")).await;
-        assert_eq!(ok.unwrap().output, b"still here");
+        assert_eq!(ok.unwrap().run.output, b"still here");
 
         let shard = cluster.shard_addrs[0].to_string();
         let cli = |args: &[&str]| {
@@ -214,7 +218,7 @@ fn garbage_on_a_raw_stream_does_not_disturb_other_clients() {
                 let outcome = invoke(&good, request("echo", "standard", &payload))
                     .await
                     .expect("steady client is undisturbed");
-                assert_eq!(outcome.output, payload.as_bytes());
+                assert_eq!(outcome.run.output, payload.as_bytes());
             }
         });
         let endpoint = cluster.cluster.client_endpoint(addr).unwrap();
@@ -255,7 +259,7 @@ fn garbage_on_a_raw_stream_does_not_disturb_other_clients() {
             .unwrap()
             .unwrap();
         assert!(
-            matches!(&answer, ClientResponse::Invoked(Ok(o)) if o.output == b"after"),
+            matches!(&answer, ClientResponse::Invoked(Ok(o)) if o.run.output == b"after"),
             "{answer:?}"
         );
         steady.await.unwrap();
@@ -283,7 +287,7 @@ fn a_session_stream_answers_many_requests_each_once_and_garbage_ends_only_its_se
         for task in tasks {
             let (payload, answer) = task.await.unwrap();
             let outcome = answer.unwrap();
-            assert_eq!(outcome.output, payload.as_bytes());
+            assert_eq!(outcome.run.output, payload.as_bytes());
             assert!(ids.insert(outcome.id));
         }
         // Errors travel on the session like results do.
@@ -312,7 +316,7 @@ fn a_session_stream_answers_many_requests_each_once_and_garbage_ends_only_its_se
         let after = invoke(&client, request("echo", "high", "after"))
             .await
             .unwrap();
-        assert_eq!(after.output, b"after");
+        assert_eq!(after.run.output, b"after");
     });
 }
 

@@ -81,7 +81,7 @@ fn shards_sharing_only_etcd_see_each_others_deploys() {
                 "{listed:?}"
             );
             let out = invoke(&b, request("echo", "critical", "via etcd")).await.unwrap();
-            assert_eq!(out.output, b"via etcd");
+            assert_eq!(out.run.output, b"via etcd");
             // A redeploy through shard 0 raises the version everywhere.
             cluster.deploy_examples().await;
             let listed = b.request(ClientRequest::ListFunctions).await.unwrap();

@@ -66,14 +66,14 @@ async fn critical_preempts_batch(extra: &[&str]) -> String {
          critical: {critical:?}\ndispatcher log:\n{}",
         mode_logged(&cluster)
     );
-    assert!(critical.cpu_time_us >= 150_000, "{}", critical.cpu_time_us);
-    let last_batch_end = batch
-        .iter()
-        .map(|o| o.timings.finished_at_us)
-        .max()
-        .unwrap();
-    assert!(critical.timings.finished_at_us + 1_000_000 < last_batch_end);
-    let preempted: u64 = batch.iter().map(|o| o.preempted_us).max().unwrap();
+    assert!(
+        critical.run.cpu_time_us >= 150_000,
+        "{}",
+        critical.run.cpu_time_us
+    );
+    let last_batch_end = batch.iter().map(|o| o.run.finished_at_us).max().unwrap();
+    assert!(critical.run.finished_at_us + 1_000_000 < last_batch_end);
+    let preempted: u64 = batch.iter().map(|o| o.run.preempted_us).max().unwrap();
     assert!(
         preempted >= 100_000,
         "a batch spin was held back while critical ran: max preempted {preempted} µs"
@@ -105,12 +105,17 @@ async fn fcfs_within_a_class(extra: &[&str]) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let done = futures_all(tasks).await;
-    let ends: Vec<u64> = done.iter().map(|o| o.timings.finished_at_us).collect();
+    let ends: Vec<u64> = done.iter().map(|o| o.run.finished_at_us).collect();
     let stages: Vec<(u64, u64, u64, u64)> = done
         .iter()
         .map(|o| {
-            let t = &o.timings;
-            (t.placed_at_us, t.started_at_us, o.start_us, o.preempted_us)
+            let t = o.timings();
+            (
+                t.placed_at_us,
+                t.started_at_us,
+                o.run.start_us,
+                o.run.preempted_us,
+            )
         })
         .collect();
     assert!(
@@ -231,25 +236,25 @@ fn persistent_instances_stay_warm_and_are_reaped_after_keep_alive() {
         let first = invoke(&client, request("counter", "high", "a"))
             .await
             .unwrap();
-        assert!(first.cold_start);
-        assert_eq!(first.output, b"invocation 1: a");
+        assert!(first.run.cold_start);
+        assert_eq!(first.run.output, b"invocation 1: a");
         let second = invoke(&client, request("counter", "batch", "b"))
             .await
             .unwrap();
         assert!(
-            !second.cold_start,
+            !second.run.cold_start,
             "the second call finds the instance warm"
         );
-        assert_eq!(second.output, b"invocation 2: b");
+        assert_eq!(second.run.output, b"invocation 2: b");
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let third = invoke(&client, request("counter", "high", "c"))
             .await
             .unwrap();
         assert!(
-            third.cold_start,
+            third.run.cold_start,
             "the instance was reaped after its keep-alive"
         );
-        assert_eq!(third.output, b"invocation 1: c");
+        assert_eq!(third.run.output, b"invocation 1: c");
     });
 }
 
@@ -269,8 +274,8 @@ fn a_crashed_instance_answers_with_an_error_and_is_replaced() {
             "{crashed}"
         );
         let fresh = invoke(&client, request("counter", "standard", "again")).await.unwrap();
-        assert!(fresh.cold_start);
-        assert_eq!(fresh.output, b"invocation 1: again");
+        assert!(fresh.run.cold_start);
+        assert_eq!(fresh.run.output, b"invocation 1: again");
     });
 }
 
@@ -300,7 +305,7 @@ fn functions_run_isolated_and_accounted() {
         let out = invoke(&client, request("whoami", "standard", ""))
             .await
             .unwrap();
-        let text = String::from_utf8(out.output).unwrap();
+        let text = String::from_utf8(out.run.output).unwrap();
         let mut lines = text.lines();
         let uid: u32 = lines.next().unwrap().parse().unwrap();
         // SAFETY: geteuid has no preconditions.
@@ -323,9 +328,13 @@ fn functions_run_isolated_and_accounted() {
         let spun = invoke(&client, request("spin", "high", "100"))
             .await
             .unwrap();
-        assert!(spun.cold_start);
-        assert!(spun.cpu_time_us >= 80_000, "cpu {}", spun.cpu_time_us);
-        assert!(spun.peak_memory_bytes > 0);
-        assert!(spun.start_us > 0);
+        assert!(spun.run.cold_start);
+        assert!(
+            spun.run.cpu_time_us >= 80_000,
+            "cpu {}",
+            spun.run.cpu_time_us
+        );
+        assert!(spun.run.peak_memory_bytes > 0);
+        assert!(spun.run.start_us > 0);
     });
 }

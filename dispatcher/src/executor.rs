@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tariff_cluster::codec::MAX_FRAME_BYTES;
-use tariff_machine_sched::machine::{Job, JobError, MachineScheduler, Ticket};
-use tariff_types::wire::{Completion, InvokeError, Placement, RunReport};
+use tariff_machine_sched::machine::{Job, MachineScheduler, Ticket};
+use tariff_types::wire::{Completion, InvokeError, Placement};
 use tariff_types::ClassId;
 use tracing::{debug, Instrument};
 
@@ -121,43 +121,11 @@ impl Executor {
             .instrument(span)
             .await;
         load.remove(class);
-        let result = result
-            .map(|report| RunReport {
-                output: report.output,
-                started_at_us: report.started_at_us,
-                finished_at_us: report.finished_at_us,
-                peak_memory_bytes: report.peak_memory_bytes,
-                cpu_time_us: report.cpu_time_us,
-                cold_start: report.cold_start,
-                start_us: report.start_us,
-                preempted_us: report.preempted_us,
-            })
-            .map_err(|e| {
-                debug!(invocation = %id, error = %e, "function did not succeed");
-                to_invoke_error(e)
-            });
+        // The machine's report travels as it is; its error becomes the wire's by `From`.
+        let result = result.map_err(|e| {
+            debug!(invocation = %id, error = %e, "function did not succeed");
+            InvokeError::from(e)
+        });
         Completion { id, result }
-    }
-}
-
-fn to_invoke_error(error: JobError) -> InvokeError {
-    match error {
-        JobError::Start(reason) => InvokeError::StartFailed(reason),
-        JobError::Failed {
-            status,
-            stderr_tail,
-        } => InvokeError::FunctionFailed {
-            status,
-            stderr_tail,
-        },
-        JobError::TimedOut(after) => InvokeError::TimedOut(after.as_millis() as u64),
-        JobError::OutputTooLarge(limit) => InvokeError::FunctionFailed {
-            status: format!("output larger than {limit} bytes"),
-            stderr_tail: String::new(),
-        },
-        JobError::Cancelled => InvokeError::FunctionFailed {
-            status: "cancelled".into(),
-            stderr_tail: String::new(),
-        },
     }
 }

@@ -27,18 +27,10 @@ use std::io::{self, BufWriter, Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Answer status byte: the body is the invocation's output.
-pub const STATUS_OK: u8 = 0;
+pub mod frame;
 
-/// Answer status byte: the body is a UTF-8 error message. An error answer fails only the
-/// invocation; the instance keeps serving.
-pub const STATUS_ERROR: u8 = 1;
-
-/// Size of a request header: the payload length as a big-endian `u32`.
-pub const REQUEST_HEADER_BYTES: usize = 4;
-
-/// Size of an answer header: the status byte, then the body length as a big-endian `u32`.
-pub const ANSWER_HEADER_BYTES: usize = 5;
+use frame::{FrameError, Status};
+pub use frame::{ANSWER_HEADER_BYTES, REQUEST_HEADER_BYTES, STATUS_ERROR, STATUS_OK};
 
 /// Bytes reserved up front for a frame body. Larger bodies grow as their bytes arrive, so a
 /// corrupt length cannot make the function allocate gigabytes before reading anything.
@@ -109,11 +101,11 @@ where
 {
     while let Some(payload) = read_request(&mut reader)? {
         match handler(&payload) {
-            Ok(output) if u32::try_from(output.len()).is_err() => {
+            Ok(output) if frame::body_length(output.len()).is_err() => {
                 let message = format!(
                     "output of {} bytes exceeds the frame limit of {} bytes",
                     output.len(),
-                    u32::MAX
+                    frame::MAX_BODY_BYTES
                 );
                 write_answer(&mut writer, Err(&message))?;
             }
@@ -132,14 +124,14 @@ pub fn read_request<R: Read>(reader: &mut R) -> io::Result<Option<Vec<u8>>> {
     if !read_header(reader, &mut header)? {
         return Ok(None);
     }
-    read_body(reader, u32::from_be_bytes(header)).map(Some)
+    read_body(reader, frame::decode_request_header(header)).map(Some)
 }
 
 /// Writes one request frame (what Tariff sends); does not flush.
 ///
 /// A payload over `u32::MAX` bytes is [`io::ErrorKind::InvalidInput`].
 pub fn write_request<W: Write>(writer: &mut W, payload: &[u8]) -> io::Result<()> {
-    writer.write_all(&frame_length(payload.len())?.to_be_bytes())?;
+    writer.write_all(&frame::encode_request_header(payload.len()).map_err(invalid_input)?)?;
     writer.write_all(payload)
 }
 
@@ -149,11 +141,11 @@ pub fn write_request<W: Write>(writer: &mut W, payload: &[u8]) -> io::Result<()>
 /// A body over `u32::MAX` bytes is [`io::ErrorKind::InvalidInput`], and nothing is written.
 pub fn write_answer<W: Write>(writer: &mut W, answer: Result<&[u8], &str>) -> io::Result<()> {
     let (status, body) = match answer {
-        Ok(output) => (STATUS_OK, output),
-        Err(message) => (STATUS_ERROR, message.as_bytes()),
+        Ok(output) => (Status::Ok, output),
+        Err(message) => (Status::Error, message.as_bytes()),
     };
-    let [l0, l1, l2, l3] = frame_length(body.len())?.to_be_bytes();
-    writer.write_all(&[status, l0, l1, l2, l3])?;
+    let header = frame::encode_answer_header(status, body.len()).map_err(invalid_input)?;
+    writer.write_all(&header)?;
     writer.write_all(body)
 }
 
@@ -163,39 +155,20 @@ pub fn write_answer<W: Write>(writer: &mut W, answer: Result<&[u8], &str>) -> io
 pub fn read_answer<R: Read>(reader: &mut R, max_len: usize) -> io::Result<Answer> {
     let mut header = [0u8; ANSWER_HEADER_BYTES];
     reader.read_exact(&mut header)?;
-    let [status, length @ ..] = header;
-    if status != STATUS_OK && status != STATUS_ERROR {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("unknown answer status byte {status}"),
-        ));
-    }
-    let length = u32::from_be_bytes(length);
+    let (status, length) = frame::decode_answer_header(header)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     if usize::try_from(length).unwrap_or(usize::MAX) > max_len {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("answer of {length} bytes exceeds the limit of {max_len} bytes"),
         ));
     }
-    let body = read_body(reader, length)?;
-    Ok(if status == STATUS_OK {
-        Ok(body)
-    } else {
-        Err(String::from_utf8_lossy(&body).into_owned())
-    })
+    Ok(frame::answer_of(status, read_body(reader, length)?))
 }
 
-/// `len` as a frame length, or [`io::ErrorKind::InvalidInput`] if it does not fit.
-fn frame_length(len: usize) -> io::Result<u32> {
-    u32::try_from(len).map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "frame body of {len} bytes exceeds the limit of {} bytes",
-                u32::MAX
-            ),
-        )
-    })
+/// A body too long for a frame, as [`io::ErrorKind::InvalidInput`].
+fn invalid_input(error: FrameError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, error)
 }
 
 /// Fills `header`; `false` if `reader` was already at its end, an error if it ended partway.

@@ -12,7 +12,10 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
+
+use nix::unistd::Pid;
+use tracing::debug;
 
 /// What to launch and under which identity.
 #[derive(Debug, Clone, Default)]
@@ -45,7 +48,64 @@ pub enum LaunchError {
     NulInPath(PathBuf),
 }
 
+/// A launched child: its pid, which is also its process group id, and the parent's ends of
+/// its three pipes. Nobody has reaped it yet: the caller must.
+#[derive(Debug)]
+pub(crate) struct Started {
+    /// The child's pid and process group id.
+    pub(crate) pid: Pid,
+    /// Its stdin.
+    pub(crate) stdin: ChildStdin,
+    /// Its stdout.
+    pub(crate) stdout: ChildStdout,
+    /// Its stderr.
+    pub(crate) stderr: ChildStderr,
+}
+
+/// Why [`LaunchSpec::start`] started nothing.
+#[derive(Debug)]
+pub(crate) struct StartFailure {
+    /// The program as given in [`LaunchSpec::command`].
+    pub(crate) program: String,
+    /// What `fork`/`exec` reported, or the spec's own fault as [`io::ErrorKind::InvalidInput`].
+    pub(crate) source: io::Error,
+}
+
 impl LaunchSpec {
+    /// Builds the command and spawns it: the one launch sequence of one-shot runs and
+    /// persistent instances.
+    ///
+    /// Children start at normal priority: the machine scheduler raises them after exec, which
+    /// keeps fork and exec (and their memory-management locks) out of the real-time path.
+    pub(crate) fn start(&self) -> Result<Started, StartFailure> {
+        let program = self.program().to_owned();
+        let mut cmd = match self.command() {
+            Ok(cmd) => cmd,
+            Err(e) => {
+                let source = io::Error::new(io::ErrorKind::InvalidInput, e.to_string());
+                return Err(StartFailure { program, source });
+            }
+        };
+        let child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(source) => return Err(StartFailure { program, source }),
+        };
+        let pid =
+            Pid::from_raw(libc::pid_t::try_from(child.id()).expect("Linux pids fit in pid_t"));
+        debug!(pid = pid.as_raw(), program = %program, "spawned function process");
+        let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin, child.stdout, child.stderr)
+        else {
+            // All three are requested as pipes by `LaunchSpec::command`, so std provides them.
+            unreachable!("std::process::Command returned a child without the requested pipes");
+        };
+        Ok(Started {
+            pid,
+            stdin,
+            stdout,
+            stderr,
+        })
+    }
+
     /// The program name, for error messages.
     pub fn program(&self) -> &str {
         self.command.first().map_or("", String::as_str)

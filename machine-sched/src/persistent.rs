@@ -3,7 +3,8 @@
 //! creation (fork, exec, dynamic linking, the function's own initialisation).
 //!
 //! The protocol is specified in `docs/persistent-functions.md`; `tariff-function` is the Rust
-//! side for function authors. This module is the machine's end of it: it starts a runtime
+//! side for function authors, and its [`frame`] module is the one definition of the frame
+//! layout both sides use. This module is the machine's end of it: it starts a runtime
 //! ([`PersistentProcess::spawn`]), exchanges one request and its answer at a time
 //! ([`PersistentProcess::call`]), and kills or shuts the instance down. Which instance serves
 //! which invocation is the dispatcher's instance pool's business, not this module's.
@@ -18,7 +19,7 @@
 //!   dies between invocations is seen as dead ([`PersistentProcess::is_dead`]) before anyone
 //!   sends it a request.
 //! - The stderr tail is collected continuously by a task, so a crash report carries the last
-//!   [`STDERR_TAIL_BYTES`] the instance logged, across all its invocations.
+//!   [`crate::process::STDERR_TAIL_BYTES`] the instance logged, across all its invocations.
 //! - An instance is *poisoned* whenever a call does not end on a frame boundary (timeout, an
 //!   oversized or malformed answer, the call's future dropped mid-exchange): its stream
 //!   position is unknown, so it is killed and must be discarded.
@@ -26,30 +27,20 @@
 use std::io;
 use std::os::fd::OwnedFd;
 use std::process::{ChildStderr, ChildStdin, ChildStdout};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use nix::unistd::Pid;
+use tariff_function::frame::{self, ANSWER_HEADER_BYTES, REQUEST_HEADER_BYTES};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::launch::LaunchSpec;
-use crate::process::{
-    describe_failure, reap, stderr_suffix, ProcessHandle, Shared, STDERR_TAIL_BYTES,
-};
-
-/// Answer status byte: the body is the invocation's output.
-pub const STATUS_OK: u8 = 0;
-
-/// Answer status byte: the body is a UTF-8 error message; the instance stays usable.
-pub const STATUS_ERROR: u8 = 1;
-
-/// Size of an answer header: the status byte, then the body length as a big-endian `u32`.
-const ANSWER_HEADER_BYTES: usize = 5;
+use crate::launch::{LaunchSpec, StartFailure, Started};
+use crate::process::{describe_failure, reap, ProcessHandle, Shared};
+use crate::stderr_tail::{stderr_suffix, StderrTail};
 
 /// After the process exits mid-call, how long the call may still take to read what the process
 /// wrote before exiting. Data already in the pipe reads in microseconds; the bound only matters
@@ -63,10 +54,6 @@ const EXIT_REPORT_GRACE: Duration = Duration::from_millis(500);
 
 /// After a crash, how long to wait for the rest of stderr (the dying process's last lines).
 const STDERR_DRAIN_GRACE: Duration = Duration::from_millis(200);
-
-/// Read size for stderr; logs arrive in small writes, and only the last
-/// [`STDERR_TAIL_BYTES`] are kept anyway.
-const STDERR_CHUNK_BYTES: usize = STDERR_TAIL_BYTES;
 
 /// Stack of the reaper thread: it makes a few system calls and at most logs a warning, and
 /// there is one per warm instance, so it gets far less than the 2 MiB default.
@@ -117,11 +104,11 @@ pub enum CallError {
     Crashed {
         /// `exit status 3`, `killed by signal 9 (SIGKILL)`, or what else ended it.
         status: String,
-        /// The last [`STDERR_TAIL_BYTES`] the instance wrote to stderr, lossily decoded.
+        /// The last [`crate::process::STDERR_TAIL_BYTES`] the instance wrote to stderr, lossily decoded.
         stderr_tail: String,
     },
-    /// The function answered with an error (status byte [`STATUS_ERROR`]); the instance stays
-    /// usable.
+    /// The function answered with an error (status byte [`frame::STATUS_ERROR`]); the
+    /// instance stays usable.
     #[error("function reported an error: {0}")]
     FunctionError(String),
     /// No answer within the call's timeout; the instance was killed, since its protocol state
@@ -157,32 +144,6 @@ enum Failure {
     TooLarge(usize),
     /// Anything else that leaves the stream unusable, described.
     Protocol(String),
-}
-
-/// The last [`STDERR_TAIL_BYTES`] of an instance's stderr, shared with its collector task.
-#[derive(Debug, Default)]
-struct StderrTail {
-    /// At most [`STDERR_TAIL_BYTES`], oldest first.
-    bytes: Mutex<Vec<u8>>,
-}
-
-impl StderrTail {
-    /// Appends `chunk`, dropping from the front whatever exceeds the tail size.
-    fn push(&self, chunk: &[u8]) {
-        // A poisoned lock still holds valid bytes.
-        let mut bytes = self.bytes.lock().unwrap_or_else(PoisonError::into_inner);
-        bytes.extend_from_slice(chunk);
-        if bytes.len() > STDERR_TAIL_BYTES {
-            let excess = bytes.len() - STDERR_TAIL_BYTES;
-            bytes.drain(..excess);
-        }
-    }
-
-    /// The tail, lossily decoded.
-    fn text(&self) -> String {
-        let bytes = self.bytes.lock().unwrap_or_else(PoisonError::into_inner);
-        String::from_utf8_lossy(&bytes).into_owned()
-    }
 }
 
 /// Kills a persistent instance (and its process group) from anywhere, e.g. on cancellation.
@@ -227,27 +188,18 @@ impl PersistentProcess {
     /// stderr collector is a task on it.
     pub fn spawn(spec: &LaunchSpec) -> Result<PersistentProcess, PersistentError> {
         let program = spec.program().to_owned();
-        let mut cmd = spec.command().map_err(|e| PersistentError::Spawn {
-            program: program.clone(),
-            source: io::Error::new(io::ErrorKind::InvalidInput, e.to_string()),
-        })?;
-        let child = cmd.spawn().map_err(|source| PersistentError::Spawn {
-            program: program.clone(),
-            source,
-        })?;
-        let pid =
-            Pid::from_raw(libc::pid_t::try_from(child.id()).expect("Linux pids fit in pid_t"));
-        debug!(pid = pid.as_raw(), program = %program, "spawned persistent function instance");
-        let shared = Arc::new(Shared {
+        let Started {
             pid,
-            reaped: Mutex::new(false),
-            cancelled: AtomicBool::new(false),
-        });
-        let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin, child.stdout, child.stderr)
-        else {
-            // All three are requested as pipes by `LaunchSpec::command`, so std provides them.
-            unreachable!("std::process::Command returned a child without the requested pipes");
-        };
+            stdin,
+            stdout,
+            stderr,
+        } = spec
+            .start()
+            .map_err(|StartFailure { program, source }| PersistentError::Spawn {
+                program,
+                source,
+            })?;
+        let shared = Arc::new(Shared::new(pid));
 
         // The reaper first: from then on every failure path can just kill the group.
         let exit = match start_reaper(&shared) {
@@ -278,7 +230,11 @@ impl PersistentProcess {
         };
         let stderr = Arc::new(StderrTail::default());
         let (closed_tx, stderr_closed) = watch::channel(false);
-        tokio::spawn(collect_stderr(stderr_rx, Arc::clone(&stderr), closed_tx));
+        let collector = Arc::clone(&stderr);
+        tokio::spawn(async move {
+            collector.collect(stderr_rx).await;
+            closed_tx.send_replace(true);
+        });
 
         Ok(PersistentProcess {
             shared,
@@ -311,7 +267,7 @@ impl PersistentProcess {
             || self.exit.borrow().is_some()
     }
 
-    /// The last [`STDERR_TAIL_BYTES`] the instance wrote to stderr, lossily decoded.
+    /// The last [`crate::process::STDERR_TAIL_BYTES`] the instance wrote to stderr, lossily decoded.
     pub fn stderr_tail(&self) -> String {
         self.stderr.text()
     }
@@ -332,18 +288,15 @@ impl PersistentProcess {
         if let Some(err) = self.unusable() {
             return Err(err);
         }
-        let Ok(length) = u32::try_from(payload.len()) else {
+        let header = match frame::encode_request_header(payload.len()) {
+            Ok(header) => header,
             // Nothing was sent, so the instance is still fine.
-            return Err(CallError::Protocol(format!(
-                "payload of {} bytes exceeds the frame limit of {} bytes",
-                payload.len(),
-                u32::MAX
-            )));
+            Err(e) => return Err(CallError::Protocol(format!("payload refused: {e}"))),
         };
         // Cleared only when the answer has been read in full.
         self.poisoned = true;
         let failure =
-            match tokio::time::timeout(timeout, self.exchange(length, payload, max_output)).await {
+            match tokio::time::timeout(timeout, self.exchange(header, payload, max_output)).await {
                 Ok(Ok(answer)) => {
                     self.poisoned = false;
                     return answer.map_err(CallError::FunctionError);
@@ -412,7 +365,7 @@ impl PersistentProcess {
     /// stream's fate; the inner one is the function's answer.
     async fn exchange(
         &mut self,
-        length: u32,
+        header: [u8; REQUEST_HEADER_BYTES],
         payload: &[u8],
         max_output: usize,
     ) -> Result<Result<Vec<u8>, String>, Failure> {
@@ -421,7 +374,7 @@ impl PersistentProcess {
         };
         let stdout = &mut self.stdout;
         let io = async {
-            write_request(stdin, length, payload).await?;
+            write_request(stdin, header, payload).await?;
             read_answer(stdout, max_output).await
         };
         let mut exit = self.exit.clone();
@@ -524,14 +477,14 @@ fn describe_status(status: i32) -> String {
     describe_failure(status).unwrap_or_else(|| CLEAN_EXIT.to_owned())
 }
 
-/// Writes one request frame: the length, then the payload.
+/// Writes one request frame: its header, then the payload.
 async fn write_request(
     stdin: &mut pipe::Sender,
-    length: u32,
+    header: [u8; REQUEST_HEADER_BYTES],
     payload: &[u8],
 ) -> Result<(), Failure> {
     let result = async {
-        stdin.write_all(&length.to_be_bytes()).await?;
+        stdin.write_all(&header).await?;
         stdin.write_all(payload).await
     }
     .await;
@@ -548,23 +501,15 @@ async fn read_answer(
 ) -> Result<Result<Vec<u8>, String>, Failure> {
     let mut header = [0u8; ANSWER_HEADER_BYTES];
     stdout.read_exact(&mut header).await.map_err(read_failure)?;
-    let [status, length @ ..] = header;
-    if status != STATUS_OK && status != STATUS_ERROR {
-        return Err(Failure::Protocol(format!(
-            "unknown answer status byte {status}"
-        )));
-    }
-    let length = usize::try_from(u32::from_be_bytes(length)).unwrap_or(usize::MAX);
+    let (status, length) =
+        frame::decode_answer_header(header).map_err(|e| Failure::Protocol(e.to_string()))?;
+    let length = usize::try_from(length).unwrap_or(usize::MAX);
     if length > max_output {
         return Err(Failure::TooLarge(max_output));
     }
     let mut body = vec![0u8; length];
     stdout.read_exact(&mut body).await.map_err(read_failure)?;
-    Ok(if status == STATUS_OK {
-        Ok(body)
-    } else {
-        Err(String::from_utf8_lossy(&body).into_owned())
-    })
+    Ok(frame::answer_of(status, body))
 }
 
 /// End of file mid-frame means the process is gone; other read errors leave the stream unusable.
@@ -573,24 +518,6 @@ fn read_failure(e: io::Error) -> Failure {
         io::ErrorKind::UnexpectedEof => Failure::Closed,
         _ => Failure::Protocol(format!("could not read the answer: {e}")),
     }
-}
-
-/// Keeps the last [`STDERR_TAIL_BYTES`] of stderr in `tail` until end of file, then reports it.
-async fn collect_stderr(
-    mut stderr: pipe::Receiver,
-    tail: Arc<StderrTail>,
-    closed: watch::Sender<bool>,
-) {
-    let mut chunk = vec![0u8; STDERR_CHUNK_BYTES];
-    loop {
-        match stderr.read(&mut chunk).await {
-            Ok(0) => break,
-            Ok(n) => tail.push(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
-    }
-    closed.send_replace(true);
 }
 
 #[cfg(test)]
@@ -910,15 +837,5 @@ while True:
             PersistentProcess::spawn(&LaunchSpec::default()),
             Err(PersistentError::Spawn { .. })
         ));
-    }
-
-    #[test]
-    fn stderr_tail_keeps_the_end() {
-        let tail = StderrTail::default();
-        tail.push(&vec![b'a'; STDERR_TAIL_BYTES]);
-        tail.push(b"END");
-        let text = tail.text();
-        assert_eq!(text.len(), STDERR_TAIL_BYTES);
-        assert!(text.ends_with("aEND"));
     }
 }

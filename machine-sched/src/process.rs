@@ -16,7 +16,7 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::process::{Child, ChildStderr, ChildStdin, ChildStdout};
+use std::process::{ChildStderr, ChildStdin, ChildStdout};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -25,16 +25,15 @@ use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
-use tariff_types::wire::unix_micros;
+use tariff_types::wire::{unix_micros, RunReport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::launch::LaunchSpec;
-
-/// How much of the child's stderr is kept: the end of it, where the error usually is.
-pub const STDERR_TAIL_BYTES: usize = 4 * 1024;
+use crate::launch::{LaunchSpec, StartFailure, Started};
+pub use crate::stderr_tail::STDERR_TAIL_BYTES;
+use crate::stderr_tail::{stderr_suffix, StderrTail};
 
 /// Bytes a fresh Linux pipe holds (16 pages): a payload this small is written at spawn without
 /// blocking.
@@ -62,31 +61,13 @@ pub struct RunRequest {
     pub max_output: usize,
 }
 
-/// What a successful run produced and what it cost.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RunOutput {
-    /// Everything the child wrote to stdout.
-    pub stdout: Vec<u8>,
-    /// Wall-clock time just before the spawn, in microseconds since the Unix epoch.
-    pub started_at_us: u64,
-    /// Wall-clock time when the child was reaped, in microseconds since the Unix epoch.
-    pub finished_at_us: u64,
-    /// Peak resident memory of the child and the descendants it waited for (`ru_maxrss`).
-    pub peak_memory_bytes: u64,
-    /// User plus system CPU time of the child and the descendants it waited for.
-    pub cpu_time_us: u64,
-    /// Time the child's main thread spent runnable but waiting for a CPU (preempted or
-    /// queued behind others), read from its schedstat before it is reaped.
-    pub runqueue_wait_us: u64,
-}
-
-/// Why a run produced no [`RunOutput`].
+/// Why a run produced no [`RunReport`].
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// The program could not be started (not found, not executable, bad working directory).
     #[error("could not start `{program}`: {source}")]
     Spawn {
-        /// The program as given in [`RunRequest::command`].
+        /// The program as given in [`LaunchSpec::command`].
         program: String,
         /// What `fork`/`exec` reported.
         source: io::Error,
@@ -98,8 +79,9 @@ pub enum RunError {
         status: String,
         /// The last [`STDERR_TAIL_BYTES`] of stderr, lossily decoded.
         stderr_tail: String,
-        /// Stdout and resource use up to the failure: failed runs still used CPU.
-        output: RunOutput,
+        /// Stdout and resource use up to the failure: failed runs still used CPU. Boxed, so
+        /// every other result stays small.
+        output: Box<RunReport>,
     },
     /// The process group was killed because the run exceeded [`RunRequest::timeout`].
     #[error("process timed out after {after:?}")]
@@ -118,16 +100,6 @@ pub enum RunError {
     Killed,
 }
 
-/// Formats the stderr tail for [`RunError::Failed`]'s message, or nothing if it is empty.
-pub(crate) fn stderr_suffix(tail: &str) -> String {
-    let tail = tail.trim();
-    if tail.is_empty() {
-        String::new()
-    } else {
-        format!(": {tail}")
-    }
-}
-
 /// State shared by a running process and its handles.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -141,6 +113,15 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The state of the fresh, unreaped child `pid`.
+    pub(crate) fn new(pid: Pid) -> Self {
+        Self {
+            pid,
+            reaped: Mutex::new(false),
+            cancelled: AtomicBool::new(false),
+        }
+    }
+
     /// Locks the `reaped` flag; a poisoned lock still holds a valid bool.
     fn lock(&self) -> MutexGuard<'_, bool> {
         self.reaped
@@ -231,28 +212,16 @@ pub fn spawn(req: RunRequest) -> Result<RunningProcess, RunError> {
         timeout,
         max_output,
     } = req;
-    let program = launch.program().to_owned();
-    let mut cmd = launch.command().map_err(|e| RunError::Spawn {
-        program: program.clone(),
-        source: io::Error::new(io::ErrorKind::InvalidInput, e.to_string()),
-    })?;
-    // Children start at normal priority: the machine scheduler raises them after exec, which
-    // keeps fork and exec (and their memory-management locks) out of the real-time path.
-
     let started_at_us = unix_micros();
     let deadline = Instant::now() + timeout;
-    let child: Child = cmd.spawn().map_err(|source| RunError::Spawn {
-        program: program.clone(),
-        source,
-    })?;
-    let pid = Pid::from_raw(libc::pid_t::try_from(child.id()).expect("Linux pids fit in pid_t"));
-    debug!(pid = pid.as_raw(), program = %program, "spawned function process");
-    let (Some(mut stdin_pipe), Some(stdout), Some(stderr)) =
-        (child.stdin, child.stdout, child.stderr)
-    else {
-        // All three were requested as pipes above, so std always provides them.
-        unreachable!("std::process::Command returned a child without the requested pipes");
-    };
+    let Started {
+        pid,
+        stdin: mut stdin_pipe,
+        stdout,
+        stderr,
+    } = launch
+        .start()
+        .map_err(|StartFailure { program, source }| RunError::Spawn { program, source })?;
     // A payload that fits in the empty pipe is written and stdin closed right now, without
     // blocking: the child then never waits for its input, so it is runnable the moment the
     // machine scheduler raises it, and processes of a class run in the order they were raised.
@@ -270,11 +239,7 @@ pub fn spawn(req: RunRequest) -> Result<RunningProcess, RunError> {
         Some(stdin_pipe)
     };
     Ok(RunningProcess {
-        shared: Arc::new(Shared {
-            pid,
-            reaped: Mutex::new(false),
-            cancelled: AtomicBool::new(false),
-        }),
+        shared: Arc::new(Shared::new(pid)),
         io: Some(ChildIo {
             stdin: stdin_pipe,
             stdout,
@@ -319,7 +284,11 @@ impl RunningProcess {
     /// Writes the payload, collects stdout and the stderr tail, reaps the child and reports.
     ///
     /// The timeout counts from [`spawn`], not from this call.
-    pub async fn wait(mut self) -> Result<RunOutput, RunError> {
+    ///
+    /// This is where a one-shot run's [`RunReport`] is built: output, time stamps, and the
+    /// process's own rusage and schedstat. The machine scheduler then completes it with what
+    /// only it knows (when the job arrived, the instance cgroup's figures).
+    pub async fn wait(mut self) -> Result<RunReport, RunError> {
         let Some(io) = self.io.take() else {
             // Only `wait` takes the pipes and it consumes `self`.
             unreachable!("RunningProcess::wait called twice");
@@ -356,7 +325,7 @@ impl RunningProcess {
                 return Err(RunError::Failed {
                     status: format!("unknown status ({e})"),
                     stderr_tail: String::new(),
-                    output: RunOutput::default(),
+                    output: Box::default(),
                 });
             }
             Err(join_error) => std::panic::resume_unwind(join_error.into_panic()),
@@ -365,20 +334,26 @@ impl RunningProcess {
             return Err(RunError::Killed);
         }
         let (stdout, stderr_tail) = pipes?;
-        let output = RunOutput {
-            stdout,
+        let output = RunReport {
+            output: stdout,
             started_at_us: self.started_at_us,
             finished_at_us: exit.finished_at_us,
             peak_memory_bytes: exit.peak_memory_bytes,
             cpu_time_us: exit.cpu_time_us,
-            runqueue_wait_us: exit.runqueue_wait_us,
+            // A one-shot run always starts a process.
+            cold_start: true,
+            // Known only to the machine scheduler, which saw the job arrive.
+            start_us: 0,
+            // Time the main thread was runnable but waited for a CPU (preempted or queued
+            // behind others), read from its schedstat before it was reaped.
+            preempted_us: exit.runqueue_wait_us,
         };
         match describe_failure(exit.status) {
             None => Ok(output),
             Some(status) => Err(RunError::Failed {
                 status,
                 stderr_tail,
-                output,
+                output: Box::new(output),
             }),
         }
     }
@@ -477,25 +452,12 @@ async fn read_stdout(stdout: ChildStdout, limit: usize) -> Result<Vec<u8>, RunEr
 
 /// Reads stderr to the end, keeping only its last [`STDERR_TAIL_BYTES`].
 async fn read_stderr_tail(stderr: ChildStderr) -> String {
-    let Ok(mut rx) = pipe::Receiver::from_owned_fd(OwnedFd::from(stderr)) else {
+    let Ok(rx) = pipe::Receiver::from_owned_fd(OwnedFd::from(stderr)) else {
         return String::new();
     };
-    let mut tail: Vec<u8> = Vec::with_capacity(STDERR_TAIL_BYTES);
-    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
-    loop {
-        match rx.read(&mut chunk).await {
-            Ok(0) => break,
-            Ok(n) => {
-                tail.extend_from_slice(&chunk[..n]);
-                if tail.len() > STDERR_TAIL_BYTES {
-                    tail.drain(..tail.len() - STDERR_TAIL_BYTES);
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
-    }
-    String::from_utf8_lossy(&tail).into_owned()
+    let tail = StderrTail::default();
+    tail.collect(rx).await;
+    tail.text()
 }
 
 /// Blocks until the child exits, kills what it left in its group, and reaps it with rusage.
@@ -597,7 +559,7 @@ mod tests {
         }
     }
 
-    async fn run(req: RunRequest) -> Result<RunOutput, RunError> {
+    async fn run(req: RunRequest) -> Result<RunReport, RunError> {
         let process = spawn(req)?;
         tokio::time::timeout(TEST_BOUND, process.wait())
             .await
@@ -618,7 +580,7 @@ mod tests {
     #[tokio::test]
     async fn cat_echoes_stdin() {
         let out = run(request(&["/bin/cat"], b"hello tariff")).await.unwrap();
-        assert_eq!(out.stdout, b"hello tariff");
+        assert_eq!(out.output, b"hello tariff");
         assert!(out.finished_at_us >= out.started_at_us);
     }
 
@@ -627,7 +589,7 @@ mod tests {
         let mut req = request(&["/usr/bin/env"], b"");
         req.launch.env = vec![("ONLY".into(), "this".into())];
         let out = run(req).await.unwrap();
-        assert_eq!(out.stdout, b"ONLY=this\n");
+        assert_eq!(out.output, b"ONLY=this\n");
     }
 
     #[tokio::test]
@@ -638,7 +600,7 @@ mod tests {
         let out = run(req).await.unwrap();
         let expected = dir.path().canonicalize().unwrap();
         assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.output).trim(),
             expected.to_str().unwrap()
         );
     }
@@ -676,7 +638,7 @@ mod tests {
             } => {
                 assert_eq!(status, "exit status 3");
                 assert_eq!(stderr_tail, "boom\n");
-                assert_eq!(output.stdout, b"out\n");
+                assert_eq!(output.output, b"out\n");
             }
             other => panic!("expected Failed, got {other:?}"),
         }
@@ -767,7 +729,7 @@ mod tests {
         let out = run(request(&["/bin/sh", "-c", "sleep 30 & echo done"], b""))
             .await
             .unwrap();
-        assert_eq!(out.stdout, b"done\n");
+        assert_eq!(out.output, b"done\n");
     }
 
     #[tokio::test]
@@ -784,7 +746,7 @@ mod tests {
         let mut req = request(&["/bin/sh", "-c", "head -c 1000 /dev/zero"], b"");
         req.max_output = LIMIT;
         assert_eq!(
-            run(req).await.unwrap().stdout.len(),
+            run(req).await.unwrap().output.len(),
             LIMIT,
             "exactly the limit is fine"
         );
@@ -797,7 +759,7 @@ mod tests {
         let out = run(request(&["/bin/sh", "-c", "echo early"], &payload))
             .await
             .unwrap();
-        assert_eq!(out.stdout, b"early\n");
+        assert_eq!(out.output, b"early\n");
     }
 
     #[tokio::test]

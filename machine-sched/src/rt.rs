@@ -225,12 +225,35 @@ pub fn function_cpus(
     (chosen, note)
 }
 
-/// Time thread `pid` has spent runnable but waiting for a CPU, from `/proc/PID/schedstat`
-/// (its second field, in ns), in µs. This is the time it was preempted or queued.
+/// Nanoseconds per microsecond, for schedstat's figures.
+const NANOS_PER_MICRO: u64 = 1_000;
+
+/// Time a task has spent runnable but waiting for a CPU, in ns: the second field of its
+/// `schedstat` file (`/proc/PID/schedstat` for a thread, `/proc/PID/task/TID/schedstat`).
+fn schedstat_wait_ns(path: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    parse_schedstat_wait_ns(&text)
+}
+
+/// The run-queue wait (second field, ns) of a `schedstat` line.
+fn parse_schedstat_wait_ns(text: &str) -> Option<u64> {
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Time thread `pid` has spent runnable but waiting for a CPU, from `/proc/PID/schedstat`,
+/// in µs. This is the time it was preempted or queued.
 pub fn runqueue_wait_us(pid: i32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).ok()?;
-    let ns: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
-    Some(ns / 1_000)
+    schedstat_wait_ns(&format!("/proc/{pid}/schedstat")).map(|ns| ns / NANOS_PER_MICRO)
+}
+
+/// Time every thread of process `pid` has spent runnable but waiting for a CPU, in µs, summed
+/// (a thread that has exited no longer counts); 0 if none can be read.
+pub fn process_runqueue_wait_us(pid: i32) -> u64 {
+    threads_of(pid)
+        .into_iter()
+        .filter_map(|tid| schedstat_wait_ns(&format!("/proc/{pid}/task/{tid}/schedstat")))
+        .sum::<u64>()
+        / NANOS_PER_MICRO
 }
 
 #[cfg(test)]
@@ -261,6 +284,8 @@ mod tests {
     fn this_thread_has_cpus_and_schedstat() {
         assert!(!allowed_cpus().is_empty());
         assert!(runqueue_wait_us(std::process::id() as i32).is_some());
+        assert_eq!(parse_schedstat_wait_ns("12 3400 5\n"), Some(3400));
+        assert_eq!(parse_schedstat_wait_ns("12"), None);
         assert!(!threads_of(std::process::id() as i32).is_empty());
     }
 }

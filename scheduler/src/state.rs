@@ -33,7 +33,7 @@ use tariff_policy::shard::{Overloaded, ShardConfig, ShardCore};
 use tariff_policy::{FunctionKey, MachineIdx, Step, Taken};
 use tariff_types::wire::{
     unix_micros, Completion, DispatcherHello, IdleEntry, InvocationId, InvocationOutcome,
-    InvokeError, MachineLoad, Placement, ShardStatus, ShardToDispatcher, Timings,
+    InvokeError, MachineLoad, Placement, ShardStatus, ShardToDispatcher,
 };
 use tariff_types::{ClassId, FunctionSpec, PriceClasses};
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -569,21 +569,12 @@ impl Book {
                 }
                 other => other,
             });
-            result.map(|report| InvocationOutcome {
+            result.map(|run| InvocationOutcome {
                 id,
-                output: report.output,
-                timings: Timings {
-                    queued_at_us: invocation.queued_at_us,
-                    placed_at_us,
-                    started_at_us: report.started_at_us,
-                    finished_at_us: report.finished_at_us,
-                },
                 machine,
-                peak_memory_bytes: report.peak_memory_bytes,
-                cpu_time_us: report.cpu_time_us,
-                cold_start: report.cold_start,
-                start_us: report.start_us,
-                preempted_us: report.preempted_us,
+                queued_at_us: invocation.queued_at_us,
+                placed_at_us,
+                run,
             })
         })
     }
@@ -903,9 +894,9 @@ mod tests {
         let outcome = rx_ok.try_recv().expect("answered").expect("succeeded");
         assert_eq!(outcome.id, ok);
         assert_eq!(outcome.machine, "m1");
-        assert_eq!(outcome.output, b"out");
-        assert!(outcome.timings.queued_at_us <= outcome.timings.placed_at_us);
-        assert_eq!(outcome.timings.started_at_us, 10);
+        assert_eq!(outcome.run.output, b"out");
+        assert!(outcome.timings().queued_at_us <= outcome.timings().placed_at_us);
+        assert_eq!(outcome.timings().started_at_us, 10);
 
         // The machine's own deadline is shorter; the caller hears its own figure.
         state.complete(Completion {

@@ -113,6 +113,9 @@ pub enum ClientResponse {
 
 /// When each stage of an invocation happened, in microseconds since the Unix epoch. The first
 /// two are read on the shard's clock, the next two on the dispatcher's.
+///
+/// A view, not a stored record: [`InvocationOutcome::timings`] puts the shard's two stamps and
+/// the [`RunReport`]'s two together.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Timings {
     /// The shard accepted the request.
@@ -142,28 +145,33 @@ impl Timings {
     }
 }
 
-/// A successful invocation.
+/// A successful invocation: the shard's account (which invocation, where, when it was queued
+/// and placed) around the machine's [`RunReport`], which it embeds as the machine sent it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InvocationOutcome {
     /// The invocation.
     pub id: InvocationId,
-    /// What the function wrote to stdout.
-    pub output: Vec<u8>,
-    /// Stage timings.
-    pub timings: Timings,
     /// Machine that ran it.
     pub machine: String,
-    /// Peak resident memory of the function's process, in bytes.
-    pub peak_memory_bytes: u64,
-    /// CPU time the process used, user plus system, in microseconds.
-    pub cpu_time_us: u64,
-    /// Whether a process had to be started for this invocation (false: a warm instance).
-    pub cold_start: bool,
-    /// Microseconds from the machine receiving the invocation to the function starting on it
-    /// (process creation for a cold start, queueing on the machine for both).
-    pub start_us: u64,
-    /// Microseconds the function was runnable but held back by dearer work (preempted).
-    pub preempted_us: u64,
+    /// The shard accepted the request, µs since the epoch on the shard's clock.
+    pub queued_at_us: u64,
+    /// The shard chose a machine and sent it the invocation, µs since the epoch on the
+    /// shard's clock.
+    pub placed_at_us: u64,
+    /// What the machine reported about the run: output, timings on its clock, resource use.
+    pub run: RunReport,
+}
+
+impl InvocationOutcome {
+    /// Every stage's time stamp, the shard's and the machine's together.
+    pub fn timings(&self) -> Timings {
+        Timings {
+            queued_at_us: self.queued_at_us,
+            placed_at_us: self.placed_at_us,
+            started_at_us: self.run.started_at_us,
+            finished_at_us: self.run.finished_at_us,
+        }
+    }
 }
 
 /// Why an invocation did not produce a result. Every submitted invocation ends in exactly one
@@ -218,6 +226,10 @@ pub enum InvokeError {
     /// The shard is shutting down.
     #[error("shard shutting down")]
     ShuttingDown,
+    /// The invocation was cancelled (its caller stopped waiting) and its function killed
+    /// before it finished: not a failure of the function.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl InvokeError {
@@ -236,6 +248,7 @@ impl InvokeError {
             Self::StartFailed(_) => "start_failed",
             Self::Protocol(_) => "protocol",
             Self::ShuttingDown => "shutting_down",
+            Self::Cancelled => "cancelled",
         }
     }
 }
@@ -367,24 +380,30 @@ pub struct Completion {
     pub result: Result<RunReport, InvokeError>,
 }
 
-/// The machine's account of a successful run.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The machine's account of one successful run: built once, where the run ends (by the process
+/// runner when a one-shot process is reaped, by the machine scheduler when a warm instance
+/// answers), completed by the machine scheduler with what only it knows (cold or warm, time to
+/// start, time held back, cgroup measurements), and then moved, never copied field by field: into the dispatcher's [`Completion`], and from
+/// there into the shard's [`InvocationOutcome`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunReport {
-    /// stdout.
+    /// What the function wrote to stdout (or answered, for a persistent instance).
     pub output: Vec<u8>,
-    /// Process start, µs since the epoch.
+    /// The function started (its process was spawned, or its request sent), µs since the
+    /// epoch on the machine's clock.
     pub started_at_us: u64,
-    /// Process end, µs since the epoch.
+    /// The function finished, µs since the epoch on the machine's clock.
     pub finished_at_us: u64,
-    /// Peak resident memory in bytes.
+    /// Peak resident memory, in bytes.
     pub peak_memory_bytes: u64,
-    /// CPU time used, µs.
+    /// CPU time used, user plus system, in µs.
     pub cpu_time_us: u64,
-    /// A process was started for this invocation.
+    /// Whether a process had to be started for this invocation (false: a warm instance).
     pub cold_start: bool,
-    /// µs from receipt on the machine to the function starting.
+    /// µs from the machine receiving the invocation to the function starting on it (process
+    /// creation for a cold start, queueing on the machine for both).
     pub start_us: u64,
-    /// µs the function was held back by dearer work.
+    /// µs the function was runnable but held back by dearer work (preempted or queued).
     pub preempted_us: u64,
 }
 

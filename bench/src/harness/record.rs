@@ -55,13 +55,13 @@ impl Stages {
     /// the machine's own start time is taken out; shard and dispatcher clocks are the same
     /// host's clock in a local cluster, and saturate at 0 across hosts.
     pub fn of(outcome: &InvocationOutcome) -> Self {
-        let t = &outcome.timings;
+        let t = outcome.timings();
         Self {
             queued: t.queued_us(),
-            placement: t.start_us().saturating_sub(outcome.start_us),
-            start: outcome.start_us,
+            placement: t.start_us().saturating_sub(outcome.run.start_us),
+            start: outcome.run.start_us,
             run: t.run_us(),
-            preempted: outcome.preempted_us,
+            preempted: outcome.run.preempted_us,
         }
     }
 

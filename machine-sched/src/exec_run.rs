@@ -1,0 +1,104 @@
+//! Running one job in a process of its own (an exec function): house it, launch it off
+//! real-time priority, confine and raise it in its turn, wait for it, and complete the
+//! process runner's [`RunReport`] with what the machine knows.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tariff_types::wire::RunReport;
+
+use crate::job::{Job, JobError};
+use crate::machine::MachineScheduler;
+use crate::priority::off_real_time;
+use crate::process::RunRequest;
+use crate::provision::Prepared;
+use crate::running::Cancel;
+use crate::turns::Turn;
+
+/// Runs `job` in a new process, which is raised (and `turn` passed on) as soon as it has
+/// exec'd; `arrived` is when the job reached the machine.
+pub(crate) async fn run_exec(
+    machine: &Arc<MachineScheduler>,
+    job: &Job,
+    arrived: Instant,
+    turn: Option<Turn<'_>>,
+) -> Result<RunReport, JobError> {
+    let provision = Arc::clone(&machine.provision);
+    let name = provision.new_instance_name();
+    let launch_job = job.clone();
+    // Directories, cgroups and fork happen off the real-time path (see `off_real_time`).
+    let launched = off_real_time(provision.spawn_cpus().to_vec(), move || {
+        let Prepared {
+            spec,
+            cgroup,
+            work_dir,
+            confining,
+        } = provision.prepare(&name, &launch_job.function)?;
+        let cpu_before = cgroup
+            .as_ref()
+            .and_then(|cg| cg.cpu_usage_us().ok())
+            .unwrap_or(0);
+        let request = RunRequest {
+            launch: spec,
+            stdin: launch_job.payload,
+            timeout: launch_job.timeout,
+            max_output: launch_job.max_output,
+        };
+        let spawned = crate::process::spawn(request);
+        Ok((spawned, cgroup, work_dir, confining, cpu_before))
+    })
+    .await?;
+    let (spawned, cgroup, work_dir, confining, cpu_before) = launched;
+    let result = match spawned {
+        Err(e) => Err(JobError::from(e)),
+        Ok(process) => {
+            let pid = process.pid();
+            // Confine, then raise, back to back: the process becomes real-time already on
+            // the function CPUs, queued behind its class in the order of raising (never
+            // running real-time on a spawn CPU in between, where it could be migrated
+            // later and land out of turn).
+            machine.priority.confine(pid, &confining);
+            machine.priority.raise(pid, cgroup.as_ref(), job);
+            drop(turn);
+            if let Some(gate) = &machine.gate {
+                gate.attach(job.id, pid);
+            }
+            let start_us = micros_since(arrived);
+            machine
+                .running
+                .insert(job.id, pid, Cancel::Exec(process.handle()));
+            let outcome = process.wait().await;
+            if let Some(gate) = &machine.gate {
+                gate.detach(job.id);
+            }
+            outcome.map_err(JobError::from).map(|mut report| {
+                report.start_us = start_us;
+                // The cgroup also counts what the function's children used; the process's
+                // rusage only what it waited for.
+                if let Some(cpu_us) = cgroup
+                    .as_ref()
+                    .and_then(|cg| cg.cpu_usage_us().ok())
+                    .map(|us| us.saturating_sub(cpu_before))
+                    .filter(|&us| us > 0)
+                {
+                    report.cpu_time_us = cpu_us;
+                }
+                if let Some(peak) = cgroup
+                    .as_ref()
+                    .and_then(|cg| cg.memory_peak().ok())
+                    .filter(|&b| b > 0)
+                {
+                    report.peak_memory_bytes = peak;
+                }
+                report
+            })
+        }
+    };
+    machine.provision.retire(cgroup, work_dir);
+    result
+}
+
+/// Microseconds from `since` to now, saturating.
+pub(crate) fn micros_since(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
