@@ -8,7 +8,7 @@ use std::time::Instant;
 use tariff_types::wire::RunReport;
 
 use crate::job::{Job, JobError};
-use crate::machine::MachineScheduler;
+use crate::parts::Parts;
 use crate::priority::off_real_time;
 use crate::process::RunRequest;
 use crate::provision::Prepared;
@@ -18,7 +18,7 @@ use crate::turns::Turn;
 /// Runs `job` in a new process, which is raised (and `turn` passed on) as soon as it has
 /// exec'd; `arrived` is when the job reached the machine.
 pub(crate) async fn run_exec(
-    machine: &Arc<MachineScheduler>,
+    machine: &Arc<Parts>,
     job: &Job,
     arrived: Instant,
     turn: Option<Turn<'_>>,

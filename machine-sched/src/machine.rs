@@ -12,7 +12,8 @@
 //! dispatcher is root.
 //!
 //! This module is the facade; each concern has a module of its own, and [`MachineScheduler`]
-//! owns one of each:
+//! owns one of each (the ones a run uses in `parts`, which the run modules take instead of
+//! the facade, so no module imports the facade back):
 //!
 //! - `turns`: per-class tickets that keep arrival order until launch;
 //! - `priority`: confining, raising and lowering, and launch work off real time;
@@ -35,6 +36,7 @@ use crate::cgroup::CgroupRoot;
 use crate::exec_run::run_exec;
 use crate::gate::Gate;
 use crate::instance_pool::InstancePool;
+use crate::parts::Parts;
 use crate::persistent_run::run_persistent;
 use crate::priority::Priority;
 use crate::provision::Provisioner;
@@ -71,24 +73,12 @@ pub struct MachineOptions {
     pub work_root: PathBuf,
 }
 
-/// The machine scheduler of one dispatcher.
-///
-/// Its parts each own their state behind named operations; the run modules
-/// (`exec_run`, `persistent_run`) use those operations, never a lock. No
-/// two of the parts' locks are ever held at once.
+/// The machine scheduler of one dispatcher: the facade over its [`Parts`].
 pub struct MachineScheduler {
-    /// Arrival order per class (see the `turns` module).
-    pub(crate) turns: Turns,
-    /// The user-space run queue, in [`SchedMode::UserSpace`].
-    pub(crate) gate: Option<Gate>,
-    /// Confining, raising and lowering.
-    pub(crate) priority: Priority,
-    /// Cgroups and working directories of instances.
-    pub(crate) provision: Arc<Provisioner>,
-    /// Idle warm instances.
-    pub(crate) pool: InstancePool,
-    /// Running jobs.
-    pub(crate) running: Running,
+    /// Arrival order per class (see the `turns` module); only the facade takes turns.
+    turns: Turns,
+    /// Everything a job's run uses, shared with the runs in flight.
+    parts: Arc<Parts>,
 }
 
 impl MachineScheduler {
@@ -112,34 +102,36 @@ impl MachineScheduler {
             .collect();
         Arc::new(Self {
             turns: Turns::new(tariff_types::class::MAX_CLASSES),
-            gate,
-            priority: Priority::new(mode, cpus),
-            provision: Arc::new(Provisioner::new(cgroups, user, work_root, spawn_cpus)),
-            pool: InstancePool::default(),
-            running: Running::default(),
+            parts: Arc::new(Parts {
+                gate,
+                priority: Priority::new(mode, cpus),
+                provision: Arc::new(Provisioner::new(cgroups, user, work_root, spawn_cpus)),
+                pool: InstancePool::default(),
+                running: Running::default(),
+            }),
         })
     }
 
     /// The mode in force.
     pub fn mode(&self) -> &SchedMode {
-        self.priority.mode()
+        self.parts.priority.mode()
     }
 
     /// Functions with at least one idle warm instance, for the shards' placement.
     pub fn warm_functions(&self) -> Vec<String> {
-        self.pool.warm_functions()
+        self.parts.pool.warm_functions()
     }
 
     /// Resident memory of every function process on the machine, running or idle.
     pub fn used_memory(&self) -> u64 {
-        let mut pids = self.running.pids();
-        pids.extend(self.pool.pids());
+        let mut pids = self.parts.running.pids();
+        pids.extend(self.parts.pool.pids());
         crate::memory::used_bytes(&pids)
     }
 
     /// Stops the job `id` if it is running here; it ends with [`JobError::Cancelled`].
     pub fn cancel(&self, id: u64) {
-        self.running.cancel(id);
+        self.parts.running.cancel(id);
     }
 
     /// Takes a job of `class` its place in the class's arrival order. Call it where jobs
@@ -164,24 +156,25 @@ impl MachineScheduler {
     ) -> Result<RunReport, JobError> {
         let arrived = Instant::now();
         let mut turn = Some(self.turns.turn(ticket).await);
-        if let Some(gate) = &self.gate {
+        if let Some(gate) = &self.parts.gate {
             // In user-space mode the run queue keeps the order from here on.
             let started = gate.arrive(job.id, job.class.0);
             turn = None;
             let _ = started.await;
         }
         let result = match job.function.runtime {
-            Runtime::Exec => run_exec(self, &job, arrived, turn).await,
+            Runtime::Exec => run_exec(&self.parts, &job, arrived, turn).await,
             Runtime::Persistent { keep_alive_ms } => {
                 let keep_alive = Duration::from_millis(keep_alive_ms);
-                run_persistent(self, &job, arrived, keep_alive, turn).await
+                run_persistent(&self.parts, &job, arrived, keep_alive, turn).await
             }
         };
         let held = self
+            .parts
             .gate
             .as_ref()
             .map_or(Duration::ZERO, |g| g.leave(job.id));
-        self.running.remove(job.id);
+        self.parts.running.remove(job.id);
         result.map(|mut report| {
             let held_us = u64::try_from(held.as_micros()).unwrap_or(u64::MAX);
             report.preempted_us = report.preempted_us.saturating_add(held_us);
@@ -191,12 +184,14 @@ impl MachineScheduler {
 
     /// Reaps idle instances past their keep-alive, and dead ones. Returns how many.
     pub async fn reap_idle(&self) -> usize {
-        let expired = self.pool.take_expired();
+        let expired = self.parts.pool.take_expired();
         let count = expired.len();
         for instance in expired {
             debug!(instance = %instance.name, "reaping idle instance");
             instance.process.shutdown(SHUTDOWN_GRACE).await;
-            self.provision.retire(instance.cgroup, instance.work_dir);
+            self.parts
+                .provision
+                .retire(instance.cgroup, instance.work_dir);
         }
         count
     }
@@ -213,16 +208,17 @@ impl MachineScheduler {
     /// Kills every running job and idle instance and removes their cgroups, directories and
     /// the dispatcher's cgroup subtree, so nothing outlives the dispatcher.
     pub async fn shutdown(&self) {
-        self.running.cancel_all();
+        self.parts.running.cancel_all();
         let deadline = Instant::now() + SHUTDOWN_DRAIN;
-        while !self.running.is_empty() && Instant::now() < deadline {
+        while !self.parts.running.is_empty() && Instant::now() < deadline {
             tokio::time::sleep(SHUTDOWN_POLL).await;
         }
-        for instance in self.pool.take_all() {
+        for instance in self.parts.pool.take_all() {
             instance.process.kill().await;
-            self.provision
+            self.parts
+                .provision
                 .retire_now(instance.cgroup, &instance.work_dir);
         }
-        self.provision.remove_all_cgroups();
+        self.parts.provision.remove_all_cgroups();
     }
 }

@@ -14,7 +14,7 @@ use tracing::{debug, info};
 use crate::exec_run::micros_since;
 use crate::instance_pool::Instance;
 use crate::job::{Job, JobError, StartError};
-use crate::machine::MachineScheduler;
+use crate::parts::Parts;
 use crate::persistent::{CallError, PersistentProcess};
 use crate::priority::off_real_time;
 use crate::provision::Prepared;
@@ -24,7 +24,7 @@ use crate::turns::Turn;
 /// Runs `job` on a warm instance of its function, or on a new one kept for `keep_alive`
 /// afterwards; `arrived` is when the job reached the machine.
 pub(crate) async fn run_persistent(
-    machine: &Arc<MachineScheduler>,
+    machine: &Arc<Parts>,
     job: &Job,
     arrived: Instant,
     keep_alive: Duration,
@@ -121,11 +121,7 @@ pub(crate) async fn run_persistent(
 /// Starts a new instance for `job` (on a blocking thread, off real-time priority), confined
 /// and raised for the call that started it, so its start-up is not starved on the function
 /// CPUs; it is lowered again when it goes idle.
-fn start_instance(
-    machine: &MachineScheduler,
-    job: &Job,
-    keep_alive: Duration,
-) -> Result<Instance, JobError> {
+fn start_instance(machine: &Parts, job: &Job, keep_alive: Duration) -> Result<Instance, JobError> {
     let function = &job.function;
     let name = machine.provision.new_instance_name();
     let Prepared {
