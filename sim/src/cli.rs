@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use super::workload::{convert_azure, WorkloadConfig};
+use super::workload::{convert_azure, summarize_trace, trace_time_scale, WorkloadConfig};
 use super::{report, run_sweep, SimConfig, GB};
 
 /// Loads of the default sweep, around the cluster's capacity.
@@ -44,9 +44,10 @@ pub struct SimArgs {
     /// Invocations at or above a class a machine admits (default: its cores).
     #[arg(long)]
     pub slots: Option<u32>,
-    /// Simulated seconds.
-    #[arg(long, default_value_t = super::DEFAULT_DURATION_S)]
-    pub duration: f64,
+    /// Simulated seconds (default: 60, or with --trace the whole trace, time-scaled to each
+    /// load).
+    #[arg(long)]
+    pub duration: Option<f64>,
     /// Offered loads to sweep, as fractions of the cluster's cores, comma-separated.
     #[arg(long, default_value = DEFAULT_LOADS)]
     pub loads: String,
@@ -97,13 +98,17 @@ impl SimArgs {
         config.k = self.k;
         config.classes = self.classes;
         config.slots = self.slots.unwrap_or(self.cores as u32);
-        config.duration_s = self.duration;
+        config.duration_s = self.duration.unwrap_or(super::DEFAULT_DURATION_S);
+        config.whole_trace = self.trace.is_some() && self.duration.is_none();
         config.workload = WorkloadConfig::paper(self.classes);
         config.trace = self.trace.clone();
         config.idle_list |= self.idle_list;
         config.edf_absolute_deadlines = self.edf_absolute_deadlines;
         if let Some(gb) = self.memory_gb {
-            anyhow::ensure!(gb > 0.0, "--memory-gb must be positive");
+            anyhow::ensure!(
+                gb > 0.0 && gb.is_finite(),
+                "--memory-gb must be a positive number"
+            );
             config.memory_bytes = Some((gb * GB) as u64);
         }
         if let Some(list) = &self.schedulers {
@@ -114,12 +119,7 @@ impl SimArgs {
                 .collect::<Result<_, String>>()
                 .map_err(anyhow::Error::msg)?;
         }
-        anyhow::ensure!(
-            self.machines > 0 && self.cores > 0 && self.shards > 0 && self.classes > 0,
-            "machines, cores, shards and classes must be positive"
-        );
-        anyhow::ensure!(self.classes <= usize::from(u8::MAX), "at most 255 classes");
-        anyhow::ensure!(self.duration > 0.0, "--duration must be positive");
+        config.validate().context("invalid flags")?;
         Ok(config)
     }
 
@@ -136,7 +136,7 @@ impl SimArgs {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         anyhow::ensure!(
-            !loads.is_empty() && loads.iter().all(|l| *l > 0.0),
+            !loads.is_empty() && loads.iter().all(|l| *l > 0.0 && l.is_finite()),
             "--loads needs positive numbers"
         );
         Ok(loads)
@@ -146,6 +146,29 @@ impl SimArgs {
 /// Writes `contents` to `path`.
 fn write(path: &Path, contents: &str) -> anyhow::Result<()> {
     std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Warns on stderr when an explicit `--duration` replays only part of a trace at some load
+/// (without `--duration` the whole trace is replayed).
+fn warn_partial_trace(
+    trace: &Path,
+    config: &SimConfig,
+    loads: &[f64],
+    duration_s: f64,
+) -> anyhow::Result<()> {
+    let summary = summarize_trace(trace)?;
+    for &load in loads {
+        let scale = trace_time_scale(&summary, config.capacity(), load);
+        let end_s = summary.last_arrival_s * scale;
+        if duration_s < end_s {
+            eprintln!(
+                "warning: at load {load} the trace's arrivals run for {end_s:.1} s; \
+                 --duration {duration_s} replays {:.1} % of it (omit --duration to replay all)",
+                100.0 * duration_s / end_s
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Runs `tariff sim` with these flags.
@@ -161,6 +184,9 @@ pub fn run(args: &SimArgs) -> anyhow::Result<()> {
     }
     let config = args.config()?;
     let loads = args.loads()?;
+    if let (Some(trace), Some(duration)) = (&args.trace, args.duration) {
+        warn_partial_trace(trace, &config, &loads, duration)?;
+    }
     let sweep = run_sweep(&config, &loads)?;
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
