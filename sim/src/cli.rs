@@ -58,6 +58,10 @@ pub struct SimArgs {
     /// Memory per machine in GB (default: unlimited, the latency experiment's set-up).
     #[arg(long)]
     pub memory_gb: Option<f64>,
+    /// Swap space per machine in GB (default: unlimited, or 500 with --memory-experiment);
+    /// invocations are killed only when memory and swap are both full.
+    #[arg(long)]
+    pub swap_gb: Option<f64>,
     /// Run the paper's memory experiment (Fig. 5): 32 GB per machine, idle list on.
     #[arg(long)]
     pub memory_experiment: bool,
@@ -110,6 +114,13 @@ impl SimArgs {
                 "--memory-gb must be a positive number"
             );
             config.memory_bytes = Some((gb * GB) as u64);
+        }
+        if let Some(gb) = self.swap_gb {
+            anyhow::ensure!(
+                gb >= 0.0 && gb.is_finite(),
+                "--swap-gb must be a non-negative number"
+            );
+            config.swap_bytes = Some((gb * GB) as u64);
         }
         if let Some(list) = &self.schedulers {
             config.schedulers = list

@@ -54,6 +54,9 @@ pub const DEFAULT_CLASSES: usize = 4;
 pub const DEFAULT_DURATION_S: f64 = 60.0;
 /// Memory per machine in the paper's memory experiment (Fig. 5).
 pub const MEMORY_EXPERIMENT_GB: f64 = 32.0;
+/// Swap space per machine in the memory experiment: the paper's 500 GB SSD (section 4.3,
+/// "with a 500GB SSD, a provider would comfortably be able to avoid killing").
+pub const MEMORY_EXPERIMENT_SWAP_GB: f64 = 500.0;
 /// Period of housekeeping ticks: utilisation and memory samples, and blocked shards' retry.
 /// 10 ms is a tenth of the mean runtime: fine enough to see memory grow, cheap next to the
 /// ~16 000 events per simulated second of the default set-up.
@@ -179,6 +182,9 @@ pub struct SimConfig {
     /// Memory per machine in bytes; `None` is the latency experiment's "absurdly high" memory,
     /// which also turns the memory model off.
     pub memory_bytes: Option<u64>,
+    /// Swap space per machine in bytes (memory model only); `None` is unlimited. Killing
+    /// happens only when memory and swap together are full.
+    pub swap_bytes: Option<u64>,
     /// Whether Tariff's shards place from the idle list (off in the latency experiment).
     pub idle_list: bool,
     /// The synthetic workload (ignored when replaying a trace).
@@ -208,6 +214,7 @@ impl SimConfig {
             load,
             schedulers: SchedulerKind::ALL.to_vec(),
             memory_bytes: None,
+            swap_bytes: None,
             idle_list: false,
             workload: WorkloadConfig::paper(DEFAULT_CLASSES),
             trace: None,
@@ -217,11 +224,12 @@ impl SimConfig {
     }
 
     /// The paper's memory experiment (Fig. 5) at `load`: Tariff only, 32 GB per machine,
-    /// idle list on.
+    /// a 500 GB swap device, idle list on.
     pub fn paper_memory(load: f64) -> Self {
         Self {
             schedulers: vec![SchedulerKind::TARIFF],
             memory_bytes: Some((MEMORY_EXPERIMENT_GB * GB) as u64),
+            swap_bytes: Some((MEMORY_EXPERIMENT_SWAP_GB * GB) as u64),
             idle_list: true,
             ..Self::paper(load)
         }

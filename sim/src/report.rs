@@ -51,6 +51,10 @@ pub struct SchedulerReport {
     pub swapped_mb_per_machine: Option<Vec<f64>>,
     /// Most MB held in swap at once per machine: the swap space each needed.
     pub peak_swap_mb_per_machine: Option<Vec<f64>>,
+    /// Kills of an instance while a cheaper class on its machine held memory (memory model
+    /// only; the kill rule keeps it 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kills_over_cheaper: Option<u64>,
 }
 
 /// One experiment: a set-up at one load, every scheduler on the same workload.
@@ -72,6 +76,9 @@ pub struct ExperimentReport {
     pub duration_s: f64,
     /// Memory per machine in GB, if limited.
     pub memory_gb: Option<f64>,
+    /// Swap space per machine in GB, if limited (memory model only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swap_gb: Option<f64>,
     /// Whether Tariff used the idle list.
     pub idle_list: bool,
     /// Whether EDF's deadlines counted from arrival.
@@ -115,6 +122,10 @@ pub(crate) fn experiment_report(
         k: config.k,
         duration_s: config.duration_s,
         memory_gb: config.memory_bytes.map(|b| b as f64 / GB),
+        swap_gb: config
+            .memory_bytes
+            .and(config.swap_bytes)
+            .map(|b| b as f64 / GB),
         idle_list: config.idle_list,
         edf_absolute_deadlines: config.edf_absolute_deadlines,
         trace: config.trace.as_ref().map(|p| p.display().to_string()),
@@ -169,6 +180,7 @@ pub(crate) fn scheduler_report(
                 .map(|&b| to_mb(b))
                 .collect()
         }),
+        kills_over_cheaper: memory.then_some(stats.kills_over_cheaper),
     }
 }
 

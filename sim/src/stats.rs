@@ -75,6 +75,9 @@ pub struct Stats {
     pub swapped_per_machine: Vec<u64>,
     /// Most bytes held in swap at once per machine: the swap space it needs.
     pub peak_swap_per_machine: Vec<u64>,
+    /// Kills of an instance while a cheaper class's instance on its machine held memory
+    /// (resident or swapped) and was spared: the kill rule forbids it, so this stays 0.
+    pub kills_over_cheaper: u64,
 }
 
 impl Stats {
@@ -86,6 +89,7 @@ impl Stats {
             memory_utilisation: histogram(),
             swapped_per_machine: vec![0; machines],
             peak_swap_per_machine: vec![0; machines],
+            kills_over_cheaper: 0,
         }
     }
 

@@ -13,6 +13,14 @@
 //! Memory per the paper: an invocation holds 100 MB when placed and grows linearly to its
 //! total as it runs. Memory is sampled at every event on the machine and at every tick, so
 //! growth between events is seen within one tick.
+//!
+//! Pressure is resolved in three steps, each only when the previous cannot: swap out waiting
+//! instances ([`swap::choose_swap_out`]); suspend running ones and swap them out
+//! ([`swap::choose_suspensions`]) — eight cores of instances growing to up to 10 GB each
+//! outgrow 32 GB on their own a few per cent of the time, which used to end in kills; kill
+//! ([`swap::choose_kills`]) only when memory and swap space together are full. A suspended
+//! instance leaves the run queue and its core; when it is swapped back in it rejoins the run
+//! queue (behind the instances of its class already there).
 
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
@@ -64,6 +72,8 @@ struct Task {
     seq: u64,
     /// Bytes swapped out (0 = resident).
     swapped: u64,
+    /// Suspended for memory: out of the run queue until swapped back in.
+    parked: bool,
 }
 
 impl Task {
@@ -120,6 +130,8 @@ pub struct Tariff {
     cores: usize,
     /// Memory per machine; `None` disables the memory model.
     capacity: Option<u64>,
+    /// Swap space per machine (`u64::MAX` when unlimited).
+    swap_capacity: u64,
     /// Whether machines announce themselves on idle lists.
     idle_list: bool,
     /// k for the dispatcher's choice of shard.
@@ -180,6 +192,7 @@ impl Tariff {
             slots: config.slots,
             cores: config.cores,
             capacity: config.memory_bytes,
+            swap_capacity: config.swap_bytes.unwrap_or(u64::MAX),
             idle_list: config.idle_list,
             k: config.k,
             rng: SmallRng::seed_from_u64(config.seed ^ DISPATCHER_SALT),
@@ -332,23 +345,21 @@ impl Tariff {
         (resident, swapped)
     }
 
-    /// Swaps (or, as a last resort, kills) until machine `m` fits in `capacity`; swaps back
-    /// in when there is room to spare.
+    /// Swaps (then suspends, and as a last resort kills) until machine `m` fits in
+    /// `capacity`; swaps back in when there is room to spare.
     fn check_memory(&mut self, m: usize, capacity: u64, now: Nanos, ctx: &mut Ctx) {
         for _ in 0..MAX_MEMORY_ROUNDS {
             let (resident, swapped) = self.collect_instances(m, now);
             self.machines[m].resident = resident;
             ctx.stats.swap_occupancy(m, swapped);
+            let held = resident + swapped;
+            let room = capacity.saturating_add(self.swap_capacity);
+            if held > room {
+                self.kill(held - room, now, ctx);
+                continue;
+            }
             if resident <= capacity {
-                let headroom = (capacity as f64 * SWAP_IN_HEADROOM_FRACTION) as u64;
-                let room = capacity.saturating_sub(resident + headroom);
-                if room > 0 && self.instances.iter().any(|i| i.swapped_bytes > 0) {
-                    for id in swap::choose_swap_in(&self.instances, room) {
-                        let task = &mut self.tasks[id as usize];
-                        self.machines[m].resident += task.swapped;
-                        task.swapped = 0;
-                    }
-                }
+                self.swap_in(m, capacity, resident, now, ctx);
                 return;
             }
             let plan = swap::choose_swap_out(&self.instances, resident - capacity);
@@ -362,13 +373,71 @@ impl Tariff {
                 self.machines[m].resident = resident - plan.freed_bytes;
                 return;
             }
-            let swapped: Vec<u64> = plan.victims;
-            self.instances.retain(|i| !swapped.contains(&i.id));
-            let kills = swap::choose_kills(&self.instances, plan.shortfall_bytes);
-            for id in kills.victims {
-                let class = self.tasks[id as usize].inv.class;
-                ctx.stats.killed(class);
-                self.remove(id as u32, now, ctx);
+            let swapped_out = plan.victims;
+            self.instances.retain(|i| !swapped_out.contains(&i.id));
+            let suspend = swap::choose_suspensions(&self.instances, plan.shortfall_bytes);
+            for id in suspend.victims {
+                self.suspend(m, id as u32, now, ctx);
+            }
+        }
+    }
+
+    /// Kills instances holding at least `need` bytes, as the swap policy
+    /// chooses (the scratch list must be fresh), and counts any kill that spared a cheaper
+    /// instance holding memory.
+    fn kill(&mut self, need: u64, now: Nanos, ctx: &mut Ctx) {
+        let kills = swap::choose_kills(&self.instances, need);
+        for &id in &kills.victims {
+            let class = self.tasks[id as usize].inv.class;
+            let spared_cheaper = self.instances.iter().any(|i| {
+                i.class > class && swap::held_bytes(i) > 0 && !kills.victims.contains(&i.id)
+            });
+            if spared_cheaper {
+                ctx.stats.kills_over_cheaper += 1;
+            }
+        }
+        for id in kills.victims {
+            let class = self.tasks[id as usize].inv.class;
+            ctx.stats.killed(class);
+            self.remove(id as u32, now, ctx);
+        }
+    }
+
+    /// Takes running task `id` off its core and swaps it out: the run queue forgets it and
+    /// gives the core to the next task; it comes back through [`Self::swap_in`].
+    fn suspend(&mut self, m: usize, id: u32, now: Nanos, ctx: &mut Ctx) {
+        let bytes = self.tasks[id as usize].resident(now);
+        let decisions = self.machines[m].rq.finish(u64::from(id));
+        let task = &mut self.tasks[id as usize];
+        task.remaining = task
+            .remaining
+            .saturating_sub(now.saturating_sub(task.since));
+        task.running = false;
+        task.generation = task.generation.wrapping_add(1);
+        task.parked = true;
+        task.swapped = bytes.max(1);
+        ctx.stats.swapped(task.inv.class, m, bytes);
+        self.machines[m].running -= 1;
+        self.apply(m, &decisions, now, ctx);
+    }
+
+    /// Brings swapped instances of machine `m` back in while more than the headroom is free;
+    /// a suspended one rejoins the run queue.
+    fn swap_in(&mut self, m: usize, capacity: u64, resident: u64, now: Nanos, ctx: &mut Ctx) {
+        let headroom = (capacity as f64 * SWAP_IN_HEADROOM_FRACTION) as u64;
+        let room = capacity.saturating_sub(resident + headroom);
+        if room == 0 || !self.instances.iter().any(|i| i.swapped_bytes > 0) {
+            return;
+        }
+        for id in swap::choose_swap_in(&self.instances, room) {
+            let task = &mut self.tasks[id as usize];
+            self.machines[m].resident += task.swapped;
+            task.swapped = 0;
+            if task.parked {
+                task.parked = false;
+                let class = task.inv.class;
+                let decisions = self.machines[m].rq.arrive(id, class);
+                self.apply(m, &decisions, now, ctx);
             }
         }
     }
@@ -431,6 +500,7 @@ impl SimScheduler for Tariff {
             running: false,
             seq: 0,
             swapped: 0,
+            parked: false,
         };
         let id = super::slots::store(&mut self.tasks, &mut self.free, task, |old, new| Task {
             generation: old.generation,

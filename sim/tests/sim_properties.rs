@@ -153,6 +153,59 @@ fn default_experiment_speed() {
     eprintln!("figure: {}", fig.display());
 }
 
+/// Bytes per GB.
+const GB: u64 = 1 << 30;
+
+/// The paper's memory claim (section 4.3, Fig. 5): with a 500 GB swap device no invocation is
+/// killed, and the swap space the busiest machine needed is far below it.
+#[test]
+fn with_the_papers_swap_device_nothing_is_killed() {
+    let config = SimConfig {
+        machines: MACHINES,
+        duration_s: DURATION_S,
+        ..SimConfig::paper_memory(HIGH_LOAD)
+    };
+    let swap_mb = config.swap_bytes.expect("the experiment limits swap") as f64 / (1 << 20) as f64;
+    let report = run_experiment(&config).expect("synthetic");
+    let tariff = &report.schedulers[0];
+    let killed: Vec<u64> = tariff.classes.iter().map(|c| c.killed).collect();
+    let peak = tariff
+        .peak_swap_mb_per_machine
+        .as_ref()
+        .expect("memory model on")
+        .iter()
+        .copied()
+        .fold(0.0, f64::max);
+    eprintln!("killed per class {killed:?}; peak swap {peak:.0} MB of {swap_mb:.0} MB");
+    assert!(peak > 0.0, "memory was never under pressure");
+    assert_eq!(killed.iter().sum::<u64>(), 0, "killed: {killed:?}");
+    assert!(peak < swap_mb, "peak swap {peak} MB above the device");
+}
+
+/// When swap space does run out, kills take cheaper classes first: the top class is never
+/// killed while a cheaper class on the machine holds memory, resident or swapped.
+#[test]
+fn kills_never_pass_over_a_cheaper_class() {
+    let report = run_experiment(&SimConfig {
+        machines: MACHINES,
+        duration_s: DURATION_S,
+        swap_bytes: Some(GB),
+        ..SimConfig::paper_memory(HIGH_LOAD)
+    })
+    .expect("synthetic");
+    let tariff = &report.schedulers[0];
+    let killed: Vec<u64> = tariff.classes.iter().map(|c| c.killed).collect();
+    eprintln!("killed per class with 1 GB of swap: {killed:?}");
+    assert!(killed.iter().sum::<u64>() > 0, "1 GB of swap never ran out");
+    assert_eq!(tariff.kills_over_cheaper, Some(0));
+    let cheapest = *killed.last().expect("classes");
+    assert!(
+        killed[0] < cheapest,
+        "the top class lost {} to the cheapest's {cheapest}",
+        killed[0]
+    );
+}
+
 /// The memory experiment at full size (run with `--release -- --ignored --nocapture`).
 #[test]
 #[ignore = "runs the full memory experiment; run in release"]
