@@ -35,6 +35,7 @@ use tariff_types::wire::IdleEntry;
 use tariff_types::ClassId;
 
 use super::events::{to_duration, Event, Nanos};
+use super::stats::BusyTally;
 use super::workload::{Invocation, INITIAL_MEMORY_MB, MB};
 use super::{Ctx, SimConfig, SimScheduler};
 
@@ -126,8 +127,6 @@ pub struct Tariff {
     free: Vec<u32>,
     /// Slots of a machine.
     slots: u32,
-    /// Cores of a machine.
-    cores: usize,
     /// Memory per machine; `None` disables the memory model.
     capacity: Option<u64>,
     /// Swap space per machine (`u64::MAX` when unlimited).
@@ -142,6 +141,8 @@ pub struct Tariff {
     seq: u64,
     /// Scratch for swap choices.
     instances: Vec<Instance>,
+    /// Machines per number of busy cores, for utilisation samples.
+    busy: BusyTally,
 }
 
 impl Tariff {
@@ -190,7 +191,6 @@ impl Tariff {
             tasks: Vec::new(),
             free: Vec::new(),
             slots: config.slots,
-            cores: config.cores,
             capacity: config.memory_bytes,
             swap_capacity: config.swap_bytes.unwrap_or(u64::MAX),
             idle_list: config.idle_list,
@@ -198,6 +198,7 @@ impl Tariff {
             rng: SmallRng::seed_from_u64(config.seed ^ DISPATCHER_SALT),
             seq: 0,
             instances: Vec::new(),
+            busy: BusyTally::new(config.machines, config.cores),
         }
     }
 
@@ -274,7 +275,9 @@ impl Tariff {
                             generation: task.generation,
                         },
                     );
-                    self.machines[m].running += 1;
+                    let running = &mut self.machines[m].running;
+                    self.busy.moved(*running as usize, *running as usize + 1);
+                    *running += 1;
                 }
                 Decision::Preempt(id) => {
                     let task = &mut self.tasks[id as usize];
@@ -283,7 +286,9 @@ impl Tariff {
                         .saturating_sub(now.saturating_sub(task.since));
                     task.running = false;
                     task.generation = task.generation.wrapping_add(1);
-                    self.machines[m].running -= 1;
+                    let running = &mut self.machines[m].running;
+                    self.busy.moved(*running as usize, *running as usize - 1);
+                    *running -= 1;
                 }
             }
         }
@@ -296,6 +301,8 @@ impl Tariff {
         let machine = &mut self.machines[m];
         machine.counts[usize::from(task.inv.class)] -= 1;
         if task.running {
+            self.busy
+                .moved(machine.running as usize, machine.running as usize - 1);
             machine.running -= 1;
         }
         if let Some(pos) = machine.tasks.iter().position(|&t| t == id) {
@@ -417,7 +424,9 @@ impl Tariff {
         task.parked = true;
         task.swapped = bytes.max(1);
         ctx.stats.swapped(task.inv.class, m, bytes);
-        self.machines[m].running -= 1;
+        let running = &mut self.machines[m].running;
+        self.busy.moved(*running as usize, *running as usize - 1);
+        *running -= 1;
         self.apply(m, &decisions, now, ctx);
     }
 
@@ -536,10 +545,11 @@ impl SimScheduler for Tariff {
     }
 
     fn tick(&mut self, now: Nanos, ctx: &mut Ctx) {
-        for m in 0..self.machines.len() {
-            ctx.stats
-                .utilisation_sample(f64::from(self.machines[m].running) / self.cores as f64);
-            if let Some(capacity) = self.capacity {
+        ctx.stats.utilisation_tally(&self.busy);
+        if let Some(capacity) = self.capacity {
+            // Memory grows between events, so every machine is checked; only the memory model
+            // pays for this.
+            for m in 0..self.machines.len() {
                 self.after_machine_event(m, now, ctx);
                 ctx.stats
                     .memory_sample(self.machines[m].resident as f64 / capacity as f64);
