@@ -9,8 +9,8 @@
 use std::collections::{BTreeSet, VecDeque};
 
 use super::events::{Event, Nanos};
-use super::workload::Invocation;
 use super::stats::BusyTally;
+use super::workload::Invocation;
 use super::{Ctx, SimConfig, SimScheduler};
 
 /// The FIFO model.

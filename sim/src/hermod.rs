@@ -135,8 +135,7 @@ impl SimScheduler for Hermod {
             return;
         };
         let machine = &mut self.machines[m as usize];
-        self.tally
-            .moved(machine.jobs.len(), machine.jobs.len() + 1);
+        self.tally.moved(machine.jobs.len(), machine.jobs.len() + 1);
         machine.advance(now, self.cores);
         let finish = machine.service + inv.runtime as f64;
         machine.jobs.push(Reverse(Job {

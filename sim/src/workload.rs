@@ -392,15 +392,24 @@ pub fn summarize_trace(path: &Path) -> Result<TraceSummary, WorkloadError> {
     };
     let mut first: Option<f64> = None;
     let mut last = 0.0_f64;
-    for (i, line) in open(path)?.lines().enumerate() {
-        let line = line.map_err(|source| WorkloadError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        if skip_line(&line) {
+    let mut reader = open(path)?;
+    let mut buffer = String::new();
+    for i in 0.. {
+        buffer.clear();
+        let read = reader
+            .read_line(&mut buffer)
+            .map_err(|source| WorkloadError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+        if read == 0 {
+            break;
+        }
+        let line = buffer.trim_end_matches(['\n', '\r']);
+        if skip_line(line) {
             continue;
         }
-        let row = parse_row(&line).map_err(|reason| WorkloadError::Parse {
+        let row = parse_row(line).map_err(|reason| WorkloadError::Parse {
             path: path.to_owned(),
             line: i + 1,
             reason,
@@ -432,8 +441,10 @@ pub fn summarize_trace(path: &Path) -> Result<TraceSummary, WorkloadError> {
 
 /// Streams a trace CSV, stretching time by `time_scale` (> 1 slows arrivals down).
 pub struct TraceReader {
-    /// The file's lines.
-    lines: std::io::Lines<BufReader<File>>,
+    /// The file.
+    reader: BufReader<File>,
+    /// The current line, reused so a row costs no allocation.
+    line: String,
     /// Multiplier applied to arrival times.
     time_scale: f64,
     /// Function names seen so far, to number them.
@@ -446,7 +457,8 @@ impl TraceReader {
     /// Opens `path` (validated by [`summarize_trace`] first).
     pub fn open(path: &Path, time_scale: f64, classes: usize) -> Result<Self, WorkloadError> {
         Ok(Self {
-            lines: open(path)?.lines(),
+            reader: open(path)?,
+            line: String::new(),
             time_scale,
             functions: HashMap::new(),
             lowest_class: classes.saturating_sub(1).min(u8::MAX as usize) as u8,
@@ -461,16 +473,23 @@ impl Iterator for TraceReader {
     /// ends the stream.
     fn next(&mut self) -> Option<Invocation> {
         loop {
-            let line = self.lines.next()?.ok()?;
-            if skip_line(&line) {
+            self.line.clear();
+            if self.reader.read_line(&mut self.line).ok()? == 0 {
+                return None;
+            }
+            let line = self.line.trim_end_matches(['\n', '\r']);
+            if skip_line(line) {
                 continue;
             }
-            let row = parse_row(&line).ok()?;
-            let next_id = self.functions.len() as u32;
-            let function = *self
-                .functions
-                .entry(row.function.to_owned())
-                .or_insert(next_id);
+            let row = parse_row(line).ok()?;
+            let function = match self.functions.get(row.function) {
+                Some(&id) => id,
+                None => {
+                    let id = self.functions.len() as u32;
+                    self.functions.insert(row.function.to_owned(), id);
+                    id
+                }
+            };
             return Some(Invocation {
                 arrival: from_secs(row.arrival_s * self.time_scale),
                 function,

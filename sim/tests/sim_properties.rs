@@ -112,8 +112,50 @@ fn figures_are_svg() {
     .expect("synthetic");
     for svg in [report::fig4_svg(&sweep), report::fig5_svg(&sweep)] {
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        for (x, size, text) in end_anchored_labels(&svg) {
+            // A generous 0.6 em per character of a sans-serif digit.
+            let width = 0.6 * size * text.chars().count() as f64;
+            assert!(
+                x - width >= 0.0,
+                "label {text:?} at x {x} runs off the left edge"
+            );
+        }
+    }
+    let fig4 = report::fig4_svg(&sweep);
+    let lines: Vec<&str> = fig4
+        .lines()
+        .filter(|l| l.starts_with("<polyline"))
+        .map(|l| l.split('"').nth(1).expect("points"))
+        .collect();
+    for (i, a) in lines.iter().enumerate() {
+        for b in &lines[i + 1..] {
+            assert_ne!(a, b, "two class lines drawn on top of each other");
+        }
     }
     assert!(report::table(&sweep).contains("tariff"));
+}
+
+/// (x, font size, text) of every right-aligned label of an SVG figure (the axis labels).
+fn end_anchored_labels(svg: &str) -> Vec<(f64, f64, String)> {
+    let attr = |line: &str, name: &str| -> f64 {
+        let start = line.find(&format!(" {name}=\"")).expect("attribute") + name.len() + 3;
+        line[start..]
+            .split('"')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect("number")
+    };
+    svg.lines()
+        .filter(|l| l.starts_with("<text") && l.contains(r#"text-anchor="end""#))
+        .map(|l| {
+            let text = l
+                .split('>')
+                .nth(1)
+                .and_then(|t| t.split('<').next())
+                .unwrap_or_default();
+            (attr(l, "x"), attr(l, "font-size"), text.to_owned())
+        })
+        .collect()
 }
 
 /// The default experiment's speed (run with `--release -- --ignored --nocapture`).
