@@ -57,6 +57,9 @@ pub const MEMORY_EXPERIMENT_GB: f64 = 32.0;
 /// Swap space per machine in the memory experiment: the paper's 500 GB SSD (section 4.3,
 /// "with a 500GB SSD, a provider would comfortably be able to avoid killing").
 pub const MEMORY_EXPERIMENT_SWAP_GB: f64 = 500.0;
+/// Default keep-alive of a warm instance when cold starts are modelled: ten minutes, the
+/// order of what public providers keep idle instances for.
+pub const DEFAULT_KEEP_ALIVE_S: f64 = 600.0;
 /// Period of housekeeping ticks: utilisation and memory samples, and blocked shards' retry.
 /// 10 ms is a tenth of the mean runtime: fine enough to see memory grow, cheap next to the
 /// ~16 000 events per simulated second of the default set-up.
@@ -114,6 +117,22 @@ impl std::str::FromStr for SchedulerKind {
             .find(|k| k.name().eq_ignore_ascii_case(s.trim()))
             .ok_or_else(|| format!("unknown scheduler {s:?} (tariff, hermod, edf, fifo)"))
     }
+}
+
+/// Costs the paper assumes away (its assumption 3: swapping is free; and no cold starts),
+/// which Tariff's run can charge so that the simulator speaks about the live system. Only
+/// Tariff's run models them; the baselines stay the paper's ideal ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Overheads {
+    /// Bytes per second at which a swapped invocation's memory faults back in when it gets a
+    /// core; the time is added to its run on that core. Swapping out (kernel write-back) and
+    /// swapping in ahead of time while the invocation waits cost nothing. `None`: free.
+    pub swap_in_bytes_per_s: Option<f64>,
+    /// Time added to an invocation's first start on a machine where its function has not
+    /// finished within `keep_alive`. `None`: no cold starts.
+    pub cold_start: Option<Nanos>,
+    /// How long a finished function's instance stays warm on its machine.
+    pub keep_alive: Nanos,
 }
 
 /// A set-up that cannot run.
@@ -185,6 +204,8 @@ pub struct SimConfig {
     /// Swap space per machine in bytes (memory model only); `None` is unlimited. Killing
     /// happens only when memory and swap together are full.
     pub swap_bytes: Option<u64>,
+    /// Overheads of the live system Tariff's run can model; all off in the paper's set-ups.
+    pub overheads: Overheads,
     /// Whether Tariff's shards place from the idle list (off in the latency experiment).
     pub idle_list: bool,
     /// The synthetic workload (ignored when replaying a trace).
@@ -215,6 +236,7 @@ impl SimConfig {
             schedulers: SchedulerKind::ALL.to_vec(),
             memory_bytes: None,
             swap_bytes: None,
+            overheads: Overheads::default(),
             idle_list: false,
             workload: WorkloadConfig::paper(DEFAULT_CLASSES),
             trace: None,

@@ -81,6 +81,9 @@ pub struct ExperimentReport {
     pub swap_gb: Option<f64>,
     /// Whether Tariff used the idle list.
     pub idle_list: bool,
+    /// Modelled overheads, when any is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overheads: Option<super::Overheads>,
     /// Whether EDF's deadlines counted from arrival.
     pub edf_absolute_deadlines: bool,
     /// Trace replayed, if any.
@@ -127,6 +130,9 @@ pub(crate) fn experiment_report(
             .and(config.swap_bytes)
             .map(|b| b as f64 / GB),
         idle_list: config.idle_list,
+        overheads: (config.overheads.swap_in_bytes_per_s.is_some()
+            || config.overheads.cold_start.is_some())
+        .then_some(config.overheads),
         edf_absolute_deadlines: config.edf_absolute_deadlines,
         trace: config.trace.as_ref().map(|p| p.display().to_string()),
         mean_runtime_s,

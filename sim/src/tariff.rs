@@ -34,10 +34,12 @@ use tariff_policy::{FunctionKey, MachineIdx, ShardConfig, ShardCore, Step};
 use tariff_types::wire::IdleEntry;
 use tariff_types::ClassId;
 
-use super::events::{to_duration, Event, Nanos};
+use std::collections::HashMap;
+
+use super::events::{from_secs, to_duration, Event, Nanos};
 use super::stats::BusyTally;
 use super::workload::{Invocation, INITIAL_MEMORY_MB, MB};
-use super::{Ctx, SimConfig, SimScheduler};
+use super::{Ctx, Overheads, SimConfig, SimScheduler};
 
 /// Memory a machine reports on the idle list when the memory model is off ("absurdly high").
 const UNLIMITED_MEMORY: u64 = u64::MAX / 2;
@@ -75,6 +77,8 @@ struct Task {
     swapped: u64,
     /// Suspended for memory: out of the run queue until swapped back in.
     parked: bool,
+    /// Whether it has had a core yet (a cold start is charged once).
+    started: bool,
 }
 
 impl Task {
@@ -107,6 +111,8 @@ struct Machine {
     resident: u64,
     /// Its dispatcher's idle-list state.
     advert: IdleAdvertiser,
+    /// When each function last finished here (cold-start model only).
+    warm: HashMap<u32, Nanos>,
 }
 
 /// Tariff's policy code wired to the event loop.
@@ -143,6 +149,8 @@ pub struct Tariff {
     instances: Vec<Instance>,
     /// Machines per number of busy cores, for utilisation samples.
     busy: BusyTally,
+    /// Overheads charged to invocations.
+    overheads: Overheads,
 }
 
 impl Tariff {
@@ -180,6 +188,7 @@ impl Tariff {
                 advert: IdleAdvertiser::new(IdlePolicy::new(
                     config.memory_bytes.unwrap_or(UNLIMITED_MEMORY),
                 )),
+                warm: HashMap::new(),
             })
             .collect();
         Self {
@@ -199,6 +208,7 @@ impl Tariff {
             seq: 0,
             instances: Vec::new(),
             busy: BusyTally::new(config.machines, config.cores),
+            overheads: config.overheads,
         }
     }
 
@@ -266,8 +276,24 @@ impl Tariff {
                     task.running = true;
                     task.since = now;
                     task.generation = task.generation.wrapping_add(1);
-                    // Paper assumption 3: swapping back in takes no time.
+                    if let Some(rate) = self.overheads.swap_in_bytes_per_s {
+                        task.remaining += from_secs(task.swapped as f64 / rate);
+                    }
+                    // Without a swap-in rate, paper assumption 3: swapping back in is free.
                     task.swapped = 0;
+                    if !task.started {
+                        task.started = true;
+                        if let Some(cold) = self.overheads.cold_start {
+                            let warm_since = now.saturating_sub(self.overheads.keep_alive);
+                            let warm = self.machines[m]
+                                .warm
+                                .get(&task.inv.function)
+                                .is_some_and(|&t| t >= warm_since);
+                            if !warm {
+                                task.remaining += cold;
+                            }
+                        }
+                    }
                     ctx.events.push(
                         now + task.remaining,
                         Event::Completion {
@@ -510,6 +536,7 @@ impl SimScheduler for Tariff {
             seq: 0,
             swapped: 0,
             parked: false,
+            started: false,
         };
         let id = super::slots::store(&mut self.tasks, &mut self.free, task, |old, new| Task {
             generation: old.generation,
@@ -539,6 +566,11 @@ impl SimScheduler for Tariff {
         }
         ctx.stats
             .completed(task.inv.class, task.inv.arrival, task.inv.runtime, now);
+        if self.overheads.cold_start.is_some() {
+            self.machines[task.machine as usize]
+                .warm
+                .insert(task.inv.function, now);
+        }
         self.remove(id, now, ctx);
         self.after_machine_event(task.machine as usize, now, ctx);
         self.drive_dirty(now, ctx);

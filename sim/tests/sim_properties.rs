@@ -248,6 +248,70 @@ fn kills_never_pass_over_a_cheaper_class() {
     );
 }
 
+/// Class `class`'s p50 latency in ms under Tariff.
+fn tariff_p50_ms(report: &ExperimentReport, class: usize) -> f64 {
+    report.schedulers[0].classes[class].latency_ms.p50
+}
+
+/// Cold starts cost at most their time on the median invocation, and more than nothing: most
+/// starts find a warm instance once each machine has run a function.
+#[test]
+fn cold_starts_add_time_only_to_cold_invocations() {
+    const COLD_MS: f64 = 40.0;
+    let base = SimConfig {
+        schedulers: vec![SchedulerKind::TARIFF],
+        ..small(0.5)
+    };
+    let free = run_experiment(&base).expect("synthetic");
+    let mut config = base.clone();
+    config.overheads.cold_start = Some((COLD_MS * 1e6) as u64);
+    config.overheads.keep_alive = (tariff_sim::DEFAULT_KEEP_ALIVE_S * 1e9) as u64;
+    let cold = run_experiment(&config).expect("synthetic");
+    assert!(cold.overheads.is_some() && free.overheads.is_none());
+    for class in 0..base.classes {
+        let (a, b) = (tariff_p50_ms(&free, class), tariff_p50_ms(&cold, class));
+        eprintln!("class {class}: p50 {a:.1} ms free, {b:.1} ms with {COLD_MS} ms cold starts");
+        assert!(b > a, "class {class}: cold starts cost nothing");
+        assert!(b < a + COLD_MS, "class {class}: every start was cold");
+    }
+    let mut short = config.clone();
+    short.overheads.keep_alive = 0;
+    let always_cold = run_experiment(&short).expect("synthetic");
+    let p50 = tariff_p50_ms(&always_cold, 0);
+    assert!(
+        p50 >= tariff_p50_ms(&free, 0) + COLD_MS * 0.9,
+        "with no keep-alive every start is cold: {p50}"
+    );
+}
+
+/// Faulting swapped memory back in slows the classes that are swapped, not the top class.
+#[test]
+fn swap_in_time_falls_on_the_swapped_classes() {
+    let base = SimConfig {
+        machines: MACHINES,
+        duration_s: DURATION_S,
+        ..SimConfig::paper_memory(HIGH_LOAD)
+    };
+    let free = run_experiment(&base).expect("synthetic");
+    let mut config = base.clone();
+    // A slow disk, 100 MB/s, so the effect is clear in a short run.
+    config.overheads.swap_in_bytes_per_s = Some(100.0 * (1 << 20) as f64);
+    let slow = run_experiment(&config).expect("synthetic");
+    let (f, s) = (&free.schedulers[0], &slow.schedulers[0]);
+    let cheapest = base.classes - 1;
+    eprintln!(
+        "p99 slowdown free {:?} / slow swap {:?}",
+        f.classes.iter().map(|c| c.slowdown.p99).collect::<Vec<_>>(),
+        s.classes.iter().map(|c| c.slowdown.p99).collect::<Vec<_>>()
+    );
+    assert!(s.classes[cheapest].completed < f.classes[cheapest].completed);
+    assert_eq!(f.classes[0].swapped_mb, 0.0);
+    assert!(
+        s.classes[0].slowdown.p99 <= f.classes[0].slowdown.p99 * 1.1,
+        "the top class, never swapped, slowed down"
+    );
+}
+
 /// The memory experiment at full size (run with `--release -- --ignored --nocapture`).
 #[test]
 #[ignore = "runs the full memory experiment; run in release"]
