@@ -89,6 +89,9 @@ fn sim_args(args: &[&str]) -> SimArgs {
         .sim
 }
 
+/// How a test renames the sample's files.
+type Rename = fn(&str) -> String;
+
 /// Copies the sample's three files into `dir` under the names `rename` gives them.
 fn copy_sample(sample: &Path, dir: &Path, rename: impl Fn(&str) -> String) {
     for name in ["104_inv.csv", "104_run.csv", "104_mem.csv"] {
@@ -104,7 +107,7 @@ fn azure_files_are_found_under_any_sample_prefix_and_the_data_sets_names() {
     };
     let reference = scratch("names-ref");
     let summary = convert_azure(&sample, &reference.join("t.csv"), 4, Some(1), 1).expect("104");
-    let renamings: [(&str, fn(&str) -> String); 2] = [
+    let renamings: [(&str, Rename); 2] = [
         ("1000", |n| n.replace("104_", "1000_")),
         ("dataset", |n| {
             match n {
