@@ -11,7 +11,15 @@
 //! * never swap a running instance (it would fault its pages straight back in);
 //! * never touch a dearer class while a cheaper one still has swappable memory;
 //! * swap back in dearest class first, earliest arrival first: the order the run queue will
-//!   run them in.
+//!   run them in;
+//! * when the running instances alone outgrow memory (eight cores of functions that may each
+//!   grow to 10 GB can pass 32 GB on their own), suspend running ones in the same cheapest,
+//!   latest-first order and swap them out ([`choose_suspensions`]) rather than kill;
+//! * kill only when swap space runs out too, counting what each instance holds in memory *and*
+//!   in swap ([`choose_kills`]), so the top class is never killed while a cheaper class holds
+//!   any memory. (Counting resident bytes alone, as before, passed over cheaper instances
+//!   already in swap and killed running top-class ones; the simulator's memory experiment
+//!   showed it, docs/simulator.md.)
 //!
 //! This module is pure (no I/O, no clock). Today only the simulator calls it; the live
 //! dispatcher does not swap yet (that is the memory issue's work), so a dispatcher whose
