@@ -11,7 +11,15 @@
 //! * never swap a running instance (it would fault its pages straight back in);
 //! * never touch a dearer class while a cheaper one still has swappable memory;
 //! * swap back in dearest class first, earliest arrival first: the order the run queue will
-//!   run them in.
+//!   run them in;
+//! * when the running instances alone outgrow memory (eight cores of functions that may each
+//!   grow to 10 GB can pass 32 GB on their own), suspend running ones in the same cheapest,
+//!   latest-first order and swap them out ([`choose_suspensions`]) rather than kill;
+//! * kill only when swap space runs out too, counting what each instance holds in memory *and*
+//!   in swap ([`choose_kills`]), so the top class is never killed while a cheaper class holds
+//!   any memory. (Counting resident bytes alone, as before, passed over cheaper instances
+//!   already in swap and killed running top-class ones; the simulator's memory experiment
+//!   showed it, docs/simulator.md.)
 //!
 //! This module is pure (no I/O, no clock). Today only the simulator calls it; the live
 //! dispatcher does not swap yet (that is the memory issue's work), so a dispatcher whose
@@ -52,15 +60,16 @@ fn last_to_run_first(a: &Instance, b: &Instance) -> std::cmp::Ordering {
     b.class.cmp(&a.class).then(b.arrival.cmp(&a.arrival))
 }
 
-/// Takes instances from `candidates` in order until `need` bytes are freed.
-fn take_until(candidates: Vec<&Instance>, need: u64) -> FreePlan {
+/// Takes instances from `candidates` in order until `need` bytes (as `bytes` counts them)
+/// are freed.
+fn take_until(candidates: Vec<&Instance>, need: u64, bytes: fn(&Instance) -> u64) -> FreePlan {
     let mut plan = FreePlan::default();
     for instance in candidates {
         if plan.freed_bytes >= need {
             break;
         }
         plan.victims.push(instance.id);
-        plan.freed_bytes += instance.resident_bytes;
+        plan.freed_bytes += bytes(instance);
     }
     plan.shortfall_bytes = need.saturating_sub(plan.freed_bytes);
     plan
@@ -80,28 +89,53 @@ pub fn choose_swap_out(instances: &[Instance], need: u64) -> FreePlan {
         .filter(|i| !i.running && i.resident_bytes > 0)
         .collect();
     candidates.sort_by(|a, b| last_to_run_first(a, b));
-    take_until(candidates, need)
+    take_until(candidates, need, |i| i.resident_bytes)
 }
 
-/// Chooses instances to kill when swapping alone cannot free `need` bytes: the last resort
-/// the paper keeps for when swap space runs out.
+/// Chooses *running* instances to suspend and swap out when the waiting ones cannot free
+/// `need` bytes of memory (the running instances alone outgrow it): lowest class first, latest
+/// arrival first, the run queue's own preemption order applied to memory. A suspended instance
+/// gives up its core, so its pages are not faulted straight back in; it runs again once it is
+/// swapped back in ([`choose_swap_in`]). Suspending instead of killing leaves killing to the
+/// one case swapping cannot handle: swap space running out.
+pub fn choose_suspensions(instances: &[Instance], need: u64) -> FreePlan {
+    if need == 0 {
+        return FreePlan::default();
+    }
+    let mut candidates: Vec<&Instance> = instances
+        .iter()
+        .filter(|i| i.running && i.resident_bytes > 0)
+        .collect();
+    candidates.sort_by(|a, b| last_to_run_first(a, b));
+    take_until(candidates, need, |i| i.resident_bytes)
+}
+
+/// Chooses instances to kill when memory and swap space together cannot hold `need` more
+/// bytes: the last resort the paper keeps for when swap space runs out.
 ///
-/// Same order as [`choose_swap_out`] (lowest class, latest arrival), but running instances
-/// are allowed: within a class a waiting instance still goes before a running one, since it
-/// has done less work that would be lost.
+/// An instance's bytes here are everything it holds, resident and swapped: when killing is
+/// needed it is swap space that ran out, and a swapped cheap instance is exactly what must
+/// go. So the top class is never killed while a cheaper class holds any memory. Same order
+/// as [`choose_swap_out`] (lowest class, latest arrival), running instances allowed: within a
+/// class a waiting instance still goes before a running one, since it has done less work that
+/// would be lost.
 pub fn choose_kills(instances: &[Instance], need: u64) -> FreePlan {
     if need == 0 {
         return FreePlan::default();
     }
-    let mut candidates: Vec<&Instance> =
-        instances.iter().filter(|i| i.resident_bytes > 0).collect();
+    let mut candidates: Vec<&Instance> = instances.iter().filter(|i| held_bytes(i) > 0).collect();
     candidates.sort_by(|a, b| {
         b.class
             .cmp(&a.class)
             .then(a.running.cmp(&b.running))
             .then(b.arrival.cmp(&a.arrival))
     });
-    take_until(candidates, need)
+    take_until(candidates, need, held_bytes)
+}
+
+/// Everything an instance holds: resident plus swapped bytes.
+pub fn held_bytes(instance: &Instance) -> u64 {
+    instance.resident_bytes + instance.swapped_bytes
 }
 
 /// Chooses swapped-out instances to bring back into `free_bytes` of memory: dearest class
@@ -200,9 +234,83 @@ mod tests {
     }
 
     #[test]
+    fn suspensions_take_running_instances_cheapest_and_latest_first() {
+        let instances = [
+            inst(1, 0, 0, 4000, true),
+            inst(2, 3, 1, 1000, true),
+            inst(3, 3, 2, 1000, true),
+            inst(4, 3, 3, 9000, false),
+        ];
+        let plan = choose_suspensions(&instances, 1500 * MB);
+        assert_eq!(
+            plan.victims,
+            vec![3, 2],
+            "waiting instances are not suspended"
+        );
+        assert_eq!(plan.shortfall_bytes, 0);
+        let plan = choose_suspensions(&instances, 5500 * MB);
+        assert_eq!(plan.victims, vec![3, 2, 1], "the top class goes last");
+    }
+
+    #[test]
+    fn kills_count_swapped_bytes_and_spare_the_top_class_while_cheaper_memory_exists() {
+        let mut swapped = inst(2, 3, 1, 0, false);
+        swapped.swapped_bytes = 2000 * MB;
+        let instances = [inst(1, 0, 0, 4000, true), swapped];
+        let plan = choose_kills(&instances, 1000 * MB);
+        assert_eq!(
+            plan.victims,
+            vec![2],
+            "a swapped cheap instance before the top class"
+        );
+        assert_eq!(plan.freed_bytes, 2000 * MB);
+    }
+
+    /// Random machines: whatever the need, a kill plan never takes a class while a cheaper
+    /// instance holding memory is left unchosen.
+    #[test]
+    fn kills_never_skip_a_cheaper_instance_holding_memory() {
+        let mut state = 0x2545_F491_4F6C_DD1D_u64;
+        let mut next = |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        for _ in 0..2000 {
+            let instances: Vec<Instance> = (0..1 + next(12))
+                .map(|id| {
+                    let mut i = inst(id, next(4) as u8, next(100), next(3) * 100, next(2) == 0);
+                    i.swapped_bytes = next(3) * 100 * MB;
+                    i
+                })
+                .collect();
+            let need = next(1000) * MB;
+            let plan = choose_kills(&instances, need);
+            let Some(dearest) = plan
+                .victims
+                .iter()
+                .map(|v| instances.iter().find(|i| i.id == *v).expect("known").class)
+                .min()
+            else {
+                continue;
+            };
+            for i in &instances {
+                if i.class > dearest && held_bytes(i) > 0 {
+                    assert!(
+                        plan.victims.contains(&i.id),
+                        "{instances:?} need {need}: {plan:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn nothing_needed_nothing_chosen() {
         let instances = [inst(1, 3, 0, 100, false)];
         assert_eq!(choose_swap_out(&instances, 0), FreePlan::default());
         assert_eq!(choose_kills(&instances, 0), FreePlan::default());
+        assert_eq!(choose_suspensions(&instances, 0), FreePlan::default());
     }
 }

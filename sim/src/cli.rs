@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use super::workload::{convert_azure, WorkloadConfig};
+use super::events::from_secs;
+use super::workload::{convert_azure, summarize_trace, trace_time_scale, WorkloadConfig};
 use super::{report, run_sweep, SimConfig, GB};
 
 /// Loads of the default sweep, around the cluster's capacity.
@@ -44,9 +45,10 @@ pub struct SimArgs {
     /// Invocations at or above a class a machine admits (default: its cores).
     #[arg(long)]
     pub slots: Option<u32>,
-    /// Simulated seconds.
-    #[arg(long, default_value_t = super::DEFAULT_DURATION_S)]
-    pub duration: f64,
+    /// Simulated seconds (default: 60, or with --trace the whole trace, time-scaled to each
+    /// load).
+    #[arg(long)]
+    pub duration: Option<f64>,
     /// Offered loads to sweep, as fractions of the cluster's cores, comma-separated.
     #[arg(long, default_value = DEFAULT_LOADS)]
     pub loads: String,
@@ -57,6 +59,22 @@ pub struct SimArgs {
     /// Memory per machine in GB (default: unlimited, the latency experiment's set-up).
     #[arg(long)]
     pub memory_gb: Option<f64>,
+    /// Swap space per machine in GB (default: unlimited, or 500 with --memory-experiment);
+    /// invocations are killed only when memory and swap are both full.
+    #[arg(long)]
+    pub swap_gb: Option<f64>,
+    /// Model swap-in time (Tariff only): swapped memory faults back in at this many GB/s when
+    /// its invocation gets a core (the development machine measured about 3.3 GB/s).
+    #[arg(long)]
+    pub swap_in_gbps: Option<f64>,
+    /// Model cold starts (Tariff only): this many ms added to an invocation's first start on a
+    /// machine where its function has no warm instance (spawning a static binary measured
+    /// about 0.5 ms, starting python3 about 12 ms).
+    #[arg(long)]
+    pub cold_start_ms: Option<f64>,
+    /// How long a function's instance stays warm after it finishes, with --cold-start-ms.
+    #[arg(long, default_value_t = super::DEFAULT_KEEP_ALIVE_S)]
+    pub keep_alive_s: f64,
     /// Run the paper's memory experiment (Fig. 5): 32 GB per machine, idle list on.
     #[arg(long)]
     pub memory_experiment: bool,
@@ -97,14 +115,40 @@ impl SimArgs {
         config.k = self.k;
         config.classes = self.classes;
         config.slots = self.slots.unwrap_or(self.cores as u32);
-        config.duration_s = self.duration;
+        config.duration_s = self.duration.unwrap_or(super::DEFAULT_DURATION_S);
+        config.whole_trace = self.trace.is_some() && self.duration.is_none();
         config.workload = WorkloadConfig::paper(self.classes);
         config.trace = self.trace.clone();
         config.idle_list |= self.idle_list;
         config.edf_absolute_deadlines = self.edf_absolute_deadlines;
         if let Some(gb) = self.memory_gb {
-            anyhow::ensure!(gb > 0.0, "--memory-gb must be positive");
+            anyhow::ensure!(
+                gb > 0.0 && gb.is_finite(),
+                "--memory-gb must be a positive number"
+            );
             config.memory_bytes = Some((gb * GB) as u64);
+        }
+        if let Some(gbps) = self.swap_in_gbps {
+            anyhow::ensure!(
+                gbps > 0.0 && gbps.is_finite(),
+                "--swap-in-gbps must be a positive number"
+            );
+            config.overheads.swap_in_bytes_per_s = Some(gbps * GB);
+        }
+        if let Some(ms) = self.cold_start_ms {
+            anyhow::ensure!(
+                ms >= 0.0 && ms.is_finite() && self.keep_alive_s >= 0.0,
+                "--cold-start-ms and --keep-alive-s must be non-negative numbers"
+            );
+            config.overheads.cold_start = Some(from_secs(ms / 1e3));
+        }
+        config.overheads.keep_alive = from_secs(self.keep_alive_s.max(0.0));
+        if let Some(gb) = self.swap_gb {
+            anyhow::ensure!(
+                gb >= 0.0 && gb.is_finite(),
+                "--swap-gb must be a non-negative number"
+            );
+            config.swap_bytes = Some((gb * GB) as u64);
         }
         if let Some(list) = &self.schedulers {
             config.schedulers = list
@@ -114,12 +158,7 @@ impl SimArgs {
                 .collect::<Result<_, String>>()
                 .map_err(anyhow::Error::msg)?;
         }
-        anyhow::ensure!(
-            self.machines > 0 && self.cores > 0 && self.shards > 0 && self.classes > 0,
-            "machines, cores, shards and classes must be positive"
-        );
-        anyhow::ensure!(self.classes <= usize::from(u8::MAX), "at most 255 classes");
-        anyhow::ensure!(self.duration > 0.0, "--duration must be positive");
+        config.validate().context("invalid flags")?;
         Ok(config)
     }
 
@@ -136,7 +175,7 @@ impl SimArgs {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         anyhow::ensure!(
-            !loads.is_empty() && loads.iter().all(|l| *l > 0.0),
+            !loads.is_empty() && loads.iter().all(|l| *l > 0.0 && l.is_finite()),
             "--loads needs positive numbers"
         );
         Ok(loads)
@@ -146,6 +185,29 @@ impl SimArgs {
 /// Writes `contents` to `path`.
 fn write(path: &Path, contents: &str) -> anyhow::Result<()> {
     std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Warns on stderr when an explicit `--duration` replays only part of a trace at some load
+/// (without `--duration` the whole trace is replayed).
+fn warn_partial_trace(
+    trace: &Path,
+    config: &SimConfig,
+    loads: &[f64],
+    duration_s: f64,
+) -> anyhow::Result<()> {
+    let summary = summarize_trace(trace)?;
+    for &load in loads {
+        let scale = trace_time_scale(&summary, config.capacity(), load);
+        let end_s = summary.last_arrival_s * scale;
+        if duration_s < end_s {
+            eprintln!(
+                "warning: at load {load} the trace's arrivals run for {end_s:.1} s; \
+                 --duration {duration_s} replays {:.1} % of it (omit --duration to replay all)",
+                100.0 * duration_s / end_s
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Runs `tariff sim` with these flags.
@@ -161,6 +223,9 @@ pub fn run(args: &SimArgs) -> anyhow::Result<()> {
     }
     let config = args.config()?;
     let loads = args.loads()?;
+    if let (Some(trace), Some(duration)) = (&args.trace, args.duration) {
+        warn_partial_trace(trace, &config, &loads, duration)?;
+    }
     let sweep = run_sweep(&config, &loads)?;
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -9,6 +9,7 @@
 use std::collections::{BTreeSet, VecDeque};
 
 use super::events::{Event, Nanos};
+use super::stats::BusyTally;
 use super::workload::Invocation;
 use super::{Ctx, SimConfig, SimScheduler};
 
@@ -22,6 +23,8 @@ pub struct Fifo {
     free: Vec<u32>,
     /// Busy cores per machine.
     busy: Vec<u32>,
+    /// Machines per number of busy cores, for utilisation samples.
+    tally: BusyTally,
     /// Machines with a free core, least busy first: (busy, machine).
     open: BTreeSet<(u32, u32)>,
     /// Cores per machine.
@@ -36,6 +39,7 @@ impl Fifo {
             running: Vec::new(),
             free: Vec::new(),
             busy: vec![0; config.machines],
+            tally: BusyTally::new(config.machines, config.cores),
             open: (0..config.machines as u32).map(|m| (0, m)).collect(),
             cores: config.cores as u32,
         }
@@ -45,6 +49,7 @@ impl Fifo {
     fn start(&mut self, inv: Invocation, m: u32, now: Nanos, ctx: &mut Ctx) {
         let busy = &mut self.busy[m as usize];
         self.open.remove(&(*busy, m));
+        self.tally.moved(*busy as usize, *busy as usize + 1);
         *busy += 1;
         if *busy < self.cores {
             self.open.insert((*busy, m));
@@ -79,6 +84,7 @@ impl SimScheduler for Fifo {
         if *busy < self.cores {
             self.open.remove(&(*busy, m));
         }
+        self.tally.moved(*busy as usize, *busy as usize - 1);
         *busy -= 1;
         self.open.insert((*busy, m));
         if let Some(next) = self.queue.pop_front() {
@@ -87,9 +93,6 @@ impl SimScheduler for Fifo {
     }
 
     fn tick(&mut self, _now: Nanos, ctx: &mut Ctx) {
-        for &busy in &self.busy {
-            ctx.stats
-                .utilisation_sample(f64::from(busy) / f64::from(self.cores));
-        }
+        ctx.stats.utilisation_tally(&self.tally);
     }
 }

@@ -18,6 +18,7 @@ use tariff_policy::placement;
 use tariff_policy::MachineIdx;
 
 use super::events::{Event, Nanos};
+use super::stats::BusyTally;
 use super::workload::Invocation;
 use super::{Ctx, SimConfig, SimScheduler};
 
@@ -103,6 +104,8 @@ pub struct Hermod {
     k: usize,
     /// Placement randomness.
     rng: SmallRng,
+    /// Machines per number of busy cores, for utilisation samples.
+    tally: BusyTally,
 }
 
 impl Hermod {
@@ -115,6 +118,7 @@ impl Hermod {
             cores: config.cores,
             k: config.k,
             rng: SmallRng::seed_from_u64(config.seed ^ HERMOD_SALT),
+            tally: BusyTally::new(config.machines, config.cores),
         }
     }
 }
@@ -131,6 +135,7 @@ impl SimScheduler for Hermod {
             return;
         };
         let machine = &mut self.machines[m as usize];
+        self.tally.moved(machine.jobs.len(), machine.jobs.len() + 1);
         machine.advance(now, self.cores);
         let finish = machine.service + inv.runtime as f64;
         machine.jobs.push(Reverse(Job {
@@ -148,6 +153,7 @@ impl SimScheduler for Hermod {
             return;
         }
         machine.advance(now, self.cores);
+        let before = machine.jobs.len();
         while let Some(Reverse(first)) = machine.jobs.peek() {
             if f64::from_bits(first.finish_bits) > machine.service + SERVICE_EPSILON {
                 break;
@@ -157,14 +163,11 @@ impl SimScheduler for Hermod {
             ctx.stats
                 .completed(job.class, job.arrival, job.runtime, now);
         }
+        self.tally.moved(before, machine.jobs.len());
         machine.reschedule(id, now, self.cores, ctx);
     }
 
     fn tick(&mut self, _now: Nanos, ctx: &mut Ctx) {
-        for machine in &self.machines {
-            let busy = machine.jobs.len().min(self.cores);
-            ctx.stats
-                .utilisation_sample(busy as f64 / self.cores as f64);
-        }
+        ctx.stats.utilisation_tally(&self.tally);
     }
 }

@@ -54,10 +54,19 @@ pub const DEFAULT_CLASSES: usize = 4;
 pub const DEFAULT_DURATION_S: f64 = 60.0;
 /// Memory per machine in the paper's memory experiment (Fig. 5).
 pub const MEMORY_EXPERIMENT_GB: f64 = 32.0;
+/// Swap space per machine in the memory experiment: the paper's 500 GB SSD (section 4.3,
+/// "with a 500GB SSD, a provider would comfortably be able to avoid killing").
+pub const MEMORY_EXPERIMENT_SWAP_GB: f64 = 500.0;
+/// Default keep-alive of a warm instance when cold starts are modelled: ten minutes, the
+/// order of what public providers keep idle instances for.
+pub const DEFAULT_KEEP_ALIVE_S: f64 = 600.0;
 /// Period of housekeeping ticks: utilisation and memory samples, and blocked shards' retry.
 /// 10 ms is a tenth of the mean runtime: fine enough to see memory grow, cheap next to the
 /// ~16 000 events per simulated second of the default set-up.
 pub const TICK: Nanos = 10_000_000;
+/// How far past a trace's last arrival a whole-trace run ends, so that arrival is inside the
+/// run (arrivals at or after the end are not simulated).
+pub const TRACE_END_MARGIN_S: f64 = 1e-3;
 /// Bytes per GB (binary, like [`MB`]).
 pub const GB: f64 = (1u64 << 30) as f64;
 
@@ -110,6 +119,61 @@ impl std::str::FromStr for SchedulerKind {
     }
 }
 
+/// Costs the paper assumes away (its assumption 3: swapping is free; and no cold starts),
+/// which Tariff's run can charge so that the simulator speaks about the live system. Only
+/// Tariff's run models them; the baselines stay the paper's ideal ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Overheads {
+    /// Bytes per second at which a swapped invocation's memory faults back in when it gets a
+    /// core; the time is added to its run on that core. Swapping out (kernel write-back) and
+    /// swapping in ahead of time while the invocation waits cost nothing. `None`: free.
+    pub swap_in_bytes_per_s: Option<f64>,
+    /// Time added to an invocation's first start on a machine where its function has not
+    /// finished within `keep_alive`. `None`: no cold starts.
+    pub cold_start: Option<Nanos>,
+    /// How long a finished function's instance stays warm on its machine.
+    pub keep_alive: Nanos,
+}
+
+/// A set-up that cannot run.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// A count that must be at least one is zero.
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+    /// More classes than a class id holds.
+    #[error("{0} classes: at most 255")]
+    TooManyClasses(usize),
+    /// k of power-of-k outside 1..=machines.
+    #[error("k = {k} must be between 1 and the number of machines ({machines}): power-of-k polls k machines")]
+    K {
+        /// The k asked for.
+        k: usize,
+        /// Machines in the cluster.
+        machines: usize,
+    },
+    /// A duration that is not a positive number of seconds.
+    #[error("duration {0} s must be a positive number of seconds")]
+    Duration(f64),
+    /// A load that is not a positive fraction.
+    #[error("load {0} must be a positive number")]
+    Load(f64),
+    /// No scheduler to run.
+    #[error("no scheduler to run")]
+    NoSchedulers,
+}
+
+/// Why a simulation could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// The set-up is impossible.
+    #[error("invalid set-up")]
+    Config(#[from] ConfigError),
+    /// The workload could not be read.
+    #[error("workload")]
+    Workload(#[from] WorkloadError),
+}
+
 /// One experiment: a cluster, a workload and a load.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -137,12 +201,20 @@ pub struct SimConfig {
     /// Memory per machine in bytes; `None` is the latency experiment's "absurdly high" memory,
     /// which also turns the memory model off.
     pub memory_bytes: Option<u64>,
+    /// Swap space per machine in bytes (memory model only); `None` is unlimited. Killing
+    /// happens only when memory and swap together are full.
+    pub swap_bytes: Option<u64>,
+    /// Overheads of the live system Tariff's run can model; all off in the paper's set-ups.
+    pub overheads: Overheads,
     /// Whether Tariff's shards place from the idle list (off in the latency experiment).
     pub idle_list: bool,
     /// The synthetic workload (ignored when replaying a trace).
     pub workload: WorkloadConfig,
     /// A trace CSV to replay instead of the synthetic workload.
     pub trace: Option<PathBuf>,
+    /// With a trace: run until its last arrival (time-scaled to each load) instead of
+    /// `duration_s`, so the whole trace is replayed whatever the load.
+    pub whole_trace: bool,
     /// EDF deadlines count from arrival (textbook EDF) instead of the paper's literal
     /// `runtime × max_price / price`; see [`edf`].
     pub edf_absolute_deadlines: bool,
@@ -163,19 +235,23 @@ impl SimConfig {
             load,
             schedulers: SchedulerKind::ALL.to_vec(),
             memory_bytes: None,
+            swap_bytes: None,
+            overheads: Overheads::default(),
             idle_list: false,
             workload: WorkloadConfig::paper(DEFAULT_CLASSES),
             trace: None,
+            whole_trace: false,
             edf_absolute_deadlines: false,
         }
     }
 
     /// The paper's memory experiment (Fig. 5) at `load`: Tariff only, 32 GB per machine,
-    /// idle list on.
+    /// a 500 GB swap device, idle list on.
     pub fn paper_memory(load: f64) -> Self {
         Self {
             schedulers: vec![SchedulerKind::TARIFF],
             memory_bytes: Some((MEMORY_EXPERIMENT_GB * GB) as u64),
+            swap_bytes: Some((MEMORY_EXPERIMENT_SWAP_GB * GB) as u64),
             idle_list: true,
             ..Self::paper(load)
         }
@@ -187,6 +263,41 @@ impl SimConfig {
         (0..self.classes)
             .map(|i| MAX_PRICE * (n - i as f64) / n)
             .collect()
+    }
+
+    /// Checks that the set-up can run: every count positive, k a number of machines, a
+    /// positive duration. A run of an impossible set-up would otherwise report all zeros.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, value) in [
+            ("machines", self.machines),
+            ("cores", self.cores),
+            ("shards", self.shards),
+            ("classes", self.classes),
+            ("slots", self.slots as usize),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        if self.classes > usize::from(u8::MAX) {
+            return Err(ConfigError::TooManyClasses(self.classes));
+        }
+        if !(1..=self.machines).contains(&self.k) {
+            return Err(ConfigError::K {
+                k: self.k,
+                machines: self.machines,
+            });
+        }
+        if !(self.duration_s > 0.0 && self.duration_s.is_finite()) {
+            return Err(ConfigError::Duration(self.duration_s));
+        }
+        if !(self.load > 0.0 && self.load.is_finite()) {
+            return Err(ConfigError::Load(self.load));
+        }
+        if self.schedulers.is_empty() {
+            return Err(ConfigError::NoSchedulers);
+        }
+        Ok(())
     }
 
     /// Cores in the cluster.
@@ -230,6 +341,8 @@ struct Workload {
     mean_runtime_s: f64,
     /// Multiplier on the trace's arrival times (trace runs).
     time_scale: f64,
+    /// Simulated seconds until just after the last (time-scaled) arrival (trace runs).
+    trace_end_s: Option<f64>,
 }
 
 impl Workload {
@@ -238,15 +351,14 @@ impl Workload {
         match &config.trace {
             Some(path) => {
                 let summary = workload::summarize_trace(path)?;
+                let time_scale =
+                    workload::trace_time_scale(&summary, config.capacity(), config.load);
                 Ok(Self {
                     table: None,
                     rate: 0.0,
                     mean_runtime_s: summary.mean_runtime_s(),
-                    time_scale: workload::trace_time_scale(
-                        &summary,
-                        config.capacity(),
-                        config.load,
-                    ),
+                    time_scale,
+                    trace_end_s: Some(summary.last_arrival_s * time_scale + TRACE_END_MARGIN_S),
                 })
             }
             None => {
@@ -257,6 +369,7 @@ impl Workload {
                     rate: config.load * config.capacity() as f64 / mean,
                     mean_runtime_s: mean,
                     time_scale: 1.0,
+                    trace_end_s: None,
                 })
             }
         }
@@ -391,24 +504,32 @@ fn parallel<T: Send, R: Send>(jobs: Vec<T>, work: impl Fn(T) -> R + Sync) -> Vec
 }
 
 /// Runs every scheduler of `config` on an identical workload.
-pub fn run_experiment(config: &SimConfig) -> Result<ExperimentReport, WorkloadError> {
+pub fn run_experiment(config: &SimConfig) -> Result<ExperimentReport, SimError> {
     let mut sweep = run_sweep(config, &[config.load])?;
     Ok(sweep.experiments.remove(0))
 }
 
 /// Runs `config` at each of `loads`, every scheduler in parallel where cores allow.
-pub fn run_sweep(config: &SimConfig, loads: &[f64]) -> Result<SweepReport, WorkloadError> {
-    let configs: Vec<SimConfig> = loads
+pub fn run_sweep(config: &SimConfig, loads: &[f64]) -> Result<SweepReport, SimError> {
+    let mut configs: Vec<SimConfig> = loads
         .iter()
         .map(|&load| SimConfig {
             load,
             ..config.clone()
         })
         .collect();
+    for config in &configs {
+        config.validate()?;
+    }
     let workloads = configs
         .iter()
         .map(Workload::new)
         .collect::<Result<Vec<_>, _>>()?;
+    for (config, workload) in configs.iter_mut().zip(&workloads) {
+        if let (true, Some(end)) = (config.whole_trace, workload.trace_end_s) {
+            config.duration_s = end;
+        }
+    }
     let jobs: Vec<(usize, SchedulerKind)> = (0..configs.len())
         .flat_map(|i| config.schedulers.iter().map(move |&k| (i, k)))
         .collect();

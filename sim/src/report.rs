@@ -51,6 +51,10 @@ pub struct SchedulerReport {
     pub swapped_mb_per_machine: Option<Vec<f64>>,
     /// Most MB held in swap at once per machine: the swap space each needed.
     pub peak_swap_mb_per_machine: Option<Vec<f64>>,
+    /// Kills of an instance while a cheaper class on its machine held memory (memory model
+    /// only; the kill rule keeps it 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kills_over_cheaper: Option<u64>,
 }
 
 /// One experiment: a set-up at one load, every scheduler on the same workload.
@@ -72,8 +76,14 @@ pub struct ExperimentReport {
     pub duration_s: f64,
     /// Memory per machine in GB, if limited.
     pub memory_gb: Option<f64>,
+    /// Swap space per machine in GB, if limited (memory model only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swap_gb: Option<f64>,
     /// Whether Tariff used the idle list.
     pub idle_list: bool,
+    /// Modelled overheads, when any is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overheads: Option<super::Overheads>,
     /// Whether EDF's deadlines counted from arrival.
     pub edf_absolute_deadlines: bool,
     /// Trace replayed, if any.
@@ -115,7 +125,14 @@ pub(crate) fn experiment_report(
         k: config.k,
         duration_s: config.duration_s,
         memory_gb: config.memory_bytes.map(|b| b as f64 / GB),
+        swap_gb: config
+            .memory_bytes
+            .and(config.swap_bytes)
+            .map(|b| b as f64 / GB),
         idle_list: config.idle_list,
+        overheads: (config.overheads.swap_in_bytes_per_s.is_some()
+            || config.overheads.cold_start.is_some())
+        .then_some(config.overheads),
         edf_absolute_deadlines: config.edf_absolute_deadlines,
         trace: config.trace.as_ref().map(|p| p.display().to_string()),
         mean_runtime_s,
@@ -169,6 +186,7 @@ pub(crate) fn scheduler_report(
                 .map(|&b| to_mb(b))
                 .collect()
         }),
+        kills_over_cheaper: memory.then_some(stats.kills_over_cheaper),
     }
 }
 
@@ -247,6 +265,40 @@ pub const CLASS_COLOURS: [&str; 6] = [
 ];
 /// Lowest slowdown drawn on the log axis.
 const MIN_SLOWDOWN: f64 = 1.0;
+/// Horizontal offset in px between the lines of neighbouring classes, so lines that coincide
+/// (every class at slowdown 1 below capacity) are drawn side by side instead of on top of each
+/// other; small next to the ≥ 30 px between loads.
+const CLASS_DODGE_PX: f64 = 3.0;
+/// Significant digits of an axis label: "248.3M" rather than "248336817.000", which ran off
+/// the figure's left edge.
+const LABEL_DIGITS: usize = 4;
+
+/// Pixel x offset of class `c` of `classes`, centred on the true x.
+fn dodge(c: usize, classes: usize) -> f64 {
+    (c as f64 - (classes.saturating_sub(1)) as f64 / 2.0) * CLASS_DODGE_PX
+}
+
+/// A compact axis label: at most [`LABEL_DIGITS`] significant digits, with a k/M/G/T suffix.
+pub fn axis_label(value: f64) -> String {
+    const SUFFIXES: [(f64, &str); 4] = [(1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")];
+    let (scaled, suffix) = SUFFIXES
+        .iter()
+        .find(|(unit, _)| value.abs() >= *unit)
+        .map_or((value, ""), |(unit, suffix)| (value / unit, *suffix));
+    let magnitude = if scaled == 0.0 {
+        0
+    } else {
+        scaled.abs().log10().floor() as i32
+    };
+    let decimals = (LABEL_DIGITS as i32 - 1 - magnitude).clamp(0, LABEL_DIGITS as i32 - 1);
+    let text = format!("{scaled:.*}", decimals as usize);
+    let text = if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        text
+    };
+    format!("{text}{suffix}")
+}
 
 /// An SVG document being assembled.
 pub struct Svg {
@@ -398,7 +450,7 @@ impl Svg {
         }
         for y in [ys.0, ys.1] {
             let value = if log { 10f64.powf(y) } else { y };
-            let label = format!("{value:.3}");
+            let label = axis_label(value);
             let py = if log { panel.py(value) } else { panel.py(y) };
             self.text(x0 - 4.0, py + 3.0, &label, "end", 9.0);
         }
@@ -527,7 +579,7 @@ pub fn fig4_svg(sweep: &SweepReport) -> String {
                 .filter(|(_, s)| s.classes[c].completed > 0)
                 .map(|(load, s)| {
                     (
-                        panel.px(*load),
+                        panel.px(*load) + dodge(c, classes),
                         panel.py(s.classes[c].slowdown.p99.max(MIN_SLOWDOWN)),
                     )
                 })
@@ -582,7 +634,12 @@ pub fn fig5_svg(sweep: &SweepReport) -> String {
     for c in 0..classes {
         let points: Vec<(f64, f64)> = tariff
             .iter()
-            .map(|(load, s)| (panel.px(*load), panel.py(s.classes[c].swapped_mb)))
+            .map(|(load, s)| {
+                (
+                    panel.px(*load) + dodge(c, classes),
+                    panel.py(s.classes[c].swapped_mb),
+                )
+            })
             .collect();
         svg.polyline(&points, CLASS_COLOURS[c % CLASS_COLOURS.len()]);
     }
@@ -626,4 +683,27 @@ pub fn fig5_svg(sweep: &SweepReport) -> String {
     }
     svg.class_legend(classes);
     svg.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn axis_labels_are_short_and_keep_four_digits() {
+        assert_eq!(axis_label(0.0), "0");
+        assert_eq!(axis_label(1.0), "1");
+        assert_eq!(axis_label(0.5), "0.5");
+        assert_eq!(axis_label(885.247), "885.2");
+        assert_eq!(axis_label(248_336_817.0), "248.3M");
+        assert_eq!(axis_label(1_000.0), "1k");
+        assert_eq!(axis_label(12_345_678_901.0), "12.35G");
+    }
+
+    #[test]
+    fn neighbouring_classes_are_drawn_apart_around_the_true_x() {
+        let offsets: Vec<f64> = (0..4).map(|c| dodge(c, 4)).collect();
+        assert!(offsets.windows(2).all(|w| w[1] - w[0] >= CLASS_DODGE_PX));
+        assert!(offsets.iter().sum::<f64>().abs() < 1e-9);
+    }
 }

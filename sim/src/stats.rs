@@ -75,6 +75,9 @@ pub struct Stats {
     pub swapped_per_machine: Vec<u64>,
     /// Most bytes held in swap at once per machine: the swap space it needs.
     pub peak_swap_per_machine: Vec<u64>,
+    /// Kills of an instance while a cheaper class's instance on its machine held memory
+    /// (resident or swapped) and was spared: the kill rule forbids it, so this stays 0.
+    pub kills_over_cheaper: u64,
 }
 
 impl Stats {
@@ -86,6 +89,7 @@ impl Stats {
             memory_utilisation: histogram(),
             swapped_per_machine: vec![0; machines],
             peak_swap_per_machine: vec![0; machines],
+            kills_over_cheaper: 0,
         }
     }
 
@@ -130,10 +134,51 @@ impl Stats {
             .saturating_record((fraction * UTIL_SCALE).round() as u64);
     }
 
+    /// One utilisation sample per machine, from the tally of busy cores: the same samples as
+    /// calling [`Self::utilisation_sample`] for every machine, in O(cores) rather than
+    /// O(machines) (on 1,000 machines the per-machine loop every 10 ms was most of the run).
+    pub fn utilisation_tally(&mut self, tally: &BusyTally) {
+        for (busy, &machines) in tally.machines_at.iter().enumerate() {
+            if machines > 0 {
+                let fraction = busy as f64 / tally.cores as f64;
+                self.utilisation
+                    .saturating_record_n((fraction * UTIL_SCALE).round() as u64, machines);
+            }
+        }
+    }
+
     /// One memory utilisation sample (a fraction; above 1 before swapping catches up).
     pub fn memory_sample(&mut self, fraction: f64) {
         self.memory_utilisation
             .saturating_record((fraction * UTIL_SCALE).round() as u64);
+    }
+}
+
+/// How many machines have each number of busy cores, kept up to date as cores are taken and
+/// freed, so a tick samples the whole cluster's utilisation without visiting every machine.
+#[derive(Debug, Clone)]
+pub struct BusyTally {
+    /// Machines with `i` busy cores at index `i` (0..=cores).
+    machines_at: Vec<u64>,
+    /// Cores per machine.
+    cores: usize,
+}
+
+impl BusyTally {
+    /// `machines` idle machines of `cores` cores.
+    pub fn new(machines: usize, cores: usize) -> Self {
+        let mut machines_at = vec![0; cores + 1];
+        machines_at[0] = machines as u64;
+        Self { machines_at, cores }
+    }
+
+    /// A machine went from `from` to `to` busy cores (each at most `cores`).
+    pub fn moved(&mut self, from: usize, to: usize) {
+        let (from, to) = (from.min(self.cores), to.min(self.cores));
+        if from != to {
+            self.machines_at[from] -= 1;
+            self.machines_at[to] += 1;
+        }
     }
 }
 

@@ -13,6 +13,14 @@
 //! Memory per the paper: an invocation holds 100 MB when placed and grows linearly to its
 //! total as it runs. Memory is sampled at every event on the machine and at every tick, so
 //! growth between events is seen within one tick.
+//!
+//! Pressure is resolved in three steps, each only when the previous cannot: swap out waiting
+//! instances ([`swap::choose_swap_out`]); suspend running ones and swap them out
+//! ([`swap::choose_suspensions`]) — eight cores of instances growing to up to 10 GB each
+//! outgrow 32 GB on their own a few per cent of the time, which used to end in kills; kill
+//! ([`swap::choose_kills`]) only when memory and swap space together are full. A suspended
+//! instance leaves the run queue and its core; when it is swapped back in it rejoins the run
+//! queue (behind the instances of its class already there).
 
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
@@ -26,9 +34,12 @@ use tariff_policy::{FunctionKey, MachineIdx, ShardConfig, ShardCore, Step};
 use tariff_types::wire::IdleEntry;
 use tariff_types::ClassId;
 
-use super::events::{to_duration, Event, Nanos};
+use std::collections::HashMap;
+
+use super::events::{from_secs, to_duration, Event, Nanos};
+use super::stats::BusyTally;
 use super::workload::{Invocation, INITIAL_MEMORY_MB, MB};
-use super::{Ctx, SimConfig, SimScheduler};
+use super::{Ctx, Overheads, SimConfig, SimScheduler};
 
 /// Memory a machine reports on the idle list when the memory model is off ("absurdly high").
 const UNLIMITED_MEMORY: u64 = u64::MAX / 2;
@@ -64,6 +75,10 @@ struct Task {
     seq: u64,
     /// Bytes swapped out (0 = resident).
     swapped: u64,
+    /// Suspended for memory: out of the run queue until swapped back in.
+    parked: bool,
+    /// Whether it has had a core yet (a cold start is charged once).
+    started: bool,
 }
 
 impl Task {
@@ -96,6 +111,8 @@ struct Machine {
     resident: u64,
     /// Its dispatcher's idle-list state.
     advert: IdleAdvertiser,
+    /// When each function last finished here (cold-start model only).
+    warm: HashMap<u32, Nanos>,
 }
 
 /// Tariff's policy code wired to the event loop.
@@ -116,10 +133,10 @@ pub struct Tariff {
     free: Vec<u32>,
     /// Slots of a machine.
     slots: u32,
-    /// Cores of a machine.
-    cores: usize,
     /// Memory per machine; `None` disables the memory model.
     capacity: Option<u64>,
+    /// Swap space per machine (`u64::MAX` when unlimited).
+    swap_capacity: u64,
     /// Whether machines announce themselves on idle lists.
     idle_list: bool,
     /// k for the dispatcher's choice of shard.
@@ -130,6 +147,10 @@ pub struct Tariff {
     seq: u64,
     /// Scratch for swap choices.
     instances: Vec<Instance>,
+    /// Machines per number of busy cores, for utilisation samples.
+    busy: BusyTally,
+    /// Overheads charged to invocations.
+    overheads: Overheads,
 }
 
 impl Tariff {
@@ -167,6 +188,7 @@ impl Tariff {
                 advert: IdleAdvertiser::new(IdlePolicy::new(
                     config.memory_bytes.unwrap_or(UNLIMITED_MEMORY),
                 )),
+                warm: HashMap::new(),
             })
             .collect();
         Self {
@@ -178,13 +200,15 @@ impl Tariff {
             tasks: Vec::new(),
             free: Vec::new(),
             slots: config.slots,
-            cores: config.cores,
             capacity: config.memory_bytes,
+            swap_capacity: config.swap_bytes.unwrap_or(u64::MAX),
             idle_list: config.idle_list,
             k: config.k,
             rng: SmallRng::seed_from_u64(config.seed ^ DISPATCHER_SALT),
             seq: 0,
             instances: Vec::new(),
+            busy: BusyTally::new(config.machines, config.cores),
+            overheads: config.overheads,
         }
     }
 
@@ -252,8 +276,24 @@ impl Tariff {
                     task.running = true;
                     task.since = now;
                     task.generation = task.generation.wrapping_add(1);
-                    // Paper assumption 3: swapping back in takes no time.
+                    if let Some(rate) = self.overheads.swap_in_bytes_per_s {
+                        task.remaining += from_secs(task.swapped as f64 / rate);
+                    }
+                    // Without a swap-in rate, paper assumption 3: swapping back in is free.
                     task.swapped = 0;
+                    if !task.started {
+                        task.started = true;
+                        if let Some(cold) = self.overheads.cold_start {
+                            let warm_since = now.saturating_sub(self.overheads.keep_alive);
+                            let warm = self.machines[m]
+                                .warm
+                                .get(&task.inv.function)
+                                .is_some_and(|&t| t >= warm_since);
+                            if !warm {
+                                task.remaining += cold;
+                            }
+                        }
+                    }
                     ctx.events.push(
                         now + task.remaining,
                         Event::Completion {
@@ -261,7 +301,9 @@ impl Tariff {
                             generation: task.generation,
                         },
                     );
-                    self.machines[m].running += 1;
+                    let running = &mut self.machines[m].running;
+                    self.busy.moved(*running as usize, *running as usize + 1);
+                    *running += 1;
                 }
                 Decision::Preempt(id) => {
                     let task = &mut self.tasks[id as usize];
@@ -270,7 +312,9 @@ impl Tariff {
                         .saturating_sub(now.saturating_sub(task.since));
                     task.running = false;
                     task.generation = task.generation.wrapping_add(1);
-                    self.machines[m].running -= 1;
+                    let running = &mut self.machines[m].running;
+                    self.busy.moved(*running as usize, *running as usize - 1);
+                    *running -= 1;
                 }
             }
         }
@@ -283,6 +327,8 @@ impl Tariff {
         let machine = &mut self.machines[m];
         machine.counts[usize::from(task.inv.class)] -= 1;
         if task.running {
+            self.busy
+                .moved(machine.running as usize, machine.running as usize - 1);
             machine.running -= 1;
         }
         if let Some(pos) = machine.tasks.iter().position(|&t| t == id) {
@@ -332,23 +378,21 @@ impl Tariff {
         (resident, swapped)
     }
 
-    /// Swaps (or, as a last resort, kills) until machine `m` fits in `capacity`; swaps back
-    /// in when there is room to spare.
+    /// Swaps (then suspends, and as a last resort kills) until machine `m` fits in
+    /// `capacity`; swaps back in when there is room to spare.
     fn check_memory(&mut self, m: usize, capacity: u64, now: Nanos, ctx: &mut Ctx) {
         for _ in 0..MAX_MEMORY_ROUNDS {
             let (resident, swapped) = self.collect_instances(m, now);
             self.machines[m].resident = resident;
             ctx.stats.swap_occupancy(m, swapped);
+            let held = resident + swapped;
+            let room = capacity.saturating_add(self.swap_capacity);
+            if held > room {
+                self.kill(held - room, now, ctx);
+                continue;
+            }
             if resident <= capacity {
-                let headroom = (capacity as f64 * SWAP_IN_HEADROOM_FRACTION) as u64;
-                let room = capacity.saturating_sub(resident + headroom);
-                if room > 0 && self.instances.iter().any(|i| i.swapped_bytes > 0) {
-                    for id in swap::choose_swap_in(&self.instances, room) {
-                        let task = &mut self.tasks[id as usize];
-                        self.machines[m].resident += task.swapped;
-                        task.swapped = 0;
-                    }
-                }
+                self.swap_in(m, capacity, resident, now, ctx);
                 return;
             }
             let plan = swap::choose_swap_out(&self.instances, resident - capacity);
@@ -362,13 +406,73 @@ impl Tariff {
                 self.machines[m].resident = resident - plan.freed_bytes;
                 return;
             }
-            let swapped: Vec<u64> = plan.victims;
-            self.instances.retain(|i| !swapped.contains(&i.id));
-            let kills = swap::choose_kills(&self.instances, plan.shortfall_bytes);
-            for id in kills.victims {
-                let class = self.tasks[id as usize].inv.class;
-                ctx.stats.killed(class);
-                self.remove(id as u32, now, ctx);
+            let swapped_out = plan.victims;
+            self.instances.retain(|i| !swapped_out.contains(&i.id));
+            let suspend = swap::choose_suspensions(&self.instances, plan.shortfall_bytes);
+            for id in suspend.victims {
+                self.suspend(m, id as u32, now, ctx);
+            }
+        }
+    }
+
+    /// Kills instances holding at least `need` bytes, as the swap policy
+    /// chooses (the scratch list must be fresh), and counts any kill that spared a cheaper
+    /// instance holding memory.
+    fn kill(&mut self, need: u64, now: Nanos, ctx: &mut Ctx) {
+        let kills = swap::choose_kills(&self.instances, need);
+        for &id in &kills.victims {
+            let class = self.tasks[id as usize].inv.class;
+            let spared_cheaper = self.instances.iter().any(|i| {
+                i.class > class && swap::held_bytes(i) > 0 && !kills.victims.contains(&i.id)
+            });
+            if spared_cheaper {
+                ctx.stats.kills_over_cheaper += 1;
+            }
+        }
+        for id in kills.victims {
+            let class = self.tasks[id as usize].inv.class;
+            ctx.stats.killed(class);
+            self.remove(id as u32, now, ctx);
+        }
+    }
+
+    /// Takes running task `id` off its core and swaps it out: the run queue forgets it and
+    /// gives the core to the next task; it comes back through [`Self::swap_in`].
+    fn suspend(&mut self, m: usize, id: u32, now: Nanos, ctx: &mut Ctx) {
+        let bytes = self.tasks[id as usize].resident(now);
+        let decisions = self.machines[m].rq.finish(u64::from(id));
+        let task = &mut self.tasks[id as usize];
+        task.remaining = task
+            .remaining
+            .saturating_sub(now.saturating_sub(task.since));
+        task.running = false;
+        task.generation = task.generation.wrapping_add(1);
+        task.parked = true;
+        task.swapped = bytes.max(1);
+        ctx.stats.swapped(task.inv.class, m, bytes);
+        let running = &mut self.machines[m].running;
+        self.busy.moved(*running as usize, *running as usize - 1);
+        *running -= 1;
+        self.apply(m, &decisions, now, ctx);
+    }
+
+    /// Brings swapped instances of machine `m` back in while more than the headroom is free;
+    /// a suspended one rejoins the run queue.
+    fn swap_in(&mut self, m: usize, capacity: u64, resident: u64, now: Nanos, ctx: &mut Ctx) {
+        let headroom = (capacity as f64 * SWAP_IN_HEADROOM_FRACTION) as u64;
+        let room = capacity.saturating_sub(resident + headroom);
+        if room == 0 || !self.instances.iter().any(|i| i.swapped_bytes > 0) {
+            return;
+        }
+        for id in swap::choose_swap_in(&self.instances, room) {
+            let task = &mut self.tasks[id as usize];
+            self.machines[m].resident += task.swapped;
+            task.swapped = 0;
+            if task.parked {
+                task.parked = false;
+                let class = task.inv.class;
+                let decisions = self.machines[m].rq.arrive(id, class);
+                self.apply(m, &decisions, now, ctx);
             }
         }
     }
@@ -431,6 +535,8 @@ impl SimScheduler for Tariff {
             running: false,
             seq: 0,
             swapped: 0,
+            parked: false,
+            started: false,
         };
         let id = super::slots::store(&mut self.tasks, &mut self.free, task, |old, new| Task {
             generation: old.generation,
@@ -460,16 +566,22 @@ impl SimScheduler for Tariff {
         }
         ctx.stats
             .completed(task.inv.class, task.inv.arrival, task.inv.runtime, now);
+        if self.overheads.cold_start.is_some() {
+            self.machines[task.machine as usize]
+                .warm
+                .insert(task.inv.function, now);
+        }
         self.remove(id, now, ctx);
         self.after_machine_event(task.machine as usize, now, ctx);
         self.drive_dirty(now, ctx);
     }
 
     fn tick(&mut self, now: Nanos, ctx: &mut Ctx) {
-        for m in 0..self.machines.len() {
-            ctx.stats
-                .utilisation_sample(f64::from(self.machines[m].running) / self.cores as f64);
-            if let Some(capacity) = self.capacity {
+        ctx.stats.utilisation_tally(&self.busy);
+        if let Some(capacity) = self.capacity {
+            // Memory grows between events, so every machine is checked; only the memory model
+            // pays for this.
+            for m in 0..self.machines.len() {
                 self.after_machine_event(m, now, ctx);
                 ctx.stats
                     .memory_sample(self.machines[m].resident as f64 / capacity as f64);

@@ -53,8 +53,9 @@ pub struct Invocation {
 /// Errors reading or converting traces.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkloadError {
-    /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    /// A file could not be read or written (the cause is the source, not repeated here, so a
+    /// chained message names it once).
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -74,6 +75,52 @@ pub enum WorkloadError {
     /// The trace holds no invocations.
     #[error("{0}: trace is empty")]
     Empty(PathBuf),
+    /// The trace's arrivals span no time (a single row, or every row at one instant), so it
+    /// has no rate to scale to a load.
+    #[error(
+        "{path}: {invocations} invocation(s) all arriving at {at_s} s: a trace needs arrivals \
+         spread over time to be scaled to a load"
+    )]
+    NoSpan {
+        /// The file.
+        path: PathBuf,
+        /// Invocations in it.
+        invocations: u64,
+        /// The one arrival time, in seconds.
+        at_s: f64,
+    },
+    /// No file of an Azure trace directory plays a role the converter needs.
+    #[error("{dir}: no {role} file (looked for {patterns}); the directory holds: {found}")]
+    AzureFileMissing {
+        /// The directory.
+        dir: PathBuf,
+        /// What the file holds ("invocation counts", …).
+        role: &'static str,
+        /// The names accepted for it.
+        patterns: String,
+        /// The CSV files the directory does hold.
+        found: String,
+    },
+    /// Several files of an Azure trace directory could play one role.
+    #[error("{dir}: several {role} files ({candidates}); put one day's files in a directory")]
+    AzureFileAmbiguous {
+        /// The directory.
+        dir: PathBuf,
+        /// What the file holds.
+        role: &'static str,
+        /// The candidates.
+        candidates: String,
+    },
+    /// A CSV header lacks a column the converter needs (the file has another layout).
+    #[error("{path}: header has no column {column:?} (header: {header})")]
+    MissingColumn {
+        /// The file.
+        path: PathBuf,
+        /// The column looked for.
+        column: String,
+        /// The header found, shortened.
+        header: String,
+    },
 }
 
 /// Parameters of the synthetic workload.
@@ -258,6 +305,8 @@ pub struct TraceSummary {
     pub busy_s: f64,
     /// Time from the first to the last arrival, in seconds.
     pub span_s: f64,
+    /// The last arrival, in seconds from the trace's time zero.
+    pub last_arrival_s: f64,
 }
 
 impl TraceSummary {
@@ -339,18 +388,28 @@ pub fn summarize_trace(path: &Path) -> Result<TraceSummary, WorkloadError> {
         invocations: 0,
         busy_s: 0.0,
         span_s: 0.0,
+        last_arrival_s: 0.0,
     };
     let mut first: Option<f64> = None;
     let mut last = 0.0_f64;
-    for (i, line) in open(path)?.lines().enumerate() {
-        let line = line.map_err(|source| WorkloadError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        if skip_line(&line) {
+    let mut reader = open(path)?;
+    let mut buffer = String::new();
+    for i in 0.. {
+        buffer.clear();
+        let read = reader
+            .read_line(&mut buffer)
+            .map_err(|source| WorkloadError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+        if read == 0 {
+            break;
+        }
+        let line = buffer.trim_end_matches(['\n', '\r']);
+        if skip_line(line) {
             continue;
         }
-        let row = parse_row(&line).map_err(|reason| WorkloadError::Parse {
+        let row = parse_row(line).map_err(|reason| WorkloadError::Parse {
             path: path.to_owned(),
             line: i + 1,
             reason,
@@ -369,13 +428,23 @@ pub fn summarize_trace(path: &Path) -> Result<TraceSummary, WorkloadError> {
     }
     let first = first.ok_or_else(|| WorkloadError::Empty(path.to_owned()))?;
     summary.span_s = last - first;
+    summary.last_arrival_s = last;
+    if summary.span_s <= 0.0 {
+        return Err(WorkloadError::NoSpan {
+            path: path.to_owned(),
+            invocations: summary.invocations,
+            at_s: first,
+        });
+    }
     Ok(summary)
 }
 
 /// Streams a trace CSV, stretching time by `time_scale` (> 1 slows arrivals down).
 pub struct TraceReader {
-    /// The file's lines.
-    lines: std::io::Lines<BufReader<File>>,
+    /// The file.
+    reader: BufReader<File>,
+    /// The current line, reused so a row costs no allocation.
+    line: String,
     /// Multiplier applied to arrival times.
     time_scale: f64,
     /// Function names seen so far, to number them.
@@ -388,7 +457,8 @@ impl TraceReader {
     /// Opens `path` (validated by [`summarize_trace`] first).
     pub fn open(path: &Path, time_scale: f64, classes: usize) -> Result<Self, WorkloadError> {
         Ok(Self {
-            lines: open(path)?.lines(),
+            reader: open(path)?,
+            line: String::new(),
             time_scale,
             functions: HashMap::new(),
             lowest_class: classes.saturating_sub(1).min(u8::MAX as usize) as u8,
@@ -403,16 +473,23 @@ impl Iterator for TraceReader {
     /// ends the stream.
     fn next(&mut self) -> Option<Invocation> {
         loop {
-            let line = self.lines.next()?.ok()?;
-            if skip_line(&line) {
+            self.line.clear();
+            if self.reader.read_line(&mut self.line).ok()? == 0 {
+                return None;
+            }
+            let line = self.line.trim_end_matches(['\n', '\r']);
+            if skip_line(line) {
                 continue;
             }
-            let row = parse_row(&line).ok()?;
-            let next_id = self.functions.len() as u32;
-            let function = *self
-                .functions
-                .entry(row.function.to_owned())
-                .or_insert(next_id);
+            let row = parse_row(line).ok()?;
+            let function = match self.functions.get(row.function) {
+                Some(&id) => id,
+                None => {
+                    let id = self.functions.len() as u32;
+                    self.functions.insert(row.function.to_owned(), id);
+                    id
+                }
+            };
             return Some(Invocation {
                 arrival: from_secs(row.arrival_s * self.time_scale),
                 function,
@@ -427,23 +504,140 @@ impl Iterator for TraceReader {
 // ---------------------------------------------------------------------------------------------
 // Azure Functions 2019 converter.
 
-/// File of per-minute invocation counts in the 2019 trace format.
-pub const AZURE_INVOCATIONS_FILE: &str = "104_inv.csv";
-/// File of per-function duration percentiles.
-pub const AZURE_DURATIONS_FILE: &str = "104_run.csv";
-/// File of per-application memory percentiles.
-pub const AZURE_MEMORY_FILE: &str = "104_mem.csv";
-/// Quantiles of the duration columns `percentile_Average_{0,1,25,50,75,99,100}`.
-const AZURE_DURATION_QUANTILES: [f64; 7] = [0.0, 0.01, 0.25, 0.5, 0.75, 0.99, 1.0];
-/// First duration percentile column (after HashFunction, HashApp, HashOwner, Count, Average,
-/// Minimum, Maximum).
-const AZURE_DURATION_FIRST_COLUMN: usize = 7;
-/// Quantiles of the memory columns `AverageAllocatedMb_pct{1,5,25,50,75,95,99,100}`.
-const AZURE_MEMORY_QUANTILES: [f64; 8] = [0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0];
-/// First memory percentile column (after HashApp, HashOwner, SampleCount, AverageAllocatedMb).
-const AZURE_MEMORY_FIRST_COLUMN: usize = 4;
-/// First count column of the invocations file (after HashFunction, HashApp, HashOwner).
-const AZURE_COUNT_FIRST_COLUMN: usize = 3;
+/// A file of the 2019 trace layout the converter reads, and the names it is known by: the
+/// vHive invitro samples (`104_inv.csv`, `1000_run.csv`, …), the names invitro's sampler
+/// writes, and the public data set's own (`invocations_per_function_md.anon.d01.csv`, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AzureFile {
+    /// Per-minute invocation counts per function.
+    Invocations,
+    /// Duration percentiles per function.
+    Durations,
+    /// Allocated-memory percentiles per application.
+    Memory,
+}
+
+impl AzureFile {
+    /// What the file holds, for messages.
+    pub fn role(self) -> &'static str {
+        match self {
+            Self::Invocations => "invocation counts",
+            Self::Durations => "duration percentiles",
+            Self::Memory => "memory percentiles",
+        }
+    }
+
+    /// Suffixes (any prefix, e.g. `104_`, `1000_`) and prefixes a file of this role has.
+    fn patterns(self) -> (&'static [&'static str], &'static [&'static str]) {
+        match self {
+            Self::Invocations => (
+                &["_inv.csv"],
+                &["invocations_per_function", "invocations.csv"],
+            ),
+            Self::Durations => (&["_run.csv"], &["function_durations", "durations.csv"]),
+            Self::Memory => (&["_mem.csv"], &["app_memory", "memory.csv"]),
+        }
+    }
+
+    /// Whether `name` is a file of this role.
+    fn matches(self, name: &str) -> bool {
+        let (suffixes, prefixes) = self.patterns();
+        name.ends_with(".csv")
+            && (suffixes.iter().any(|s| name.ends_with(s))
+                || prefixes.iter().any(|p| name.starts_with(p)))
+    }
+
+    /// The accepted names, for messages.
+    fn describe(self) -> String {
+        let (suffixes, prefixes) = self.patterns();
+        suffixes
+            .iter()
+            .map(|s| format!("*{s}"))
+            .chain(prefixes.iter().map(|p| {
+                if p.ends_with(".csv") {
+                    (*p).to_owned()
+                } else {
+                    format!("{p}*.csv")
+                }
+            }))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The one file of this role in `dir`.
+    pub fn find(self, dir: &Path) -> Result<PathBuf, WorkloadError> {
+        let entries = std::fs::read_dir(dir).map_err(|source| WorkloadError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let mut csvs = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| WorkloadError::Io {
+                path: dir.to_owned(),
+                source,
+            })?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".csv") {
+                csvs.push(name);
+            }
+        }
+        csvs.sort();
+        let candidates: Vec<&String> = csvs.iter().filter(|n| self.matches(n)).collect();
+        match candidates.as_slice() {
+            [one] => Ok(dir.join(one)),
+            [] => Err(WorkloadError::AzureFileMissing {
+                dir: dir.to_owned(),
+                role: self.role(),
+                patterns: self.describe(),
+                found: if csvs.is_empty() {
+                    "no CSV files".to_owned()
+                } else {
+                    csvs.join(", ")
+                },
+            }),
+            many => Err(WorkloadError::AzureFileAmbiguous {
+                dir: dir.to_owned(),
+                role: self.role(),
+                candidates: many
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+}
+
+/// Function hash column (invocations and durations files).
+const AZURE_FUNCTION_COLUMN: &str = "HashFunction";
+/// Application hash column (every file).
+const AZURE_APP_COLUMN: &str = "HashApp";
+/// Duration percentile columns and their quantiles.
+const AZURE_DURATION_COLUMNS: [(&str, f64); 7] = [
+    ("percentile_Average_0", 0.0),
+    ("percentile_Average_1", 0.01),
+    ("percentile_Average_25", 0.25),
+    ("percentile_Average_50", 0.5),
+    ("percentile_Average_75", 0.75),
+    ("percentile_Average_99", 0.99),
+    ("percentile_Average_100", 1.0),
+];
+/// Memory percentile columns and their quantiles.
+const AZURE_MEMORY_COLUMNS: [(&str, f64); 8] = [
+    ("AverageAllocatedMb_pct1", 0.01),
+    ("AverageAllocatedMb_pct5", 0.05),
+    ("AverageAllocatedMb_pct25", 0.25),
+    ("AverageAllocatedMb_pct50", 0.5),
+    ("AverageAllocatedMb_pct75", 0.75),
+    ("AverageAllocatedMb_pct95", 0.95),
+    ("AverageAllocatedMb_pct99", 0.99),
+    ("AverageAllocatedMb_pct100", 1.0),
+];
+/// Prefix of the sample's per-minute count columns (`minute_1`…); the public data set names
+/// them `1`…`1440` and has a `Trigger` column before them, which is not a count.
+const AZURE_MINUTE_PREFIX: &str = "minute_";
+/// Characters of a header quoted in an error.
+const HEADER_CHARS_SHOWN: usize = 160;
 /// Memory assumed for an application missing from the memory file, in MB.
 const AZURE_DEFAULT_MEMORY_MB: f64 = 128.0;
 /// Characters of a hash kept as the function name in the output.
@@ -473,48 +667,142 @@ impl Quantiles {
     }
 }
 
-/// Reads a CSV file's data rows (header skipped) as vectors of fields.
-fn read_csv(path: &Path) -> Result<Vec<Vec<String>>, WorkloadError> {
-    let mut rows = Vec::new();
-    for line in open(path)?.lines().skip(1) {
-        let line = line.map_err(|source| WorkloadError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        if !line.trim().is_empty() {
-            rows.push(line.split(',').map(|f| f.trim().to_owned()).collect());
-        }
-    }
-    Ok(rows)
+/// A CSV file read whole: its header and data rows, split into fields.
+struct Csv {
+    /// The file, for messages.
+    path: PathBuf,
+    /// Column names.
+    header: Vec<String>,
+    /// Data rows with their 1-based line numbers.
+    rows: Vec<(usize, Vec<String>)>,
 }
 
-/// Parses fields `first..first + quantiles.len()` of `row` as an inverse CDF.
-fn parse_quantiles(
-    path: &Path,
-    line: usize,
-    row: &[String],
-    first: usize,
-    quantiles: &[f64],
-) -> Result<Quantiles, WorkloadError> {
-    let mut points = Vec::with_capacity(quantiles.len());
-    for (i, q) in quantiles.iter().enumerate() {
-        let field = row.get(first + i).ok_or_else(|| WorkloadError::Parse {
+impl Csv {
+    /// Reads `path`.
+    fn read(path: &Path) -> Result<Self, WorkloadError> {
+        let mut lines = open(path)?.lines().enumerate();
+        let io = |source| WorkloadError::Io {
             path: path.to_owned(),
-            line,
-            reason: format!("expected {} columns", first + quantiles.len()),
-        })?;
-        let v: f64 = field.parse().map_err(|_| WorkloadError::Parse {
+            source,
+        };
+        let header = match lines.next() {
+            Some((_, line)) => split_fields(&line.map_err(io)?),
+            None => return Err(WorkloadError::Empty(path.to_owned())),
+        };
+        let mut rows = Vec::new();
+        for (i, line) in lines {
+            let line = line.map_err(io)?;
+            if !line.trim().is_empty() {
+                rows.push((i + 1, split_fields(&line)));
+            }
+        }
+        Ok(Self {
             path: path.to_owned(),
-            line,
-            reason: format!("not a number: {field:?}"),
-        })?;
-        points.push((*q, v.max(0.0)));
+            header,
+            rows,
+        })
     }
-    // Percentile columns are monotone in the data set; enforce it so interpolation is sane.
-    for i in 1..points.len() {
-        points[i].1 = points[i].1.max(points[i - 1].1);
+
+    /// The index of column `name`.
+    fn column(&self, name: &str) -> Result<usize, WorkloadError> {
+        self.header
+            .iter()
+            .position(|h| h == name)
+            .ok_or_else(|| WorkloadError::MissingColumn {
+                path: self.path.clone(),
+                column: name.to_owned(),
+                header: self.header_shown(),
+            })
     }
-    Ok(Quantiles(points))
+
+    /// The header, shortened for a message.
+    fn header_shown(&self) -> String {
+        let whole = self.header.join(",");
+        match whole.char_indices().nth(HEADER_CHARS_SHOWN) {
+            Some((cut, _)) => format!("{}…", &whole[..cut]),
+            None => whole,
+        }
+    }
+
+    /// Field `column` of `row` (line `line`), or a parse error naming it.
+    fn field<'a>(
+        &self,
+        line: usize,
+        row: &'a [String],
+        column: usize,
+    ) -> Result<&'a str, WorkloadError> {
+        row.get(column)
+            .map(String::as_str)
+            .ok_or_else(|| WorkloadError::Parse {
+                path: self.path.clone(),
+                line,
+                reason: format!(
+                    "{} fields, the header has {} (no {})",
+                    row.len(),
+                    self.header.len(),
+                    self.header[column]
+                ),
+            })
+    }
+
+    /// Reads columns `columns` (name, quantile) of `row` as an inverse CDF.
+    fn quantiles(
+        &self,
+        line: usize,
+        row: &[String],
+        columns: &[(usize, f64)],
+    ) -> Result<Quantiles, WorkloadError> {
+        let mut points = Vec::with_capacity(columns.len());
+        for &(column, q) in columns {
+            let field = self.field(line, row, column)?;
+            let v: f64 = field.parse().map_err(|_| WorkloadError::Parse {
+                path: self.path.clone(),
+                line,
+                reason: format!("{}: not a number: {field:?}", self.header[column]),
+            })?;
+            points.push((q, v.max(0.0)));
+        }
+        // Percentile columns are monotone in the data set; enforce it so interpolation is sane.
+        for i in 1..points.len() {
+            points[i].1 = points[i].1.max(points[i - 1].1);
+        }
+        Ok(Quantiles(points))
+    }
+
+    /// The indices of named quantile columns.
+    fn quantile_columns(&self, names: &[(&str, f64)]) -> Result<Vec<(usize, f64)>, WorkloadError> {
+        names
+            .iter()
+            .map(|&(name, q)| Ok((self.column(name)?, q)))
+            .collect()
+    }
+
+    /// The per-minute count columns, in order: `minute_N` or a bare number `N`.
+    fn minute_columns(&self) -> Result<Vec<usize>, WorkloadError> {
+        let columns: Vec<usize> = self
+            .header
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| {
+                let n = h.strip_prefix(AZURE_MINUTE_PREFIX).unwrap_or(h);
+                !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if columns.is_empty() {
+            return Err(WorkloadError::MissingColumn {
+                path: self.path.clone(),
+                column: format!("{AZURE_MINUTE_PREFIX}1 or 1 (per-minute counts)"),
+                header: self.header_shown(),
+            });
+        }
+        Ok(columns)
+    }
+}
+
+/// Splits a CSV line into trimmed fields (the Azure files quote nothing).
+fn split_fields(line: &str) -> Vec<String> {
+    line.split(',').map(|f| f.trim().to_owned()).collect()
 }
 
 /// How a conversion went.
@@ -559,53 +847,58 @@ pub fn convert_azure(
     let mut rng = SmallRng::seed_from_u64(seed);
     let weights = bimodal_weights(classes.max(1));
 
-    let run_path = dir.join(AZURE_DURATIONS_FILE);
+    let runs = Csv::read(&AzureFile::Durations.find(dir)?)?;
+    let mems = Csv::read(&AzureFile::Memory.find(dir)?)?;
+    let invs = Csv::read(&AzureFile::Invocations.find(dir)?)?;
+
+    let run_function = runs.column(AZURE_FUNCTION_COLUMN)?;
+    let run_app = runs.column(AZURE_APP_COLUMN)?;
+    let run_columns = runs.quantile_columns(&AZURE_DURATION_COLUMNS)?;
     let mut durations = HashMap::new();
-    for (i, row) in read_csv(&run_path)?.iter().enumerate() {
-        let q = parse_quantiles(
-            &run_path,
-            i + 2,
-            row,
-            AZURE_DURATION_FIRST_COLUMN,
-            &AZURE_DURATION_QUANTILES,
-        )?;
-        durations.insert(row[0].clone(), q);
+    for (line, row) in &runs.rows {
+        let q = runs.quantiles(*line, row, &run_columns)?;
+        let key = (
+            runs.field(*line, row, run_app)?.to_owned(),
+            runs.field(*line, row, run_function)?.to_owned(),
+        );
+        durations.insert(key, q);
     }
-    let mem_path = dir.join(AZURE_MEMORY_FILE);
+    let mem_app = mems.column(AZURE_APP_COLUMN)?;
+    let mem_columns = mems.quantile_columns(&AZURE_MEMORY_COLUMNS)?;
     let mut memory = HashMap::new();
-    for (i, row) in read_csv(&mem_path)?.iter().enumerate() {
-        let q = parse_quantiles(
-            &mem_path,
-            i + 2,
-            row,
-            AZURE_MEMORY_FIRST_COLUMN,
-            &AZURE_MEMORY_QUANTILES,
-        )?;
-        memory.insert(row[0].clone(), q);
+    for (line, row) in &mems.rows {
+        let q = mems.quantiles(*line, row, &mem_columns)?;
+        memory.insert(mems.field(*line, row, mem_app)?.to_owned(), q);
     }
-    let inv_path = dir.join(AZURE_INVOCATIONS_FILE);
+    let inv_function = invs.column(AZURE_FUNCTION_COLUMN)?;
+    let inv_app = invs.column(AZURE_APP_COLUMN)?;
+    let minute_columns = invs.minute_columns()?;
     let mut functions = Vec::new();
     let mut skipped = 0;
-    for (i, row) in read_csv(&inv_path)?.into_iter().enumerate() {
-        let Some(duration) = durations.get(&row[0]).cloned() else {
+    for (line, row) in &invs.rows {
+        let name = invs.field(*line, row, inv_function)?;
+        let app = invs.field(*line, row, inv_app)?;
+        let Some(duration) = durations.get(&(app.to_owned(), name.to_owned())).cloned() else {
             skipped += 1;
             continue;
         };
-        let memory = row
-            .get(1)
-            .and_then(|app| memory.get(app).cloned())
+        let memory = memory
+            .get(app)
+            .cloned()
             .unwrap_or(Quantiles(vec![(0.0, AZURE_DEFAULT_MEMORY_MB)]));
-        let counts = row[AZURE_COUNT_FIRST_COLUMN.min(row.len())..]
+        let counts = minute_columns
             .iter()
-            .map(|c| c.parse::<u32>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| WorkloadError::Parse {
-                path: inv_path.clone(),
-                line: i + 2,
-                reason: format!("invocation count: {e}"),
-            })?;
+            .map(|&c| {
+                let field = invs.field(*line, row, c)?;
+                field.parse::<u32>().map_err(|_| WorkloadError::Parse {
+                    path: invs.path.clone(),
+                    line: *line,
+                    reason: format!("{}: not an invocation count: {field:?}", invs.header[c]),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         functions.push(AzureFunction {
-            name: row[0].chars().take(AZURE_NAME_CHARS).collect(),
+            name: name.chars().take(AZURE_NAME_CHARS).collect(),
             counts,
             duration,
             memory,
