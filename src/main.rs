@@ -14,6 +14,7 @@ use tariff_types::PriceClasses;
 
 mod commands;
 mod local;
+mod status;
 
 /// Tariff: a price-class priority scheduler for serverless functions.
 #[derive(Parser, Debug)]
@@ -56,8 +57,8 @@ enum Command {
     Invoke(commands::InvokeArgs),
     /// List registered functions.
     Functions(commands::ShardAddr),
-    /// Show a shard's queues, machines and idle list.
-    Status(commands::ShardAddr),
+    /// Show the cluster at a glance: every shard and dispatcher, queues, throughput.
+    Status(commands::StatusArgs),
     /// Run an embedded cluster (shards, dispatchers, example functions) in this process.
     Local(local::LocalArgs),
     /// Run the discrete-event simulator of the paper's experiments (docs/simulator.md).
@@ -86,8 +87,11 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use std::io::IsTerminal;
+    // Colour codes only where a person reads them: logs redirected to files stay greppable.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }
