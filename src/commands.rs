@@ -207,12 +207,15 @@ pub async fn shard(global: &Global, args: ShardArgs) -> anyhow::Result<()> {
         slow_threshold: args.slow,
         sample_every: (!args.trace_sample.is_zero()).then_some(args.trace_sample),
     };
+    // Before binding: from the moment the shard records its address, a SIGTERM must stop it
+    // cleanly (removing the record) rather than kill it.
+    let stop = crate::shutdown_signal();
     let shard = Shard::bind(&cluster, store, options).context("starting the shard")?;
     println!("tariff shard listening on {}", shard.local_addr());
     if let Some(addr) = shard.metrics_addr() {
         println!("metrics on http://{addr}/metrics");
     }
-    shard.run(crate::shutdown_signal()).await;
+    shard.run(stop).await;
     Ok(())
 }
 
@@ -262,13 +265,14 @@ pub async fn dispatcher(global: &Global, args: DispatcherArgs) -> anyhow::Result
         policy: args.policy,
         metrics: args.metrics,
     };
+    let stop = crate::shutdown_signal();
     let scheduler = tariff_machine_sched::machine::MachineScheduler::new(machine_options);
     let dispatcher =
         Dispatcher::new(&cluster, options, scheduler).context("starting the dispatcher")?;
     if let Some(addr) = dispatcher.metrics_addr() {
         println!("metrics on http://{addr}/metrics");
     }
-    dispatcher.run(crate::shutdown_signal()).await;
+    dispatcher.run(stop).await;
     Ok(())
 }
 

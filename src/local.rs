@@ -119,8 +119,9 @@ pub async fn run(global: &Global, args: LocalArgs) -> anyhow::Result<()> {
     let result = if args.demo {
         demo(&cluster, &local, &args).await
     } else {
+        let stop = crate::shutdown_signal();
         println!("running; Ctrl-C to stop");
-        crate::shutdown_signal().await;
+        stop.await;
         Ok(())
     };
     local.stop().await;

@@ -96,13 +96,19 @@ fn init_tracing(default: &str) {
         .init();
 }
 
-/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM). The handlers are
+/// installed when this is called, not when the future is first polled, so a process that
+/// says it is ready and then awaits this cannot be killed outright by a signal sent in
+/// between (a test stopping `tariff local` right after its "running" line did).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut interrupt = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }
 
