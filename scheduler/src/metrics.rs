@@ -96,8 +96,7 @@ pub(crate) struct ShardMetrics {
 impl ShardMetrics {
     /// Registers every series for a shard with these classes.
     pub(crate) fn new(classes: &PriceClasses) -> Self {
-        let mut registry = Registry::default();
-        let m = Self {
+        let mut m = Self {
             registry: Registry::default(),
             classes: classes.names().map(str::to_owned).collect(),
             invocations: Family::default(),
@@ -113,67 +112,67 @@ impl ShardMetrics {
             idle_list: Gauge::default(),
             in_flight: Gauge::default(),
         };
-        registry.register(
+        m.registry.register(
             "tariff_shard_invocations",
             "Invocations answered by this shard, by class and outcome (ok or the error kind)",
             m.invocations.clone(),
         );
-        registry.register(
+        m.registry.register(
             "tariff_shard_latency_seconds",
             "End-to-end time of successful invocations on the shard, request in to answer out",
             m.latency.clone(),
         );
-        registry.register(
+        m.registry.register(
             "tariff_shard_queue_wait_seconds",
             "Time successful invocations waited in the shard's queue before a machine was chosen",
             m.queue_wait.clone(),
         );
-        registry.register(
+        m.registry.register(
             "tariff_shard_run_seconds",
             "Time successful invocations ran on their machine, start to finish",
             m.run.clone(),
         );
-        registry.register(
+        m.registry.register(
             "tariff_shard_starts",
             "Successful invocations by whether a process was started (cold) or a warm instance served it",
             m.starts.clone(),
         );
-        registry.register(
+        m.registry.register(
             "tariff_shard_preempted_invocations",
             "Successful invocations that were held back by dearer work at least once",
             m.preempted.clone(),
         );
-        registry.register(
+        m.registry.register(
             "tariff_shard_preempted_seconds",
             "Time successful invocations were runnable but held back by dearer work",
             m.preempted_seconds.clone(),
         );
-        registry.register(
+        m.registry.register(
             "tariff_shard_placements",
             "Placements by how the machine was found: warm (a listed machine with a warm instance), idle_list, or power_of_k (after polling k machines)",
             m.placements.clone(),
         );
-        registry.register(
+        m.registry.register(
             "tariff_shard_queue_length",
             "Invocations queued on this shard, by class",
             m.queue_length.clone(),
         );
-        registry.register(
+        m.registry.register(
             "tariff_shard_machines",
             "Machines (dispatchers) registered with this shard",
             m.machines.clone(),
         );
-        registry.register(
+        m.registry.register(
             "tariff_shard_idle_list_machines",
             "Machines on this shard's idle list",
             m.idle_list.clone(),
         );
-        registry.register(
+        m.registry.register(
             "tariff_shard_in_flight",
             "Invocations this shard has sent to machines and not yet seen answered",
             m.in_flight.clone(),
         );
-        Self { registry, ..m }
+        m
     }
 
     fn class_name(&self, class: Option<ClassId>) -> String {
