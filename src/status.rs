@@ -101,7 +101,13 @@ impl ClusterView {
             for machine in &status.machine_status {
                 let view = dispatchers.entry(machine.name.clone()).or_default();
                 if view.shards.is_empty() || machine.last_heard_ms < view.latest.last_heard_ms {
+                    // Free memory reaches only the shards a machine lists with or is polled
+                    // by: keep a report from another shard rather than show none.
+                    let known = view.latest.free_memory_bytes;
                     view.latest = machine.clone();
+                    view.latest.free_memory_bytes = machine.free_memory_bytes.or(known);
+                } else if view.latest.free_memory_bytes.is_none() {
+                    view.latest.free_memory_bytes = machine.free_memory_bytes;
                 }
                 if view.running.len() < machine.running.len() {
                     view.running.resize(machine.running.len(), 0);
@@ -114,6 +120,10 @@ impl ClusterView {
                     view.listed_on.push(status.shard_id);
                 }
             }
+        }
+        for view in dispatchers.values_mut() {
+            view.shards.sort_unstable();
+            view.listed_on.sort_unstable();
         }
         Self {
             shards,
