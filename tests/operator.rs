@@ -300,3 +300,53 @@ fn status_lists_every_process_of_a_two_shard_two_dispatcher_cluster() {
         }
     });
 }
+
+#[test]
+fn slow_and_failed_invocations_are_logged_with_their_stages_and_ids() {
+    runtime().block_on(async {
+        let mut cluster = TestCluster::new();
+        // Every success is "slow" at 1 µs; no samples, so only slow and failed ones appear.
+        cluster.start_shard_logging(&["--slow", "1us", "--trace-sample", "0s"], "info");
+        cluster.start_dispatcher("m1", 1, &[]);
+        cluster.wait_for_machines(1).await;
+        cluster.deploy_examples().await;
+        let client = cluster.client(0).await;
+        let ok = common::invoke(&client, common::request("echo", "high", "secret-payload"))
+            .await
+            .expect("echo answers");
+        let failed =
+            common::invoke(&client, common::request("no-such-function", "batch", "")).await;
+        assert!(failed.is_err());
+
+        let log = std::fs::read_to_string(cluster.shard_log(0)).unwrap();
+        let slow = log
+            .lines()
+            .find(|l| l.contains("slow invocation"))
+            .unwrap_or_else(|| panic!("no slow-invocation line:\n{log}"));
+        for field in [
+            format!("id={}", ok.id),
+            "class=high".into(),
+            "tenant=test".into(),
+            "function=echo".into(),
+            "queued_us=".into(),
+            "start_us=".into(),
+            "run_us=".into(),
+            "preempted_us=".into(),
+            "total_us=".into(),
+            "machine=m1".into(),
+        ] {
+            assert!(slow.contains(&field), "{field} missing from {slow}");
+        }
+        let failure = log
+            .lines()
+            .find(|l| l.contains("invocation failed"))
+            .unwrap_or_else(|| panic!("no failed-invocation line:\n{log}"));
+        assert!(
+            failure.contains("kind=\"unknown_function\"")
+                || failure.contains("kind=unknown_function"),
+            "{failure}"
+        );
+        assert!(failure.contains("class=batch"), "{failure}");
+        assert!(!log.contains("secret-payload"), "payloads are never logged");
+    });
+}

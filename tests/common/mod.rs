@@ -140,7 +140,19 @@ impl TestCluster {
 
     /// Starts a shard with extra arguments and waits for its address.
     pub fn start_shard(&mut self, extra: &[&str]) -> SocketAddr {
+        self.start_shard_logging(extra, "warn")
+    }
+
+    /// Where shard `n` (in start order) logs.
+    pub fn shard_log(&self, n: usize) -> PathBuf {
+        self.dir.path().join(format!("shard-{n}.log"))
+    }
+
+    /// Starts a shard with extra arguments, logging at `rust_log` to [`TestCluster::shard_log`],
+    /// and waits for its address.
+    pub fn start_shard_logging(&mut self, extra: &[&str], rust_log: &str) -> SocketAddr {
         let n = self.shards.len();
+        let log = std::fs::File::create(self.shard_log(n)).expect("log file");
         let data_dir = self.dir.path().join(format!("shard-{n}"));
         let addr_file = data_dir.join("shard.addr");
         let cpus = non_function_cpus();
@@ -158,6 +170,8 @@ impl TestCluster {
             });
         }
         let child = command
+            .env("RUST_LOG", rust_log)
+            .stderr(log)
             .args(["shard", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data_dir)
             .args(extra)
