@@ -33,6 +33,31 @@ fn clients_find_recorded_shards_and_a_stopped_shard_removes_its_record() {
         assert!(out.status.success(), "{out:?}");
         assert_eq!(out.stdout, b"found you");
 
+        // A dispatcher given no --shards serves the recorded ones.
+        let child = cluster
+            .command()
+            .args([
+                "dispatcher",
+                "--cores",
+                "1",
+                "--memory",
+                "1G",
+                "--name",
+                "m2",
+            ])
+            .arg("--data-dir")
+            .arg(cluster.dir.path().join("dispatcher-m2"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning tariff dispatcher");
+        let mut second = Proc {
+            child,
+            name: "m2".into(),
+        };
+        cluster.wait_for_machines(2).await;
+        second.stop();
+
         cluster.shards[0].stop();
         assert!(
             recorded_shards(&cluster.cluster_dir()).unwrap().is_empty(),
