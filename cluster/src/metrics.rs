@@ -22,6 +22,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -36,6 +39,52 @@ pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=ut
 const MAX_REQUEST_BYTES: usize = 8 * 1024;
 /// A connection must send its request within this time, so idle sockets cannot pile up.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Smallest latency bucket: 100 µs, about a warm placement's round trip on one host.
+const FIRST_BUCKET_SECONDS: f64 = 0.000_1;
+/// Latency buckets double 21 times, so the largest finite one is about 105 s, past the
+/// default one-minute timeout. Shards and dispatchers share the layout so their histograms
+/// can be compared bucket for bucket.
+const BUCKETS: u16 = 21;
+
+/// A latency histogram with the buckets every Tariff process uses.
+pub fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(FIRST_BUCKET_SECONDS, 2.0, BUCKETS))
+}
+
+/// A family of latency histograms, one per label set.
+pub type LatencyFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// An empty [`LatencyFamily`].
+pub fn latency_family<L: Clone + std::hash::Hash + Eq>() -> LatencyFamily<L> {
+    Family::new_with_constructor(latency_histogram)
+}
+
+/// Labels of a series split by price class. Class names are few and fixed when a shard
+/// starts, so the label is bounded.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabel {
+    /// The class's name.
+    pub class: String,
+}
+
+/// Labels of an invocation counter: its class and how it ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// The class's name.
+    pub class: String,
+    /// `ok`, or the error's kind (`InvokeError::kind`, a fixed set).
+    pub outcome: String,
+}
+
+/// Labels of a start counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StartLabels {
+    /// The class's name.
+    pub class: String,
+    /// `cold` (a process was started) or `warm` (a warm instance served it).
+    pub start: String,
+}
 
 /// Why the metrics endpoint could not start.
 #[derive(Debug, thiserror::Error)]

@@ -13,47 +13,17 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use tariff_cluster::metrics::Exposition;
+use tariff_cluster::metrics::{
+    latency_family, ClassLabel, Exposition, LatencyFamily, OutcomeLabels, StartLabels,
+};
 use tariff_types::wire::Completion;
-
-/// Smallest run-time bucket: 100 µs, about a warm instance's round trip.
-const FIRST_BUCKET_SECONDS: f64 = 0.000_1;
-/// Buckets double 21 times, up to about 105 s.
-const BUCKETS: u16 = 21;
-
-/// Labels of a series split by price class.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ClassLabel {
-    class: String,
-}
-
-/// Labels of the run counter.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutcomeLabels {
-    class: String,
-    /// `ok`, or the error's kind (`InvokeError::kind`).
-    outcome: String,
-}
-
-/// Labels of the start counter.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StartLabels {
-    class: String,
-    /// `cold` or `warm`.
-    start: String,
-}
 
 /// Labels of the instance gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     /// `idle` (a warm instance waiting) or `running` (a function process at work).
     state: String,
-}
-
-fn run_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(FIRST_BUCKET_SECONDS, 2.0, BUCKETS))
 }
 
 /// A snapshot of the machine's levels, taken at scrape time.
@@ -84,7 +54,7 @@ pub(crate) trait LevelSource: Send + Sync + 'static {
 pub(crate) struct DispatcherMetrics {
     registry: Registry,
     runs: Family<OutcomeLabels, Counter>,
-    run_seconds: Family<ClassLabel, Histogram, fn() -> Histogram>,
+    run_seconds: LatencyFamily<ClassLabel>,
     starts: Family<StartLabels, Counter>,
     free_memory: Gauge,
     running: Family<ClassLabel, Gauge>,
@@ -99,8 +69,7 @@ impl DispatcherMetrics {
     pub(crate) fn new(cores: u32, memory_bytes: u64) -> Self {
         let mut registry = Registry::default();
         let runs = Family::<OutcomeLabels, Counter>::default();
-        let run_seconds =
-            Family::<ClassLabel, Histogram, fn() -> Histogram>::new_with_constructor(run_histogram);
+        let run_seconds = latency_family();
         let starts = Family::<StartLabels, Counter>::default();
         let free_memory = Gauge::default();
         let running = Family::<ClassLabel, Gauge>::default();

@@ -26,42 +26,16 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use tariff_cluster::metrics::Exposition;
+use tariff_cluster::metrics::{
+    latency_family, ClassLabel, Exposition, LatencyFamily, OutcomeLabels, StartLabels,
+};
 use tariff_types::{ClassId, PriceClasses};
 
 use crate::state::{Answer, PlacementCounts, ShardState};
 
-/// Smallest latency bucket: 100 µs, about a warm placement's round trip on one host.
-const FIRST_BUCKET_SECONDS: f64 = 0.000_1;
-/// Buckets double 21 times, so the largest finite one is about 105 s, past the default
-/// one-minute timeout.
-const BUCKETS: u16 = 21;
 /// The class label of a request whose class did not resolve (a bad `--class`).
 const UNKNOWN_CLASS: &str = "unknown";
-
-/// Labels of a series split by price class.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct ClassLabel {
-    class: String,
-}
-
-/// Labels of the invocation counter.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct OutcomeLabels {
-    class: String,
-    /// `ok`, or the error's kind (`InvokeError::kind`).
-    outcome: String,
-}
-
-/// Labels of the start counter.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct StartLabels {
-    class: String,
-    /// `cold` (a process was started) or `warm` (a warm instance served it).
-    start: String,
-}
 
 /// Labels of the placement counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -70,19 +44,15 @@ pub(crate) struct PathLabel {
     path: String,
 }
 
-fn latency_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(FIRST_BUCKET_SECONDS, 2.0, BUCKETS))
-}
-
 /// Every series a shard exposes, and the registry that encodes them.
 pub(crate) struct ShardMetrics {
     registry: Registry,
     /// Class names by class id, for labels.
     classes: Vec<String>,
     invocations: Family<OutcomeLabels, Counter>,
-    latency: Family<ClassLabel, Histogram, fn() -> Histogram>,
-    queue_wait: Family<ClassLabel, Histogram, fn() -> Histogram>,
-    run: Family<ClassLabel, Histogram, fn() -> Histogram>,
+    latency: LatencyFamily<ClassLabel>,
+    queue_wait: LatencyFamily<ClassLabel>,
+    run: LatencyFamily<ClassLabel>,
     starts: Family<StartLabels, Counter>,
     preempted: Family<ClassLabel, Counter>,
     preempted_seconds: Family<ClassLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
@@ -100,9 +70,9 @@ impl ShardMetrics {
             registry: Registry::default(),
             classes: classes.names().map(str::to_owned).collect(),
             invocations: Family::default(),
-            latency: Family::new_with_constructor(latency_histogram),
-            queue_wait: Family::new_with_constructor(latency_histogram),
-            run: Family::new_with_constructor(latency_histogram),
+            latency: latency_family(),
+            queue_wait: latency_family(),
+            run: latency_family(),
             starts: Family::default(),
             preempted: Family::default(),
             preempted_seconds: Family::default(),
