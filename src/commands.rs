@@ -485,8 +485,9 @@ pub async fn status(global: &Global, args: StatusArgs) -> anyhow::Result<()> {
     loop {
         match crate::status::gather(&cluster, &addrs).await {
             Ok(view) => {
-                if !args.json {
-                    // Clear the screen and home the cursor, as `top` does.
+                if !args.json && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                    // Clear the screen and home the cursor, as `top` does; into a pipe or a
+                    // file the tables simply follow one another.
                     print!("\x1b[2J\x1b[H");
                 }
                 print_status(&view, args.json)?;
