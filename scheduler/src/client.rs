@@ -68,56 +68,53 @@ async fn queue_and_wait(
     request: InvokeRequest,
 ) -> Answer {
     let state = service.state();
-    async move {
-        let options = service.options();
-        let class = options
-            .classes
-            .resolve(&request.class)
-            .map_err(|e| InvokeError::BadClass(e.to_string()))?;
-        if request.payload.len() > options.max_payload_bytes {
-            return Err(InvokeError::PayloadTooLarge {
-                size: request.payload.len() as u64,
-                limit: options.max_payload_bytes as u64,
-            });
-        }
-        let function = service
-            .registry()
-            .lookup(&request.function)
-            .map_err(|e| InvokeError::StartFailed(e.to_string()))?
-            .ok_or_else(|| InvokeError::UnknownFunction(request.function.clone()))?;
-        let timeout = match request.timeout_ms {
-            0 => options.default_timeout,
-            ms => Duration::from_millis(ms),
-        };
-        let deadline = Instant::now() + timeout;
-        let mut result = state
-            .submit(Submission {
-                id,
-                class,
-                tenant: request.tenant,
-                function,
-                payload: request.payload,
-                timeout,
-                deadline,
-            })
-            .map_err(|overloaded| InvokeError::Overloaded {
-                queued: overloaded.queued as u64,
-                limit: overloaded.limit as u64,
-            })?;
-        debug!("queued");
-        let received = match tokio::time::timeout_at(deadline.into(), &mut result).await {
-            Ok(received) => received,
-            Err(_) => {
-                // Answers with the timeout unless a result got there first; either way the
-                // answer is now in the channel.
-                state.abandon(id, InvokeError::TimedOut(timeout.as_millis() as u64));
-                result.await
-            }
-        };
-        // The sender is dropped unanswered only when the shard itself is torn down.
-        received.unwrap_or(Err(InvokeError::ShuttingDown))
+    let options = service.options();
+    let class = options
+        .classes
+        .resolve(&request.class)
+        .map_err(|e| InvokeError::BadClass(e.to_string()))?;
+    if request.payload.len() > options.max_payload_bytes {
+        return Err(InvokeError::PayloadTooLarge {
+            size: request.payload.len() as u64,
+            limit: options.max_payload_bytes as u64,
+        });
     }
-    .await
+    let function = service
+        .registry()
+        .lookup(&request.function)
+        .map_err(|e| InvokeError::StartFailed(e.to_string()))?
+        .ok_or_else(|| InvokeError::UnknownFunction(request.function.clone()))?;
+    let timeout = match request.timeout_ms {
+        0 => options.default_timeout,
+        ms => Duration::from_millis(ms),
+    };
+    let deadline = Instant::now() + timeout;
+    let mut result = state
+        .submit(Submission {
+            id,
+            class,
+            tenant: request.tenant,
+            function,
+            payload: request.payload,
+            timeout,
+            deadline,
+        })
+        .map_err(|overloaded| InvokeError::Overloaded {
+            queued: overloaded.queued as u64,
+            limit: overloaded.limit as u64,
+        })?;
+    debug!("queued");
+    let received = match tokio::time::timeout_at(deadline.into(), &mut result).await {
+        Ok(received) => received,
+        Err(_) => {
+            // Answers with the timeout unless a result got there first; either way the
+            // answer is now in the channel.
+            state.abandon(id, InvokeError::TimedOut(timeout.as_millis() as u64));
+            result.await
+        }
+    };
+    // The sender is dropped unanswered only when the shard itself is torn down.
+    received.unwrap_or(Err(InvokeError::ShuttingDown))
 }
 
 /// Serves a client's session stream: each request is handled in its own task and its
