@@ -261,6 +261,26 @@ fn metrics_count_a_known_load_per_class_and_promtool_accepts_them() {
 
         common::promtool_check(&shard);
         common::promtool_check(&dispatcher);
+
+        // Every series the Grafana dashboard queries is one the processes expose.
+        let dashboard = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/grafana/tariff.json"
+        ))
+        .unwrap();
+        serde_json::from_str::<serde_json::Value>(&dashboard).expect("the dashboard is JSON");
+        let queried: std::collections::BTreeSet<&str> = dashboard
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|word| word.starts_with("tariff_"))
+            .map(|name| name.strip_suffix("_bucket").unwrap_or(name))
+            .collect();
+        assert!(queried.len() > 5, "{queried:?}");
+        for name in queried {
+            assert!(
+                shard.contains(name) || dispatcher.contains(name),
+                "the dashboard queries {name}, which no process exposes"
+            );
+        }
     });
 }
 
