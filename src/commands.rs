@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use tariff_cluster::client::{Client, ClientError};
+use tariff_cluster::client::{Client, ClientError, DISCOVERY_TIMEOUT};
+use tariff_cluster::directory::{recorded_shards, shards_dir};
 use tariff_dispatcher::{Dispatcher, DispatcherOptions};
 use tariff_policy::ShardConfig;
 use tariff_scheduler::{Shard, ShardOptions};
@@ -53,6 +54,17 @@ pub struct ShardArgs {
     /// `tariff` (price classes), or a class-blind baseline for comparison: `fifo` or `hermod`.
     #[arg(long, value_enum, default_value_t)]
     policy: Policy,
+    /// Serve Prometheus metrics on this address (`GET /metrics`; e.g. 127.0.0.1:9400, port 0
+    /// picks one). Off unless given.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+    /// Log every successful invocation at least this slow with its stage timings (errors are
+    /// always logged).
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    slow: Duration,
+    /// Also log one other invocation per this interval, as a sample (0s: none).
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    trace_sample: Duration,
     /// Where the function registry lives: `sqlite:PATH`, or `etcd:http://HOST:2379[,...]` for
     /// shards on several machines. Default: SQLite in the cluster directory.
     #[arg(long)]
@@ -62,8 +74,9 @@ pub struct ShardArgs {
 /// `tariff dispatcher`.
 #[derive(Args, Debug)]
 pub struct DispatcherArgs {
-    /// Shards to serve (comma separated).
-    #[arg(long, value_delimiter = ',', required = true)]
+    /// Shards to serve (comma separated). Default: the shards recorded in the cluster
+    /// directory (those running with the same `--cluster`).
+    #[arg(long, value_delimiter = ',')]
     shards: Vec<SocketAddr>,
     /// CPUs functions may use.
     #[arg(long)]
@@ -90,15 +103,23 @@ pub struct DispatcherArgs {
     /// priority) or `hermod` (every function at once, time-shared).
     #[arg(long, value_enum, default_value_t)]
     policy: Policy,
+    /// Serve Prometheus metrics on this address (`GET /metrics`; port 0 picks one). Off
+    /// unless given.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
 }
 
 /// A shard to talk to.
 #[derive(Args, Debug)]
 pub struct ShardAddr {
-    /// Shard address.
-    #[arg(long, default_value = "127.0.0.1:7400")]
-    shard: SocketAddr,
+    /// Shard address. Default: whichever shard recorded in the cluster directory answers
+    /// first (every running shard records itself there), else 127.0.0.1:7400.
+    #[arg(long)]
+    shard: Option<SocketAddr>,
 }
+
+/// The shard tried when none is given and none is recorded: `tariff shard`'s default.
+const DEFAULT_SHARD: &str = "127.0.0.1:7400";
 
 /// `tariff deploy`.
 #[derive(Args, Debug)]
@@ -182,10 +203,19 @@ pub async fn shard(global: &Global, args: ShardArgs) -> anyhow::Result<()> {
         peers: args.peers,
         max_payload_bytes: args.max_payload as usize,
         default_timeout: tariff_scheduler::server::DEFAULT_TIMEOUT,
+        metrics: args.metrics,
+        slow_threshold: args.slow,
+        sample_every: (!args.trace_sample.is_zero()).then_some(args.trace_sample),
     };
+    // Before binding: from the moment the shard records its address, a SIGTERM must stop it
+    // cleanly (removing the record) rather than kill it.
+    let stop = crate::shutdown_signal();
     let shard = Shard::bind(&cluster, store, options).context("starting the shard")?;
     println!("tariff shard listening on {}", shard.local_addr());
-    shard.run(crate::shutdown_signal()).await;
+    if let Some(addr) = shard.metrics_addr() {
+        println!("metrics on http://{addr}/metrics");
+    }
+    shard.run(stop).await;
     Ok(())
 }
 
@@ -201,6 +231,19 @@ pub async fn dispatcher(global: &Global, args: DispatcherArgs) -> anyhow::Result
         bail!("--cores must be at least 1");
     }
     let cluster = global.open_cluster()?;
+    let shards = if args.shards.is_empty() {
+        let recorded = recorded_shards(cluster.dir())?;
+        if recorded.is_empty() {
+            bail!(
+                "no --shards given and no shard recorded in {}: start a shard with the same \
+                 --cluster first, or name the shards",
+                shards_dir(cluster.dir()).display()
+            );
+        }
+        recorded
+    } else {
+        args.shards
+    };
     let machine = args
         .name
         .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
@@ -213,24 +256,62 @@ pub async fn dispatcher(global: &Global, args: DispatcherArgs) -> anyhow::Result
     )?;
     let options = DispatcherOptions {
         machine,
-        shards: args.shards,
+        shards,
         cores: args.cores,
         memory_bytes: args.memory,
         slots: args.slots.unwrap_or(args.cores).max(1),
         data_dir: args.data_dir,
         k: args.k,
         policy: args.policy,
+        metrics: args.metrics,
     };
+    let stop = crate::shutdown_signal();
     let scheduler = tariff_machine_sched::machine::MachineScheduler::new(machine_options);
     let dispatcher =
         Dispatcher::new(&cluster, options, scheduler).context("starting the dispatcher")?;
-    dispatcher.run(crate::shutdown_signal()).await;
+    if let Some(addr) = dispatcher.metrics_addr() {
+        println!("metrics on http://{addr}/metrics");
+    }
+    dispatcher.run(stop).await;
     Ok(())
 }
 
-async fn connect(global: &Global, addr: SocketAddr) -> anyhow::Result<Client> {
+/// Connects to the shard given, or else to the first of the cluster directory's recorded
+/// shards that answers (all tried at once, for at most [`DISCOVERY_TIMEOUT`]). When none
+/// answers the error lists every address tried and where they were read from.
+async fn connect(global: &Global, addr: Option<SocketAddr>) -> anyhow::Result<Client> {
     let cluster = global.open_cluster()?;
-    Ok(Client::connect(&cluster, addr).await?)
+    if let Some(addr) = addr {
+        return Ok(Client::connect(&cluster, addr).await?);
+    }
+    let mut addrs = recorded_shards(cluster.dir())?;
+    let recorded = !addrs.is_empty();
+    if !recorded {
+        addrs.push(DEFAULT_SHARD.parse().expect("a valid address"));
+    }
+    match Client::connect_first(&cluster, &addrs, DISCOVERY_TIMEOUT).await {
+        Ok((client, addr)) => {
+            tracing::debug!(%addr, "connected to a recorded shard");
+            Ok(client)
+        }
+        Err(error) => {
+            let records = shards_dir(cluster.dir());
+            let hint = if recorded {
+                format!(
+                    "the addresses come from {}; their shards may have stopped without \
+                     cleaning up",
+                    records.display()
+                )
+            } else {
+                format!(
+                    "no shard is recorded in {}: start one with `tariff local` or \
+                     `tariff shard` (with the same --cluster), or pass --shard",
+                    records.display()
+                )
+            };
+            Err(anyhow::anyhow!("{error}\n  {hint}"))
+        }
+    }
 }
 
 pub async fn deploy(global: &Global, args: DeployArgs) -> anyhow::Result<()> {
@@ -367,22 +448,68 @@ pub async fn functions(global: &Global, args: ShardAddr) -> anyhow::Result<()> {
     }
 }
 
-pub async fn status(global: &Global, args: ShardAddr) -> anyhow::Result<()> {
-    let client = connect(global, args.shard).await?;
-    match client.request(ClientRequest::Status).await? {
-        ClientResponse::Status(status) => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&serde_json::json!({
-                    "shard_id": status.shard_id,
-                    "queued": status.classes.iter().zip(&status.queued).map(|(c, q)| (c.clone(), *q)).collect::<std::collections::BTreeMap<_, _>>(),
-                    "machines": status.machines,
-                    "idle_list": status.idle_list,
-                    "in_flight": status.in_flight,
-                }))?
-            );
-            Ok(())
+/// `tariff status`.
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Ask only this shard. Default: every shard recorded in the cluster directory.
+    #[arg(long)]
+    shard: Option<SocketAddr>,
+    /// Print one JSON object (one per refresh with --watch) for scripts.
+    #[arg(long)]
+    json: bool,
+    /// Refresh every INTERVAL (default 1s), like `top`, until interrupted.
+    #[arg(long, value_parser = parse_duration, num_args = 0..=1, default_missing_value = "1s")]
+    watch: Option<Duration>,
+}
+
+pub async fn status(global: &Global, args: StatusArgs) -> anyhow::Result<()> {
+    let cluster = global.open_cluster()?;
+    let addrs = match args.shard {
+        Some(addr) => vec![addr],
+        None => {
+            let recorded = recorded_shards(cluster.dir())?;
+            if recorded.is_empty() {
+                vec![DEFAULT_SHARD.parse().expect("a valid address")]
+            } else {
+                recorded
+            }
         }
-        other => bail!("unexpected answer: {other:?}"),
+    };
+    let Some(every) = args.watch else {
+        let view = crate::status::gather(&cluster, &addrs).await?;
+        print_status(&view, args.json)?;
+        return Ok(());
+    };
+    let stop = crate::shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        match crate::status::gather(&cluster, &addrs).await {
+            Ok(view) => {
+                if !args.json && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                    // Clear the screen and home the cursor, as `top` does; into a pipe or a
+                    // file the tables simply follow one another.
+                    print!("\x1b[2J\x1b[H");
+                }
+                print_status(&view, args.json)?;
+            }
+            Err(e) => eprintln!("error: {e:#}"),
+        }
+        tokio::select! {
+            () = &mut stop => return Ok(()),
+            () = tokio::time::sleep(every) => {}
+        }
     }
+}
+
+fn print_status(view: &crate::status::ClusterView, json: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    let text = if json {
+        format!("{}\n", serde_json::to_string(&view.to_json())?)
+    } else {
+        view.table()
+    };
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
 }

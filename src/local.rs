@@ -60,6 +60,10 @@ pub struct LocalArgs {
     /// Do not use SCHED_FIFO: enforce class order in user space.
     #[arg(long)]
     pub no_rt: bool,
+    /// Serve Prometheus metrics from every shard and dispatcher (each on its own port of
+    /// 127.0.0.1, printed at start).
+    #[arg(long)]
+    metrics: bool,
     /// `tariff` (price classes), or a class-blind baseline: `fifo` or `hermod`.
     #[arg(long, value_enum, default_value_t)]
     pub policy: Policy,
@@ -81,6 +85,7 @@ pub async fn run(global: &Global, args: LocalArgs) -> anyhow::Result<()> {
         policy: args.policy,
         functions: example_specs()?,
         dir_name: "local".into(),
+        metrics: args.metrics,
     };
     let local = LocalCluster::start(&cluster, &config).await?;
     let addrs: Vec<String> = local.shard_addrs.iter().map(ToString::to_string).collect();
@@ -97,16 +102,26 @@ pub async fn run(global: &Global, args: LocalArgs) -> anyhow::Result<()> {
     println!("  policy:            {}", args.policy);
     println!("  price classes:     {}", local.classes);
     println!("  functions:         {}", EXAMPLE_FUNCTIONS.join(", "));
+    for (process, addr) in &local.metrics_addrs {
+        println!("  metrics:           http://{addr}/metrics  ({process})");
+    }
+    // Clients find the shards through the records in the cluster directory, so the command
+    // needs no address; it needs the directory only when it is not the default one.
+    let cluster_flag = match &global.cluster {
+        Some(dir) => format!(" --cluster {}", dir.display()),
+        None => String::new(),
+    };
+    println!("try: tariff invoke{cluster_flag} --function echo --class critical --payload hello");
     println!(
-        "try: tariff invoke --cluster {} --shard {} --function echo --class critical --payload hello",
-        cluster.dir().display(),
-        addrs[0]
+        "     tariff status{cluster_flag}   (shards are recorded in {})",
+        tariff_cluster::directory::shards_dir(cluster.dir()).display()
     );
     let result = if args.demo {
         demo(&cluster, &local, &args).await
     } else {
+        let stop = crate::shutdown_signal();
         println!("running; Ctrl-C to stop");
-        crate::shutdown_signal().await;
+        stop.await;
         Ok(())
     };
     local.stop().await;

@@ -14,6 +14,7 @@ use tariff_types::PriceClasses;
 
 mod commands;
 mod local;
+mod status;
 
 /// Tariff: a price-class priority scheduler for serverless functions.
 #[derive(Parser, Debug)]
@@ -56,8 +57,8 @@ enum Command {
     Invoke(commands::InvokeArgs),
     /// List registered functions.
     Functions(commands::ShardAddr),
-    /// Show a shard's queues, machines and idle list.
-    Status(commands::ShardAddr),
+    /// Show the cluster at a glance: every shard and dispatcher, queues, throughput.
+    Status(commands::StatusArgs),
     /// Run an embedded cluster (shards, dispatchers, example functions) in this process.
     Local(local::LocalArgs),
     /// Run the discrete-event simulator of the paper's experiments (docs/simulator.md).
@@ -86,19 +87,28 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use std::io::IsTerminal;
+    // Colour codes only where a person reads them: logs redirected to files stay greppable.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }
 
-/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM). The handlers are
+/// installed when this is called, not when the future is first polled, so a process that
+/// says it is ready and then awaits this cannot be killed outright by a signal sent in
+/// between (a test stopping `tariff local` right after its "running" line did).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut interrupt = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }
 

@@ -66,7 +66,7 @@ fn bench(c: &mut Criterion) {
             idle.submit(ClassId((n % 4) as u8), FunctionKey(n % 50), n, now)
                 .unwrap();
             match idle.next(now) {
-                Some(Step::Place(taken, machine)) => {
+                Some(Step::Place(taken, machine, _)) => {
                     black_box(taken.item);
                     idle.completed(machine);
                 }

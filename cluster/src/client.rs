@@ -25,6 +25,11 @@ use tariff_types::wire::{
 
 /// How long to wait for a shard to accept the connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long [`Client::connect_first`] waits for any of the addresses it tries. A shard on
+/// loopback or a LAN finishes the handshake in milliseconds, and QUIC gets no refusal from a
+/// closed UDP port, so waiting the full [`CONNECT_TIMEOUT`] for a stale record only makes a
+/// newcomer wait.
+pub const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why a request got no answer from the shard (as opposed to an answer that is an error).
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +44,13 @@ pub enum ClientError {
         addr: SocketAddr,
         /// Why.
         reason: String,
+    },
+    /// None of several addresses answered; each is listed with why, so the person can see
+    /// what was tried.
+    #[error("no shard reachable; tried {}", tried_list(.tried))]
+    NoneReachable {
+        /// Every address tried, with the reason it failed.
+        tried: Vec<(SocketAddr, String)>,
     },
     /// The connection broke mid-request.
     #[error("connection to the shard failed: {0}")]
@@ -58,6 +70,18 @@ pub enum ClientError {
     /// The client's own deadline passed.
     #[error("no answer within {0:?}")]
     TimedOut(Duration),
+}
+
+/// `A (reason), B (reason)`, or `no address` when there was nothing to try.
+fn tried_list(tried: &[(SocketAddr, String)]) -> String {
+    if tried.is_empty() {
+        return "no address".to_owned();
+    }
+    tried
+        .iter()
+        .map(|(addr, reason)| format!("{addr} ({reason})"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A connection to one shard.
@@ -105,14 +129,50 @@ struct SessionHandle {
 impl Client {
     /// Connects to the shard at `addr` with the cluster's credentials.
     pub async fn connect(cluster: &Cluster, addr: SocketAddr) -> Result<Self, ClientError> {
+        Self::connect_within(cluster, addr, CONNECT_TIMEOUT).await
+    }
+
+    /// Connects to whichever of `addrs` answers first, trying them all at once and waiting
+    /// at most `timeout`; the others are dropped. Used when the shards come from the cluster
+    /// directory's records, some of which may be stale (see [`crate::directory`]).
+    pub async fn connect_first(
+        cluster: &Cluster,
+        addrs: &[SocketAddr],
+        timeout: Duration,
+    ) -> Result<(Self, SocketAddr), ClientError> {
+        let mut attempts = tokio::task::JoinSet::new();
+        for &addr in addrs {
+            let cluster = cluster.clone();
+            attempts
+                .spawn(async move { (addr, Self::connect_within(&cluster, addr, timeout).await) });
+        }
+        let mut tried = Vec::new();
+        while let Some(joined) = attempts.join_next().await {
+            let Ok((addr, result)) = joined else { continue };
+            match result {
+                Ok(client) => return Ok((client, addr)),
+                Err(ClientError::Unreachable { addr, reason }) => tried.push((addr, reason)),
+                Err(other) => tried.push((addr, other.to_string())),
+            }
+        }
+        tried.sort();
+        Err(ClientError::NoneReachable { tried })
+    }
+
+    /// Connects to the shard at `addr`, waiting at most `timeout` for the handshake.
+    pub async fn connect_within(
+        cluster: &Cluster,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
         let endpoint = cluster.client_endpoint(addr)?;
         let unreachable = |reason: String| ClientError::Unreachable { addr, reason };
         let connecting = endpoint
             .connect(addr, CLUSTER_SERVER_NAME)
             .map_err(|e| unreachable(e.to_string()))?;
-        let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        let connection = tokio::time::timeout(timeout, connecting)
             .await
-            .map_err(|_| unreachable(format!("no handshake within {CONNECT_TIMEOUT:?}")))?
+            .map_err(|_| unreachable(format!("no handshake within {timeout:?}")))?
             .map_err(|e| unreachable(e.to_string()))?;
         Ok(Self {
             connection,

@@ -3,10 +3,11 @@
 //!
 //! Its decisions are pure and live in `tariff-policy` (`idle_advert`, `swap`); [`service`] is
 //! the QUIC driver around them and [`executor`] runs the processes through the machine
-//! scheduler.
+//! scheduler; `metrics` holds its Prometheus series (`--metrics`).
 
 pub mod executor;
 pub mod machine_setup;
+mod metrics;
 pub mod service;
 
 pub use service::{Dispatcher, DispatcherError, DispatcherOptions};

@@ -25,6 +25,8 @@ pub fn machine_options(
     data_dir: &Path,
     machine: &str,
 ) -> Result<MachineOptions, DispatcherError> {
+    // The same span the running dispatcher logs in, so these lines name their machine too.
+    let _span = tracing::info_span!("dispatcher", machine = %machine).entered();
     let mode = if policy == Policy::Hermod {
         SchedMode::ProcessorSharing
     } else if no_rt {
@@ -55,6 +57,13 @@ pub fn machine_options(
         SchedMode::ProcessorSharing => info!(
             cpus = ?cpus,
             "machine scheduler: processor sharing (the Hermod baseline: class-blind, every function at once, time-shared by the kernel)"
+        ),
+        // Asked for with --no-rt it is a choice, not a problem; otherwise real time was not
+        // available and the operator should know.
+        SchedMode::UserSpace { reason } if no_rt => info!(
+            cpus = ?cpus,
+            %reason,
+            "machine scheduler: user-space ordering (at most one function per CPU, cheaper classes stopped with SIGSTOP while dearer ones run)"
         ),
         SchedMode::UserSpace { reason } => warn!(
             cpus = ?cpus,

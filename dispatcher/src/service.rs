@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tariff_cluster::cluster::{Cluster, ClusterError, CLUSTER_SERVER_NAME};
 use tariff_cluster::codec::{self, CodecError};
+use tariff_cluster::metrics::{MetricsError, MetricsServer};
 use tariff_types::class::MAX_CLASSES;
 use tariff_types::policy::Policy;
 use tariff_types::wire::{
@@ -23,9 +24,10 @@ use tariff_types::wire::{
 };
 use tariff_types::ClassId;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info};
+use tracing::{debug, info, Instrument};
 
 use crate::executor::{Executor, MachineLoad};
+use crate::metrics::{DispatcherExposition, DispatcherMetrics, LevelSource, Levels};
 use tariff_machine_sched::machine::MachineScheduler;
 use tariff_policy::idle_advert::{
     least_crowded, shards_to_poll, IdleAction, IdleAdvertiser, IdlePolicy,
@@ -38,6 +40,9 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long to wait for shards to report their idle-list lengths.
 const QUERY_TIMEOUT: Duration = Duration::from_millis(200);
+/// File in the data directory holding the bound metrics address (when `--metrics` is given),
+/// for scripts and tests that asked for port 0.
+pub const METRICS_ADDR_FILE: &str = "metrics.addr";
 /// Default k for choosing a shard's idle list.
 pub const DEFAULT_K: usize = 3;
 
@@ -60,6 +65,8 @@ pub struct DispatcherOptions {
     pub k: usize,
     /// The cluster's policy: Tariff's, or a class-blind baseline.
     pub policy: Policy,
+    /// Where to serve Prometheus metrics (`GET /metrics`); none when `None`.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Why a dispatcher could not start.
@@ -76,6 +83,9 @@ pub enum DispatcherError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The metrics endpoint could not be bound.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
     /// No shard address was given.
     #[error("a dispatcher needs at least one shard address (--shards)")]
     NoShards,
@@ -101,6 +111,32 @@ struct Shared {
     next_seq: AtomicU64,
     /// The cluster's number of price classes, learned from the first shard's welcome.
     classes: AtomicUsize,
+    /// The classes' names, learned with their number, for metric labels.
+    class_names: std::sync::OnceLock<Vec<String>>,
+    /// The Prometheus series.
+    metrics: Arc<DispatcherMetrics>,
+}
+
+impl LevelSource for Shared {
+    fn levels(&self) -> Levels {
+        let (idle_instances, running_processes) = self.executor.machine.instance_counts();
+        Levels {
+            free_memory_bytes: self.free_memory.load(Ordering::Relaxed),
+            running: self.load.snapshot()[..self.classes.load(Ordering::Relaxed)].to_vec(),
+            idle_instances,
+            running_processes,
+            listed: self.advertiser().listed_on().is_some(),
+            shards: self.shards().len(),
+        }
+    }
+
+    fn class_name(&self, index: usize) -> String {
+        self.class_names
+            .get()
+            .and_then(|names| names.get(index))
+            .cloned()
+            .unwrap_or_else(|| index.to_string())
+    }
 }
 
 impl Shared {
@@ -135,6 +171,8 @@ impl Shared {
 /// A configured dispatcher.
 pub struct Dispatcher {
     shared: Arc<Shared>,
+    /// The bound `--metrics` endpoint, if one was asked for.
+    metrics: Option<MetricsServer>,
 }
 
 impl Dispatcher {
@@ -148,7 +186,22 @@ impl Dispatcher {
     ) -> Result<Self, DispatcherError> {
         let first = *options.shards.first().ok_or(DispatcherError::NoShards)?;
         let endpoint = cluster.client_endpoint(first)?;
+        let metrics = options.metrics.map(MetricsServer::bind_std).transpose()?;
+        if let Some(server) = &metrics {
+            let data_err = |source| DispatcherError::DataDir {
+                path: options.data_dir.clone(),
+                source,
+            };
+            std::fs::create_dir_all(&options.data_dir).map_err(data_err)?;
+            std::fs::write(
+                options.data_dir.join(METRICS_ADDR_FILE),
+                server.local_addr().to_string(),
+            )
+            .map_err(data_err)?;
+        }
         let shared = Arc::new(Shared {
+            class_names: std::sync::OnceLock::new(),
+            metrics: Arc::new(DispatcherMetrics::new(options.cores, options.memory_bytes)),
             advertiser: Mutex::new(IdleAdvertiser::new(IdlePolicy::new(options.memory_bytes))),
             executor: Executor {
                 machine,
@@ -163,34 +216,66 @@ impl Dispatcher {
             classes: AtomicUsize::new(0),
             options,
         });
-        Ok(Self { shared })
+        Ok(Self { shared, metrics })
+    }
+
+    /// Where the dispatcher serves its metrics, if it does.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(MetricsServer::local_addr)
     }
 
     /// Serves until `shutdown` completes.
+    ///
+    /// Everything the dispatcher logs is inside a `dispatcher{machine=NAME}` span, so the
+    /// lines of several dispatchers in one process (`tariff local`) can be told apart.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
-        let shared = self.shared;
-        info!(
-            machine = %shared.options.machine,
-            cores = shared.options.cores,
-            slots = shared.options.slots,
-            memory = shared.options.memory_bytes,
-            shards = shared.options.shards.len(),
-            "dispatcher starting"
-        );
-        let mut tasks = Vec::new();
-        for (index, &addr) in shared.options.shards.iter().enumerate() {
-            tasks.push(tokio::spawn(keep_session(shared.clone(), index, addr)));
-        }
-        tasks.push(tokio::spawn(advertise(shared.clone())));
-        tasks.push(tokio::spawn(shared.executor.machine.clone().reap_forever()));
-        shutdown.await;
-        info!("dispatcher shutting down");
-        for task in tasks {
+        let span = tracing::info_span!("dispatcher", machine = %self.shared.options.machine);
+        let metrics = self.metrics.map(|server| {
+            let exposition = DispatcherExposition {
+                metrics: self.shared.metrics.clone(),
+                source: self.shared.clone(),
+            };
+            tokio::spawn(server.serve(Arc::new(exposition)))
+        });
+        serve(self.shared, shutdown).instrument(span).await;
+        if let Some(task) = metrics {
             task.abort();
         }
-        shared.executor.machine.shutdown().await;
-        shared.endpoint.close(0u32.into(), b"shutdown");
     }
+}
+
+/// The body of [`Dispatcher::run`], inside the dispatcher's span.
+async fn serve(shared: Arc<Shared>, shutdown: impl std::future::Future<Output = ()>) {
+    info!(
+        machine = %shared.options.machine,
+        cores = shared.options.cores,
+        slots = shared.options.slots,
+        memory = shared.options.memory_bytes,
+        shards = shared.options.shards.len(),
+        "dispatcher starting"
+    );
+    let mut tasks = Vec::new();
+    for (index, &addr) in shared.options.shards.iter().enumerate() {
+        tasks.push(tokio::spawn(
+            keep_session(shared.clone(), index, addr).in_current_span(),
+        ));
+    }
+    tasks.push(tokio::spawn(advertise(shared.clone()).in_current_span()));
+    tasks.push(tokio::spawn(
+        shared
+            .executor
+            .machine
+            .clone()
+            .reap_forever()
+            .in_current_span(),
+    ));
+    shutdown.await;
+    info!("dispatcher shutting down");
+    for task in tasks {
+        task.abort();
+    }
+    shared.executor.machine.shutdown().await;
+    shared.endpoint.close(0u32.into(), b"shutdown");
 }
 
 /// Keeps a session with one shard, reconnecting with backoff.
@@ -256,6 +341,9 @@ async fn session(shared: &Arc<Shared>, index: usize, addr: SocketAddr) -> Result
         Ok(_) => classes.len(),
         Err(known) => known,
     };
+    if classes.len() == known {
+        let _ = shared.class_names.set(classes.clone());
+    }
     if classes.len() != known {
         return Err(SessionError::ClassMismatch {
             shard: classes.len(),
@@ -272,12 +360,9 @@ async fn session(shared: &Arc<Shared>, index: usize, addr: SocketAddr) -> Result
             class: ClassId(class as u8),
         };
         codec::write_message(&mut lane_send, &open).await?;
-        lanes.push(tokio::spawn(serve_lane(
-            shared.clone(),
-            conn.clone(),
-            lane_send,
-            lane_recv,
-        )));
+        lanes.push(tokio::spawn(
+            serve_lane(shared.clone(), conn.clone(), lane_send, lane_recv).in_current_span(),
+        ));
     }
     let queries: Arc<Mutex<HashMap<u64, oneshot::Sender<u32>>>> = Arc::default();
     shared.shards().insert(
@@ -290,7 +375,7 @@ async fn session(shared: &Arc<Shared>, index: usize, addr: SocketAddr) -> Result
     let _ = control.send(DispatcherToShard::Warm(
         shared.executor.machine.warm_functions(),
     ));
-    let writer = tokio::spawn(codec::forward(outbox, send));
+    let writer = tokio::spawn(codec::forward(outbox, send).in_current_span());
     let result = loop {
         match codec::read_message::<ShardToDispatcher, _>(&mut recv).await {
             Ok(Some(message)) => handle_control(shared, &control, &queries, message),
@@ -343,7 +428,7 @@ async fn serve_lane(
     mut recv: quinn::RecvStream,
 ) {
     let (done, outbox) = mpsc::unbounded_channel::<Completion>();
-    let writer = tokio::spawn(codec::forward(outbox, send));
+    let writer = tokio::spawn(codec::forward(outbox, send).in_current_span());
     loop {
         match codec::read_message::<Placement, _>(&mut recv).await {
             Ok(Some(placement)) => {
@@ -352,13 +437,18 @@ async fn serve_lane(
                 let ticket = shared.executor.admit(&placement, classes);
                 let shared = shared.clone();
                 let done = done.clone();
-                tokio::spawn(async move {
-                    let completion = shared
-                        .executor
-                        .execute(placement, ticket, &shared.load, classes)
-                        .await;
-                    let _ = done.send(completion);
-                });
+                tokio::spawn(
+                    async move {
+                        let class = shared.class_name(placement.class.index());
+                        let completion = shared
+                            .executor
+                            .execute(placement, ticket, &shared.load, classes)
+                            .await;
+                        shared.metrics.ran(class, &completion);
+                        let _ = done.send(completion);
+                    }
+                    .in_current_span(),
+                );
             }
             Ok(None) => break,
             Err(error) => {

@@ -45,6 +45,9 @@ pub struct LocalClusterConfig {
     pub functions: Vec<FunctionSpec>,
     /// Sub-directory of the cluster directory for the servers' files.
     pub dir_name: String,
+    /// Serve Prometheus metrics from every shard and dispatcher, each on a port of its own
+    /// on 127.0.0.1 ([`LocalCluster::metrics_addrs`] says where).
+    pub metrics: bool,
 }
 
 /// A running embedded cluster.
@@ -57,6 +60,8 @@ pub struct LocalCluster {
     pub classes: PriceClasses,
     /// Where the servers keep their files.
     pub dir: PathBuf,
+    /// Each server's metrics endpoint, as (process name, address), when asked for.
+    pub metrics_addrs: Vec<(String, SocketAddr)>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -82,6 +87,8 @@ impl LocalCluster {
         let mut shard_addrs = Vec::new();
         let mut tasks = Vec::new();
         let mut function_cpus = BTreeSet::new();
+        let mut metrics_addrs = Vec::new();
+        let metrics_addr = || config.metrics.then(|| ([127, 0, 0, 1], 0).into());
         for i in 0..config.shards {
             let options = ShardOptions {
                 listen: ([127, 0, 0, 1], 0).into(),
@@ -92,9 +99,15 @@ impl LocalCluster {
                 peers: Vec::new(),
                 max_payload_bytes: tariff_scheduler::server::DEFAULT_MAX_PAYLOAD_BYTES,
                 default_timeout: tariff_scheduler::server::DEFAULT_TIMEOUT,
+                metrics: metrics_addr(),
+                slow_threshold: tariff_scheduler::trace::DEFAULT_SLOW_THRESHOLD,
+                sample_every: Some(tariff_scheduler::trace::DEFAULT_SAMPLE_EVERY),
             };
             let shard = Shard::bind(cluster, store.clone(), options)?;
             shard_addrs.push(shard.local_addr());
+            if let Some(addr) = shard.metrics_addr() {
+                metrics_addrs.push((format!("shard {}", i + 1), addr));
+            }
             tasks.push(tokio::spawn(shard.run(until_stopped(stopped.clone()))));
         }
         for i in 0..config.dispatchers {
@@ -107,6 +120,7 @@ impl LocalCluster {
                 data_dir: dir.join(format!("dispatcher-{i}")),
                 k: tariff_dispatcher::service::DEFAULT_K,
                 policy: config.policy,
+                metrics: metrics_addr(),
             };
             let machine = tariff_dispatcher::machine_setup::machine_options(
                 config.cores,
@@ -116,7 +130,11 @@ impl LocalCluster {
                 &options.machine,
             )?;
             function_cpus.extend(machine.cpus.iter().copied());
+            let name = options.machine.clone();
             let dispatcher = Dispatcher::new(cluster, options, MachineScheduler::new(machine))?;
+            if let Some(addr) = dispatcher.metrics_addr() {
+                metrics_addrs.push((format!("dispatcher {name}"), addr));
+            }
             tasks.push(tokio::spawn(dispatcher.run(until_stopped(stopped.clone()))));
         }
         let local = Self {
@@ -124,6 +142,7 @@ impl LocalCluster {
             function_cpus,
             classes,
             dir,
+            metrics_addrs,
             stop,
             tasks,
         };

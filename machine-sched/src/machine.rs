@@ -122,6 +122,14 @@ impl MachineScheduler {
         self.parts.pool.warm_functions()
     }
 
+    /// Function processes on the machine as (idle warm instances, running), for metrics.
+    pub fn instance_counts(&self) -> (usize, usize) {
+        (
+            self.parts.pool.pids().len(),
+            self.parts.running.pids().len(),
+        )
+    }
+
     /// Resident memory of every function process on the machine, running or idle.
     pub fn used_memory(&self) -> u64 {
         let mut pids = self.parts.running.pids();

@@ -36,7 +36,7 @@ use tariff_function::frame::{self, ANSWER_HEADER_BYTES, REQUEST_HEADER_BYTES};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::sync::watch;
-use tracing::{debug, warn};
+use tracing::{debug, warn, Instrument};
 
 use crate::launch::{LaunchSpec, StartFailure, Started};
 use crate::process::{describe_failure, reap, ProcessHandle, Shared};
@@ -231,10 +231,13 @@ impl PersistentProcess {
         let stderr = Arc::new(StderrTail::default());
         let (closed_tx, stderr_closed) = watch::channel(false);
         let collector = Arc::clone(&stderr);
-        tokio::spawn(async move {
-            collector.collect(stderr_rx).await;
-            closed_tx.send_replace(true);
-        });
+        tokio::spawn(
+            async move {
+                collector.collect(stderr_rx).await;
+                closed_tx.send_replace(true);
+            }
+            .in_current_span(),
+        );
 
         Ok(PersistentProcess {
             shared,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tariff_types::wire::{unix_micros, RunReport};
-use tracing::{debug, info};
+use tracing::{debug, info, Instrument};
 
 use crate::exec_run::micros_since;
 use crate::instance_pool::Instance;
@@ -105,12 +105,15 @@ pub(crate) async fn run_persistent(
     if instance.process.is_dead() {
         debug!(instance = %instance.name, "instance gone; a fresh one starts next time");
         let retiring = Arc::clone(machine);
-        tokio::spawn(async move {
-            instance.process.kill().await;
-            retiring
-                .provision
-                .retire(instance.cgroup, instance.work_dir);
-        });
+        tokio::spawn(
+            async move {
+                instance.process.kill().await;
+                retiring
+                    .provision
+                    .retire(instance.cgroup, instance.work_dir);
+            }
+            .in_current_span(),
+        );
     } else {
         machine.priority.lower(pid, instance.cgroup.as_ref());
         machine.pool.put(key, instance, keep_alive);

@@ -101,11 +101,21 @@ pub struct Taken<T> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Requeued;
 
+/// Which way the core chose a machine without polling, so the shard's metrics can count
+/// placements by path (a placement after a poll is the power-of-k path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlacePath {
+    /// A listed machine that already has an idle warm instance of the function.
+    Warm,
+    /// The idle list's best machine.
+    IdleList,
+}
+
 /// What the caller must do next.
 #[derive(Debug)]
 pub enum Step<T> {
-    /// Send the invocation to this machine.
-    Place(Taken<T>, MachineIdx),
+    /// Send the invocation to this machine, found by the given path.
+    Place(Taken<T>, MachineIdx, PlacePath),
     /// Poll these machines for their load, then call [`ShardCore::polled`].
     Poll(Taken<T>, Vec<MachineIdx>),
 }
@@ -264,7 +274,8 @@ impl<T> ShardCore<T> {
             warm.iter()
                 .copied()
                 .find(|&m| self.idle.has_room(m))
-                .or_else(|| self.idle.best())
+                .map(|m| (m, PlacePath::Warm))
+                .or_else(|| self.idle.best().map(|m| (m, PlacePath::IdleList)))
         } else {
             None
         };
@@ -275,9 +286,9 @@ impl<T> ShardCore<T> {
             enqueued,
         };
         match machine {
-            Some(machine) => {
+            Some((machine, path)) => {
                 self.idle.placed(machine);
-                Some(Step::Place(taken, machine))
+                Some(Step::Place(taken, machine, path))
             }
             None => {
                 let mut sample = std::mem::take(&mut self.sample);
@@ -450,7 +461,9 @@ mod tests {
         core.submit(ClassId(2), F, 10, MS).unwrap();
         core.submit(ClassId(2), F, 11, MS).unwrap();
         match core.next(MS) {
-            Some(Step::Place(t, m)) => assert_eq!((t.item, m), (10, MachineIdx(1))),
+            Some(Step::Place(t, m, path)) => {
+                assert_eq!((t.item, m, path), (10, MachineIdx(1), PlacePath::IdleList))
+            }
             other => panic!("expected an idle-list placement, got {other:?}"),
         }
         match core.next(MS) {
@@ -507,7 +520,9 @@ mod tests {
         core.warm_update(MachineIdx(8), vec![F]);
         core.submit(ClassId(2), F, 1, MS).unwrap();
         match core.next(MS) {
-            Some(Step::Place(t, m)) => assert_eq!((t.item, m), (1, MachineIdx(8))),
+            Some(Step::Place(t, m, path)) => {
+                assert_eq!((t.item, m, path), (1, MachineIdx(8), PlacePath::Warm))
+            }
             other => panic!("expected the warm listed machine, got {other:?}"),
         }
         let unlisted = IdleEntry {

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use tariff_cluster::codec;
 use tariff_types::wire::{
-    ClientRequest, ClientResponse, InvokeError, InvokeRequest, PeerNotice, SessionRequest,
-    SessionResponse, StreamOpen,
+    ClientRequest, ClientResponse, InvocationId, InvokeError, InvokeRequest, PeerNotice,
+    SessionRequest, SessionResponse, StreamOpen,
 };
 use tariff_types::FunctionSpec;
 use tracing::{debug, info, warn, Instrument};
@@ -35,7 +35,11 @@ pub(crate) async fn handle(service: &Arc<Service>, request: ClientRequest) -> Cl
     }
 }
 
+/// Handles one invocation request, counts it in the shard's metrics and logs it if it failed,
+/// was slow or is sampled (`trace`), whatever its answer: every invocation, refused or run,
+/// passes through here exactly once, inside a span naming its id, class, tenant and function.
 async fn invoke(service: &Arc<Service>, request: InvokeRequest) -> Answer {
+    let arrived = Instant::now();
     let state = service.state();
     let id = state.next_id();
     let span = tracing::info_span!(
@@ -46,61 +50,71 @@ async fn invoke(service: &Arc<Service>, request: InvokeRequest) -> Answer {
         function = %request.function
     );
     async move {
-        let options = service.options();
-        let class = options
-            .classes
-            .resolve(&request.class)
-            .map_err(|e| InvokeError::BadClass(e.to_string()))?;
-        if request.payload.len() > options.max_payload_bytes {
-            return Err(InvokeError::PayloadTooLarge {
-                size: request.payload.len() as u64,
-                limit: options.max_payload_bytes as u64,
-            });
-        }
-        let function = service
-            .registry()
-            .lookup(&request.function)
-            .map_err(|e| InvokeError::StartFailed(e.to_string()))?
-            .ok_or_else(|| InvokeError::UnknownFunction(request.function.clone()))?;
-        let timeout = match request.timeout_ms {
-            0 => options.default_timeout,
-            ms => Duration::from_millis(ms),
-        };
-        let deadline = Instant::now() + timeout;
-        let mut result = state
-            .submit(Submission {
-                id,
-                class,
-                tenant: request.tenant,
-                function,
-                payload: request.payload,
-                timeout,
-                deadline,
-            })
-            .map_err(|overloaded| InvokeError::Overloaded {
-                queued: overloaded.queued as u64,
-                limit: overloaded.limit as u64,
-            })?;
-        debug!("queued");
-        let received = match tokio::time::timeout_at(deadline.into(), &mut result).await {
-            Ok(received) => received,
-            Err(_) => {
-                // Answers with the timeout unless a result got there first; either way the
-                // answer is now in the channel.
-                state.abandon(id, InvokeError::TimedOut(timeout.as_millis() as u64));
-                result.await
-            }
-        };
-        // The sender is dropped unanswered only when the shard itself is torn down.
-        let answer = received.unwrap_or(Err(InvokeError::ShuttingDown));
-        match &answer {
-            Ok(outcome) => debug!(machine = %outcome.machine, "answered"),
-            Err(e) => info!(error = %e, "failed"),
-        }
+        let class = service.options().classes.resolve(&request.class).ok();
+        let answer = queue_and_wait(service, id, request).await;
+        let elapsed = arrived.elapsed();
+        service.metrics().answered(class, &answer, elapsed);
+        service.invocation_log().answered(&answer, elapsed);
         answer
     }
     .instrument(span)
     .await
+}
+
+/// Checks, queues and waits for one invocation's answer.
+async fn queue_and_wait(
+    service: &Arc<Service>,
+    id: InvocationId,
+    request: InvokeRequest,
+) -> Answer {
+    let state = service.state();
+    let options = service.options();
+    let class = options
+        .classes
+        .resolve(&request.class)
+        .map_err(|e| InvokeError::BadClass(e.to_string()))?;
+    if request.payload.len() > options.max_payload_bytes {
+        return Err(InvokeError::PayloadTooLarge {
+            size: request.payload.len() as u64,
+            limit: options.max_payload_bytes as u64,
+        });
+    }
+    let function = service
+        .registry()
+        .lookup(&request.function)
+        .map_err(|e| InvokeError::StartFailed(e.to_string()))?
+        .ok_or_else(|| InvokeError::UnknownFunction(request.function.clone()))?;
+    let timeout = match request.timeout_ms {
+        0 => options.default_timeout,
+        ms => Duration::from_millis(ms),
+    };
+    let deadline = Instant::now() + timeout;
+    let mut result = state
+        .submit(Submission {
+            id,
+            class,
+            tenant: request.tenant,
+            function,
+            payload: request.payload,
+            timeout,
+            deadline,
+        })
+        .map_err(|overloaded| InvokeError::Overloaded {
+            queued: overloaded.queued as u64,
+            limit: overloaded.limit as u64,
+        })?;
+    debug!("queued");
+    let received = match tokio::time::timeout_at(deadline.into(), &mut result).await {
+        Ok(received) => received,
+        Err(_) => {
+            // Answers with the timeout unless a result got there first; either way the
+            // answer is now in the channel.
+            state.abandon(id, InvokeError::TimedOut(timeout.as_millis() as u64));
+            result.await
+        }
+    };
+    // The sender is dropped unanswered only when the shard itself is torn down.
+    received.unwrap_or(Err(InvokeError::ShuttingDown))
 }
 
 /// Serves a client's session stream: each request is handled in its own task and its
@@ -113,16 +127,19 @@ pub(crate) async fn session(
     mut recv: quinn::RecvStream,
 ) {
     let (answers, outbox) = tokio::sync::mpsc::unbounded_channel::<SessionResponse>();
-    let writer = tokio::spawn(codec::forward(outbox, send));
+    let writer = tokio::spawn(codec::forward(outbox, send).in_current_span());
     loop {
         match codec::read_message::<SessionRequest, _>(&mut recv).await {
             Ok(Some(SessionRequest { id, request })) => {
                 let service = service.clone();
                 let answers = answers.clone();
-                tokio::spawn(async move {
-                    let response = handle(&service, request).await;
-                    let _ = answers.send(SessionResponse { id, response });
-                });
+                tokio::spawn(
+                    async move {
+                        let response = handle(&service, request).await;
+                        let _ = answers.send(SessionResponse { id, response });
+                    }
+                    .in_current_span(),
+                );
             }
             Ok(None) => break,
             Err(e) => {
@@ -155,7 +172,7 @@ fn deploy(service: &Arc<Service>, spec: FunctionSpec) -> ClientResponse {
                 version,
             };
             for &peer in &service.options().peers {
-                tokio::spawn(tell_peer(service.clone(), peer, notice.clone()));
+                tokio::spawn(tell_peer(service.clone(), peer, notice.clone()).in_current_span());
             }
             ClientResponse::Deployed {
                 name: spec.name,

@@ -37,4 +37,10 @@ pub struct ShardOptions {
     pub max_payload_bytes: usize,
     /// Timeout for invocations that name none.
     pub default_timeout: Duration,
+    /// Where to serve Prometheus metrics (`GET /metrics`); none when `None`.
+    pub metrics: Option<SocketAddr>,
+    /// Successful invocations at least this slow are logged with their stage timings.
+    pub slow_threshold: Duration,
+    /// At most one other successful invocation is logged per this interval; none if `None`.
+    pub sample_every: Option<Duration>,
 }

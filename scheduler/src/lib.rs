@@ -6,13 +6,15 @@
 //! each other and nothing imports `server`.
 //!
 //! ```text
-//! server        ──► client, machines, pump, service, state, registry, config
-//! client        ──► service, state, config      (client requests and sessions)
+//! server        ──► client, machines, metrics, pump, service, state, registry, config
+//! client        ──► service, state, config, metrics (client requests and sessions)
 //! machines      ──► service, state, config      (dispatcher control streams and lanes)
 //! pump          ──► state                       (the placement task)
-//! service       ──► state, registry, config     (what every session is handed)
-//! state         ──► machine_table               (the one owner of mutable state)
-//! registry, config, machine_table ──► nothing
+//! service       ──► state, registry, config, metrics, trace (what every session is handed)
+//! metrics       ──► state                       (series; levels read at scrape time)
+//! trace         ──► state                       (which invocations are logged)
+//! state         ──► machine_table, throughput   (the one owner of mutable state)
+//! registry, config, machine_table, throughput ──► nothing
 //! ```
 //!
 //! All mutable state lives in `state::ShardState`; the session modules and the pump change
@@ -24,8 +26,11 @@ mod client;
 mod config;
 mod machine_table;
 mod machines;
+mod metrics;
 mod pump;
 mod service;
 mod state;
+mod throughput;
+pub mod trace;
 
 pub use server::{Shard, ShardError, ShardOptions};

@@ -9,9 +9,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tariff_policy::MachineIdx;
-use tariff_types::wire::{InvocationId, MachineLoad, Placement, ShardToDispatcher};
+use tariff_types::wire::{
+    DispatcherHello, InvocationId, MachineLoad, MachineStatus, Placement, ShardToDispatcher,
+};
 use tariff_types::ClassId;
 use tokio::sync::{mpsc, oneshot};
 
@@ -21,6 +24,15 @@ pub(crate) struct MachineLink {
     name: Arc<str>,
     /// Invocations at or above one class it runs at once (from its hello).
     slots: u32,
+    /// CPUs and memory functions may use (from its hello), for status.
+    cores: u32,
+    memory_bytes: u64,
+    /// Free memory as last reported (idle entry or poll answer), for status.
+    free_memory_bytes: Option<u64>,
+    /// Functions with an idle warm instance, as last reported, for status.
+    warm: u32,
+    /// When the shard last heard from it, for status.
+    last_heard: Instant,
     /// The QUIC connection its control stream came on; its lanes must come on the same one.
     connection_id: usize,
     /// Frames to its dispatcher's control stream.
@@ -42,6 +54,34 @@ impl MachineLink {
     /// Its slots.
     pub(crate) fn slots(&self) -> u32 {
         self.slots
+    }
+
+    /// The machine sent something: notes when, and its free memory if the message said.
+    pub(crate) fn heard(&mut self, free_memory_bytes: Option<u64>) {
+        self.last_heard = Instant::now();
+        if free_memory_bytes.is_some() {
+            self.free_memory_bytes = free_memory_bytes;
+        }
+    }
+
+    /// The machine reported how many functions have an idle warm instance on it.
+    pub(crate) fn set_warm(&mut self, warm: usize) {
+        self.warm = warm as u32;
+    }
+
+    /// The machine as `tariff status` shows it; `running` and `listed` are the shard's.
+    pub(crate) fn status(&self, running: Vec<u32>, listed: bool) -> MachineStatus {
+        MachineStatus {
+            name: self.name.to_string(),
+            cores: self.cores,
+            slots: self.slots,
+            memory_bytes: self.memory_bytes,
+            free_memory_bytes: self.free_memory_bytes,
+            running,
+            warm: self.warm,
+            listed,
+            last_heard_ms: self.last_heard.elapsed().as_millis() as u64,
+        }
     }
 
     /// Sends a placement on its class lane; false if the lane is gone.
@@ -113,7 +153,7 @@ impl MachineTable {
     pub(crate) fn insert(
         &mut self,
         name: Arc<str>,
-        slots: u32,
+        hello: &DispatcherHello,
         classes: usize,
         connection_id: usize,
         control: mpsc::UnboundedSender<ShardToDispatcher>,
@@ -125,7 +165,12 @@ impl MachineTable {
             idx,
             MachineLink {
                 name,
-                slots,
+                slots: hello.slots,
+                cores: hello.cores,
+                memory_bytes: hello.memory_bytes,
+                free_memory_bytes: None,
+                warm: 0,
+                last_heard: Instant::now(),
                 connection_id,
                 control,
                 lanes: vec![None; classes],
@@ -156,6 +201,11 @@ impl MachineTable {
     /// The index of the machine called `name`, if connected.
     pub(crate) fn lookup(&self, name: &str) -> Option<MachineIdx> {
         self.by_name.get(name).copied()
+    }
+
+    /// The connected machines with their indices, in no particular order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (MachineIdx, &MachineLink)> {
+        self.links.iter().map(|(idx, link)| (*idx, link))
     }
 
     /// Names of the connected machines, sorted.

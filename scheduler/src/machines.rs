@@ -16,7 +16,7 @@ use tariff_types::wire::{
 };
 use tariff_types::ClassId;
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 use crate::config::PROTOCOL_VIOLATION;
 use crate::service::Service;
@@ -41,7 +41,7 @@ pub(crate) async fn control_session(
         shard_id: options.shard_id,
         classes: options.classes.names().map(str::to_owned).collect(),
     });
-    let writer = tokio::spawn(codec::forward(outbox, send));
+    let writer = tokio::spawn(codec::forward(outbox, send).in_current_span());
     loop {
         match codec::read_message::<DispatcherToShard, _>(&mut recv).await {
             Ok(Some(message)) => handle_control(state, machine, &control, message),
@@ -100,7 +100,7 @@ pub(crate) async fn lane_session(
             return;
         }
     };
-    let writer = tokio::spawn(codec::forward(outbox, send));
+    let writer = tokio::spawn(codec::forward(outbox, send).in_current_span());
     loop {
         match codec::read_message::<Completion, _>(&mut recv).await {
             Ok(Some(completion)) => state.complete(completion),

@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use tariff_cluster::cluster::{Cluster, ClusterError};
 use tariff_cluster::codec::{self, CodecError};
+use tariff_cluster::directory::{DirectoryError, ShardRecord};
+use tariff_cluster::metrics::{MetricsError, MetricsServer};
 use tariff_cluster::store::ClusterStore;
 use tariff_types::wire::{ClientResponse, StreamOpen};
 use tracing::{debug, info, warn, Instrument};
@@ -26,6 +28,9 @@ use crate::registry::Registry;
 use crate::service::Service;
 use crate::state::ShardState;
 
+/// File in the data directory holding the bound metrics address (when `--metrics` is given),
+/// for scripts and tests that asked for port 0.
+pub const METRICS_ADDR_FILE: &str = "metrics.addr";
 /// A stream must deliver its first frame within this time or it is dropped, so idle streams
 /// cannot pin memory.
 const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,6 +43,12 @@ pub enum ShardError {
     /// Credentials or endpoint.
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    /// The metrics endpoint could not be bound.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    /// Recording the shard's address in the cluster directory failed.
+    #[error(transparent)]
+    Record(#[from] DirectoryError),
     /// Writing the data directory failed.
     #[error("shard data directory {path}: {source}")]
     DataDir {
@@ -51,10 +62,16 @@ pub enum ShardError {
 /// A bound, not yet running shard.
 pub struct Shard {
     service: Arc<Service>,
+    /// The shard's address in the cluster directory, so clients find it without `--shard`;
+    /// removed when the shard stops (or is dropped unrun).
+    record: ShardRecord,
+    /// The bound `--metrics` endpoint, if one was asked for.
+    metrics: Option<MetricsServer>,
 }
 
 impl Shard {
-    /// Binds the endpoint and writes the bound address to `data_dir/shard.addr`.
+    /// Binds the endpoint, writes the bound address to `data_dir/shard.addr` and records it in
+    /// the cluster directory's `shards/` (see [`tariff_cluster::directory`]).
     pub fn bind(
         cluster: &Cluster,
         store: Arc<dyn ClusterStore>,
@@ -73,6 +90,12 @@ impl Shard {
         };
         std::fs::create_dir_all(&options.data_dir).map_err(data_err)?;
         std::fs::write(options.data_dir.join("shard.addr"), local.to_string()).map_err(data_err)?;
+        let metrics = options.metrics.map(MetricsServer::bind_std).transpose()?;
+        if let Some(server) = &metrics {
+            let file = options.data_dir.join(METRICS_ADDR_FILE);
+            std::fs::write(file, server.local_addr().to_string()).map_err(data_err)?;
+        }
+        let record = ShardRecord::write(cluster.dir(), local)?;
         let state = ShardState::new(
             options.shard_id,
             options.classes.clone(),
@@ -81,6 +104,8 @@ impl Shard {
         let service = Service::new(options, Registry::new(store), endpoint, Arc::new(state));
         Ok(Self {
             service: Arc::new(service),
+            record,
+            metrics,
         })
     }
 
@@ -92,43 +117,69 @@ impl Shard {
             .expect("a bound endpoint has an address")
     }
 
-    /// Serves until `shutdown` completes, then answers every queued invocation with a
-    /// shutting-down error and closes the endpoint.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
-        let service = self.service;
-        let endpoint = service.endpoint();
-        let options = service.options();
-        info!(
-            addr = %endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-            shard = options.shard_id,
-            classes = %options.classes,
-            "shard listening"
-        );
-        let pump = tokio::spawn(crate::pump::run(service.state().clone()));
-        let sweeper = tokio::spawn(sweep(service.state().clone()));
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                incoming = endpoint.accept() => {
-                    let Some(incoming) = incoming else { break };
-                    let service = service.clone();
-                    tokio::spawn(async move {
-                        match incoming.await {
-                            Ok(conn) => serve_connection(service, conn).await,
-                            Err(e) => debug!(error = %e, "handshake failed"),
-                        }
-                    });
-                }
-                () = &mut shutdown => break,
-            }
-        }
-        info!("shard shutting down");
-        pump.abort();
-        sweeper.abort();
-        service.state().fail_all_queued();
-        endpoint.close(0u32.into(), b"shutdown");
-        endpoint.wait_idle().await;
+    /// Where the shard serves its metrics, if it does.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(MetricsServer::local_addr)
     }
+
+    /// Serves until `shutdown` completes, then answers every queued invocation with a
+    /// shutting-down error, closes the endpoint and removes the shard's record.
+    ///
+    /// Everything the shard logs is inside a `shard{id=N}` span, so the lines of several
+    /// shards in one process (`tariff local`) can be told apart.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let span = tracing::info_span!("shard", id = self.service.options().shard_id);
+        let record = self.record;
+        let metrics = self.metrics.map(|server| {
+            let exposition = crate::metrics::ShardExposition {
+                metrics: self.service.metrics().clone(),
+                state: self.service.state().clone(),
+            };
+            tokio::spawn(server.serve(Arc::new(exposition)))
+        });
+        serve(self.service, shutdown).instrument(span).await;
+        if let Some(task) = metrics {
+            task.abort();
+        }
+        drop(record);
+    }
+}
+
+/// The body of [`Shard::run`], inside the shard's span.
+async fn serve(service: Arc<Service>, shutdown: impl std::future::Future<Output = ()>) {
+    let endpoint = service.endpoint();
+    let options = service.options();
+    info!(
+        addr = %endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        metrics = ?options.metrics,
+        shard = options.shard_id,
+        classes = %options.classes,
+        "shard listening"
+    );
+    let pump = tokio::spawn(crate::pump::run(service.state().clone()).in_current_span());
+    let sweeper = tokio::spawn(sweep(service.state().clone()).in_current_span());
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                let service = service.clone();
+                tokio::spawn(async move {
+                    match incoming.await {
+                        Ok(conn) => serve_connection(service, conn).await,
+                        Err(e) => debug!(error = %e, "handshake failed"),
+                    }
+                }.in_current_span());
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    info!("shard shutting down");
+    pump.abort();
+    sweeper.abort();
+    service.state().fail_all_queued();
+    endpoint.close(0u32.into(), b"shutdown");
+    endpoint.wait_idle().await;
 }
 
 /// Drops queued invocations whose callers have already been answered (timed out).
@@ -150,7 +201,8 @@ async fn serve_connection(service: Arc<Service>, conn: quinn::Connection) {
                 let conn = conn.clone();
                 tokio::spawn(
                     serve_stream(service, conn, send, recv)
-                        .instrument(tracing::debug_span!("stream", %remote)),
+                        .instrument(tracing::debug_span!("stream", %remote))
+                        .in_current_span(),
                 );
             }
             Err(e) => {

@@ -9,8 +9,10 @@
 use std::sync::Arc;
 
 use crate::config::ShardOptions;
+use crate::metrics::ShardMetrics;
 use crate::registry::Registry;
 use crate::state::ShardState;
+use crate::trace::InvocationLog;
 
 /// A shard's configuration, registry, endpoint and state, shared behind an `Arc`.
 pub(crate) struct Service {
@@ -22,6 +24,11 @@ pub(crate) struct Service {
     endpoint: quinn::Endpoint,
     /// The owner of everything that changes.
     state: Arc<ShardState>,
+    /// The shard's metrics (counters and histograms are lock-free; levels are read from
+    /// `state` at scrape time).
+    metrics: Arc<ShardMetrics>,
+    /// Which answered invocations are logged with their stage timings.
+    invocation_log: InvocationLog,
 }
 
 impl Service {
@@ -33,11 +40,23 @@ impl Service {
         state: Arc<ShardState>,
     ) -> Self {
         Self {
+            metrics: Arc::new(ShardMetrics::new(&options.classes)),
+            invocation_log: InvocationLog::new(options.slow_threshold, options.sample_every),
             options,
             registry,
             endpoint,
             state,
         }
+    }
+
+    /// Which answered invocations are logged, and how.
+    pub(crate) fn invocation_log(&self) -> &InvocationLog {
+        &self.invocation_log
+    }
+
+    /// The shard's metrics.
+    pub(crate) fn metrics(&self) -> &Arc<ShardMetrics> {
+        &self.metrics
     }
 
     /// How the shard was configured.

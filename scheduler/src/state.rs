@@ -29,17 +29,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tariff_policy::placement::PolledLoad;
-use tariff_policy::shard::{Overloaded, ShardConfig, ShardCore};
+use tariff_policy::shard::{Overloaded, PlacePath, ShardConfig, ShardCore};
 use tariff_policy::{FunctionKey, MachineIdx, Step, Taken};
 use tariff_types::wire::{
     unix_micros, Completion, DispatcherHello, IdleEntry, InvocationId, InvocationOutcome,
-    InvokeError, MachineLoad, Placement, ShardStatus, ShardToDispatcher,
+    InvokeError, MachineLoad, MachineStatus, Placement, ShardStatus, ShardToDispatcher,
 };
 use tariff_types::{ClassId, FunctionSpec, PriceClasses};
 use tokio::sync::{mpsc, oneshot, Notify};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::machine_table::MachineTable;
+use crate::throughput::RecentRate;
 
 /// The answer to one invocation.
 pub(crate) type Answer = Result<InvocationOutcome, InvokeError>;
@@ -123,13 +124,30 @@ struct Invocation {
 /// Where a placed invocation runs.
 struct Running {
     machine: MachineIdx,
+    /// Its class, for the per-machine counts of `tariff status`.
+    class: ClassId,
     machine_name: Arc<str>,
     /// When it was sent, µs since the epoch.
     placed_at_us: u64,
 }
 
+/// How many invocations were sent to a machine by each path, for the shard's metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct PlacementCounts {
+    /// A listed machine with an idle warm instance of the function.
+    pub(crate) warm: u64,
+    /// The idle list's best machine.
+    pub(crate) idle_list: u64,
+    /// The least loaded of k polled machines.
+    pub(crate) power_of_k: u64,
+}
+
 /// Everything mutable about a shard, behind [`ShardState`]'s one lock.
 struct Book {
+    /// Placements so far, by path.
+    placements: PlacementCounts,
+    /// Invocations answered, in total and over the last seconds.
+    answered: RecentRate,
     /// Queues, idle list and placement decisions.
     core: ShardCore<Queued>,
     /// Connected machines.
@@ -165,6 +183,8 @@ impl ShardState {
         let core = ShardCore::new(classes.prices(), policy, u64::from(shard_id));
         Self {
             book: Mutex::new(Book {
+                placements: PlacementCounts::default(),
+                answered: RecentRate::new(Instant::now()),
                 core,
                 machines: MachineTable::default(),
                 invocations: HashMap::new(),
@@ -291,13 +311,8 @@ impl ShardState {
             }
             self.wake.notify_one();
         }
-        book.machines.insert(
-            name,
-            hello.slots,
-            self.classes.len(),
-            connection_id,
-            control,
-        )
+        book.machines
+            .insert(name, hello, self.classes.len(), connection_id, control)
     }
 
     /// A dispatcher opened its lane for `class`. Once every lane is open the machine joins
@@ -333,14 +348,24 @@ impl ShardState {
 
     /// A machine joined, updated or left this shard's idle list.
     pub(crate) fn idle_update(&self, machine: MachineIdx, entry: IdleEntry) {
-        self.book().core.idle_update(machine, entry);
+        let mut book = self.book();
+        if let Some(link) = book.machines.get_mut(machine) {
+            link.heard(Some(entry.free_memory_bytes));
+        }
+        book.core.idle_update(machine, entry);
+        drop(book);
         self.wake.notify_one();
     }
 
     /// A machine reported which functions have an idle warm instance on it.
     pub(crate) fn warm_update(&self, machine: MachineIdx, functions: &[String]) {
         let keys = functions.iter().map(|f| FunctionKey::of(f)).collect();
-        self.book().core.warm_update(machine, keys);
+        let mut book = self.book();
+        if let Some(link) = book.machines.get_mut(machine) {
+            link.heard(None);
+            link.set_warm(functions.len());
+        }
+        book.core.warm_update(machine, keys);
     }
 
     /// Length of the idle list, for a dispatcher choosing a shard.
@@ -351,6 +376,7 @@ impl ShardState {
     /// A machine answered poll `seq`.
     pub(crate) fn load_reported(&self, machine: MachineIdx, seq: u64, load: MachineLoad) {
         if let Some(link) = self.book().machines.get_mut(machine) {
+            link.heard(Some(load.free_memory_bytes));
             link.load_reported(seq, load);
         }
     }
@@ -367,7 +393,13 @@ impl ShardState {
     pub(crate) fn lose_machine(&self, machine: MachineIdx) {
         let lost = self.book().lose_machine(machine);
         if let Some((name, count)) = lost {
-            warn!(machine = %name, lost = count, "machine lost");
+            // A machine that goes while running nothing (a dispatcher stopping cleanly, or
+            // this shard shutting down) has cost nobody anything: not worth a warning.
+            if count == 0 {
+                info!(machine = %name, "machine left");
+            } else {
+                warn!(machine = %name, lost = count, "machine lost");
+            }
             self.wake.notify_one();
         }
     }
@@ -381,6 +413,11 @@ impl ShardState {
     /// its queue for a poll) with a shutting-down error rather than dropping it silently.
     pub(crate) fn fail_all_queued(&self) {
         self.book().fail_all_queued();
+    }
+
+    /// Placements so far, by path.
+    pub(crate) fn placements(&self) -> PlacementCounts {
+        self.book().placements
     }
 
     /// What the shard is doing, for a status request.
@@ -406,6 +443,32 @@ impl ShardState {
                 .values()
                 .filter(|i| i.running.is_some())
                 .count() as u64,
+            machine_status: {
+                let listed: Vec<MachineIdx> = book.core.idle_machines().collect();
+                let mut running: HashMap<MachineIdx, Vec<u32>> = HashMap::new();
+                for r in book.invocations.values().filter_map(|i| i.running.as_ref()) {
+                    let counts = running
+                        .entry(r.machine)
+                        .or_insert_with(|| vec![0; self.classes.len()]);
+                    if let Some(count) = counts.get_mut(r.class.index()) {
+                        *count += 1;
+                    }
+                }
+                let mut machines: Vec<MachineStatus> = book
+                    .machines
+                    .iter()
+                    .map(|(idx, link)| {
+                        let counts = running
+                            .remove(&idx)
+                            .unwrap_or_else(|| vec![0; self.classes.len()]);
+                        link.status(counts, listed.contains(&idx))
+                    })
+                    .collect();
+                machines.sort_by(|a, b| a.name.cmp(&b.name));
+                machines
+            },
+            answered: book.answered.total(),
+            answered_per_s: book.answered.per_second(Instant::now()),
         }
     }
 }
@@ -425,6 +488,7 @@ impl Book {
             }
         }
         let result = result(&invocation);
+        self.answered.record(Instant::now());
         // The caller may be gone (its task was dropped); there is no one else to tell.
         let _ = invocation.answer.send(result);
         true
@@ -459,8 +523,12 @@ impl Book {
     fn place_next(&mut self, now: Duration) -> Placing {
         match self.core.next(now) {
             None => Placing::Idle,
-            Some(Step::Place(taken, machine)) => {
+            Some(Step::Place(taken, machine, path)) => {
                 if self.is_live(taken.item.id) {
+                    match path {
+                        PlacePath::Warm => self.placements.warm += 1,
+                        PlacePath::IdleList => self.placements.idle_list += 1,
+                    }
                     self.send(taken, machine);
                 } else {
                     // The core counted it against the machine already.
@@ -504,6 +572,7 @@ impl Book {
             })
             .collect();
         if let Ok((taken, machine)) = self.core.polled(taken, &loads) {
+            self.placements.power_of_k += 1;
             self.send(taken, machine);
         }
     }
@@ -534,6 +603,7 @@ impl Book {
         if let Some(invocation) = self.invocations.get_mut(&id) {
             invocation.running = Some(Running {
                 machine,
+                class,
                 machine_name: name.clone(),
                 placed_at_us: unix_micros(),
             });

@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 
 use super::events::from_secs;
-use super::workload::{convert_azure, summarize_trace, trace_time_scale, WorkloadConfig};
-use super::{report, run_sweep, SimConfig, GB};
+use super::workload::{
+    convert_azure_with_progress, summarize_trace, trace_time_scale, WorkloadConfig,
+};
+use super::{report, run_sweep_with_progress, SimConfig, GB};
 
 /// Loads of the default sweep, around the cluster's capacity.
 pub const DEFAULT_LOADS: &str = "0.5,0.7,0.9,1.0,1.1,1.2";
@@ -217,7 +219,19 @@ pub fn run(args: &SimArgs) -> anyhow::Result<()> {
             .out
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_TRACE_OUT));
-        let summary = convert_azure(dir, &out, args.classes, args.convert_minutes, args.seed)?;
+        let bar = tariff_progress::Progress::new("converting the trace", 0, "minutes");
+        let summary = convert_azure_with_progress(
+            dir,
+            &out,
+            args.classes,
+            args.convert_minutes,
+            args.seed,
+            &|done, minutes| {
+                bar.set_length(minutes as u64);
+                bar.set(done as u64);
+            },
+        )?;
+        bar.finish();
         report::print_conversion(&summary, &out);
         return Ok(());
     }
@@ -226,7 +240,15 @@ pub fn run(args: &SimArgs) -> anyhow::Result<()> {
     if let (Some(trace), Some(duration)) = (&args.trace, args.duration) {
         warn_partial_trace(trace, &config, &loads, duration)?;
     }
-    let sweep = run_sweep(&config, &loads)?;
+    let runs = loads.len() * config.schedulers.len();
+    let label = if config.trace.is_some() {
+        "replaying the trace"
+    } else {
+        "simulating"
+    };
+    let bar = tariff_progress::Progress::new(label, runs as u64, "runs");
+    let sweep = run_sweep_with_progress(&config, &loads, &|| bar.inc(1))?;
+    bar.finish();
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         write(&dir.join(REPORT_FILE), &sweep.to_json())?;

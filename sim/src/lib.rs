@@ -511,6 +511,17 @@ pub fn run_experiment(config: &SimConfig) -> Result<ExperimentReport, SimError> 
 
 /// Runs `config` at each of `loads`, every scheduler in parallel where cores allow.
 pub fn run_sweep(config: &SimConfig, loads: &[f64]) -> Result<SweepReport, SimError> {
+    run_sweep_with_progress(config, loads, &|| {})
+}
+
+/// [`run_sweep`], calling `job_done` as each (load, scheduler) run ends — there are
+/// `loads.len() × config.schedulers.len()` — so a command can show how far the sweep is (the
+/// library prints nothing). Runs end in any order, from several threads.
+pub fn run_sweep_with_progress(
+    config: &SimConfig,
+    loads: &[f64],
+    job_done: &(dyn Fn() + Sync),
+) -> Result<SweepReport, SimError> {
     let mut configs: Vec<SimConfig> = loads
         .iter()
         .map(|&load| SimConfig {
@@ -534,7 +545,9 @@ pub fn run_sweep(config: &SimConfig, loads: &[f64]) -> Result<SweepReport, SimEr
         .flat_map(|i| config.schedulers.iter().map(move |&k| (i, k)))
         .collect();
     let results = parallel(jobs.clone(), |(i, kind)| {
-        run_one(&configs[i], &workloads[i], kind)
+        let result = run_one(&configs[i], &workloads[i], kind);
+        job_done();
+        result
     });
     let mut experiments: Vec<ExperimentReport> = configs
         .iter()

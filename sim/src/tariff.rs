@@ -218,7 +218,7 @@ impl Tariff {
         let d = to_duration(now);
         while let Some(step) = self.shards[s].next(d) {
             let placed = match step {
-                Step::Place(taken, machine) => Some((taken.item, machine)),
+                Step::Place(taken, machine, _) => Some((taken.item, machine)),
                 Step::Poll(taken, candidates) => {
                     let answers: Vec<PolledLoad<'_>> = candidates
                         .iter()

@@ -844,6 +844,19 @@ pub fn convert_azure(
     minutes: Option<usize>,
     seed: u64,
 ) -> Result<ConvertSummary, WorkloadError> {
+    convert_azure_with_progress(dir, out, classes, minutes, seed, &|_, _| {})
+}
+
+/// [`convert_azure`], calling `progress(minutes_done, minutes)` after each minute of the day
+/// is written, so a command can show how far the conversion is (the library prints nothing).
+pub fn convert_azure_with_progress(
+    dir: &Path,
+    out: &Path,
+    classes: usize,
+    minutes: Option<usize>,
+    seed: u64,
+    progress: &dyn Fn(usize, usize),
+) -> Result<ConvertSummary, WorkloadError> {
     let mut rng = SmallRng::seed_from_u64(seed);
     let weights = bimodal_weights(classes.max(1));
 
@@ -942,6 +955,7 @@ pub fn convert_azure(
             .map_err(io)?;
             invocations += 1;
         }
+        progress(minute + 1, minutes);
     }
     writer.flush().map_err(io)?;
     Ok(ConvertSummary {

@@ -140,7 +140,19 @@ impl TestCluster {
 
     /// Starts a shard with extra arguments and waits for its address.
     pub fn start_shard(&mut self, extra: &[&str]) -> SocketAddr {
+        self.start_shard_logging(extra, "warn")
+    }
+
+    /// Where shard `n` (in start order) logs.
+    pub fn shard_log(&self, n: usize) -> PathBuf {
+        self.dir.path().join(format!("shard-{n}.log"))
+    }
+
+    /// Starts a shard with extra arguments, logging at `rust_log` to [`TestCluster::shard_log`],
+    /// and waits for its address.
+    pub fn start_shard_logging(&mut self, extra: &[&str], rust_log: &str) -> SocketAddr {
         let n = self.shards.len();
+        let log = std::fs::File::create(self.shard_log(n)).expect("log file");
         let data_dir = self.dir.path().join(format!("shard-{n}"));
         let addr_file = data_dir.join("shard.addr");
         let cpus = non_function_cpus();
@@ -158,6 +170,8 @@ impl TestCluster {
             });
         }
         let child = command
+            .env("RUST_LOG", rust_log)
+            .stderr(log)
             .args(["shard", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data_dir)
             .args(extra)
@@ -368,4 +382,69 @@ pub async fn invoke(
     request: InvokeRequest,
 ) -> Result<InvocationOutcome, InvokeError> {
     client.invoke(request).await.expect("the shard answers")
+}
+
+/// Fetches `GET /metrics` from a `--metrics` endpoint (classic Prometheus text format).
+pub fn scrape(addr: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect(addr).expect("connecting to the metrics endpoint");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
+}
+
+/// The value of one sample, named with its labels exactly as exposed
+/// (`name{a="x",b="y"}`), or 0 when the series has no sample yet.
+pub fn sample(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|line| {
+            let rest = line.strip_prefix(series)?.strip_prefix(' ')?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or(0.0)
+}
+
+/// The address in a server's `metrics.addr` file, under `data_dir`.
+pub fn metrics_addr(data_dir: &Path) -> SocketAddr {
+    wait_for_file(&data_dir.join("metrics.addr"))
+        .parse()
+        .expect("metrics.addr holds an address")
+}
+
+/// Runs `promtool check metrics` on an exposition; panics with its complaints if it refuses.
+pub fn promtool_check(exposition: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect(
+            "running promtool: install Debian's `prometheus` package (.ci/run does) to check \
+             the metrics exposition",
+        );
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool refused the exposition: {}{}\n{exposition}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

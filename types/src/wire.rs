@@ -268,6 +268,35 @@ pub struct ShardStatus {
     pub idle_list: Vec<String>,
     /// Invocations placed and not yet answered.
     pub in_flight: u64,
+    /// Each connected machine as this shard sees it, by name.
+    pub machine_status: Vec<MachineStatus>,
+    /// Invocations this shard has answered since it started.
+    pub answered: u64,
+    /// Invocations answered per second over the last few seconds.
+    pub answered_per_s: f64,
+}
+
+/// One machine as a shard sees it, for `tariff status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MachineStatus {
+    /// The machine's name.
+    pub name: String,
+    /// CPUs functions may use (from its hello).
+    pub cores: u32,
+    /// Invocations at or above one class it runs at once.
+    pub slots: u32,
+    /// Memory functions may use, bytes.
+    pub memory_bytes: u64,
+    /// Free memory as it last reported it (idle-list entry or poll answer), if it has.
+    pub free_memory_bytes: Option<u64>,
+    /// This shard's invocations running on it, per class, most expensive first.
+    pub running: Vec<u32>,
+    /// Functions with an idle warm instance on it, as it last reported.
+    pub warm: u32,
+    /// Whether it is on this shard's idle list.
+    pub listed: bool,
+    /// Milliseconds since the shard last heard from it (any control message).
+    pub last_heard_ms: u64,
 }
 
 /// First frame of a dispatcher's control stream.

@@ -197,6 +197,7 @@ async fn run_local(
         policy: Policy::Tariff,
         functions: example_specs()?,
         dir_name: format!("{BENCH_DIR_PREFIX}{}", Policy::Tariff),
+        metrics: false,
     };
     let classes: Vec<String> = PriceClasses::default().names().map(str::to_owned).collect();
     let weights = workload.check_classes(&classes)?;

@@ -98,22 +98,29 @@ pub async fn run_phase(
     };
     let ticker = ctx.progress.then(|| {
         let counters = counters.clone();
-        let label = label.to_owned();
-        let total = plan.invocations.len() as u64;
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(PROGRESS_INTERVAL);
-            loop {
-                tick.tick().await;
-                output::progress(
-                    &label,
-                    total,
-                    counters.sent.load(Ordering::Relaxed),
-                    counters.answered.load(Ordering::Relaxed),
-                    counters.failed.load(Ordering::Relaxed),
-                    start.elapsed(),
-                );
-            }
-        })
+        let bar = tariff_progress::Progress::new(
+            label.to_owned(),
+            plan.invocations.len() as u64,
+            "answered",
+        );
+        let task = {
+            let bar = bar.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(PROGRESS_INTERVAL);
+                loop {
+                    tick.tick().await;
+                    let sent = counters.sent.load(Ordering::Relaxed);
+                    let answered = counters.answered.load(Ordering::Relaxed);
+                    bar.set(answered);
+                    bar.message(format!(
+                        "sent {sent}, in flight {}, failed {}",
+                        sent.saturating_sub(answered),
+                        counters.failed.load(Ordering::Relaxed)
+                    ));
+                }
+            })
+        };
+        (task, bar)
     });
 
     // The generator is a blocking thread: `std::thread::sleep` wakes within tens of µs,
@@ -175,8 +182,9 @@ pub async fn run_phase(
     // A phase lasts at least its arrival window, so a burst answered early does not inflate
     // the throughput.
     let result = (result.0, result.1.max(plan.duration));
-    if let Some(ticker) = ticker {
+    if let Some((ticker, bar)) = ticker {
         ticker.abort();
+        bar.finish();
         output::progress_done(
             label,
             plan.invocations.len() as u64,

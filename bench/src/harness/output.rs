@@ -1,15 +1,14 @@
-//! What `tariff bench` shows on the terminal: a progress bar while a phase runs, and the table
+//! What `tariff bench` shows on the terminal: a summary line after each phase (its progress
+//! bar is `tariff_progress`'s, drawn by the driver), and the table
 //! of results at the end. Everything goes through [`write_terminal`], the harness's one
 //! printing function, so the library stays quiet unless a command asks it to speak.
 
 use std::fmt::Write as _;
-use std::io::{IsTerminal, Write as _};
+use std::io::Write as _;
 use std::time::Duration;
 
 use super::record::{BenchReport, STAGE_NAMES};
 
-/// Width of the progress bar in characters.
-const BAR_WIDTH: usize = 30;
 /// µs per ms.
 const US_PER_MS: f64 = 1000.0;
 
@@ -38,40 +37,12 @@ fn write_terminal(stream: Stream, text: &str) {
     }
 }
 
-/// Redraws the progress bar of a running phase (only on a terminal: in logs and CI a
-/// carriage-return animation is noise).
-pub fn progress(label: &str, total: u64, sent: u64, answered: u64, failed: u64, t: Duration) {
-    if !std::io::stderr().is_terminal() {
-        return;
-    }
-    let done = if total == 0 {
-        BAR_WIDTH
-    } else {
-        (answered as usize * BAR_WIDTH / total as usize).min(BAR_WIDTH)
-    };
-    let bar = format!("{}{}", "#".repeat(done), "-".repeat(BAR_WIDTH - done));
-    write_terminal(
-        Stream::Stderr,
-        &format!(
-            "\r{label:<24} [{bar}] sent {sent}/{total} answered {answered} failed {failed} \
-             in flight {} {:>6.1} s ",
-            sent.saturating_sub(answered),
-            t.as_secs_f64()
-        ),
-    );
-}
-
-/// Ends a phase's progress bar with a summary line.
+/// Ends a phase (its progress bar, `tariff_progress`, is cleared first) with a summary line.
 pub fn progress_done(label: &str, total: u64, failed: u64, elapsed: Duration) {
-    let clear = if std::io::stderr().is_terminal() {
-        "\r\x1b[K"
-    } else {
-        ""
-    };
     write_terminal(
         Stream::Stderr,
         &format!(
-            "{clear}{label}: {total} invocations answered in {:.1} s, {failed} failed\n",
+            "{label}: {total} invocations answered in {:.1} s, {failed} failed\n",
             elapsed.as_secs_f64()
         ),
     );

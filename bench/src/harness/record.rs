@@ -103,7 +103,7 @@ pub struct Sample {
 pub fn client_error_kind(error: &ClientError) -> &'static str {
     match error {
         ClientError::Cluster(_) => "client_credentials",
-        ClientError::Unreachable { .. } => "client_unreachable",
+        ClientError::Unreachable { .. } | ClientError::NoneReachable { .. } => "client_unreachable",
         ClientError::Connection(_) => "client_connection",
         ClientError::Codec(_) => "client_codec",
         ClientError::NoAnswer => "client_no_answer",
