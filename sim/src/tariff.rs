@@ -305,17 +305,7 @@ impl Tariff {
                     self.busy.moved(*running as usize, *running as usize + 1);
                     *running += 1;
                 }
-                Decision::Preempt(id) => {
-                    let task = &mut self.tasks[id as usize];
-                    task.remaining = task
-                        .remaining
-                        .saturating_sub(now.saturating_sub(task.since));
-                    task.running = false;
-                    task.generation = task.generation.wrapping_add(1);
-                    let running = &mut self.machines[m].running;
-                    self.busy.moved(*running as usize, *running as usize - 1);
-                    *running -= 1;
-                }
+                Decision::Preempt(id) => self.off_core(m, id as u32, now),
             }
         }
     }
@@ -441,19 +431,26 @@ impl Tariff {
     fn suspend(&mut self, m: usize, id: u32, now: Nanos, ctx: &mut Ctx) {
         let bytes = self.tasks[id as usize].resident(now);
         let decisions = self.machines[m].rq.finish(u64::from(id));
+        self.off_core(m, id, now);
+        let task = &mut self.tasks[id as usize];
+        task.parked = true;
+        task.swapped = bytes.max(1);
+        ctx.stats.swapped(task.inv.class, m, bytes);
+        self.apply(m, &decisions, now, ctx);
+    }
+
+    /// Takes running task `id` off its core on machine `m` (preempted or suspended): it keeps
+    /// the work it has left, and its pending completion event goes stale.
+    fn off_core(&mut self, m: usize, id: u32, now: Nanos) {
         let task = &mut self.tasks[id as usize];
         task.remaining = task
             .remaining
             .saturating_sub(now.saturating_sub(task.since));
         task.running = false;
         task.generation = task.generation.wrapping_add(1);
-        task.parked = true;
-        task.swapped = bytes.max(1);
-        ctx.stats.swapped(task.inv.class, m, bytes);
         let running = &mut self.machines[m].running;
         self.busy.moved(*running as usize, *running as usize - 1);
         *running -= 1;
-        self.apply(m, &decisions, now, ctx);
     }
 
     /// Brings swapped instances of machine `m` back in while more than the headroom is free;
