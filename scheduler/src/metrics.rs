@@ -18,7 +18,7 @@
 //! outcome (`ok` or one of `InvokeError`'s kinds) and the placement path; never a function,
 //! tenant or machine name, whose number has no bound.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +26,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tariff_cluster::metrics::{
     latency_family, ClassLabel, Exposition, LatencyFamily, OutcomeLabels, StartLabels,
@@ -36,6 +37,8 @@ use crate::state::{Answer, PlacementCounts, ShardState};
 
 /// The class label of a request whose class did not resolve (a bad `--class`).
 const UNKNOWN_CLASS: &str = "unknown";
+/// The outcome label of a successful invocation.
+const OK_OUTCOME: &str = "ok";
 
 /// Labels of the placement counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -44,18 +47,34 @@ pub(crate) struct PathLabel {
     path: String,
 }
 
+/// One class's series that every successful invocation touches, resolved once when the
+/// shard starts: a family lookup costs a label `String`, a hash and a lock, and the
+/// per-invocation path would otherwise pay that seven times.
+struct ClassSeries {
+    ok: Counter,
+    latency: Histogram,
+    queue_wait: Histogram,
+    run: Histogram,
+    cold: Counter,
+    warm: Counter,
+    preempted: Counter,
+    preempted_seconds: Counter<f64, AtomicU64>,
+}
+
 /// Every series a shard exposes, and the registry that encodes them.
 pub(crate) struct ShardMetrics {
     registry: Registry,
     /// Class names by class id, for labels.
     classes: Vec<String>,
+    /// The success path's series per class, by class id.
+    by_class: Vec<ClassSeries>,
     invocations: Family<OutcomeLabels, Counter>,
     latency: LatencyFamily<ClassLabel>,
     queue_wait: LatencyFamily<ClassLabel>,
     run: LatencyFamily<ClassLabel>,
     starts: Family<StartLabels, Counter>,
     preempted: Family<ClassLabel, Counter>,
-    preempted_seconds: Family<ClassLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
+    preempted_seconds: Family<ClassLabel, Counter<f64, AtomicU64>>,
     placements: Family<PathLabel, Counter>,
     queue_length: Family<ClassLabel, Gauge>,
     machines: Gauge,
@@ -69,6 +88,7 @@ impl ShardMetrics {
         let mut m = Self {
             registry: Registry::default(),
             classes: classes.names().map(str::to_owned).collect(),
+            by_class: Vec::new(),
             invocations: Family::default(),
             latency: latency_family(),
             queue_wait: latency_family(),
@@ -142,7 +162,43 @@ impl ShardMetrics {
             "Invocations this shard has sent to machines and not yet seen answered",
             m.in_flight.clone(),
         );
+        m.by_class = m
+            .classes
+            .iter()
+            .map(|class| m.class_series(class))
+            .collect();
         m
+    }
+
+    /// Resolves (and so creates, at zero) `class`'s success-path series.
+    fn class_series(&self, class: &str) -> ClassSeries {
+        let label = ClassLabel {
+            class: class.to_owned(),
+        };
+        let start = |start: &str| {
+            self.starts
+                .get_or_create(&StartLabels {
+                    class: class.to_owned(),
+                    start: start.to_owned(),
+                })
+                .clone()
+        };
+        ClassSeries {
+            ok: self
+                .invocations
+                .get_or_create(&OutcomeLabels {
+                    class: class.to_owned(),
+                    outcome: OK_OUTCOME.to_owned(),
+                })
+                .clone(),
+            latency: self.latency.get_or_create(&label).clone(),
+            queue_wait: self.queue_wait.get_or_create(&label).clone(),
+            run: self.run.get_or_create(&label).clone(),
+            cold: start("cold"),
+            warm: start("warm"),
+            preempted: self.preempted.get_or_create(&label).clone(),
+            preempted_seconds: self.preempted_seconds.get_or_create(&label).clone(),
+        }
     }
 
     fn class_name(&self, class: Option<ClassId>) -> String {
@@ -154,46 +210,36 @@ impl ShardMetrics {
     /// Counts one answered invocation; `class` is `None` when its class did not resolve,
     /// `elapsed` is the time from its request arriving to its answer.
     pub(crate) fn answered(&self, class: Option<ClassId>, answer: &Answer, elapsed: Duration) {
-        let class = self.class_name(class);
-        let outcome = match answer {
-            Ok(_) => "ok",
-            Err(error) => error.kind(),
-        };
-        self.invocations
-            .get_or_create(&OutcomeLabels {
-                class: class.clone(),
-                outcome: outcome.to_owned(),
-            })
-            .inc();
-        let Ok(outcome) = answer else { return };
-        let label = ClassLabel {
-            class: class.clone(),
+        let series = class.and_then(|c| self.by_class.get(usize::from(c.0)));
+        let (Ok(outcome), Some(series)) = (answer, series) else {
+            // Errors (and a class that did not resolve, which is always one) are the rare
+            // path: their outcome label is the error's kind.
+            let outcome = match answer {
+                Ok(_) => OK_OUTCOME,
+                Err(error) => error.kind(),
+            };
+            self.invocations
+                .get_or_create(&OutcomeLabels {
+                    class: self.class_name(class),
+                    outcome: outcome.to_owned(),
+                })
+                .inc();
+            return;
         };
         let timings = outcome.timings();
-        self.latency
-            .get_or_create(&label)
-            .observe(elapsed.as_secs_f64());
-        self.queue_wait
-            .get_or_create(&label)
-            .observe(micros(timings.queued_us()));
-        self.run
-            .get_or_create(&label)
-            .observe(micros(timings.run_us()));
-        let start = if outcome.run.cold_start {
-            "cold"
+        series.ok.inc();
+        series.latency.observe(elapsed.as_secs_f64());
+        series.queue_wait.observe(micros(timings.queued_us()));
+        series.run.observe(micros(timings.run_us()));
+        if outcome.run.cold_start {
+            series.cold.inc();
         } else {
-            "warm"
-        };
-        self.starts
-            .get_or_create(&StartLabels {
-                class,
-                start: start.to_owned(),
-            })
-            .inc();
+            series.warm.inc();
+        }
         if outcome.run.preempted_us > 0 {
-            self.preempted.get_or_create(&label).inc();
-            self.preempted_seconds
-                .get_or_create(&label)
+            series.preempted.inc();
+            series
+                .preempted_seconds
                 .inc_by(micros(outcome.run.preempted_us));
         }
     }
