@@ -115,7 +115,7 @@ pub struct ShardAddr {
     /// Shard address. Default: whichever shard recorded in the cluster directory answers
     /// first (every running shard records itself there), else 127.0.0.1:7400.
     #[arg(long)]
-    shard: Option<SocketAddr>,
+    pub(crate) shard: Option<SocketAddr>,
 }
 
 /// The shard tried when none is given and none is recorded: `tariff shard`'s default.
@@ -142,6 +142,19 @@ pub struct DeployArgs {
     /// How long an idle persistent instance stays warm.
     #[arg(long, value_parser = parse_duration, default_value = "60s")]
     keep_alive: Duration,
+    /// Let another tenant invoke, list and replace this function (repeatable or comma
+    /// separated). Only the owner's deploys change this list.
+    #[arg(long, value_delimiter = ',')]
+    share_with: Vec<String>,
+}
+
+/// `tariff remove`.
+#[derive(Args, Debug)]
+pub struct RemoveArgs {
+    #[command(flatten)]
+    shard: ShardAddr,
+    /// Function name.
+    name: String,
 }
 
 /// `--runtime` values.
@@ -164,9 +177,6 @@ pub struct InvokeArgs {
     /// Price class.
     #[arg(long)]
     class: String,
-    /// Tenant paying.
-    #[arg(long, default_value = "default")]
-    tenant: String,
     /// Payload given to the function on stdin.
     #[arg(long, conflicts_with = "payload_file")]
     payload: Option<String>,
@@ -182,7 +192,7 @@ pub struct InvokeArgs {
 }
 
 pub async fn shard(global: &Global, args: ShardArgs) -> anyhow::Result<()> {
-    let cluster = global.open_cluster()?;
+    let cluster = global.init_cluster()?;
     let store = tariff_cluster::store::open(args.store.as_deref(), &cluster.store_path())
         .context("opening the cluster store")?;
     let options = ShardOptions {
@@ -276,20 +286,30 @@ pub async fn dispatcher(global: &Global, args: DispatcherArgs) -> anyhow::Result
     Ok(())
 }
 
-/// Connects to the shard given, or else to the first of the cluster directory's recorded
-/// shards that answers (all tried at once, for at most [`DISCOVERY_TIMEOUT`]). When none
-/// answers the error lists every address tried and where they were read from.
+/// Connects as the tenant (see [`Global::token`]) to the shard given, or else to the first
+/// of the cluster directory's recorded shards that answers (all tried at once, for at most
+/// [`DISCOVERY_TIMEOUT`]). When none answers the error lists every address tried and where
+/// they were read from.
 async fn connect(global: &Global, addr: Option<SocketAddr>) -> anyhow::Result<Client> {
+    connect_with(global, addr, global.token()?).await
+}
+
+/// [`connect`] presenting `token`.
+pub(crate) async fn connect_with(
+    global: &Global,
+    addr: Option<SocketAddr>,
+    token: Option<tariff_types::Token>,
+) -> anyhow::Result<Client> {
     let cluster = global.open_cluster()?;
     if let Some(addr) = addr {
-        return Ok(Client::connect(&cluster, addr).await?);
+        return Ok(Client::connect(&cluster, addr, token).await?);
     }
     let mut addrs = recorded_shards(cluster.dir())?;
     let recorded = !addrs.is_empty();
     if !recorded {
         addrs.push(DEFAULT_SHARD.parse().expect("a valid address"));
     }
-    match Client::connect_first(&cluster, &addrs, DISCOVERY_TIMEOUT).await {
+    match Client::connect_first(&cluster, &addrs, DISCOVERY_TIMEOUT, token).await {
         Ok((client, addr)) => {
             tracing::debug!(%addr, "connected to a recorded shard");
             Ok(client)
@@ -336,6 +356,8 @@ pub async fn deploy(global: &Global, args: DeployArgs) -> anyhow::Result<()> {
         env,
         version: 0,
         runtime,
+        owner: String::new(),
+        shared_with: args.share_with,
     };
     spec.validate()?;
     let client = connect(global, args.shard.shard).await?;
@@ -345,6 +367,23 @@ pub async fn deploy(global: &Global, args: DeployArgs) -> anyhow::Result<()> {
             Ok(())
         }
         ClientResponse::Refused(reason) => bail!("deploy refused: {reason}"),
+        ClientResponse::Denied(denied) => Err(anyhow::Error::new(denied).context("deploy refused")),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
+pub async fn remove(global: &Global, args: RemoveArgs) -> anyhow::Result<()> {
+    let client = connect(global, args.shard.shard).await?;
+    match client
+        .request(ClientRequest::RemoveFunction(args.name.clone()))
+        .await?
+    {
+        ClientResponse::Removed(name) => {
+            println!("removed {name}");
+            Ok(())
+        }
+        ClientResponse::Refused(reason) => bail!("remove refused: {reason}"),
+        ClientResponse::Denied(denied) => Err(anyhow::Error::new(denied).context("remove refused")),
         other => bail!("unexpected answer: {other:?}"),
     }
 }
@@ -371,7 +410,6 @@ pub async fn invoke(global: &Global, args: InvokeArgs) -> i32 {
     let request = InvokeRequest {
         function: args.function,
         class: args.class,
-        tenant: args.tenant,
         payload,
         timeout_ms: args.timeout.map_or(0, |t| t.as_millis() as u64),
     };
@@ -434,16 +472,23 @@ pub async fn functions(global: &Global, args: ShardAddr) -> anyhow::Result<()> {
     match client.request(ClientRequest::ListFunctions).await? {
         ClientResponse::Functions(specs) => {
             for spec in specs {
+                let shared = if spec.shared_with.is_empty() {
+                    String::new()
+                } else {
+                    format!("\tshared with {}", spec.shared_with.join(","))
+                };
                 println!(
-                    "{}\tv{}\t{}",
+                    "{}\tv{}\towner {}\t{}{shared}",
                     spec.name,
                     spec.version,
+                    spec.owner,
                     shell_words::join(&spec.command)
                 );
             }
             Ok(())
         }
         ClientResponse::Refused(reason) => bail!("{reason}"),
+        ClientResponse::Denied(denied) => Err(denied.into()),
         other => bail!("unexpected answer: {other:?}"),
     }
 }
@@ -464,6 +509,11 @@ pub struct StatusArgs {
 
 pub async fn status(global: &Global, args: StatusArgs) -> anyhow::Result<()> {
     let cluster = global.open_cluster()?;
+    // A tenant's token, or else the administrator's: both may see the cluster's status.
+    let token = match global.token()? {
+        Some(token) => Some(token),
+        None => global.admin_token()?,
+    };
     let addrs = match args.shard {
         Some(addr) => vec![addr],
         None => {
@@ -476,14 +526,14 @@ pub async fn status(global: &Global, args: StatusArgs) -> anyhow::Result<()> {
         }
     };
     let Some(every) = args.watch else {
-        let view = crate::status::gather(&cluster, &addrs).await?;
+        let view = crate::status::gather(&cluster, &addrs, token.clone()).await?;
         print_status(&view, args.json)?;
         return Ok(());
     };
     let stop = crate::shutdown_signal();
     tokio::pin!(stop);
     loop {
-        match crate::status::gather(&cluster, &addrs).await {
+        match crate::status::gather(&cluster, &addrs, token.clone()).await {
             Ok(view) => {
                 if !args.json && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
                     // Clear the screen and home the cursor, as `top` does; into a pipe or a

@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use tariff_cluster::cluster::Cluster;
+use tariff_cluster::tenancy::{admin_token_file, token_file, DEFAULT_TENANT};
 use tariff_local::examples::{example_specs, EXAMPLE_FUNCTIONS};
 use tariff_local::{harness_binary, LocalCluster, LocalClusterConfig};
 use tariff_types::units::parse_size;
@@ -71,7 +72,7 @@ pub struct LocalArgs {
 
 /// Runs `tariff local`.
 pub async fn run(global: &Global, args: LocalArgs) -> anyhow::Result<()> {
-    let cluster = global.open_cluster()?;
+    let cluster = global.init_cluster()?;
     if args.demo {
         // Refuse before starting anything if the demo's load generator was not built.
         harness_binary()?;
@@ -84,6 +85,7 @@ pub async fn run(global: &Global, args: LocalArgs) -> anyhow::Result<()> {
         no_rt: args.no_rt,
         policy: args.policy,
         functions: example_specs()?,
+        tenant: DEFAULT_TENANT.into(),
         dir_name: "local".into(),
         metrics: args.metrics,
     };
@@ -101,7 +103,18 @@ pub async fn run(global: &Global, args: LocalArgs) -> anyhow::Result<()> {
     );
     println!("  policy:            {}", args.policy);
     println!("  price classes:     {}", local.classes);
-    println!("  functions:         {}", EXAMPLE_FUNCTIONS.join(", "));
+    println!(
+        "  functions:         {} (tenant `{DEFAULT_TENANT}`)",
+        EXAMPLE_FUNCTIONS.join(", ")
+    );
+    println!(
+        "  tenant token:      {} (the CLI on this machine uses it by default)",
+        token_file(cluster.dir(), DEFAULT_TENANT).display()
+    );
+    println!(
+        "  admin token:       {} (for `tariff tenant`)",
+        admin_token_file(cluster.dir()).display()
+    );
     for (process, addr) in &local.metrics_addrs {
         println!("  metrics:           http://{addr}/metrics  ({process})");
     }
@@ -142,7 +155,7 @@ fn demo_workload(args: &LocalArgs) -> String {
          seed = 1\n\
          arrival = \"constant\"\n\
          timeout_ms = {DEMO_TIMEOUT_MS}\n\
-         tenant = \"demo\"\n\
+         tenant = \"{DEFAULT_TENANT}\"\n\
          \n\
          [[mix]]\n\
          function = \"{function}\"\n\

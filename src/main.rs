@@ -10,8 +10,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tariff_cluster::cluster::{default_cluster_dir, Cluster, CLUSTER_ENV};
+use tariff_cluster::tenancy::{resolve_admin_token, resolve_token, DEFAULT_TENANT};
+use tariff_types::tenant::Token;
 use tariff_types::PriceClasses;
 
+mod admin;
 mod commands;
 mod local;
 mod status;
@@ -29,9 +32,30 @@ struct Cli {
 /// Options every subcommand shares.
 #[derive(Args, Debug, Clone)]
 struct Global {
-    /// Cluster directory holding the credentials and the embedded store (created if empty).
+    /// Cluster directory holding the CA certificate, this machine's certificates and token
+    /// files, and the embedded store. Servers create it if empty; clients need it made.
     #[arg(long, global = true, env = CLUSTER_ENV)]
     cluster: Option<PathBuf>,
+    /// Tenant token for client commands. Default: the TARIFF_TOKEN environment variable,
+    /// else this machine's token file for --tenant (CLUSTER/tokens/TENANT).
+    #[arg(long, global = true, value_parser = parse_token)]
+    token: Option<Token>,
+    /// Which of this machine's tenant token files to use when no token is given (`tariff
+    /// local` makes `default`; `tariff tenant add NAME` makes NAME).
+    #[arg(long, global = true, default_value = DEFAULT_TENANT)]
+    tenant: String,
+    /// Administrator token for `tariff tenant`. Default: TARIFF_ADMIN_TOKEN, else
+    /// CLUSTER/admin.token (written by the shard that made the cluster).
+    #[arg(long, global = true, value_parser = parse_token)]
+    admin_token: Option<Token>,
+}
+
+fn parse_token(text: &str) -> Result<Token, String> {
+    let token = Token::new(text);
+    if token.expose_secret().is_empty() {
+        return Err("the token is empty".into());
+    }
+    Ok(token)
 }
 
 impl Global {
@@ -39,9 +63,33 @@ impl Global {
         self.cluster.clone().unwrap_or_else(default_cluster_dir)
     }
 
+    /// The cluster as a client sees it: it must exist.
     fn open_cluster(&self) -> anyhow::Result<Cluster> {
         let dir = self.cluster_dir();
         Cluster::open(&dir).with_context(|| format!("opening cluster directory {}", dir.display()))
+    }
+
+    /// The cluster as a server sees it: made here if this is the first server.
+    fn init_cluster(&self) -> anyhow::Result<Cluster> {
+        let dir = self.cluster_dir();
+        Cluster::init(&dir).with_context(|| format!("opening cluster directory {}", dir.display()))
+    }
+
+    /// The tenant token client commands present (see `--token`).
+    fn token(&self) -> anyhow::Result<Option<Token>> {
+        Ok(resolve_token(
+            self.token.clone(),
+            &self.cluster_dir(),
+            &self.tenant,
+        )?)
+    }
+
+    /// The administrator's token (see `--admin-token`).
+    fn admin_token(&self) -> anyhow::Result<Option<Token>> {
+        Ok(resolve_admin_token(
+            self.admin_token.clone(),
+            &self.cluster_dir(),
+        )?)
     }
 }
 
@@ -55,8 +103,16 @@ enum Command {
     Deploy(commands::DeployArgs),
     /// Invoke a function and print its output.
     Invoke(commands::InvokeArgs),
-    /// List registered functions.
+    /// Remove one of your functions.
+    Remove(commands::RemoveArgs),
+    /// List the functions you may use (yours and those shared with you).
     Functions(commands::ShardAddr),
+    /// Manage tenants (needs the administrator's token).
+    #[command(subcommand)]
+    Tenant(admin::TenantCommand),
+    /// The cluster's authority: issue certificates for other machines, recover the admin.
+    #[command(subcommand)]
+    Cluster(admin::ClusterCommand),
     /// Show the cluster at a glance: every shard and dispatcher, queues, throughput.
     Status(commands::StatusArgs),
     /// Run an embedded cluster (shards, dispatchers, example functions) in this process.
@@ -121,6 +177,7 @@ fn main() {
     init_tracing(if servers { "info" } else { "warn" });
     let code = match cli.command {
         Command::Sim(args) => report(tariff_sim::run(&args)),
+        Command::Cluster(command) => report(admin::cluster(&cli.global, command)),
         Command::Bench { args } => report(bench(&cli.global, args)),
         command => {
             let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -145,12 +202,24 @@ fn main() {
     std::process::exit(code);
 }
 
+/// Prints an error and picks the exit status: refusals of who the caller is get the same
+/// codes as they do from `invoke`, everything else 1.
 fn report(result: anyhow::Result<()>) -> i32 {
     match result {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e:#}");
-            1
+            let denied = e.chain().find_map(|cause| {
+                match cause.downcast_ref::<tariff_cluster::client::ClientError>() {
+                    Some(tariff_cluster::client::ClientError::Denied(denied)) => Some(denied),
+                    _ => cause.downcast_ref::<tariff_types::AccessError>(),
+                }
+            });
+            match denied {
+                Some(tariff_types::AccessError::Unauthenticated(_)) => EXIT_UNAUTHENTICATED,
+                Some(tariff_types::AccessError::Forbidden(_)) => EXIT_FORBIDDEN,
+                None => 1,
+            }
         }
     }
 }
@@ -161,10 +230,12 @@ async fn run(global: Global, command: Command) -> i32 {
         Command::Dispatcher(args) => report(commands::dispatcher(&global, args).await),
         Command::Deploy(args) => report(commands::deploy(&global, args).await),
         Command::Invoke(args) => commands::invoke(&global, args).await,
+        Command::Remove(args) => report(commands::remove(&global, args).await),
         Command::Functions(args) => report(commands::functions(&global, args).await),
+        Command::Tenant(command) => report(admin::tenant(&global, command).await),
         Command::Status(args) => report(commands::status(&global, args).await),
         Command::Local(args) => report(local::run(&global, args).await),
-        Command::Sim(_) | Command::Bench { .. } => {
+        Command::Sim(_) | Command::Bench { .. } | Command::Cluster(_) => {
             unreachable!("the simulator and the harness run without this runtime")
         }
     }
@@ -197,8 +268,16 @@ pub fn exit_code(error: &tariff_types::InvokeError) -> i32 {
         E::MachineLost(_) => 8,
         E::FunctionFailed { .. } | E::StartFailed(_) => 9,
         E::Protocol(_) => 11,
+        E::Unauthenticated(_) => EXIT_UNAUTHENTICATED,
+        E::Forbidden(_) => EXIT_FORBIDDEN,
     }
 }
+
+/// Exit status when the cluster does not accept the caller's token (none, wrong, revoked).
+pub const EXIT_UNAUTHENTICATED: i32 = 12;
+/// Exit status when the caller may not do what it asked (another tenant's function, a tenant
+/// managing tenants).
+pub const EXIT_FORBIDDEN: i32 = 13;
 
 /// Exit status when no shard could be reached.
 pub const EXIT_UNREACHABLE: i32 = 10;

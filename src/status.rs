@@ -48,11 +48,16 @@ pub struct ClusterView {
 
 /// Asks every shard in `addrs` for its status at once (each bounded by
 /// [`DISCOVERY_TIMEOUT`] to connect). Fails only when none answers.
-pub async fn gather(cluster: &Cluster, addrs: &[SocketAddr]) -> anyhow::Result<ClusterView> {
+pub async fn gather(
+    cluster: &Cluster,
+    addrs: &[SocketAddr],
+    token: Option<tariff_types::Token>,
+) -> anyhow::Result<ClusterView> {
     let mut asks = tokio::task::JoinSet::new();
     for &addr in addrs {
         let cluster = cluster.clone();
-        asks.spawn(async move { (addr, ask(&cluster, addr).await) });
+        let token = token.clone();
+        asks.spawn(async move { (addr, ask(&cluster, addr, token).await) });
     }
     let mut shards = Vec::new();
     while let Some(joined) = asks.join_next().await {
@@ -76,8 +81,12 @@ pub async fn gather(cluster: &Cluster, addrs: &[SocketAddr]) -> anyhow::Result<C
     Ok(ClusterView::merge(shards))
 }
 
-async fn ask(cluster: &Cluster, addr: SocketAddr) -> Result<ShardStatus, String> {
-    let client = Client::connect_within(cluster, addr, DISCOVERY_TIMEOUT)
+async fn ask(
+    cluster: &Cluster,
+    addr: SocketAddr,
+    token: Option<tariff_types::Token>,
+) -> Result<ShardStatus, String> {
+    let client = Client::connect_within(cluster, addr, DISCOVERY_TIMEOUT, token)
         .await
         .map_err(|e| match e {
             ClientError::Unreachable { reason, .. } => reason,

@@ -221,7 +221,8 @@ fn garbage_on_a_raw_stream_does_not_disturb_other_clients() {
                 assert_eq!(outcome.run.output, payload.as_bytes());
             }
         });
-        let endpoint = cluster.cluster.client_endpoint(addr).unwrap();
+        // A tenant's client: no certificate, only its token (the garbage carries none).
+        let endpoint = cluster.cluster.client_endpoint(addr, None).unwrap();
         let conn = endpoint
             .connect(addr, tariff_cluster::cluster::CLUSTER_SERVER_NAME)
             .unwrap()
@@ -247,9 +248,12 @@ fn garbage_on_a_raw_stream_does_not_disturb_other_clients() {
         }
         // The same connection still serves well-formed requests.
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
-        let open = tariff_types::wire::StreamOpen::Client(
-            tariff_types::wire::ClientRequest::Invoke(request("echo", "critical", "after")),
-        );
+        let open = tariff_types::wire::StreamOpen::Client {
+            token: Some(cluster.token().await),
+            request: tariff_types::wire::ClientRequest::Invoke(request(
+                "echo", "critical", "after",
+            )),
+        };
         tariff_cluster::codec::write_message(&mut send, &open)
             .await
             .unwrap();
@@ -299,7 +303,9 @@ fn a_session_stream_answers_many_requests_each_once_and_garbage_ends_only_its_se
         );
         // Garbage on another session stream ends only that session.
         let (mut send, mut recv) = client.connection().open_bi().await.unwrap();
-        let open = tariff_types::wire::StreamOpen::ClientSession;
+        let open = tariff_types::wire::StreamOpen::ClientSession {
+            token: Some(cluster.token().await),
+        };
         tariff_cluster::codec::write_message(&mut send, &open)
             .await
             .unwrap();

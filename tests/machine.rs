@@ -223,6 +223,8 @@ fn counter(keep_alive_ms: u64) -> FunctionSpec {
         env: vec![],
         version: 0,
         runtime: Runtime::Persistent { keep_alive_ms },
+        owner: "test".into(),
+        shared_with: Vec::new(),
     }
 }
 
@@ -290,6 +292,8 @@ fn functions_run_isolated_and_accounted() {
             env,
             version: 0,
             runtime: Runtime::Exec,
+            owner: "test".into(),
+            shared_with: Vec::new(),
         };
         cluster
             .deploy(shell(

@@ -42,6 +42,8 @@ fn function(name: &str, runtime: Runtime, version: u64) -> FunctionSpec {
         env: vec![],
         version,
         runtime,
+        owner: "bench".into(),
+        shared_with: Vec::new(),
     }
 }
 

@@ -54,8 +54,13 @@ fn main() {
     let runtime = builder.build().expect("starting the tokio runtime");
     let result = runtime.block_on(async {
         let dir = cli.cluster.clone().unwrap_or_else(default_cluster_dir);
-        let cluster = Cluster::open(&dir)
-            .with_context(|| format!("opening cluster directory {}", dir.display()))?;
+        // An embedded cluster may be the first in the directory; a running one must be there.
+        let cluster = if cli.args.shards.is_empty() {
+            Cluster::init(&dir)
+        } else {
+            Cluster::open(&dir)
+        }
+        .with_context(|| format!("opening cluster directory {}", dir.display()))?;
         harness::run(&cluster, cli.args).await
     });
     if let Err(e) = result {

@@ -1,6 +1,9 @@
 //! A client of the shards: what the CLI, the bench harness and the tests use to invoke,
 //! deploy and ask for status.
 //!
+//! A client holds no cluster key: it checks the shard against the cluster's CA certificate
+//! and presents its tenant's token (or the administrator's) on every stream it opens.
+//!
 //! One QUIC connection per shard. By default each request gets its own stream: a frame out, a
 //! frame back. [`Client::with_session`] instead keeps one long-lived stream on which requests
 //! and responses are matched by id, which saves opening a stream per request (measured on
@@ -18,6 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
+use tariff_types::tenant::{AccessError, Token};
 use tariff_types::wire::{
     ClientRequest, ClientResponse, InvocationOutcome, InvokeError, InvokeRequest, SessionRequest,
     SessionResponse, StreamOpen,
@@ -67,6 +71,9 @@ pub enum ClientError {
     /// The shard refused the request.
     #[error("refused: {0}")]
     Refused(String),
+    /// The caller is not known, or may not do this.
+    #[error(transparent)]
+    Denied(#[from] AccessError),
     /// The client's own deadline passed.
     #[error("no answer within {0:?}")]
     TimedOut(Duration),
@@ -88,6 +95,8 @@ fn tried_list(tried: &[(SocketAddr, String)]) -> String {
 #[derive(Debug, Clone)]
 pub struct Client {
     connection: quinn::Connection,
+    /// Presented on every stream; `None` only for tests of what a client without one gets.
+    token: Option<Token>,
     // Kept so the endpoint lives as long as the client.
     _endpoint: quinn::Endpoint,
     session: Option<Arc<SessionHandle>>,
@@ -127,9 +136,14 @@ struct SessionHandle {
 }
 
 impl Client {
-    /// Connects to the shard at `addr` with the cluster's credentials.
-    pub async fn connect(cluster: &Cluster, addr: SocketAddr) -> Result<Self, ClientError> {
-        Self::connect_within(cluster, addr, CONNECT_TIMEOUT).await
+    /// Connects to the shard at `addr`, checking it against the cluster's CA; `token` is
+    /// presented with every request.
+    pub async fn connect(
+        cluster: &Cluster,
+        addr: SocketAddr,
+        token: Option<Token>,
+    ) -> Result<Self, ClientError> {
+        Self::connect_within(cluster, addr, CONNECT_TIMEOUT, token).await
     }
 
     /// Connects to whichever of `addrs` answers first, trying them all at once and waiting
@@ -139,12 +153,18 @@ impl Client {
         cluster: &Cluster,
         addrs: &[SocketAddr],
         timeout: Duration,
+        token: Option<Token>,
     ) -> Result<(Self, SocketAddr), ClientError> {
         let mut attempts = tokio::task::JoinSet::new();
         for &addr in addrs {
             let cluster = cluster.clone();
-            attempts
-                .spawn(async move { (addr, Self::connect_within(&cluster, addr, timeout).await) });
+            let token = token.clone();
+            attempts.spawn(async move {
+                (
+                    addr,
+                    Self::connect_within(&cluster, addr, timeout, token).await,
+                )
+            });
         }
         let mut tried = Vec::new();
         while let Some(joined) = attempts.join_next().await {
@@ -164,8 +184,9 @@ impl Client {
         cluster: &Cluster,
         addr: SocketAddr,
         timeout: Duration,
+        token: Option<Token>,
     ) -> Result<Self, ClientError> {
-        let endpoint = cluster.client_endpoint(addr)?;
+        let endpoint = cluster.client_endpoint(addr, None)?;
         let unreachable = |reason: String| ClientError::Unreachable { addr, reason };
         let connecting = endpoint
             .connect(addr, CLUSTER_SERVER_NAME)
@@ -176,6 +197,7 @@ impl Client {
             .map_err(|e| unreachable(e.to_string()))?;
         Ok(Self {
             connection,
+            token,
             _endpoint: endpoint,
             session: None,
         })
@@ -188,7 +210,10 @@ impl Client {
             .open_bi()
             .await
             .map_err(|e| ClientError::Connection(e.to_string()))?;
-        codec::write_message(&mut send, &StreamOpen::ClientSession).await?;
+        let open = StreamOpen::ClientSession {
+            token: self.token.clone(),
+        };
+        codec::write_message(&mut send, &open).await?;
         let (requests, outbox) = mpsc::unbounded_channel::<SessionRequest>();
         tokio::spawn(codec::forward(outbox, send));
         let state = Arc::new(SessionState {
@@ -236,6 +261,7 @@ impl Client {
         }
         match rx.await {
             Ok(Ok(ClientResponse::ProtocolError(reason))) => Err(ClientError::Refused(reason)),
+            Ok(Ok(ClientResponse::Denied(error))) => Err(ClientError::Denied(error)),
             Ok(result) => result,
             Err(_) => Err(ClientError::NoAnswer),
         }
@@ -254,10 +280,15 @@ impl Client {
             .open_bi()
             .await
             .map_err(|e| connection_err(&e))?;
-        codec::write_message(&mut send, &StreamOpen::Client(request)).await?;
+        let open = StreamOpen::Client {
+            token: self.token.clone(),
+            request,
+        };
+        codec::write_message(&mut send, &open).await?;
         send.finish().map_err(|e| connection_err(&e))?;
         match codec::read_message::<ClientResponse, _>(&mut recv).await? {
             Some(ClientResponse::ProtocolError(reason)) => Err(ClientError::Refused(reason)),
+            Some(ClientResponse::Denied(error)) => Err(ClientError::Denied(error)),
             Some(response) => Ok(response),
             None => Err(ClientError::NoAnswer),
         }

@@ -181,13 +181,15 @@ mod tests {
     use tariff_types::wire::{ClientRequest, InvokeRequest, StreamOpen};
 
     fn sample() -> StreamOpen {
-        StreamOpen::Client(ClientRequest::Invoke(InvokeRequest {
-            function: "echo".into(),
-            class: "critical".into(),
-            tenant: "t".into(),
-            payload: b"hello".to_vec(),
-            timeout_ms: 10,
-        }))
+        StreamOpen::Client {
+            token: Some(tariff_types::Token::new("tariff_x")),
+            request: ClientRequest::Invoke(InvokeRequest {
+                function: "echo".into(),
+                class: "critical".into(),
+                payload: b"hello".to_vec(),
+                timeout_ms: 10,
+            }),
+        }
     }
 
     #[tokio::test]
@@ -197,7 +199,7 @@ mod tests {
         drop(a);
         let got: StreamOpen = read_message(&mut b).await.unwrap().unwrap();
         assert!(
-            matches!(got, StreamOpen::Client(ClientRequest::Invoke(r)) if r.payload == b"hello")
+            matches!(got, StreamOpen::Client { request: ClientRequest::Invoke(r), .. } if r.payload == b"hello")
         );
         assert!(read_message::<StreamOpen, _>(&mut b)
             .await

@@ -1,5 +1,5 @@
-//! How the processes of one Tariff cluster reach each other: the cluster's credentials
-//! ([`cluster`]), the length-prefixed frame codec on QUIC streams ([`codec`]), the client every
+//! How the processes of one Tariff cluster reach each other: the cluster's authority and role
+//! certificates ([`cluster`]), tenant tokens ([`tenancy`]), the length-prefixed frame codec on QUIC streams ([`codec`]), the client every
 //! command and the harness use ([`client`]), where the running shards are recorded
 //! ([`directory`]), the `--metrics` endpoint ([`metrics`]), and the store for state several shards must agree
 //! on ([`store`]).
@@ -12,3 +12,4 @@ pub mod codec;
 pub mod directory;
 pub mod metrics;
 pub mod store;
+pub mod tenancy;

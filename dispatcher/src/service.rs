@@ -185,7 +185,10 @@ impl Dispatcher {
         machine: Arc<MachineScheduler>,
     ) -> Result<Self, DispatcherError> {
         let first = *options.shards.first().ok_or(DispatcherError::NoShards)?;
-        let endpoint = cluster.client_endpoint(first)?;
+        // The dispatcher's certificate is what lets it register a machine; shards refuse
+        // machine streams from anyone else.
+        let identity = cluster.identity(tariff_cluster::cluster::Role::Dispatcher)?;
+        let endpoint = cluster.client_endpoint(first, Some(&identity))?;
         let metrics = options.metrics.map(MetricsServer::bind_std).transpose()?;
         if let Some(server) = &metrics {
             let data_err = |source| DispatcherError::DataDir {

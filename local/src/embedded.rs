@@ -10,12 +10,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tariff_cluster::client::Client;
 use tariff_cluster::cluster::Cluster;
-use tariff_cluster::store::{ClusterStore, SqliteStore};
+use tariff_cluster::store::{ClusterStore, Expect, SqliteStore};
+use tariff_cluster::tenancy::ensure_tenant;
 use tariff_dispatcher::{Dispatcher, DispatcherOptions};
 use tariff_machine_sched::machine::MachineScheduler;
 use tariff_policy::ShardConfig;
 use tariff_scheduler::{Shard, ShardOptions};
 use tariff_types::policy::Policy;
+use tariff_types::tenant::Token;
 use tariff_types::wire::{ClientRequest, ClientResponse};
 use tariff_types::{FunctionSpec, PriceClasses};
 use tokio::sync::watch;
@@ -41,8 +43,11 @@ pub struct LocalClusterConfig {
     pub no_rt: bool,
     /// Tariff's policy, or a class-blind baseline.
     pub policy: Policy,
-    /// Functions to deploy before starting.
+    /// Functions to deploy before starting, owned by `tenant`.
     pub functions: Vec<FunctionSpec>,
+    /// The tenant made (if missing) and owning `functions`; its token is kept in the cluster
+    /// directory's token file for it, where the CLI finds it.
+    pub tenant: String,
     /// Sub-directory of the cluster directory for the servers' files.
     pub dir_name: String,
     /// Serve Prometheus metrics from every shard and dispatcher, each on a port of its own
@@ -62,6 +67,8 @@ pub struct LocalCluster {
     pub dir: PathBuf,
     /// Each server's metrics endpoint, as (process name, address), when asked for.
     pub metrics_addrs: Vec<(String, SocketAddr)>,
+    /// The token of the configured tenant.
+    pub token: Token,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -75,8 +82,24 @@ impl LocalCluster {
         let store: Arc<dyn ClusterStore> = Arc::new(
             SqliteStore::open(&cluster.store_path()).context("opening the embedded store")?,
         );
+        tariff_cluster::tenancy::ensure_admin(cluster.dir(), store.as_ref())?;
+        let token = ensure_tenant(cluster.dir(), store.as_ref(), &config.tenant)?;
         for spec in &config.functions {
-            store.put_function(spec)?;
+            let mut spec = spec.clone();
+            spec.owner = config.tenant.clone();
+            let expect = match store.function(&spec.name)? {
+                None => Expect::Absent,
+                Some(current) if current.owner == config.tenant => Expect::Version(current.version),
+                Some(current) => {
+                    tracing::warn!(
+                        function = %spec.name,
+                        owner = %current.owner,
+                        "not deploying an example function over another tenant's function"
+                    );
+                    continue;
+                }
+            };
+            store.put_function(&spec, expect)?;
         }
         let (stop, stopped) = watch::channel(false);
         let until_stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -143,6 +166,7 @@ impl LocalCluster {
             classes,
             dir,
             metrics_addrs,
+            token,
             stop,
             tasks,
         };
@@ -155,7 +179,7 @@ impl LocalCluster {
     async fn wait_for_machines(&self, cluster: &Cluster, dispatchers: usize) -> anyhow::Result<()> {
         let deadline = Instant::now() + REGISTRATION_TIMEOUT;
         for &addr in &self.shard_addrs {
-            let client = Client::connect(cluster, addr).await?;
+            let client = Client::connect(cluster, addr, Some(self.token.clone())).await?;
             loop {
                 if let ClientResponse::Status(status) =
                     client.request(ClientRequest::Status).await?

@@ -53,6 +53,8 @@ pub fn example_specs() -> anyhow::Result<Vec<FunctionSpec>> {
                 env: Vec::new(),
                 version: 0,
                 runtime,
+                owner: String::new(),
+                shared_with: Vec::new(),
             })
         })
         .collect()

@@ -1,6 +1,10 @@
-//! Client requests: invoke, deploy, list, status; and notices from peer shards.
+//! Client requests: invoke, deploy, remove, list, status, tenant management; and notices
+//! from peer shards.
 //!
-//! An invocation is checked (class, size, function) before it is queued, so a bad request is
+//! Every request is first tied to its caller by the token it carries (`access`): a tenant, or
+//! the administrator. A tenant uses its own functions and those shared with it; the
+//! administrator manages tenants only. An invocation is then checked (class, size, function,
+//! owner) before it is queued, so a bad request is
 //! answered at once and never occupies a queue. Once queued, its one answer comes from the
 //! shard state ([`crate::state`], which keeps the one-answer rule); the handler waits for it
 //! until the caller's deadline, and at the deadline abandons the invocation, which answers it
@@ -11,6 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tariff_cluster::codec;
+use tariff_cluster::store::{Expect, StoreError};
+use tariff_types::tenant::{
+    validate_tenant_name, AccessError, Principal, Tenant, TenantInfo, TenantRequest, Token,
+};
 use tariff_types::wire::{
     ClientRequest, ClientResponse, InvocationId, InvokeError, InvokeRequest, PeerNotice,
     SessionRequest, SessionResponse, StreamOpen,
@@ -18,40 +26,92 @@ use tariff_types::wire::{
 use tariff_types::FunctionSpec;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::access::tenant_of;
 use crate::config::PROTOCOL_VIOLATION;
 use crate::service::Service;
 use crate::state::{Answer, Submission};
 
-/// Handles one client request and returns the response to write.
-pub(crate) async fn handle(service: &Arc<Service>, request: ClientRequest) -> ClientResponse {
+/// Attempts at a deploy or removal that races another writer of the same function.
+const WRITE_ATTEMPTS: usize = 3;
+
+/// Handles one client request from the holder of `token` and returns the response to write.
+pub(crate) async fn handle(
+    service: &Arc<Service>,
+    token: Option<&Token>,
+    request: ClientRequest,
+) -> ClientResponse {
+    let principal = match service.access().authenticate(token) {
+        Ok(principal) => principal,
+        Err(denied) => {
+            debug!(%denied, "unauthenticated request");
+            return match request {
+                ClientRequest::Invoke(_) => ClientResponse::Invoked(Err(denied.into())),
+                _ => ClientResponse::Denied(denied),
+            };
+        }
+    };
     match request {
-        ClientRequest::Invoke(request) => ClientResponse::Invoked(invoke(service, request).await),
-        ClientRequest::Deploy(spec) => deploy(service, spec),
+        ClientRequest::Invoke(request) => {
+            ClientResponse::Invoked(invoke(service, &principal, request).await)
+        }
+        ClientRequest::Deploy(spec) => {
+            denied_or(tenant_of(&principal), |t| deploy(service, t, spec))
+        }
+        ClientRequest::RemoveFunction(name) => {
+            denied_or(tenant_of(&principal), |t| remove(service, t, &name))
+        }
         ClientRequest::ListFunctions => match service.registry().all() {
-            Ok(specs) => ClientResponse::Functions(specs),
+            Ok(specs) => ClientResponse::Functions(match &principal {
+                Principal::Admin => specs,
+                Principal::Tenant(t) => specs.into_iter().filter(|s| s.usable_by(t)).collect(),
+            }),
             Err(e) => ClientResponse::Refused(e.to_string()),
         },
         ClientRequest::Status => ClientResponse::Status(service.state().status()),
+        ClientRequest::Tenants(request) => match principal {
+            Principal::Admin => tenants(service, request),
+            Principal::Tenant(t) => ClientResponse::Denied(AccessError::Forbidden(format!(
+                "tenant `{t}` may not manage tenants: that needs the administrator's token"
+            ))),
+        },
+    }
+}
+
+/// `then(tenant)`, or the refusal if the caller is not a tenant.
+fn denied_or(
+    tenant: Result<&str, AccessError>,
+    then: impl FnOnce(&str) -> ClientResponse,
+) -> ClientResponse {
+    match tenant {
+        Ok(tenant) => then(tenant),
+        Err(denied) => ClientResponse::Denied(denied),
     }
 }
 
 /// Handles one invocation request, counts it in the shard's metrics and logs it if it failed,
 /// was slow or is sampled (`trace`), whatever its answer: every invocation, refused or run,
 /// passes through here exactly once, inside a span naming its id, class, tenant and function.
-async fn invoke(service: &Arc<Service>, request: InvokeRequest) -> Answer {
+async fn invoke(service: &Arc<Service>, principal: &Principal, request: InvokeRequest) -> Answer {
     let arrived = Instant::now();
     let state = service.state();
     let id = state.next_id();
+    let tenant = match principal {
+        Principal::Tenant(name) => name.as_str(),
+        Principal::Admin => "(admin)",
+    };
     let span = tracing::info_span!(
         "invocation",
         id = %id,
         class = %request.class,
-        tenant = %request.tenant,
+        tenant = %tenant,
         function = %request.function
     );
     async move {
         let class = service.options().classes.resolve(&request.class).ok();
-        let answer = queue_and_wait(service, id, request).await;
+        let answer = match tenant_of(principal) {
+            Ok(tenant) => queue_and_wait(service, id, tenant, request).await,
+            Err(denied) => Err(denied.into()),
+        };
         let elapsed = arrived.elapsed();
         service.metrics().answered(class, &answer, elapsed);
         service.invocation_log().answered(&answer, elapsed);
@@ -65,6 +125,7 @@ async fn invoke(service: &Arc<Service>, request: InvokeRequest) -> Answer {
 async fn queue_and_wait(
     service: &Arc<Service>,
     id: InvocationId,
+    tenant: &str,
     request: InvokeRequest,
 ) -> Answer {
     let state = service.state();
@@ -84,6 +145,12 @@ async fn queue_and_wait(
         .lookup(&request.function)
         .map_err(|e| InvokeError::StartFailed(e.to_string()))?
         .ok_or_else(|| InvokeError::UnknownFunction(request.function.clone()))?;
+    if !function.usable_by(tenant) {
+        return Err(InvokeError::Forbidden(format!(
+            "function `{}` belongs to another tenant and is not shared with `{tenant}`",
+            function.name
+        )));
+    }
     let timeout = match request.timeout_ms {
         0 => options.default_timeout,
         ms => Duration::from_millis(ms),
@@ -93,7 +160,7 @@ async fn queue_and_wait(
         .submit(Submission {
             id,
             class,
-            tenant: request.tenant,
+            tenant: tenant.to_owned(),
             function,
             payload: request.payload,
             timeout,
@@ -123,9 +190,11 @@ async fn queue_and_wait(
 /// other streams carry on.
 pub(crate) async fn session(
     service: Arc<Service>,
+    token: Option<Token>,
     send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
+    let token = Arc::new(token);
     let (answers, outbox) = tokio::sync::mpsc::unbounded_channel::<SessionResponse>();
     let writer = tokio::spawn(codec::forward(outbox, send).in_current_span());
     loop {
@@ -133,9 +202,10 @@ pub(crate) async fn session(
             Ok(Some(SessionRequest { id, request })) => {
                 let service = service.clone();
                 let answers = answers.clone();
+                let token = token.clone();
                 tokio::spawn(
                     async move {
-                        let response = handle(&service, request).await;
+                        let response = handle(&service, token.as_ref().as_ref(), request).await;
                         let _ = answers.send(SessionResponse { id, response });
                     }
                     .in_current_span(),
@@ -160,26 +230,173 @@ pub(crate) async fn session(
     let _ = writer.await;
 }
 
-fn deploy(service: &Arc<Service>, spec: FunctionSpec) -> ClientResponse {
+/// Deploys `spec` for `tenant`: a new function becomes the tenant's; an existing one may be
+/// replaced by its owner or a tenant it is shared with, and keeps its owner (and, unless the
+/// owner deploys, its sharing). The owner check and the write are one conditional write on the
+/// version read, so a racing deploy cannot slip in between.
+fn deploy(service: &Arc<Service>, tenant: &str, mut spec: FunctionSpec) -> ClientResponse {
     if let Err(e) = spec.validate() {
         return ClientResponse::Refused(e.to_string());
     }
-    match service.registry().deploy(&spec) {
-        Ok(version) => {
-            info!(function = %spec.name, version, "deployed");
-            let notice = PeerNotice::FunctionChanged {
-                name: spec.name.clone(),
-                version,
-            };
-            for &peer in &service.options().peers {
-                tokio::spawn(tell_peer(service.clone(), peer, notice.clone()).in_current_span());
+    for _ in 0..WRITE_ATTEMPTS {
+        let current = match service.registry().refresh(&spec.name) {
+            Ok(current) => current,
+            Err(e) => return ClientResponse::Refused(e.to_string()),
+        };
+        let expect = match &current {
+            None => {
+                spec.owner = tenant.to_owned();
+                Expect::Absent
             }
-            ClientResponse::Deployed {
-                name: spec.name,
-                version,
+            Some(current) if current.usable_by(tenant) => {
+                spec.owner = current.owner.clone();
+                if current.owner != tenant {
+                    spec.shared_with = current.shared_with.clone();
+                }
+                Expect::Version(current.version)
+            }
+            Some(_) => {
+                return ClientResponse::Denied(AccessError::Forbidden(format!(
+                    "function `{}` belongs to another tenant and is not shared with `{tenant}`",
+                    spec.name
+                )))
+            }
+        };
+        match service.registry().deploy(&spec, expect) {
+            Ok(version) => {
+                info!(function = %spec.name, version, %tenant, "deployed");
+                tell_peers(
+                    service,
+                    PeerNotice::FunctionChanged {
+                        name: spec.name.clone(),
+                        version,
+                    },
+                );
+                return ClientResponse::Deployed {
+                    name: spec.name,
+                    version,
+                };
+            }
+            Err(StoreError::Conflict(_)) => continue,
+            Err(e) => return ClientResponse::Refused(e.to_string()),
+        }
+    }
+    ClientResponse::Refused(format!(
+        "function `{}` kept changing while it was deployed; try again",
+        spec.name
+    ))
+}
+
+/// Removes `name` for `tenant`, who must own it.
+fn remove(service: &Arc<Service>, tenant: &str, name: &str) -> ClientResponse {
+    for _ in 0..WRITE_ATTEMPTS {
+        let current = match service.registry().refresh(name) {
+            Ok(Some(current)) => current,
+            Ok(None) => return ClientResponse::Refused(format!("unknown function `{name}`")),
+            Err(e) => return ClientResponse::Refused(e.to_string()),
+        };
+        if current.owner != tenant {
+            return ClientResponse::Denied(AccessError::Forbidden(format!(
+                "function `{name}` belongs to another tenant; only its owner may remove it"
+            )));
+        }
+        match service.registry().remove(name, current.version) {
+            Ok(_) => {
+                info!(function = %name, %tenant, "removed");
+                tell_peers(
+                    service,
+                    PeerNotice::FunctionRemoved {
+                        name: name.to_owned(),
+                    },
+                );
+                return ClientResponse::Removed(name.to_owned());
+            }
+            Err(StoreError::Conflict(_)) => continue,
+            Err(e) => return ClientResponse::Refused(e.to_string()),
+        }
+    }
+    ClientResponse::Refused(format!("function `{name}` kept changing; try again"))
+}
+
+/// The administrator's tenant requests. Each change empties this shard's credential cache and
+/// tells the peers to empty theirs.
+fn tenants(service: &Arc<Service>, request: TenantRequest) -> ClientResponse {
+    let store = service.store();
+    let info = |tenant: Tenant| -> Result<TenantInfo, StoreError> {
+        let functions = service
+            .registry()
+            .all()?
+            .into_iter()
+            .filter(|f| f.owner == tenant.name)
+            .map(|f| f.name)
+            .collect();
+        Ok(TenantInfo { tenant, functions })
+    };
+    let changed = || {
+        service.access().invalidate();
+        service.registry().forget_all();
+        tell_peers(service, PeerNotice::CredentialsChanged);
+    };
+    let unknown = |name: &str| ClientResponse::Refused(format!("unknown tenant `{name}`"));
+    let result = match request {
+        TenantRequest::Add { name, token_hash } => {
+            if let Err(e) = validate_tenant_name(&name) {
+                return ClientResponse::Refused(e.to_string());
+            }
+            let tenant = Tenant {
+                name,
+                created_at_us: tariff_types::wire::unix_micros(),
+            };
+            store.add_tenant(&tenant, &token_hash).and_then(|()| {
+                info!(tenant = %tenant.name, "tenant added");
+                changed();
+                info(tenant).map(ClientResponse::Tenant)
+            })
+        }
+        TenantRequest::List => store.tenants().and_then(|all| {
+            all.into_iter()
+                .map(info)
+                .collect::<Result<Vec<_>, _>>()
+                .map(ClientResponse::TenantList)
+        }),
+        TenantRequest::Show(name) => match store.tenant(&name) {
+            Ok(Some(tenant)) => info(tenant).map(ClientResponse::Tenant),
+            Ok(None) => Ok(unknown(&name)),
+            Err(e) => Err(e),
+        },
+        TenantRequest::Remove(name) => match store.tenant(&name) {
+            Ok(Some(tenant)) => info(tenant).and_then(|info| {
+                store.remove_tenant(&name)?;
+                info!(tenant = %name, "tenant removed");
+                changed();
+                Ok(ClientResponse::Tenant(info))
+            }),
+            Ok(None) => Ok(unknown(&name)),
+            Err(e) => Err(e),
+        },
+        TenantRequest::RotateToken { name, token_hash } => {
+            match store.set_tenant_token(&name, &token_hash) {
+                Ok(true) => {
+                    info!(tenant = %name, "token rotated");
+                    changed();
+                    match store.tenant(&name) {
+                        Ok(Some(tenant)) => info(tenant).map(ClientResponse::Tenant),
+                        Ok(None) => Ok(unknown(&name)),
+                        Err(e) => Err(e),
+                    }
+                }
+                Ok(false) => Ok(unknown(&name)),
+                Err(e) => Err(e),
             }
         }
-        Err(e) => ClientResponse::Refused(e.to_string()),
+    };
+    result.unwrap_or_else(|e| ClientResponse::Refused(e.to_string()))
+}
+
+/// Passes a change on to every peer shard, each in its own task.
+fn tell_peers(service: &Arc<Service>, notice: PeerNotice) {
+    for &peer in &service.options().peers {
+        tokio::spawn(tell_peer(service.clone(), peer, notice.clone()).in_current_span());
     }
 }
 
@@ -215,6 +432,15 @@ pub(crate) fn peer_notice(service: &Service, notice: PeerNotice) {
             if let Err(e) = service.registry().refresh(&name) {
                 warn!(error = %e, "reading a changed function from the store");
             }
+        }
+        PeerNotice::FunctionRemoved { name } => {
+            debug!(function = %name, "peer removed a function");
+            service.registry().forget(&name);
+        }
+        PeerNotice::CredentialsChanged => {
+            debug!("peer changed credentials");
+            service.access().invalidate();
+            service.registry().forget_all();
         }
     }
 }

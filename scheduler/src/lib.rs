@@ -6,11 +6,12 @@
 //! each other and nothing imports `server`.
 //!
 //! ```text
-//! server        ──► client, machines, metrics, pump, service, state, registry, config
-//! client        ──► service, state, config, metrics (client requests and sessions)
+//! server        ──► access, client, machines, metrics, pump, service, state, registry, config
+//! client        ──► access, service, state, config, metrics (client requests and sessions)
+//! access        ──► nothing                     (tokens and peer roles → what they may do)
 //! machines      ──► service, state, config      (dispatcher control streams and lanes)
 //! pump          ──► state                       (the placement task)
-//! service       ──► state, registry, config, metrics, trace (what every session is handed)
+//! service       ──► access, state, registry, config, metrics, trace (what every session is handed)
 //! metrics       ──► state                       (series; levels read at scrape time)
 //! trace         ──► state                       (which invocations are logged)
 //! state         ──► machine_table, throughput   (the one owner of mutable state)
@@ -22,6 +23,7 @@
 pub mod registry;
 pub mod server;
 
+mod access;
 mod client;
 mod config;
 mod machine_table;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use tariff_cluster::store::{ClusterStore, StoreError};
+use tariff_cluster::store::{ClusterStore, Expect, StoreError};
 use tariff_types::FunctionSpec;
 
 /// How long a cached spec is used before the store is read again.
@@ -56,14 +56,31 @@ impl Registry {
         }
     }
 
-    /// Validates and stores a spec, returning its new version.
-    pub fn deploy(&self, spec: &FunctionSpec) -> Result<u64, StoreError> {
-        let version = self.store.put_function(spec)?;
+    /// Stores a spec if the store holds what `expect` says, returning its new version.
+    pub fn deploy(&self, spec: &FunctionSpec, expect: Expect) -> Result<u64, StoreError> {
+        let version = self.store.put_function(spec, expect)?;
         let mut stored = spec.clone();
         stored.version = version;
         self.cache
             .insert(spec.name.clone(), (Arc::new(stored), Instant::now()));
         Ok(version)
+    }
+
+    /// Removes `name` if it is still at `version`; `false` if it was already gone.
+    pub fn remove(&self, name: &str, version: u64) -> Result<bool, StoreError> {
+        let removed = self.store.remove_function(name, version);
+        self.forget(name);
+        removed
+    }
+
+    /// Drops the cached copy of `name`: it was removed elsewhere.
+    pub fn forget(&self, name: &str) {
+        self.cache.remove(name);
+    }
+
+    /// Forgets every cached spec (their owner may have been removed).
+    pub fn forget_all(&self) {
+        self.cache.clear();
     }
 
     /// Every registered function.

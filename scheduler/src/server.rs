@@ -13,18 +13,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tariff_cluster::cluster::{Cluster, ClusterError};
+use tariff_cluster::cluster::{peer_role, Cluster, ClusterError, Role};
 use tariff_cluster::codec::{self, CodecError};
 use tariff_cluster::directory::{DirectoryError, ShardRecord};
 use tariff_cluster::metrics::{MetricsError, MetricsServer};
 use tariff_cluster::store::ClusterStore;
+use tariff_cluster::tenancy::TenancyError;
 use tariff_types::wire::{ClientResponse, StreamOpen};
 use tracing::{debug, info, warn, Instrument};
 
 pub use crate::config::{
     ShardOptions, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_TIMEOUT, PROTOCOL_VIOLATION,
 };
-use crate::registry::Registry;
 use crate::service::Service;
 use crate::state::ShardState;
 
@@ -49,6 +49,9 @@ pub enum ShardError {
     /// Recording the shard's address in the cluster directory failed.
     #[error(transparent)]
     Record(#[from] DirectoryError),
+    /// The administrator's credential could not be made.
+    #[error("setting up the cluster administrator: {0}")]
+    Tenancy(#[from] TenancyError),
     /// Writing the data directory failed.
     #[error("shard data directory {path}: {source}")]
     DataDir {
@@ -70,14 +73,18 @@ pub struct Shard {
 }
 
 impl Shard {
-    /// Binds the endpoint, writes the bound address to `data_dir/shard.addr` and records it in
-    /// the cluster directory's `shards/` (see [`tariff_cluster::directory`]).
+    /// Binds the endpoint with the cluster's shard certificate, makes the administrator's
+    /// credential if the cluster has none yet, writes the bound address to
+    /// `data_dir/shard.addr` and records it in the cluster directory's `shards/` (see
+    /// [`tariff_cluster::directory`]).
     pub fn bind(
         cluster: &Cluster,
         store: Arc<dyn ClusterStore>,
         options: ShardOptions,
     ) -> Result<Self, ShardError> {
-        let endpoint = cluster.server_endpoint(options.listen)?;
+        let identity = cluster.identity(Role::Shard)?;
+        tariff_cluster::tenancy::ensure_admin(cluster.dir(), store.as_ref())?;
+        let endpoint = cluster.server_endpoint(&identity, options.listen)?;
         let local = endpoint
             .local_addr()
             .map_err(|source| ShardError::DataDir {
@@ -101,7 +108,7 @@ impl Shard {
             options.classes.clone(),
             options.policy.clone(),
         );
-        let service = Service::new(options, Registry::new(store), endpoint, Arc::new(state));
+        let service = Service::new(options, store, endpoint, Arc::new(state));
         Ok(Self {
             service: Arc::new(service),
             record,
@@ -191,16 +198,19 @@ async fn sweep(state: Arc<ShardState>) {
     }
 }
 
+/// Serves one connection's streams. The peer's role is read once from its certificate (none
+/// for a client) and decides which kinds of stream it may open.
 async fn serve_connection(service: Arc<Service>, conn: quinn::Connection) {
     let remote = conn.remote_address();
-    debug!(%remote, "connection");
+    let role = peer_role(&conn);
+    debug!(%remote, role = role.map_or("client", Role::name), "connection");
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
                 let service = service.clone();
                 let conn = conn.clone();
                 tokio::spawn(
-                    serve_stream(service, conn, send, recv)
+                    serve_stream(service, conn, role, send, recv)
                         .instrument(tracing::debug_span!("stream", %remote))
                         .in_current_span(),
                 );
@@ -216,6 +226,7 @@ async fn serve_connection(service: Arc<Service>, conn: quinn::Connection) {
 async fn serve_stream(
     service: Arc<Service>,
     conn: quinn::Connection,
+    role: Option<Role>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
@@ -233,9 +244,16 @@ async fn serve_stream(
             return;
         }
     };
+    if let Err(denied) = crate::access::stream_allowed(role, &open) {
+        warn!(remote = %conn.remote_address(), %denied, "refusing a stream outside the peer's role");
+        let _ = codec::write_message(&mut send, &ClientResponse::Denied(denied)).await;
+        let _ = send.finish();
+        let _ = recv.stop(PROTOCOL_VIOLATION.into());
+        return;
+    }
     match open {
-        StreamOpen::Client(request) => {
-            let response = crate::client::handle(&service, request).await;
+        StreamOpen::Client { token, request } => {
+            let response = crate::client::handle(&service, token.as_ref(), request).await;
             if let Err(e) = codec::write_message(&mut send, &response).await {
                 debug!(error = %e, "client went away before its answer");
             }
@@ -248,7 +266,9 @@ async fn serve_stream(
             crate::machines::lane_session(service, conn, machine, class, send, recv).await;
         }
         StreamOpen::PeerNotice(notice) => crate::client::peer_notice(&service, notice),
-        StreamOpen::ClientSession => crate::client::session(service, send, recv).await,
+        StreamOpen::ClientSession { token } => {
+            crate::client::session(service, token, send, recv).await
+        }
     }
 }
 

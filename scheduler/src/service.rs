@@ -1,4 +1,5 @@
-//! What every session of one shard is handed: its configuration, the function registry, its
+//! What every session of one shard is handed: its configuration, the function registry, who
+//! holds which token, its
 //! QUIC endpoint (for talking to peer shards) and the owner of its mutable state.
 //!
 //! Everything here but the state is fixed once the shard is bound or synchronises itself (the
@@ -8,6 +9,9 @@
 
 use std::sync::Arc;
 
+use tariff_cluster::store::ClusterStore;
+
+use crate::access::Access;
 use crate::config::ShardOptions;
 use crate::metrics::ShardMetrics;
 use crate::registry::Registry;
@@ -20,6 +24,10 @@ pub(crate) struct Service {
     options: ShardOptions,
     /// Function specs, read through to the cluster store.
     registry: Registry,
+    /// Credentials, read through to the cluster store.
+    access: Access,
+    /// The cluster store itself, for tenant management (rare; not cached).
+    store: Arc<dyn ClusterStore>,
     /// The shard's endpoint; also used to connect to peer shards.
     endpoint: quinn::Endpoint,
     /// The owner of everything that changes.
@@ -35,15 +43,17 @@ impl Service {
     /// A service around a bound endpoint and a fresh state.
     pub(crate) fn new(
         options: ShardOptions,
-        registry: Registry,
+        store: Arc<dyn ClusterStore>,
         endpoint: quinn::Endpoint,
         state: Arc<ShardState>,
     ) -> Self {
         Self {
+            registry: Registry::new(store.clone()),
+            access: Access::new(store.clone()),
+            store,
             metrics: Arc::new(ShardMetrics::new(&options.classes)),
             invocation_log: InvocationLog::new(options.slow_threshold, options.sample_every),
             options,
-            registry,
             endpoint,
             state,
         }
@@ -67,6 +77,16 @@ impl Service {
     /// The function registry.
     pub(crate) fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// Who holds which token.
+    pub(crate) fn access(&self) -> &Access {
+        &self.access
+    }
+
+    /// The cluster store.
+    pub(crate) fn store(&self) -> &dyn ClusterStore {
+        self.store.as_ref()
     }
 
     /// The shard's endpoint.

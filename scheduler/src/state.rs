@@ -799,6 +799,8 @@ mod tests {
             env: Vec::new(),
             version: 1,
             runtime: Default::default(),
+            owner: "tenant".into(),
+            shared_with: Vec::new(),
         })
     }
 

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use tariff_cluster::client::Client;
 use tariff_cluster::cluster::Cluster;
+use tariff_cluster::tenancy::{admin_token_file, hash_token, new_token, read_token_file};
+use tariff_types::tenant::{TenantRequest, Token};
 use tariff_types::wire::{
     ClientRequest, ClientResponse, InvocationOutcome, InvokeError, InvokeRequest,
 };
@@ -110,19 +112,22 @@ pub struct TestCluster {
     pub shard_addrs: Vec<SocketAddr>,
     pub dispatchers: Vec<Proc>,
     pub cluster: Cluster,
+    /// The token of tenant `test`, added through shard 0 the first time a client is made.
+    token: tokio::sync::OnceCell<Token>,
 }
 
 impl TestCluster {
     /// An empty cluster directory, with credentials.
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let cluster = Cluster::open(&dir.path().join("cluster")).expect("cluster credentials");
+        let cluster = Cluster::init(&dir.path().join("cluster")).expect("cluster credentials");
         Self {
             dir,
             shards: Vec::new(),
             shard_addrs: Vec::new(),
             dispatchers: Vec::new(),
             cluster,
+            token: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -235,11 +240,50 @@ impl TestCluster {
         );
     }
 
-    /// A client of shard `i`.
+    /// A client of shard `i`, as tenant `test`.
     pub async fn client(&self, i: usize) -> Client {
-        Client::connect(&self.cluster, self.shard_addrs[i])
+        let token = self.token().await;
+        self.client_as(i, Some(token)).await
+    }
+
+    /// A client of shard `i` presenting `token`.
+    pub async fn client_as(&self, i: usize, token: Option<Token>) -> Client {
+        Client::connect(&self.cluster, self.shard_addrs[i], token)
             .await
             .expect("connecting to the shard")
+    }
+
+    /// The administrator's token, which the first shard wrote into the cluster directory.
+    pub fn admin_token(&self) -> Token {
+        let path = admin_token_file(&self.cluster_dir());
+        wait_for_file(&path);
+        read_token_file(&path)
+            .expect("reading the admin token")
+            .expect("an admin token")
+    }
+
+    /// Adds tenant `name` through shard 0 with the administrator's token; its token.
+    pub async fn add_tenant(&self, name: &str) -> Token {
+        let token = new_token().unwrap();
+        let admin = self.client_as(0, Some(self.admin_token())).await;
+        let request = TenantRequest::Add {
+            name: name.into(),
+            token_hash: hash_token(&token),
+        };
+        let answer = admin
+            .request(ClientRequest::Tenants(request))
+            .await
+            .expect("adding a tenant");
+        assert!(matches!(answer, ClientResponse::Tenant(_)), "{answer:?}");
+        token
+    }
+
+    /// The token of tenant `test`, added on first use.
+    pub async fn token(&self) -> Token {
+        self.token
+            .get_or_init(|| self.add_tenant("test"))
+            .await
+            .clone()
     }
 
     /// Waits until every shard has `machines` machines registered with all lanes open.
@@ -276,6 +320,8 @@ impl TestCluster {
                 env: vec![],
                 version: 0,
                 runtime: tariff_types::function::Runtime::Exec,
+                owner: String::new(),
+                shared_with: Vec::new(),
             };
             let response = client.request(ClientRequest::Deploy(spec)).await.unwrap();
             assert!(
@@ -370,7 +416,6 @@ pub fn request(function: &str, class: &str, payload: &str) -> InvokeRequest {
     InvokeRequest {
         function: function.into(),
         class: class.into(),
-        tenant: "test".into(),
         payload: payload.as_bytes().to_vec(),
         timeout_ms: 30_000,
     }

@@ -20,6 +20,13 @@ pub struct FunctionSpec {
     /// How the function's process lives: one per invocation, or a warm persistent instance.
     #[serde(default)]
     pub runtime: Runtime,
+    /// The tenant that deployed it. Set by the shard from the deployer's token, never taken
+    /// from the request; it never changes while the function exists.
+    #[serde(default)]
+    pub owner: String,
+    /// Other tenants that may invoke, list and replace it (not remove it, nor change this).
+    #[serde(default)]
+    pub shared_with: Vec<String>,
 }
 
 /// How a function's processes live.
@@ -45,9 +52,18 @@ pub enum SpecError {
     /// No program to run.
     #[error("function `{0}` has an empty command")]
     EmptyCommand(String),
+    /// A `--share-with` entry that is not a tenant name.
+    #[error(transparent)]
+    BadSharee(#[from] crate::tenant::BadTenantName),
 }
 
 impl FunctionSpec {
+    /// Whether `tenant` may invoke, list and replace this function: its owner, or a tenant
+    /// it is shared with.
+    pub fn usable_by(&self, tenant: &str) -> bool {
+        self.owner == tenant || self.shared_with.iter().any(|t| t == tenant)
+    }
+
     /// Checks the spec before it is stored.
     pub fn validate(&self) -> Result<(), SpecError> {
         let name_ok = !self.name.is_empty()
@@ -61,6 +77,9 @@ impl FunctionSpec {
         }
         if self.command.first().is_none_or(|p| p.is_empty()) {
             return Err(SpecError::EmptyCommand(self.name.clone()));
+        }
+        for tenant in &self.shared_with {
+            crate::tenant::validate_tenant_name(tenant)?;
         }
         Ok(())
     }
@@ -77,6 +96,8 @@ mod tests {
             env: vec![],
             version: 0,
             runtime: Runtime::Exec,
+            owner: String::new(),
+            shared_with: Vec::new(),
         }
     }
 

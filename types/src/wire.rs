@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::class::ClassId;
 use crate::function::FunctionSpec;
+use crate::tenant::{AccessError, TenantInfo, TenantRequest, Token};
 
 /// ALPN token of the Tariff protocol; a peer that speaks anything else is refused by TLS.
 pub const ALPN: &[u8] = b"tariff/1";
@@ -26,7 +27,12 @@ impl std::fmt::Display for InvocationId {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum StreamOpen {
     /// A client request; the stream carries this one request and one [`ClientResponse`].
-    Client(ClientRequest),
+    Client {
+        /// The caller's bearer token; without one, only a refusal comes back.
+        token: Option<Token>,
+        /// The request.
+        request: ClientRequest,
+    },
     /// A dispatcher's control stream: registration, idle-list entries and polls.
     DispatcherControl(DispatcherHello),
     /// A dispatcher's lane for one class: placements in, completions out.
@@ -40,7 +46,12 @@ pub enum StreamOpen {
     PeerNotice(PeerNotice),
     /// A client's long-lived session: many [`SessionRequest`]s in, their
     /// [`SessionResponse`]s out in completion order. Saves opening a stream per request.
-    ClientSession,
+    /// The token is given once and checked again on every request, so a revoked token stops
+    /// working on open sessions too.
+    ClientSession {
+        /// The caller's bearer token.
+        token: Option<Token>,
+    },
 }
 
 /// One request on a client session.
@@ -66,12 +77,17 @@ pub struct SessionResponse {
 pub enum ClientRequest {
     /// Run a function.
     Invoke(InvokeRequest),
-    /// Register or replace a function.
+    /// Register or replace a function. The shard records the caller as its owner (the
+    /// spec's `owner` is ignored); replacing another tenant's function needs it shared.
     Deploy(FunctionSpec),
-    /// List the registered functions.
+    /// Remove a function (its owner only).
+    RemoveFunction(String),
+    /// List the functions the caller may use: its own and those shared with it.
     ListFunctions,
     /// The shard's view of the cluster.
     Status,
+    /// Manage tenants (the administrator only).
+    Tenants(TenantRequest),
 }
 
 /// A request to run one function once.
@@ -81,8 +97,6 @@ pub struct InvokeRequest {
     pub function: String,
     /// Price class name.
     pub class: String,
-    /// Tenant paying for it.
-    pub tenant: String,
     /// Bytes given to the function on stdin.
     pub payload: Vec<u8>,
     /// How long the caller waits for an answer, in milliseconds; 0 means the shard's default.
@@ -103,6 +117,14 @@ pub enum ClientResponse {
     },
     /// The request was refused; the reason says why.
     Refused(String),
+    /// The caller is not known, or may not do this.
+    Denied(AccessError),
+    /// The function was removed.
+    Removed(String),
+    /// A tenant (answer to adding, showing or rotating one).
+    Tenant(TenantInfo),
+    /// Every tenant.
+    TenantList(Vec<TenantInfo>),
     /// Registered functions.
     Functions(Vec<FunctionSpec>),
     /// The shard's status.
@@ -192,6 +214,12 @@ pub enum InvokeError {
         /// The shard's limit.
         limit: u64,
     },
+    /// The caller gave no token, or one the cluster does not know.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The caller may not invoke this function (another tenant's, not shared with it).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     /// The tenant has spent its budget.
     #[error("tenant `{0}` is over budget")]
     OverBudget(String),
@@ -239,6 +267,8 @@ impl InvokeError {
         match self {
             Self::UnknownFunction(_) => "unknown_function",
             Self::BadClass(_) => "bad_class",
+            Self::Unauthenticated(_) => "unauthenticated",
+            Self::Forbidden(_) => "forbidden",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::OverBudget(_) => "over_budget",
             Self::Overloaded { .. } => "overloaded",
@@ -249,6 +279,15 @@ impl InvokeError {
             Self::Protocol(_) => "protocol",
             Self::ShuttingDown => "shutting_down",
             Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl From<AccessError> for InvokeError {
+    fn from(error: AccessError) -> Self {
+        match error {
+            AccessError::Unauthenticated(reason) => Self::Unauthenticated(reason),
+            AccessError::Forbidden(reason) => Self::Forbidden(reason),
         }
     }
 }
@@ -447,6 +486,13 @@ pub enum PeerNotice {
         /// Its new version.
         version: u64,
     },
+    /// A function was removed.
+    FunctionRemoved {
+        /// Its name.
+        name: String,
+    },
+    /// A tenant or a token was added, rotated or removed: cached credentials are stale.
+    CredentialsChanged,
 }
 
 /// Current time in microseconds since the Unix epoch.

@@ -23,8 +23,10 @@ use super::plot;
 use super::record::{self, BenchReport, ClusterInfo, PolicyReport};
 use super::schedule::{self, Plan};
 use super::workload::Workload;
+use tariff_cluster::tenancy::resolve_token;
 use tariff_local::examples::example_specs;
 use tariff_local::{LocalCluster, LocalClusterConfig};
+use tariff_types::tenant::Token;
 
 /// File name of the JSON report.
 pub const REPORT_FILE: &str = "report.json";
@@ -112,6 +114,11 @@ pub struct BenchArgs {
     /// check it; without this flag the run is called `cluster`).
     #[arg(long, value_enum)]
     pub cluster_policy: Option<Policy>,
+    /// Tenant token for a running cluster (`--shards`); else `TARIFF_TOKEN`, else the
+    /// cluster directory's token file for the workload's tenant. An embedded cluster makes
+    /// its own.
+    #[arg(long, value_parser = parse_token)]
+    pub token: Option<Token>,
     /// CPUs the harness's own threads run on (default: wherever the kernel puts them). Keep
     /// the harness off CPUs that real-time functions keep busy, or it measures its own stalls.
     #[arg(long, value_delimiter = ',')]
@@ -124,6 +131,10 @@ impl BenchArgs {
     pub fn runs_functions(&self) -> bool {
         self.shards.is_empty() && !self.no_rt
     }
+}
+
+fn parse_token(text: &str) -> Result<Token, String> {
+    Ok(Token::new(text))
 }
 
 /// Runs `tariff bench`.
@@ -196,6 +207,7 @@ async fn run_local(
         no_rt: args.no_rt,
         policy: Policy::Tariff,
         functions: example_specs()?,
+        tenant: workload.tenant.clone(),
         dir_name: format!("{BENCH_DIR_PREFIX}{}", Policy::Tariff),
         metrics: false,
     };
@@ -231,6 +243,7 @@ async fn run_local(
             workload,
             plan,
             &local.shard_addrs,
+            Some(local.token.clone()),
             &classes,
             policy,
         )
@@ -264,7 +277,8 @@ async fn run_remote(
              and bench it separately"
         );
     }
-    let first = Client::connect(cluster, args.shards[0]).await?;
+    let token = resolve_token(args.token.clone(), cluster.dir(), &workload.tenant)?;
+    let first = Client::connect(cluster, args.shards[0], token.clone()).await?;
     let classes = match first.request(ClientRequest::Status).await? {
         ClientResponse::Status(status) => status.classes,
         other => bail!("unexpected answer to a status request: {other:?}"),
@@ -293,6 +307,7 @@ async fn run_remote(
         workload,
         &plan,
         &args.shards,
+        token,
         &classes,
         args.cluster_policy
             .map_or(RUNNING_CLUSTER_POLICY, Policy::name),
@@ -318,15 +333,15 @@ async fn run_policy(
     workload: &Workload,
     plan: &Plan,
     shards: &[SocketAddr],
+    token: Option<Token>,
     classes: &[String],
     policy: &str,
 ) -> anyhow::Result<PolicyReport> {
-    let clients = driver::connect(cluster, shards, args.connections).await?;
+    let clients = driver::connect(cluster, shards, args.connections, token).await?;
     let ctx = RunContext {
         clients,
         targets: Arc::new(plan.targets.clone()),
         classes: Arc::new(classes.to_vec()),
-        tenant: workload.tenant.clone(),
         timeout_ms: workload.timeout_ms,
         max_outstanding: args.max_outstanding,
         progress: !args.quiet,

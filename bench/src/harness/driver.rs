@@ -17,6 +17,8 @@ use tariff_cluster::cluster::Cluster;
 use tariff_types::wire::InvokeRequest;
 use tokio::sync::mpsc;
 
+use tariff_types::tenant::Token;
+
 use super::output;
 use super::record::{client_error_kind, Answer, PhaseRecorder, Sample, Stages, CLIENT_OVERLOAD};
 use super::schedule::{PhasePlan, Target};
@@ -31,11 +33,13 @@ pub async fn connect(
     cluster: &Cluster,
     shards: &[SocketAddr],
     per_shard: usize,
+    token: Option<Token>,
 ) -> Result<Vec<Client>, ClientError> {
     let mut clients = Vec::new();
     for _ in 0..per_shard.max(1) {
         for &addr in shards {
-            clients.push(Client::connect(cluster, addr).await?.with_session().await?);
+            let client = Client::connect(cluster, addr, token.clone()).await?;
+            clients.push(client.with_session().await?);
         }
     }
     Ok(clients)
@@ -50,8 +54,6 @@ pub struct RunContext {
     pub targets: Arc<Vec<Target>>,
     /// Class names, most expensive first.
     pub classes: Arc<Vec<String>>,
-    /// Tenant billed.
-    pub tenant: String,
     /// Per-invocation timeout, ms.
     pub timeout_ms: u64,
     /// Most unanswered invocations before the generator refuses to send more.
@@ -154,7 +156,6 @@ pub async fn run_phase(
                 let request = InvokeRequest {
                     function: target.function.clone(),
                     class: ctx.classes[planned.class as usize].clone(),
-                    tenant: ctx.tenant.clone(),
                     payload: target.payload.clone(),
                     timeout_ms: ctx.timeout_ms,
                 };

@@ -109,6 +109,7 @@ pub fn client_error_kind(error: &ClientError) -> &'static str {
         ClientError::NoAnswer => "client_no_answer",
         ClientError::Unexpected(_) => "client_unexpected",
         ClientError::Refused(_) => "client_refused",
+        ClientError::Denied(_) => "client_denied",
         ClientError::TimedOut(_) => "client_timed_out",
     }
 }

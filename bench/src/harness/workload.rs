@@ -154,7 +154,8 @@ pub struct Workload {
     /// Per-invocation timeout, milliseconds.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
-    /// Tenant the calls are billed to.
+    /// Tenant the calls are made as: an embedded cluster creates it; against a running
+    /// cluster its token is looked up (see `--token`).
     #[serde(default = "default_tenant")]
     pub tenant: String,
     /// Class name → relative weight; every class of the cluster equally if absent.

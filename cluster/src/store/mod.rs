@@ -1,5 +1,10 @@
-//! The cluster store: state every shard must agree on (the function registry now; tenants and
-//! spend later) lives here, never in a protocol of Tariff's own.
+//! The cluster store: state every shard must agree on (the function registry, tenants and the
+//! hashes of their tokens; spend later) lives here, never in a protocol of Tariff's own.
+//!
+//! Writes that depend on what is there are conditional in the store itself (a version to
+//! match, a key that must be absent), so two shards racing cannot both win: a deploy over a
+//! function checks its owner against the version it read, and fails with
+//! [`StoreError::Conflict`] if someone wrote in between.
 //!
 //! [`ClusterStore`] is the seam. [`SqliteStore`] is the embedded default: one SQLite file in
 //! the cluster directory, shared safely by every process on the machine (WAL mode, a busy
@@ -16,6 +21,7 @@ use std::time::Duration;
 use rusqlite::{params, OptionalExtension};
 
 use tariff_types::function::FunctionSpec;
+use tariff_types::tenant::{Principal, Tenant};
 
 /// How long a writer waits for another process's transaction before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -34,6 +40,10 @@ pub enum StoreError {
     /// The database failed.
     #[error("cluster store: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// A conditional write found the store changed since it was read (or a record it must
+    /// create already there).
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// A stored record does not decode.
     #[error("cluster store holds an unreadable record for `{name}`: {reason}")]
     Corrupt {
@@ -44,14 +54,48 @@ pub enum StoreError {
     },
 }
 
+/// What a conditional write expects to find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Whatever is there (for bootstrapping, where one writer owns the cluster).
+    Any,
+    /// Nothing under the name.
+    Absent,
+    /// The record at exactly this version.
+    Version(u64),
+}
+
 /// State shared by every shard of a cluster.
 pub trait ClusterStore: Send + Sync {
-    /// Stores `spec` under its name, replacing any older one, and returns the new version.
-    fn put_function(&self, spec: &FunctionSpec) -> Result<u64, StoreError>;
+    /// Stores `spec` under its name if the store holds what `expect` says, and returns the
+    /// new version; [`StoreError::Conflict`] otherwise.
+    fn put_function(&self, spec: &FunctionSpec, expect: Expect) -> Result<u64, StoreError>;
     /// The function called `name`, if registered.
     fn function(&self, name: &str) -> Result<Option<FunctionSpec>, StoreError>;
     /// Every registered function, by name.
     fn functions(&self) -> Result<Vec<FunctionSpec>, StoreError>;
+    /// Removes the function `name` if it is at `version`; [`StoreError::Conflict`] if it has
+    /// changed, `false` if it is gone.
+    fn remove_function(&self, name: &str, version: u64) -> Result<bool, StoreError>;
+
+    /// Adds a tenant with its first token's hash; [`StoreError::Conflict`] if it exists.
+    fn add_tenant(&self, tenant: &Tenant, token_hash: &str) -> Result<(), StoreError>;
+    /// The tenant called `name`.
+    fn tenant(&self, name: &str) -> Result<Option<Tenant>, StoreError>;
+    /// Every tenant, by name.
+    fn tenants(&self) -> Result<Vec<Tenant>, StoreError>;
+    /// Removes a tenant, its tokens and its functions; `false` if there was none.
+    fn remove_tenant(&self, name: &str) -> Result<bool, StoreError>;
+    /// Replaces every token of tenant `name` with one hashing to `token_hash`; `false` if
+    /// there is no such tenant.
+    fn set_tenant_token(&self, name: &str, token_hash: &str) -> Result<bool, StoreError>;
+    /// Who holds the token hashing to `token_hash`, if anyone.
+    fn credential(&self, token_hash: &str) -> Result<Option<Principal>, StoreError>;
+    /// Makes `token_hash` the administrator's credential if the cluster has none yet, and
+    /// says whether it did: exactly one of several racing first shards wins.
+    fn bootstrap_admin(&self, token_hash: &str) -> Result<bool, StoreError>;
+    /// Replaces the administrator's credential (recovery, by whoever can write the store).
+    fn reset_admin(&self, token_hash: &str) -> Result<(), StoreError>;
 }
 
 /// The embedded store: a SQLite database file.
@@ -76,7 +120,17 @@ impl SqliteStore {
                  name    TEXT PRIMARY KEY,
                  version INTEGER NOT NULL,
                  spec    TEXT NOT NULL
-             );",
+             );
+             CREATE TABLE IF NOT EXISTS tenants (
+                 name          TEXT PRIMARY KEY,
+                 created_at_us INTEGER NOT NULL
+             );
+             -- One row per token hash; tenant NULL is the administrator.
+             CREATE TABLE IF NOT EXISTS credentials (
+                 hash   TEXT PRIMARY KEY,
+                 tenant TEXT
+             );
+             CREATE INDEX IF NOT EXISTS credentials_by_tenant ON credentials(tenant);",
         )?;
         Ok(Self {
             conn: Mutex::new(conn),
@@ -100,20 +154,45 @@ impl SqliteStore {
     }
 }
 
+fn conflict(what: impl Into<String>) -> StoreError {
+    StoreError::Conflict(what.into())
+}
+
 impl ClusterStore for SqliteStore {
-    fn put_function(&self, spec: &FunctionSpec) -> Result<u64, StoreError> {
+    fn put_function(&self, spec: &FunctionSpec, expect: Expect) -> Result<u64, StoreError> {
         let json = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt {
             name: spec.name.clone(),
             reason: e.to_string(),
         })?;
-        let version: i64 = self.lock().query_row(
-            "INSERT INTO functions (name, version, spec) VALUES (?1, 1, ?2)
-             ON CONFLICT(name) DO UPDATE SET version = version + 1, spec = excluded.spec
-             RETURNING version",
-            params![spec.name, json],
-            |row| row.get(0),
-        )?;
-        Ok(version as u64)
+        let conn = self.lock();
+        let version: Option<i64> = match expect {
+            Expect::Any => Some(conn.query_row(
+                "INSERT INTO functions (name, version, spec) VALUES (?1, 1, ?2)
+                 ON CONFLICT(name) DO UPDATE SET version = version + 1, spec = excluded.spec
+                 RETURNING version",
+                params![spec.name, json],
+                |row| row.get(0),
+            )?),
+            Expect::Absent => conn
+                .query_row(
+                    "INSERT INTO functions (name, version, spec) VALUES (?1, 1, ?2)
+                     ON CONFLICT(name) DO NOTHING RETURNING version",
+                    params![spec.name, json],
+                    |row| row.get(0),
+                )
+                .optional()?,
+            Expect::Version(v) => conn
+                .query_row(
+                    "UPDATE functions SET version = version + 1, spec = ?2
+                     WHERE name = ?1 AND version = ?3 RETURNING version",
+                    params![spec.name, json, v as i64],
+                    |row| row.get(0),
+                )
+                .optional()?,
+        };
+        version
+            .map(|v| v as u64)
+            .ok_or_else(|| conflict(format!("function `{}` changed meanwhile", spec.name)))
     }
 
     fn function(&self, name: &str) -> Result<Option<FunctionSpec>, StoreError> {
@@ -138,6 +217,149 @@ impl ClusterStore for SqliteStore {
             specs.push(Self::decode(n, v, s)?);
         }
         Ok(specs)
+    }
+
+    fn remove_function(&self, name: &str, version: u64) -> Result<bool, StoreError> {
+        let conn = self.lock();
+        let removed = conn.execute(
+            "DELETE FROM functions WHERE name = ?1 AND version = ?2",
+            params![name, version as i64],
+        )?;
+        if removed == 1 {
+            return Ok(true);
+        }
+        let exists: bool = conn.query_row(
+            "SELECT EXISTS(SELECT 1 FROM functions WHERE name = ?1)",
+            params![name],
+            |row| row.get(0),
+        )?;
+        if exists {
+            Err(conflict(format!("function `{name}` changed meanwhile")))
+        } else {
+            Ok(false)
+        }
+    }
+
+    fn add_tenant(&self, tenant: &Tenant, token_hash: &str) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let added = tx.execute(
+            "INSERT INTO tenants (name, created_at_us) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            params![tenant.name, tenant.created_at_us as i64],
+        )?;
+        if added == 0 {
+            return Err(conflict(format!("tenant `{}` already exists", tenant.name)));
+        }
+        tx.execute(
+            "INSERT INTO credentials (hash, tenant) VALUES (?1, ?2)",
+            params![token_hash, tenant.name],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn tenant(&self, name: &str) -> Result<Option<Tenant>, StoreError> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT name, created_at_us FROM tenants WHERE name = ?1",
+                params![name],
+                |row| {
+                    Ok(Tenant {
+                        name: row.get(0)?,
+                        created_at_us: row.get::<_, i64>(1)? as u64,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    fn tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare("SELECT name, created_at_us FROM tenants ORDER BY name")?;
+        let rows = stmt.query_map([], |row| {
+            Ok(Tenant {
+                name: row.get(0)?,
+                created_at_us: row.get::<_, i64>(1)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn remove_tenant(&self, name: &str) -> Result<bool, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let removed = tx.execute("DELETE FROM tenants WHERE name = ?1", params![name])?;
+        tx.execute("DELETE FROM credentials WHERE tenant = ?1", params![name])?;
+        tx.execute(
+            "DELETE FROM functions WHERE json_extract(spec, '$.owner') = ?1",
+            params![name],
+        )?;
+        tx.commit()?;
+        Ok(removed == 1)
+    }
+
+    fn set_tenant_token(&self, name: &str, token_hash: &str) -> Result<bool, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let exists: bool = tx.query_row(
+            "SELECT EXISTS(SELECT 1 FROM tenants WHERE name = ?1)",
+            params![name],
+            |row| row.get(0),
+        )?;
+        if !exists {
+            return Ok(false);
+        }
+        tx.execute("DELETE FROM credentials WHERE tenant = ?1", params![name])?;
+        tx.execute(
+            "INSERT INTO credentials (hash, tenant) VALUES (?1, ?2)",
+            params![token_hash, name],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    fn credential(&self, token_hash: &str) -> Result<Option<Principal>, StoreError> {
+        let row: Option<Option<String>> = self
+            .lock()
+            .query_row(
+                "SELECT tenant FROM credentials WHERE hash = ?1",
+                params![token_hash],
+                |row| row.get(0),
+            )
+            .optional()?;
+        Ok(row.map(|tenant| tenant.map_or(Principal::Admin, Principal::Tenant)))
+    }
+
+    fn bootstrap_admin(&self, token_hash: &str) -> Result<bool, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let exists: bool = tx.query_row(
+            "SELECT EXISTS(SELECT 1 FROM credentials WHERE tenant IS NULL)",
+            [],
+            |row| row.get(0),
+        )?;
+        if exists {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT INTO credentials (hash, tenant) VALUES (?1, NULL)",
+            params![token_hash],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    fn reset_admin(&self, token_hash: &str) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM credentials WHERE tenant IS NULL", [])?;
+        tx.execute(
+            "INSERT INTO credentials (hash, tenant) VALUES (?1, NULL)",
+            params![token_hash],
+        )?;
+        tx.commit()?;
+        Ok(())
     }
 }
 
@@ -194,6 +416,8 @@ mod tests {
             env: vec![("A".into(), "1".into())],
             version: 0,
             runtime: tariff_types::function::Runtime::Exec,
+            owner: "acme".into(),
+            shared_with: Vec::new(),
         }
     }
 
@@ -219,13 +443,30 @@ mod tests {
         let path = dir.path().join("s.sqlite3");
         let one = SqliteStore::open(&path).unwrap();
         let two = SqliteStore::open(&path).unwrap();
-        assert_eq!(one.put_function(&spec("f", "/bin/cat")).unwrap(), 1);
-        assert_eq!(one.put_function(&spec("f", "/bin/echo")).unwrap(), 2);
+        assert_eq!(
+            one.put_function(&spec("f", "/bin/cat"), Expect::Absent)
+                .unwrap(),
+            1
+        );
+        assert!(matches!(
+            two.put_function(&spec("f", "/bin/ls"), Expect::Absent),
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(
+            one.put_function(&spec("f", "/bin/echo"), Expect::Version(1))
+                .unwrap(),
+            2
+        );
+        assert!(matches!(
+            two.put_function(&spec("f", "/bin/ls"), Expect::Version(1)),
+            Err(StoreError::Conflict(_))
+        ));
         let seen = two.function("f").unwrap().unwrap();
         assert_eq!(seen.version, 2);
         assert_eq!(seen.command, ["/bin/echo"]);
         assert!(two.function("g").unwrap().is_none());
-        one.put_function(&spec("a", "/bin/true")).unwrap();
+        one.put_function(&spec("a", "/bin/true"), Expect::Any)
+            .unwrap();
         let names: Vec<_> = two
             .functions()
             .unwrap()
@@ -233,5 +474,79 @@ mod tests {
             .map(|s| s.name)
             .collect();
         assert_eq!(names, ["a", "f"]);
+    }
+
+    #[test]
+    fn removal_is_conditional_on_the_version_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.sqlite3")).unwrap();
+        store
+            .put_function(&spec("f", "/bin/cat"), Expect::Absent)
+            .unwrap();
+        store
+            .put_function(&spec("f", "/bin/cat"), Expect::Version(1))
+            .unwrap();
+        assert!(matches!(
+            store.remove_function("f", 1),
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(store.remove_function("f", 2).unwrap());
+        assert!(!store.remove_function("f", 2).unwrap());
+    }
+
+    #[test]
+    fn tenants_tokens_and_the_admin() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.sqlite3")).unwrap();
+        let acme = Tenant {
+            name: "acme".into(),
+            created_at_us: 7,
+        };
+        store.add_tenant(&acme, "h1").unwrap();
+        assert!(matches!(
+            store.add_tenant(&acme, "h9"),
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(
+            store.credential("h1").unwrap(),
+            Some(Principal::Tenant("acme".into()))
+        );
+        assert_eq!(store.credential("h9").unwrap(), None);
+        assert_eq!(store.tenant("acme").unwrap(), Some(acme.clone()));
+        assert_eq!(store.tenants().unwrap(), vec![acme]);
+
+        assert!(store.set_tenant_token("acme", "h2").unwrap());
+        assert_eq!(
+            store.credential("h1").unwrap(),
+            None,
+            "rotation revokes the old token"
+        );
+        assert!(store.credential("h2").unwrap().is_some());
+        assert!(!store.set_tenant_token("nobody", "h3").unwrap());
+
+        assert!(store.bootstrap_admin("a1").unwrap());
+        assert!(
+            !store.bootstrap_admin("a2").unwrap(),
+            "only the first admin is made"
+        );
+        assert_eq!(store.credential("a1").unwrap(), Some(Principal::Admin));
+        store.reset_admin("a3").unwrap();
+        assert_eq!(store.credential("a1").unwrap(), None);
+        assert_eq!(store.credential("a3").unwrap(), Some(Principal::Admin));
+
+        store
+            .put_function(&spec("f", "/bin/cat"), Expect::Absent)
+            .unwrap();
+        let mut other = spec("g", "/bin/cat");
+        other.owner = "zeta".into();
+        store.put_function(&other, Expect::Absent).unwrap();
+        assert!(store.remove_tenant("acme").unwrap());
+        assert_eq!(store.credential("h2").unwrap(), None);
+        assert!(
+            store.function("f").unwrap().is_none(),
+            "its functions go with it"
+        );
+        assert!(store.function("g").unwrap().is_some(), "others' stay");
+        assert!(!store.remove_tenant("acme").unwrap());
     }
 }
