@@ -95,3 +95,57 @@ fn shards_sharing_only_etcd_see_each_others_deploys() {
             );
         });
 }
+
+#[test]
+fn tenants_and_ownership_live_in_etcd_for_every_shard() {
+    let mut cluster = TestCluster::new();
+    let (_etcd, url) = start_etcd(cluster.dir.path());
+    let store = format!("etcd:{url}");
+    cluster.start_shard(&["--store", &store]);
+    cluster.start_shard(&["--store", &store]);
+    cluster.start_dispatcher("m1", 1, &[]);
+    common::runtime().block_on(async {
+        cluster.wait_for_machines(1).await;
+        cluster.deploy_examples().await;
+        // Tenant `test` was added through shard 0; shard 1 knows its token from etcd.
+        let b = cluster.client(1).await;
+        let out = invoke(&b, request("echo", "high", "owned")).await.unwrap();
+        assert_eq!(out.run.output, b"owned");
+        // Another tenant, added through shard 1, may not use `test`'s functions on shard 0.
+        let admin = cluster.client_as(1, Some(cluster.admin_token())).await;
+        let other = tariff_cluster::tenancy::new_token().unwrap();
+        let added = admin
+            .request(ClientRequest::Tenants(
+                tariff_types::tenant::TenantRequest::Add {
+                    name: "other".into(),
+                    token_hash: tariff_cluster::tenancy::hash_token(&other),
+                },
+            ))
+            .await
+            .unwrap();
+        assert!(matches!(added, ClientResponse::Tenant(_)), "{added:?}");
+        let a = cluster.client_as(0, Some(other)).await;
+        assert!(matches!(
+            invoke(&a, request("echo", "high", "x")).await,
+            Err(tariff_types::InvokeError::Forbidden(_))
+        ));
+        // Removing `test` through shard 1 revokes its token on shard 0 within the cache's
+        // lifetime (these shards are not each other's --peers, so no notice helps).
+        let removed = admin
+            .request(ClientRequest::Tenants(
+                tariff_types::tenant::TenantRequest::Remove("test".into()),
+            ))
+            .await
+            .unwrap();
+        assert!(matches!(removed, ClientResponse::Tenant(_)), "{removed:?}");
+        let a = cluster.client(0).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match invoke(&a, request("echo", "high", "x")).await {
+                Err(tariff_types::InvokeError::Unauthenticated(_)) => break,
+                other => assert!(Instant::now() < deadline, "still accepted: {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+}

@@ -309,25 +309,24 @@ impl Cluster {
         self.dir.join(PKI_DIR).join(CA_KEY_FILE).exists()
     }
 
-    /// This machine's certificate for `role`: `pki/ROLE.crt` and `pki/ROLE.key`, issued now
-    /// (and kept) if they are missing and this directory holds the CA key.
+    /// This machine's certificate for `role`: `pki/ROLE.pem` (the certificate and its key in
+    /// one file, so no reader ever pairs one process's certificate with another's key),
+    /// issued now and kept if it is missing and this directory holds the CA key.
     pub fn identity(&self, role: Role) -> Result<Identity, ClusterError> {
-        let pki = self.dir.join(PKI_DIR);
-        let cert_path = pki.join(format!("{role}.crt"));
-        if !cert_path.exists() {
+        let path = self.dir.join(PKI_DIR).join(format!("{role}.pem"));
+        if !path.exists() {
             if !self.is_authority() {
                 return Err(ClusterError::NoIdentity {
                     role,
                     dir: self.dir.clone(),
                 });
             }
-            self.issue_into(role, &pki)?;
+            self.issue_into(role, &self.dir.join(PKI_DIR))?;
         }
-        let key_path = pki.join(format!("{role}.key"));
-        let cert = CertificateDer::from_pem_file(&cert_path).map_err(|e| bad(&cert_path, e))?;
-        let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| bad(&key_path, e))?;
+        let cert = CertificateDer::from_pem_file(&path).map_err(|e| bad(&path, e))?;
+        let key = PrivateKeyDer::from_pem_file(&path).map_err(|e| bad(&path, e))?;
         if certificate_role(&cert) != Some(role) {
-            return Err(bad(&cert_path, format!("it is not a {role} certificate")));
+            return Err(bad(&path, format!("it is not a {role} certificate")));
         }
         Ok(Identity {
             role,
@@ -337,7 +336,8 @@ impl Cluster {
     }
 
     /// Issues a certificate for `role` into `out` as a cluster directory another machine can
-    /// use: `out/pki/ca.crt` and `out/pki/ROLE.{crt,key}`; never the CA key. Needs the CA key.
+    /// use: `out/pki/ca.crt` and `out/pki/ROLE.pem`; never the CA key. Needs the CA key.
+    /// An older certificate for the role in `out` is replaced.
     pub fn issue(&self, role: Role, out: &Path) -> Result<PathBuf, ClusterError> {
         if !self.is_authority() {
             return Err(ClusterError::NotAuthority {
@@ -351,12 +351,16 @@ impl Cluster {
         if ca_src != ca_dst {
             fs::copy(&ca_src, &ca_dst).map_err(io_err(&ca_dst))?;
         }
+        let old = pki.join(format!("{role}.pem"));
+        if old.exists() {
+            fs::remove_file(&old).map_err(io_err(&old))?;
+        }
         self.issue_into(role, &pki)?;
         Ok(pki)
     }
 
-    /// Signs a new `role` certificate with the CA key and writes it and its key into `pki`,
-    /// each by an atomic rename so a reader never sees half a file.
+    /// Signs a new `role` certificate with the CA key and writes it with its key into
+    /// `pki/ROLE.pem`, unless one appeared there meanwhile; a reader never sees half a file.
     fn issue_into(&self, role: Role, pki: &Path) -> Result<(), ClusterError> {
         let ca_dir = self.dir.join(PKI_DIR);
         let ca_key_path = ca_dir.join(CA_KEY_FILE);
@@ -392,18 +396,23 @@ impl Cluster {
         params.use_authority_key_identifier_extension = true;
         let key = rcgen::KeyPair::generate()?;
         let cert = params.signed_by(&key, &ca, &ca_key)?;
-        let staging = pki.join(staging_name(role.name()));
-        fs::create_dir(&staging).map_err(io_err(&staging))?;
-        write_new(&staging, "key", &key.serialize_pem(), 0o600)?;
-        write_new(&staging, "crt", &cert.pem(), 0o644)?;
-        // Key first: a reader that finds the certificate finds its key.
-        let key_path = pki.join(format!("{role}.key"));
-        let cert_path = pki.join(format!("{role}.crt"));
-        fs::rename(staging.join("key"), &key_path).map_err(io_err(&key_path))?;
-        fs::rename(staging.join("crt"), &cert_path).map_err(io_err(&cert_path))?;
-        let _ = fs::remove_dir(&staging);
-        tracing::info!(%role, dir = %pki.display(), "issued a role certificate");
-        Ok(())
+        let staging_dir = pki.join(staging_name(role.name()));
+        fs::create_dir(&staging_dir).map_err(io_err(&staging_dir))?;
+        let text = format!("{}{}", cert.pem(), key.serialize_pem());
+        write_new(&staging_dir, "pem", &text, 0o600)?;
+        // A hard link creates the name only if it is free: of several processes issuing at
+        // once, the first one's file stays and the others use it.
+        let path = pki.join(format!("{role}.pem"));
+        let linked = fs::hard_link(staging_dir.join("pem"), &path);
+        let _ = fs::remove_dir_all(&staging_dir);
+        match linked {
+            Ok(()) => {
+                tracing::info!(%role, dir = %pki.display(), "issued a role certificate");
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(io_err(&path)(e)),
+        }
     }
 
     fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -571,6 +580,24 @@ mod tests {
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         assert!(cas.windows(2).all(|w| w[0] == w[1]));
+    }
+
+    #[test]
+    fn concurrent_first_identities_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = Cluster::init(dir.path()).unwrap();
+        let certs: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| cluster.identity(Role::Dispatcher).unwrap().cert))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(certs.windows(2).all(|w| w[0] == w[1]));
+        let mode = fs::metadata(dir.path().join(PKI_DIR).join("dispatcher.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the role key must be private");
     }
 
     #[test]

@@ -112,6 +112,7 @@ impl Executor {
                 ms => Duration::from_millis(ms),
             },
             function: placement.function,
+            tenant: placement.tenant,
             payload: placement.payload,
             max_output: MAX_OUTPUT_BYTES,
         };

@@ -1,4 +1,4 @@
-//! Idle persistent instances, by function and version, waiting for their next call or for
+//! Idle persistent instances, by tenant, function and version, waiting for their next call or for
 //! their keep-alive to run out.
 //!
 //! An instance's lifecycle state is where it is, not a field: a function with no instance is
@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use crate::cgroup::InstanceCgroup;
 use crate::persistent::PersistentProcess;
 
-/// The key under which idle instances wait: a function at one version.
-pub(crate) type PoolKey = (String, u64);
+/// The key under which idle instances wait: the invoking tenant and a function at one
+/// version (a function shared between tenants gets an instance per tenant).
+pub(crate) type PoolKey = (String, String, u64);
 
 /// A persistent instance and its housing.
 pub(crate) struct Instance {
@@ -85,7 +86,7 @@ impl InstancePool {
             .idle()
             .iter()
             .filter(|(_, instances)| !instances.is_empty())
-            .map(|((name, _), _)| name.clone())
+            .map(|((_, name, _), _)| name.clone())
             .collect();
         names.sort();
         names.dedup();

@@ -28,6 +28,9 @@ pub struct Job {
     pub classes: usize,
     /// What to run.
     pub function: FunctionSpec,
+    /// The tenant invoking it. Warm instances are kept per tenant as well as per function,
+    /// so a function shared between tenants never serves two of them from one process.
+    pub tenant: String,
     /// stdin / request bytes.
     pub payload: Vec<u8>,
     /// Wall-clock limit.

@@ -30,7 +30,11 @@ pub(crate) async fn run_persistent(
     keep_alive: Duration,
     turn: Option<Turn<'_>>,
 ) -> Result<RunReport, JobError> {
-    let key = (job.function.name.clone(), job.function.version);
+    let key = (
+        job.tenant.clone(),
+        job.function.name.clone(),
+        job.function.version,
+    );
     let (mut instance, cold_start) = match machine.pool.take(&key) {
         Some(instance) => (instance, false),
         None => {

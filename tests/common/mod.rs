@@ -53,6 +53,16 @@ pub fn tariff() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tariff"))
 }
 
+/// A `tariff` command with no cluster, tenant or token of the caller's environment.
+pub fn tariff_command() -> Command {
+    let mut cmd = Command::new(tariff());
+    cmd.env("RUST_LOG", "warn");
+    cmd.env_remove(tariff_cluster::tenancy::TOKEN_ENV);
+    cmd.env_remove(tariff_cluster::tenancy::ADMIN_TOKEN_ENV);
+    cmd.env_remove(tariff_cluster::cluster::CLUSTER_ENV);
+    cmd
+}
+
 /// Path of the example function deployed as `name` (`tariff-echo` for `echo`). The examples
 /// are their own package; `cargo test --workspace` builds them (their package has tests).
 pub fn example(name: &str) -> PathBuf {
@@ -135,10 +145,18 @@ impl TestCluster {
         self.cluster.dir().to_owned()
     }
 
-    /// A `tariff` command already pointed at this cluster.
+    /// A `tariff` command already pointed at this cluster, acting as tenant `test` (whose
+    /// token file exists once [`TestCluster::token`] has been called).
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(tariff());
+        self.command_as("test")
+    }
+
+    /// A `tariff` command pointed at this cluster, using this machine's token file for
+    /// `tenant` (if there is one) and no token from the environment.
+    pub fn command_as(&self, tenant: &str) -> Command {
+        let mut cmd = tariff_command();
         cmd.arg("--cluster").arg(self.cluster_dir());
+        cmd.args(["--tenant", tenant]);
         cmd.env("RUST_LOG", "warn");
         cmd
     }
@@ -275,6 +293,9 @@ impl TestCluster {
             .await
             .expect("adding a tenant");
         assert!(matches!(answer, ClientResponse::Tenant(_)), "{answer:?}");
+        // Where `tariff tenant add` would leave it, so the CLI finds it with `--tenant`.
+        let file = tariff_cluster::tenancy::token_file(&self.cluster_dir(), name);
+        tariff_cluster::tenancy::write_token_file(&file, &token).unwrap();
         token
     }
 

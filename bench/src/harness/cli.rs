@@ -242,8 +242,10 @@ async fn run_local(
             args,
             workload,
             plan,
-            &local.shard_addrs,
-            Some(local.token.clone()),
+            Reach {
+                shards: &local.shard_addrs,
+                token: Some(local.token.clone()),
+            },
             &classes,
             policy,
         )
@@ -306,8 +308,10 @@ async fn run_remote(
         args,
         workload,
         &plan,
-        &args.shards,
-        token,
+        Reach {
+            shards: &args.shards,
+            token,
+        },
         &classes,
         args.cluster_policy
             .map_or(RUNNING_CLUSTER_POLICY, Policy::name),
@@ -326,18 +330,26 @@ async fn run_remote(
     Ok((info, classes, vec![policy]))
 }
 
+/// Where a run's load goes and as whom.
+struct Reach<'a> {
+    /// The shards.
+    shards: &'a [SocketAddr],
+    /// The tenant's token.
+    token: Option<Token>,
+}
+
 /// Every phase of the plan against one cluster.
 async fn run_policy(
     cluster: &Cluster,
     args: &BenchArgs,
     workload: &Workload,
     plan: &Plan,
-    shards: &[SocketAddr],
-    token: Option<Token>,
+    reach: Reach<'_>,
     classes: &[String],
     policy: &str,
 ) -> anyhow::Result<PolicyReport> {
-    let clients = driver::connect(cluster, shards, args.connections, token).await?;
+    let shards = reach.shards;
+    let clients = driver::connect(cluster, shards, args.connections, reach.token).await?;
     let ctx = RunContext {
         clients,
         targets: Arc::new(plan.targets.clone()),
