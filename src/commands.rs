@@ -48,6 +48,10 @@ pub struct ShardArgs {
     /// Largest payload accepted.
     #[arg(long, value_parser = parse_size, default_value = "1M")]
     max_payload: u64,
+    /// Price of one GB-second of memory actually used, in the unit of class prices (every
+    /// class pays the same for memory; docs/billing.md).
+    #[arg(long, default_value_t = tariff_types::billing::DEFAULT_MEMORY_PRICE)]
+    memory_price: f64,
     /// Shard id (the high bits of invocation ids); random if not given.
     #[arg(long)]
     shard_id: Option<u16>,
@@ -212,6 +216,7 @@ pub async fn shard(global: &Global, args: ShardArgs) -> anyhow::Result<()> {
         },
         peers: args.peers,
         max_payload_bytes: args.max_payload as usize,
+        memory_price: args.memory_price,
         default_timeout: tariff_scheduler::server::DEFAULT_TIMEOUT,
         metrics: args.metrics,
         slow_threshold: args.slow,
@@ -455,6 +460,15 @@ pub fn outcome_json(outcome: &InvocationOutcome) -> serde_json::Value {
         "cold_start": outcome.run.cold_start,
         "start_us": outcome.run.start_us,
         "preempted_us": outcome.run.preempted_us,
+        "memory_byte_ms": outcome.run.memory_byte_ms,
+        "cost": {
+            "class": outcome.cost.class,
+            "cpu_seconds": outcome.cost.cpu_seconds,
+            "gb_seconds": outcome.cost.gb_seconds,
+            "cpu_charge": outcome.cost.cpu_charge,
+            "memory_charge": outcome.cost.memory_charge,
+            "total": outcome.cost.total,
+        },
         "timings": {
             "queued_at_us": t.queued_at_us,
             "placed_at_us": t.placed_at_us,
@@ -561,5 +575,103 @@ fn print_status(view: &crate::status::ClusterView, json: bool) -> anyhow::Result
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())?;
     out.flush()?;
+    Ok(())
+}
+
+/// `tariff bill`.
+#[derive(Args, Debug)]
+pub struct BillArgs {
+    /// Ask only this shard. Default: every shard recorded in the cluster directory.
+    #[arg(long)]
+    shard: Option<SocketAddr>,
+    /// The month, `YYYY-MM` (UTC). Default: the current one.
+    #[arg(long)]
+    month: Option<String>,
+    /// Use the administrator's token (to see the bill of the tenant named by `--tenant`).
+    #[arg(long)]
+    admin: bool,
+    /// One JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Asks every shard for its part of the bill (each shard bills what it answered, in its own
+/// ledger) and prints the sum, itemised by function and class.
+pub async fn bill(global: &Global, args: BillArgs) -> anyhow::Result<()> {
+    let cluster = global.open_cluster()?;
+    let token = if args.admin {
+        global.admin_token()?
+    } else {
+        global.token()?
+    };
+    let addrs = match args.shard {
+        Some(addr) => vec![addr],
+        None => {
+            let recorded = recorded_shards(cluster.dir())?;
+            if recorded.is_empty() {
+                vec![DEFAULT_SHARD.parse().expect("a valid address")]
+            } else {
+                recorded
+            }
+        }
+    };
+    let mut total: Option<tariff_types::billing::Bill> = None;
+    for addr in addrs {
+        let client = Client::connect(&cluster, addr, token.clone()).await?;
+        let request = ClientRequest::Bill {
+            tenant: global.tenant.clone(),
+            month: args.month.clone(),
+        };
+        let part = match client.request(request).await? {
+            ClientResponse::Bill(part) => part,
+            ClientResponse::Refused(reason) => bail!("refused: {reason}"),
+            ClientResponse::Denied(denied) => return Err(denied.into()),
+            other => bail!("unexpected answer: {other:?}"),
+        };
+        match &mut total {
+            Some(bill) => bill.merge(part),
+            None => total = Some(part),
+        }
+    }
+    let bill = total.unwrap_or_default();
+    if args.json {
+        let lines: Vec<_> = bill
+            .lines
+            .iter()
+            .map(|l| {
+                serde_json::json!({
+                    "function": l.function, "class": l.class, "invocations": l.invocations,
+                    "cpu_seconds": l.cpu_seconds, "gb_seconds": l.gb_seconds, "total": l.total,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "tenant": bill.tenant, "month": bill.month, "lines": lines, "total": bill.total(),
+            })
+        );
+        return Ok(());
+    }
+    println!("bill for tenant {} in {}", bill.tenant, bill.month);
+    println!(
+        "{:<24} {:<10} {:>11} {:>14} {:>14} {:>14}",
+        "function", "class", "invocations", "cpu_s", "gb_s", "amount"
+    );
+    for l in &bill.lines {
+        println!(
+            "{:<24} {:<10} {:>11} {:>14.6} {:>14.6} {:>14.6}",
+            l.function, l.class, l.invocations, l.cpu_seconds, l.gb_seconds, l.total
+        );
+    }
+    println!(
+        "{:<24} {:<10} {:>11} {:>14} {:>14} {:>14.6}",
+        "total",
+        "",
+        "",
+        "",
+        "",
+        bill.total()
+    );
     Ok(())
 }

@@ -89,7 +89,10 @@ impl LocalCluster {
             spec.owner = config.tenant.clone();
             let expect = match store.function(&spec.name)? {
                 None => Expect::Absent,
-                Some(current) if current.owner == config.tenant => Expect::Version(current.version),
+                // An empty owner: deployed before tenants existed; the examples' tenant adopts it.
+                Some(current) if current.owner == config.tenant || current.owner.is_empty() => {
+                    Expect::Version(current.version)
+                }
                 Some(current) => {
                     tracing::warn!(
                         function = %spec.name,
@@ -121,6 +124,7 @@ impl LocalCluster {
                 policy: ShardConfig::for_policy(config.policy),
                 peers: Vec::new(),
                 max_payload_bytes: tariff_scheduler::server::DEFAULT_MAX_PAYLOAD_BYTES,
+                memory_price: tariff_types::billing::DEFAULT_MEMORY_PRICE,
                 default_timeout: tariff_scheduler::server::DEFAULT_TIMEOUT,
                 metrics: metrics_addr(),
                 slow_threshold: tariff_scheduler::trace::DEFAULT_SLOW_THRESHOLD,

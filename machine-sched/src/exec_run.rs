@@ -67,12 +67,20 @@ pub(crate) async fn run_exec(
             machine
                 .running
                 .insert(job.id, pid, Cancel::Exec(process.handle()));
-            let outcome = process.wait().await;
+            // Memory is billed by its integral over the run (`meter`), read from the
+            // instance's cgroup, else from the process's resident set.
+            let (outcome, memory_byte_ms) =
+                crate::meter::metered(process.wait(), || match &cgroup {
+                    Some(cg) => cg.memory_current().ok(),
+                    None => Some(crate::memory::resident_bytes(pid)),
+                })
+                .await;
             if let Some(gate) = &machine.gate {
                 gate.detach(job.id);
             }
             outcome.map_err(JobError::from).map(|mut report| {
                 report.start_us = start_us;
+                report.memory_byte_ms = memory_byte_ms;
                 // The cgroup also counts what the function's children used; the process's
                 // rusage only what it waited for.
                 if let Some(cpu_us) = cgroup

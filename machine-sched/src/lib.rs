@@ -15,6 +15,7 @@ pub mod job;
 pub mod launch;
 pub mod machine;
 pub mod memory;
+pub mod meter;
 mod parts;
 pub mod persistent;
 mod persistent_run;

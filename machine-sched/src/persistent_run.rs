@@ -66,10 +66,17 @@ pub(crate) async fn run_persistent(
     machine
         .running
         .insert(job.id, pid, Cancel::Persistent(instance.process.handle()));
-    let answer = instance
-        .process
-        .call(&job.payload, job.timeout, job.max_output)
-        .await;
+    let cgroup = instance.cgroup.as_ref();
+    let (answer, memory_byte_ms) = crate::meter::metered(
+        instance
+            .process
+            .call(&job.payload, job.timeout, job.max_output),
+        || match cgroup {
+            Some(cg) => cg.memory_current().ok(),
+            None => Some(crate::memory::resident_bytes(pid)),
+        },
+    )
+    .await;
     let finished_at_us = unix_micros();
     if let Some(gate) = &machine.gate {
         gate.detach(job.id);
@@ -95,6 +102,7 @@ pub(crate) async fn run_persistent(
             finished_at_us,
             peak_memory_bytes,
             cpu_time_us,
+            memory_byte_ms,
             cold_start,
             start_us,
             preempted_us,

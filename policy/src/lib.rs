@@ -10,6 +10,7 @@
 //!   k shards to join) and [`swap`] (whose memory to swap out, whom to kill last);
 //! * the machine scheduler: [`run_queue`] (preemptive priority by class, FCFS within one).
 
+pub mod budget;
 pub mod idle_advert;
 pub mod idle_list;
 pub mod placement;

@@ -16,18 +16,21 @@ use std::time::{Duration, Instant};
 
 use tariff_cluster::codec;
 use tariff_cluster::store::{Expect, StoreError};
+use tariff_types::billing::{Cost, Month, Throttle};
 use tariff_types::tenant::{
     validate_tenant_name, AccessError, Principal, Tenant, TenantInfo, TenantRequest, Token,
 };
 use tariff_types::wire::{
-    ClientRequest, ClientResponse, InvocationId, InvokeError, InvokeRequest, PeerNotice,
-    SessionRequest, SessionResponse, StreamOpen,
+    ClientRequest, ClientResponse, InvocationId, InvocationOutcome, InvokeError, InvokeRequest,
+    PeerNotice, SessionRequest, SessionResponse, StreamOpen,
 };
+use tariff_types::ClassId;
 use tariff_types::FunctionSpec;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::access::tenant_of;
 use crate::config::PROTOCOL_VIOLATION;
+use crate::ledger::Entry;
 use crate::service::Service;
 use crate::state::{Answer, Submission};
 
@@ -68,12 +71,48 @@ pub(crate) async fn handle(
             Err(e) => ClientResponse::Refused(e.to_string()),
         },
         ClientRequest::Status => ClientResponse::Status(service.state().status()),
+        ClientRequest::Bill { tenant, month } => {
+            bill_request(service, &principal, tenant, month).await
+        }
         ClientRequest::Tenants(request) => match principal {
             Principal::Admin => tenants(service, request),
             Principal::Tenant(t) => ClientResponse::Denied(AccessError::Forbidden(format!(
                 "tenant `{t}` may not manage tenants: that needs the administrator's token"
             ))),
         },
+    }
+}
+
+/// This shard's part of a bill: a tenant's own, or any tenant's for the administrator.
+async fn bill_request(
+    service: &Arc<Service>,
+    principal: &Principal,
+    tenant: Option<String>,
+    month: Option<String>,
+) -> ClientResponse {
+    let tenant = match (principal, tenant) {
+        (Principal::Tenant(me), None) => me.clone(),
+        (Principal::Tenant(me), Some(asked)) if asked == *me => asked,
+        (Principal::Tenant(me), Some(asked)) => {
+            return ClientResponse::Denied(AccessError::Forbidden(format!(
+                "tenant `{me}` may not see tenant `{asked}`'s bill"
+            )))
+        }
+        (Principal::Admin, Some(asked)) => asked,
+        (Principal::Admin, None) => {
+            return ClientResponse::Refused("the administrator must name a tenant".into())
+        }
+    };
+    let month = match month {
+        Some(text) => match Month::parse(&text) {
+            Some(month) => month,
+            None => return ClientResponse::Refused(format!("`{text}` is not a month (YYYY-MM)")),
+        },
+        None => Month::of_unix_us(tariff_types::wire::unix_micros()),
+    };
+    match service.ledger().bill(&tenant, &month.to_string()).await {
+        Ok(bill) => ClientResponse::Bill(bill),
+        Err(e) => ClientResponse::Refused(e.to_string()),
     }
 }
 
@@ -130,7 +169,7 @@ async fn queue_and_wait(
 ) -> Answer {
     let state = service.state();
     let options = service.options();
-    let class = options
+    let mut class = options
         .classes
         .resolve(&request.class)
         .map_err(|e| InvokeError::BadClass(e.to_string()))?;
@@ -151,6 +190,24 @@ async fn queue_and_wait(
             function.name
         )));
     }
+    match service.spend().throttle(tenant) {
+        (Throttle::Normal, _) => {}
+        (Throttle::Degraded, _) => {
+            // At its pace the budget would not last the month: run at the cheapest class.
+            class = options.classes.lowest();
+            debug!("degraded to the cheapest class by its budget");
+        }
+        (Throttle::Exhausted, info) => {
+            return Err(InvokeError::OverBudget(format!(
+                "tenant `{tenant}` has spent {:.6} of its budget of {:.6} for {}; raise it with \
+                 `tariff tenant set-budget` or wait for the next month",
+                info.spent,
+                info.budget.unwrap_or(0.0),
+                info.month
+            )))
+        }
+    }
+    let function_name = function.name.clone();
     let timeout = match request.timeout_ms {
         0 => options.default_timeout,
         ms => Duration::from_millis(ms),
@@ -181,7 +238,43 @@ async fn queue_and_wait(
         }
     };
     // The sender is dropped unanswered only when the shard itself is torn down.
-    received.unwrap_or(Err(InvokeError::ShuttingDown))
+    let mut outcome = received.unwrap_or(Err(InvokeError::ShuttingDown))?;
+    outcome.cost = bill(service, tenant, &function_name, class, &outcome).await;
+    Ok(outcome)
+}
+
+/// Prices a successful run, records it in the ledger (the answer waits for the line to be
+/// durable) and adds it to the tenant's spend. A ledger failure is logged, not turned into an
+/// error: the function has run and its caller gets its result.
+async fn bill(
+    service: &Arc<Service>,
+    tenant: &str,
+    function: &str,
+    class: ClassId,
+    outcome: &InvocationOutcome,
+) -> Cost {
+    let classes = &service.options().classes;
+    let cost = Cost::of(
+        &classes.get(class).name,
+        classes.price(class),
+        service.options().memory_price,
+        outcome.run.cpu_time_us,
+        outcome.run.memory_byte_ms,
+    );
+    let at_us = tariff_types::wire::unix_micros();
+    let entry = Entry {
+        invocation: outcome.id.to_string(),
+        tenant: tenant.to_owned(),
+        function: function.to_owned(),
+        at_us,
+        month: Month::of_unix_us(at_us).to_string(),
+        cost: cost.clone(),
+    };
+    if let Err(e) = service.ledger().record(entry).await {
+        tracing::error!(error = %e, "could not record the invocation in the ledger");
+    }
+    service.spend().billed(tenant, cost.total);
+    cost
 }
 
 /// Serves a client's session stream: each request is handled in its own task and its
@@ -247,6 +340,11 @@ fn deploy(service: &Arc<Service>, tenant: &str, mut spec: FunctionSpec) -> Clien
             None => {
                 spec.owner = tenant.to_owned();
                 Expect::Absent
+            }
+            // Deployed before tenants existed: whoever redeploys it first owns it.
+            Some(current) if current.owner.is_empty() => {
+                spec.owner = tenant.to_owned();
+                Expect::Version(current.version)
             }
             Some(current) if current.usable_by(tenant) => {
                 spec.owner = current.owner.clone();
@@ -330,22 +428,36 @@ fn tenants(service: &Arc<Service>, request: TenantRequest) -> ClientResponse {
             .filter(|f| f.owner == tenant.name)
             .map(|f| f.name)
             .collect();
-        Ok(TenantInfo { tenant, functions })
+        let spend = service.spend().info(&tenant.name);
+        Ok(TenantInfo {
+            tenant,
+            functions,
+            spend,
+        })
     };
     let changed = || {
         service.access().invalidate();
         service.registry().forget_all();
+        service.spend().refresh(store);
         tell_peers(service, PeerNotice::CredentialsChanged);
     };
     let unknown = |name: &str| ClientResponse::Refused(format!("unknown tenant `{name}`"));
     let result = match request {
-        TenantRequest::Add { name, token_hash } => {
+        TenantRequest::Add {
+            name,
+            token_hash,
+            budget,
+        } => {
             if let Err(e) = validate_tenant_name(&name) {
                 return ClientResponse::Refused(e.to_string());
+            }
+            if let Err(reason) = check_budget(budget) {
+                return ClientResponse::Refused(reason);
             }
             let tenant = Tenant {
                 name,
                 created_at_us: tariff_types::wire::unix_micros(),
+                budget,
             };
             store.add_tenant(&tenant, &token_hash).and_then(|()| {
                 info!(tenant = %tenant.name, "tenant added");
@@ -374,6 +486,24 @@ fn tenants(service: &Arc<Service>, request: TenantRequest) -> ClientResponse {
             Ok(None) => Ok(unknown(&name)),
             Err(e) => Err(e),
         },
+        TenantRequest::SetBudget { name, budget } => {
+            if let Err(reason) = check_budget(budget) {
+                return ClientResponse::Refused(reason);
+            }
+            match store.set_tenant_budget(&name, budget) {
+                Ok(true) => {
+                    info!(tenant = %name, ?budget, "budget set");
+                    changed();
+                    match store.tenant(&name) {
+                        Ok(Some(tenant)) => info(tenant).map(ClientResponse::Tenant),
+                        Ok(None) => Ok(unknown(&name)),
+                        Err(e) => Err(e),
+                    }
+                }
+                Ok(false) => Ok(unknown(&name)),
+                Err(e) => Err(e),
+            }
+        }
         TenantRequest::RotateToken { name, token_hash } => {
             match store.set_tenant_token(&name, &token_hash) {
                 Ok(true) => {
@@ -391,6 +521,16 @@ fn tenants(service: &Arc<Service>, request: TenantRequest) -> ClientResponse {
         }
     };
     result.unwrap_or_else(|e| ClientResponse::Refused(e.to_string()))
+}
+
+/// A budget must be a finite amount, zero or more.
+fn check_budget(budget: Option<f64>) -> Result<(), String> {
+    match budget {
+        Some(b) if !(b.is_finite() && b >= 0.0) => Err(format!(
+            "a budget must be a finite amount of zero or more, not {b}"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Passes a change on to every peer shard, each in its own task.
@@ -438,9 +578,10 @@ pub(crate) fn peer_notice(service: &Service, notice: PeerNotice) {
             service.registry().forget(&name);
         }
         PeerNotice::CredentialsChanged => {
-            debug!("peer changed credentials");
+            debug!("peer changed credentials or budgets");
             service.access().invalidate();
             service.registry().forget_all();
+            service.spend().refresh(service.store());
         }
     }
 }

@@ -13,8 +13,10 @@ use tariff_cluster::store::ClusterStore;
 
 use crate::access::Access;
 use crate::config::ShardOptions;
+use crate::ledger::Ledger;
 use crate::metrics::ShardMetrics;
 use crate::registry::Registry;
+use crate::spend::SpendBook;
 use crate::state::ShardState;
 use crate::trace::InvocationLog;
 
@@ -28,6 +30,10 @@ pub(crate) struct Service {
     access: Access,
     /// The cluster store itself, for tenant management (rare; not cached).
     store: Arc<dyn ClusterStore>,
+    /// This shard's durable record of what it billed.
+    ledger: Ledger,
+    /// Spend this month across the cluster, and budgets.
+    spend: Arc<SpendBook>,
     /// The shard's endpoint; also used to connect to peer shards.
     endpoint: quinn::Endpoint,
     /// The owner of everything that changes.
@@ -44,10 +50,13 @@ impl Service {
     pub(crate) fn new(
         options: ShardOptions,
         store: Arc<dyn ClusterStore>,
+        ledger: Ledger,
         endpoint: quinn::Endpoint,
         state: Arc<ShardState>,
     ) -> Self {
         Self {
+            spend: Arc::new(SpendBook::new(options.shard_id)),
+            ledger,
             registry: Registry::new(store.clone()),
             access: Access::new(store.clone()),
             store,
@@ -87,6 +96,21 @@ impl Service {
     /// The cluster store.
     pub(crate) fn store(&self) -> &dyn ClusterStore {
         self.store.as_ref()
+    }
+
+    /// The cluster store, shared (for tasks).
+    pub(crate) fn store_arc(&self) -> &Arc<dyn ClusterStore> {
+        &self.store
+    }
+
+    /// This shard's ledger.
+    pub(crate) fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// This month's spend and budgets.
+    pub(crate) fn spend(&self) -> &Arc<SpendBook> {
+        &self.spend
     }
 
     /// The shard's endpoint.

@@ -645,6 +645,8 @@ impl Book {
                 queued_at_us: invocation.queued_at_us,
                 placed_at_us,
                 run,
+                // Priced by the request's handler, which knows the tenant and the prices.
+                cost: Default::default(),
             })
         })
     }
@@ -827,6 +829,7 @@ mod tests {
             finished_at_us: 20,
             peak_memory_bytes: 1,
             cpu_time_us: 2,
+            memory_byte_ms: 4,
             cold_start: true,
             start_us: 3,
             preempted_us: 0,

@@ -287,6 +287,7 @@ impl TestCluster {
         let request = TenantRequest::Add {
             name: name.into(),
             token_hash: hash_token(&token),
+            budget: None,
         };
         let answer = admin
             .request(ClientRequest::Tenants(request))

@@ -88,6 +88,14 @@ pub enum ClientRequest {
     Status,
     /// Manage tenants (the administrator only).
     Tenants(TenantRequest),
+    /// This shard's part of a tenant's bill (the caller's own; any tenant's for the
+    /// administrator) for a month (`YYYY-MM`, default the current one).
+    Bill {
+        /// The tenant; the caller's own if `None`.
+        tenant: Option<String>,
+        /// The month.
+        month: Option<String>,
+    },
 }
 
 /// A request to run one function once.
@@ -125,6 +133,8 @@ pub enum ClientResponse {
     Tenant(TenantInfo),
     /// Every tenant.
     TenantList(Vec<TenantInfo>),
+    /// This shard's part of a bill.
+    Bill(crate::billing::Bill),
     /// Registered functions.
     Functions(Vec<FunctionSpec>),
     /// The shard's status.
@@ -182,6 +192,9 @@ pub struct InvocationOutcome {
     pub placed_at_us: u64,
     /// What the machine reported about the run: output, timings on its clock, resource use.
     pub run: RunReport,
+    /// What it cost the tenant, and of what.
+    #[serde(default)]
+    pub cost: crate::billing::Cost,
 }
 
 impl InvocationOutcome {
@@ -220,8 +233,8 @@ pub enum InvokeError {
     /// The caller may not invoke this function (another tenant's, not shared with it).
     #[error("forbidden: {0}")]
     Forbidden(String),
-    /// The tenant has spent its budget.
-    #[error("tenant `{0}` is over budget")]
+    /// The tenant has spent its monthly budget.
+    #[error("budget exhausted: {0}")]
     OverBudget(String),
     /// The shard's queues are full.
     #[error("shard overloaded: {queued} invocations queued, limit {limit}")]
@@ -464,8 +477,12 @@ pub struct RunReport {
     pub finished_at_us: u64,
     /// Peak resident memory, in bytes.
     pub peak_memory_bytes: u64,
-    /// CPU time used, user plus system, in µs.
+    /// CPU time used, user plus system, in µs (the function's cgroup, else its rusage).
     pub cpu_time_us: u64,
+    /// Memory used over the run: the integral of its memory over time, in byte-milliseconds
+    /// (sampled; see machine-sched's `meter`). What memory is billed by.
+    #[serde(default)]
+    pub memory_byte_ms: u64,
     /// Whether a process had to be started for this invocation (false: a warm instance).
     pub cold_start: bool,
     /// µs from the machine receiving the invocation to the function starting on it (process
