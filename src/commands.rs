@@ -52,7 +52,8 @@ pub struct ShardArgs {
     /// class pays the same for memory; docs/billing.md).
     #[arg(long, default_value_t = tariff_types::billing::DEFAULT_MEMORY_PRICE)]
     memory_price: f64,
-    /// Shard id (the high bits of invocation ids); random if not given.
+    /// Shard id (the high bits of invocation ids); if not given, the one in DATA_DIR/shard.id,
+    /// chosen at random on the first start.
     #[arg(long)]
     shard_id: Option<u16>,
     /// `tariff` (price classes), or a class-blind baseline for comparison: `fifo` or `hermod`.
@@ -199,10 +200,14 @@ pub async fn shard(global: &Global, args: ShardArgs) -> anyhow::Result<()> {
     let cluster = global.init_cluster()?;
     let store = tariff_cluster::store::open(args.store.as_deref(), &cluster.store_path())
         .context("opening the cluster store")?;
+    let shard_id = match args.shard_id {
+        Some(id) => id,
+        None => stable_shard_id(&args.data_dir)?,
+    };
     let options = ShardOptions {
         listen: args.listen,
         data_dir: args.data_dir,
-        shard_id: args.shard_id.unwrap_or_else(rand::random),
+        shard_id,
         classes: args.classes,
         policy: {
             let defaults = ShardConfig::for_policy(args.policy);
@@ -232,6 +237,24 @@ pub async fn shard(global: &Global, args: ShardArgs) -> anyhow::Result<()> {
     }
     shard.run(stop).await;
     Ok(())
+}
+
+/// The shard id kept in `data_dir/shard.id`, chosen at random on first start. Stable across
+/// restarts because the shard's ledger and its published spend are keyed by it: a restarted
+/// shard with a new id would publish its ledger's totals a second time.
+fn stable_shard_id(data_dir: &std::path::Path) -> anyhow::Result<u16> {
+    let path = data_dir.join("shard.id");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return text
+            .trim()
+            .parse()
+            .with_context(|| format!("{} does not hold a shard id", path.display()));
+    }
+    let id: u16 = rand::random();
+    std::fs::create_dir_all(data_dir)
+        .and_then(|()| std::fs::write(&path, format!("{id}\n")))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
 }
 
 /// The machine's host name, for default machine names.

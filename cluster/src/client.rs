@@ -318,6 +318,11 @@ impl Client {
         }
     }
 
+    /// The token this client presents.
+    pub fn token(&self) -> Option<&Token> {
+        self.token.as_ref()
+    }
+
     /// The underlying connection (for tests that speak raw frames).
     pub fn connection(&self) -> &quinn::Connection {
         &self.connection

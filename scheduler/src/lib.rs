@@ -32,7 +32,7 @@ mod machines;
 mod metrics;
 mod pump;
 mod service;
-mod spend;
+pub mod spend;
 mod state;
 mod throughput;
 pub mod trace;

@@ -3,10 +3,13 @@
 //!
 //! A shard knows its own spend exactly (its ledger, updated as each invocation is billed) and
 //! other shards' as they last published it to the cluster store. Every [`PUBLISH_INTERVAL`] it
-//! publishes its own totals, reads everyone's, and re-reads the tenants' budgets. So a tenant
-//! spreading load over N shards can overshoot its budget by at most what the other shards bill
-//! it in about two intervals, plus the invocations already admitted when the budget ran out
-//! (`docs/billing.md` states the bound; `tests/billing.rs` measures it).
+//! publishes its own totals, reads everyone's, and re-reads the tenants' budgets. What a shard
+//! has not seen of another's spend is at most that shard's spend in the last two intervals
+//! (one until it publishes, one until this shard reads). So once a tenant's spend crosses its
+//! budget, every shard stops admitting it within two intervals: the overshoot is at most the
+//! tenant's cluster-wide spend rate × 2 × [`PUBLISH_INTERVAL`], plus the cost of the
+//! invocations already admitted (in flight) when it crossed (`docs/billing.md`;
+//! `tests/billing.rs` races two shards against it).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,8 +22,9 @@ use tracing::warn;
 
 use crate::ledger::Ledger;
 
-/// How often a shard publishes its spend and reads everyone's.
-pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(500);
+/// How often a shard publishes its spend and reads everyone's. What a budget can be overshot
+/// by is the tenant's spend rate over two of these (see the module's doc).
+pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(250);
 /// The window a tenant's recent spending rate is measured over.
 const RATE_WINDOW: Duration = Duration::from_secs(60);
 
