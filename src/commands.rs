@@ -428,7 +428,11 @@ pub async fn invoke(global: &Global, args: InvokeArgs) -> i32 {
         },
         (None, None) => Vec::new(),
     };
-    let client = match connect(global, args.shard.shard).await {
+    let client = match invocation_context(global, args.shard.shard) {
+        Some(context) => context.connect().await,
+        None => connect(global, args.shard.shard).await,
+    };
+    let client = match client {
         Ok(client) => client,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -471,6 +475,44 @@ pub async fn invoke(global: &Global, args: InvokeArgs) -> i32 {
     }
 }
 
+/// The invocation context a running function finds in its environment (see
+/// `tariff_types::wire::context_env`): used by `tariff invoke` inside a function when it is
+/// given no token of its own, so the call joins the caller's chain.
+struct InvocationContext {
+    token: tariff_types::Token,
+    shard: SocketAddr,
+    ca_pem: String,
+}
+
+impl InvocationContext {
+    async fn connect(self) -> anyhow::Result<Client> {
+        let cluster = tariff_cluster::cluster::Cluster::from_ca_pem(&self.ca_pem)?;
+        Ok(Client::connect(&cluster, self.shard, Some(self.token)).await?)
+    }
+}
+
+/// The context, if this process runs inside a function and was given no token or cluster of
+/// its own (an explicit `--token`, `TARIFF_TOKEN` or `--cluster` wins).
+fn invocation_context(global: &Global, shard: Option<SocketAddr>) -> Option<InvocationContext> {
+    use tariff_types::wire::context_env;
+    if global.token.is_some()
+        || global.cluster.is_some()
+        || std::env::var_os(tariff_cluster::tenancy::TOKEN_ENV).is_some()
+    {
+        return None;
+    }
+    let token = std::env::var(context_env::INVOCATION).ok()?;
+    let shard = match shard {
+        Some(addr) => addr,
+        None => std::env::var(context_env::SHARD).ok()?.parse().ok()?,
+    };
+    Some(InvocationContext {
+        token: tariff_types::Token::new(token),
+        shard,
+        ca_pem: std::env::var(context_env::CA).ok()?,
+    })
+}
+
 /// The `--json` form of a successful invocation.
 pub fn outcome_json(outcome: &InvocationOutcome) -> serde_json::Value {
     let t = outcome.timings();
@@ -484,6 +526,11 @@ pub fn outcome_json(outcome: &InvocationOutcome) -> serde_json::Value {
         "start_us": outcome.run.start_us,
         "preempted_us": outcome.run.preempted_us,
         "memory_byte_ms": outcome.run.memory_byte_ms,
+        "chain": {
+            "root": outcome.chain.root.map(|id| id.to_string()),
+            "parent": outcome.chain.parent.map(|id| id.to_string()),
+            "depth": outcome.chain.depth,
+        },
         "cost": {
             "class": outcome.cost.class,
             "cpu_seconds": outcome.cost.cpu_seconds,

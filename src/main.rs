@@ -275,6 +275,7 @@ pub fn exit_code(error: &tariff_types::InvokeError) -> i32 {
         E::Protocol(_) => 11,
         E::Unauthenticated(_) => EXIT_UNAUTHENTICATED,
         E::Forbidden(_) => EXIT_FORBIDDEN,
+        E::ChainTooDeep { .. } => 14,
     }
 }
 

@@ -277,3 +277,72 @@ fn shards_racing_hold_a_tenant_to_its_budget_within_the_bound() {
         );
     });
 }
+
+/// A function that calls `next` at `batch` with `tariff invoke` and answers with the call's
+/// JSON: what a page view calling a helper does, with nothing but its environment.
+fn caller(name: &str, next: &str) -> tariff_types::FunctionSpec {
+    let tariff = common::tariff().to_string_lossy().into_owned();
+    let mut spec = common::example_spec("echo");
+    spec.name = name.into();
+    spec.command = vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        format!("exec {tariff} invoke --function \"$NEXT\" --class batch --payload hop --json"),
+    ];
+    spec.env = vec![("NEXT".into(), next.into())];
+    spec
+}
+
+#[test]
+fn calls_inherit_the_callers_class_and_tenant_and_chains_do_not_deadlock() {
+    runtime().block_on(async {
+        // One core, one slot: a chain that waited for its caller's slot would never finish.
+        let cluster = cluster(1, 1).await;
+        cluster.deploy(caller("top", "middle")).await;
+        cluster.deploy(caller("middle", "echo")).await;
+        let client = cluster.client(0).await;
+        let top = invoke(&client, request("top", "critical", ""))
+            .await
+            .unwrap();
+        assert_eq!(top.chain.depth, 0);
+        assert_eq!(top.chain.root, Some(top.id));
+        let middle: serde_json::Value = serde_json::from_slice(&top.run.output).unwrap();
+        assert_eq!(middle["chain"]["depth"], 1, "{middle}");
+        assert_eq!(middle["chain"]["parent"], top.id.to_string());
+        assert_eq!(middle["chain"]["root"], top.id.to_string());
+        // Asked for at `batch`, run and billed at its caller's `critical`.
+        assert_eq!(middle["cost"]["class"], "critical", "{middle}");
+        let leaf: serde_json::Value =
+            serde_json::from_str(middle["output"].as_str().unwrap()).unwrap();
+        assert_eq!(leaf["chain"]["depth"], 2);
+        assert_eq!(leaf["chain"]["root"], top.id.to_string());
+        assert_eq!(leaf["output"], "hop");
+        assert_eq!(leaf["cost"]["class"], "critical");
+        // All three are billed to the caller's tenant.
+        let shard = cluster.shard_addrs[0].to_string();
+        let bill = bill_json(
+            &cluster
+                .command()
+                .args(["bill", "--shard", &shard, "--json"])
+                .output()
+                .unwrap(),
+        );
+        let lines = bill["lines"].as_array().unwrap();
+        for function in ["top", "middle", "echo"] {
+            assert!(
+                lines
+                    .iter()
+                    .any(|l| l["function"] == function && l["class"] == "critical"),
+                "{function} missing from {bill}"
+            );
+        }
+        // A chain that never ends is cut at the depth limit with its own error.
+        cluster.deploy(caller("forever", "forever")).await;
+        match invoke(&client, request("forever", "high", "")).await {
+            Err(InvokeError::FunctionFailed { stderr_tail, .. }) => {
+                assert!(stderr_tail.contains("call chain too deep"), "{stderr_tail}")
+            }
+            other => panic!("expected the chain to be cut, got {other:?}"),
+        }
+    });
+}

@@ -50,6 +50,7 @@ fn function(name: &str, runtime: Runtime, version: u64) -> FunctionSpec {
 fn job(id: u64, class: u8, function: FunctionSpec, payload: &str) -> Job {
     Job {
         tenant: "bench".into(),
+        env: Vec::new(),
         id,
         class: ClassId(class),
         classes: CLASSES,

@@ -29,11 +29,12 @@ pub(crate) async fn run_exec(
     // Directories, cgroups and fork happen off the real-time path (see `off_real_time`).
     let launched = off_real_time(provision.spawn_cpus().to_vec(), move || {
         let Prepared {
-            spec,
+            mut spec,
             cgroup,
             work_dir,
             confining,
         } = provision.prepare(&name, &launch_job.function)?;
+        spec.env.extend(launch_job.env.iter().cloned());
         let cpu_before = cgroup
             .as_ref()
             .and_then(|cg| cg.cpu_usage_us().ok())

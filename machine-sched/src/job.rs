@@ -31,6 +31,10 @@ pub struct Job {
     /// The tenant invoking it. Warm instances are kept per tenant as well as per function,
     /// so a function shared between tenants never serves two of them from one process.
     pub tenant: String,
+    /// Environment besides the spec's: the invocation's context (`TARIFF_INVOCATION`, ...),
+    /// so a one-shot function can call others as part of its chain. Not given to persistent
+    /// instances, whose environment is fixed when they start.
+    pub env: Vec<(String, String)>,
     /// stdin / request bytes.
     pub payload: Vec<u8>,
     /// Wall-clock limit.

@@ -349,6 +349,13 @@ impl<T> ShardCore<T> {
         self.queues.push_front(queue, keyed, taken.enqueued);
     }
 
+    /// An invocation was sent to `machine` without passing the queues: a call made by a
+    /// function running there, which must not wait for the slot its caller holds (a chain
+    /// would deadlock on its own slots). Counted like any placement until it completes.
+    pub fn placed_nested(&mut self, machine: MachineIdx) {
+        self.idle.placed(machine);
+    }
+
     /// An invocation this shard placed on `machine` finished there.
     pub fn completed(&mut self, machine: MachineIdx) {
         self.idle.finished(machine);

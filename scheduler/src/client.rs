@@ -21,14 +21,15 @@ use tariff_types::tenant::{
     validate_tenant_name, AccessError, Principal, Tenant, TenantInfo, TenantRequest, Token,
 };
 use tariff_types::wire::{
-    ClientRequest, ClientResponse, InvocationId, InvocationOutcome, InvokeError, InvokeRequest,
-    PeerNotice, SessionRequest, SessionResponse, StreamOpen,
+    context_env, Chain, ClientRequest, ClientResponse, InvocationId, InvocationOutcome,
+    InvokeError, InvokeRequest, PeerNotice, SessionRequest, SessionResponse, StreamOpen,
 };
 use tariff_types::ClassId;
 use tariff_types::FunctionSpec;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::access::tenant_of;
+use crate::chains::{ChainContext, MAX_CHAIN_DEPTH};
 use crate::config::PROTOCOL_VIOLATION;
 use crate::ledger::Entry;
 use crate::service::Service;
@@ -43,6 +44,20 @@ pub(crate) async fn handle(
     token: Option<&Token>,
     request: ClientRequest,
 ) -> ClientResponse {
+    // A running invocation's token: its function calling another (`chains`).
+    if let Some(parent) = token.and_then(|t| service.chains().lookup(t)) {
+        return match request {
+            ClientRequest::Invoke(request) => {
+                let principal = Principal::Tenant(parent.tenant.clone());
+                ClientResponse::Invoked(invoke(service, &principal, Some(parent), request).await)
+            }
+            _ => ClientResponse::Denied(AccessError::Forbidden(
+                "an invocation's token only invokes functions; other requests need the \
+                 tenant's token"
+                    .into(),
+            )),
+        };
+    }
     let principal = match service.access().authenticate(token) {
         Ok(principal) => principal,
         Err(denied) => {
@@ -55,7 +70,7 @@ pub(crate) async fn handle(
     };
     match request {
         ClientRequest::Invoke(request) => {
-            ClientResponse::Invoked(invoke(service, &principal, request).await)
+            ClientResponse::Invoked(invoke(service, &principal, None, request).await)
         }
         ClientRequest::Deploy(spec) => {
             denied_or(tenant_of(&principal), |t| deploy(service, t, spec))
@@ -130,7 +145,12 @@ fn denied_or(
 /// Handles one invocation request, counts it in the shard's metrics and logs it if it failed,
 /// was slow or is sampled (`trace`), whatever its answer: every invocation, refused or run,
 /// passes through here exactly once, inside a span naming its id, class, tenant and function.
-async fn invoke(service: &Arc<Service>, principal: &Principal, request: InvokeRequest) -> Answer {
+async fn invoke(
+    service: &Arc<Service>,
+    principal: &Principal,
+    parent: Option<ChainContext>,
+    request: InvokeRequest,
+) -> Answer {
     let arrived = Instant::now();
     let state = service.state();
     let id = state.next_id();
@@ -148,7 +168,7 @@ async fn invoke(service: &Arc<Service>, principal: &Principal, request: InvokeRe
     async move {
         let class = service.options().classes.resolve(&request.class).ok();
         let answer = match tenant_of(principal) {
-            Ok(tenant) => queue_and_wait(service, id, tenant, request).await,
+            Ok(tenant) => queue_and_wait(service, id, tenant, parent, request).await,
             Err(denied) => Err(denied.into()),
         };
         let elapsed = arrived.elapsed();
@@ -165,6 +185,7 @@ async fn queue_and_wait(
     service: &Arc<Service>,
     id: InvocationId,
     tenant: &str,
+    parent: Option<ChainContext>,
     request: InvokeRequest,
 ) -> Answer {
     let state = service.state();
@@ -190,6 +211,29 @@ async fn queue_and_wait(
             function.name
         )));
     }
+    let chain = match &parent {
+        None => Chain {
+            root: Some(id),
+            parent: None,
+            depth: 0,
+        },
+        Some(parent) => {
+            let depth = parent.depth + 1;
+            if depth > MAX_CHAIN_DEPTH {
+                return Err(InvokeError::ChainTooDeep {
+                    depth,
+                    limit: MAX_CHAIN_DEPTH,
+                });
+            }
+            // No priority inversion: a call runs at least at its caller's class.
+            class = class.min(parent.class);
+            Chain {
+                root: Some(parent.root),
+                parent: Some(parent.id),
+                depth,
+            }
+        }
+    };
     match service.spend().throttle(tenant) {
         (Throttle::Normal, _) => {}
         (Throttle::Degraded, _) => {
@@ -208,6 +252,26 @@ async fn queue_and_wait(
         }
     }
     let function_name = function.name.clone();
+    let (token, _revoked_when_answered) = service
+        .chains()
+        .mint(ChainContext {
+            tenant: tenant.to_owned(),
+            id,
+            root: chain.root.unwrap_or(id),
+            depth: chain.depth,
+            class,
+        })
+        .map_err(|e| InvokeError::StartFailed(e.to_string()))?;
+    let env = vec![
+        (
+            context_env::INVOCATION.to_owned(),
+            token.expose_secret().to_owned(),
+        ),
+        (
+            context_env::CLASS.to_owned(),
+            options.classes.get(class).name.clone(),
+        ),
+    ];
     let timeout = match request.timeout_ms {
         0 => options.default_timeout,
         ms => Duration::from_millis(ms),
@@ -222,6 +286,8 @@ async fn queue_and_wait(
             payload: request.payload,
             timeout,
             deadline,
+            env,
+            nested_in: parent.map(|p| p.id),
         })
         .map_err(|overloaded| InvokeError::Overloaded {
             queued: overloaded.queued as u64,
@@ -240,6 +306,7 @@ async fn queue_and_wait(
     // The sender is dropped unanswered only when the shard itself is torn down.
     let mut outcome = received.unwrap_or(Err(InvokeError::ShuttingDown))?;
     outcome.cost = bill(service, tenant, &function_name, class, &outcome).await;
+    outcome.chain = chain;
     Ok(outcome)
 }
 

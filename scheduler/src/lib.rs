@@ -24,6 +24,7 @@ pub mod registry;
 pub mod server;
 
 mod access;
+mod chains;
 mod client;
 mod config;
 pub mod ledger;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use tariff_cluster::store::ClusterStore;
 
 use crate::access::Access;
+use crate::chains::Chains;
 use crate::config::ShardOptions;
 use crate::ledger::Ledger;
 use crate::metrics::ShardMetrics;
@@ -34,6 +35,8 @@ pub(crate) struct Service {
     ledger: Ledger,
     /// Spend this month across the cluster, and budgets.
     spend: Arc<SpendBook>,
+    /// Running invocations' tokens, for the calls their functions make.
+    chains: Chains,
     /// The shard's endpoint; also used to connect to peer shards.
     endpoint: quinn::Endpoint,
     /// The owner of everything that changes.
@@ -56,6 +59,7 @@ impl Service {
     ) -> Self {
         Self {
             spend: Arc::new(SpendBook::new(options.shard_id)),
+            chains: Chains::default(),
             ledger,
             registry: Registry::new(store.clone()),
             access: Access::new(store.clone()),
@@ -106,6 +110,11 @@ impl Service {
     /// This shard's ledger.
     pub(crate) fn ledger(&self) -> &Ledger {
         &self.ledger
+    }
+
+    /// Running invocations' tokens.
+    pub(crate) fn chains(&self) -> &Chains {
+        &self.chains
     }
 
     /// This month's spend and budgets.

@@ -61,6 +61,11 @@ pub(crate) struct Submission {
     pub(crate) timeout: Duration,
     /// When the caller stops waiting.
     pub(crate) deadline: Instant,
+    /// Environment for the function (its invocation context).
+    pub(crate) env: Vec<(String, String)>,
+    /// The running invocation whose function made this call, if one did: the call is sent
+    /// straight to that machine rather than queued behind the slot its caller holds.
+    pub(crate) nested_in: Option<InvocationId>,
 }
 
 /// Why a class lane was refused.
@@ -107,6 +112,7 @@ struct Queued {
     function: Arc<FunctionSpec>,
     payload: Vec<u8>,
     deadline: Instant,
+    env: Vec<(String, String)>,
 }
 
 /// A live invocation's entry in the invocation table.
@@ -140,6 +146,8 @@ pub(crate) struct PlacementCounts {
     pub(crate) idle_list: u64,
     /// The least loaded of k polled machines.
     pub(crate) power_of_k: u64,
+    /// Straight to the machine of the function that made the call (call chains).
+    pub(crate) nested: u64,
 }
 
 /// Everything mutable about a shard, behind [`ShardState`]'s one lock.
@@ -232,6 +240,8 @@ impl ShardState {
             payload,
             timeout,
             deadline,
+            env,
+            nested_in,
         } = submission;
         let key = FunctionKey::of(&function.name);
         let queued = Queued {
@@ -240,23 +250,43 @@ impl ShardState {
             function,
             payload,
             deadline,
+            env,
         };
         let now = self.now();
         let (answer, receiver) = oneshot::channel();
         {
             let mut book = self.book();
-            book.core
-                .submit(class, key, queued, now)
-                .map_err(|(_, overloaded)| overloaded)?;
-            book.invocations.insert(
-                id,
-                Invocation {
-                    answer,
-                    timeout,
-                    queued_at_us: unix_micros(),
-                    running: None,
-                },
-            );
+            let invocation = Invocation {
+                answer,
+                timeout,
+                queued_at_us: unix_micros(),
+                running: None,
+            };
+            let parent_machine = nested_in
+                .and_then(|parent| book.invocations.get(&parent)?.running.as_ref())
+                .map(|running| running.machine)
+                .filter(|&machine| book.machines.get(machine).is_some());
+            match parent_machine {
+                Some(machine) => {
+                    book.invocations.insert(id, invocation);
+                    book.core.placed_nested(machine);
+                    book.placements.nested += 1;
+                    let taken = Taken {
+                        item: queued,
+                        function: key,
+                        class,
+                        enqueued: now,
+                    };
+                    book.send(taken, machine);
+                    return Ok(receiver);
+                }
+                None => {
+                    book.core
+                        .submit(class, key, queued, now)
+                        .map_err(|(_, overloaded)| overloaded)?;
+                    book.invocations.insert(id, invocation);
+                }
+            }
         }
         self.wake.notify_one();
         Ok(receiver)
@@ -597,6 +627,7 @@ impl Book {
             function: (*item.function).clone(),
             payload: item.payload,
             timeout_ms: remaining.as_millis() as u64,
+            env: item.env,
         };
         let name = link.name().clone();
         let sent = link.place(placement);
@@ -647,6 +678,8 @@ impl Book {
                 run,
                 // Priced by the request's handler, which knows the tenant and the prices.
                 cost: Default::default(),
+                // Filled in by the request's handler, which knows the chain.
+                chain: Default::default(),
             })
         })
     }
@@ -817,6 +850,8 @@ mod tests {
                 payload: b"hello".to_vec(),
                 timeout: TIMEOUT,
                 deadline: Instant::now() + TIMEOUT,
+                env: Vec::new(),
+                nested_in: None,
             })
             .expect("queues have room");
         (id, rx)
@@ -1143,6 +1178,8 @@ mod tests {
             payload: Vec::new(),
             timeout: TIMEOUT,
             deadline: Instant::now() + TIMEOUT,
+            env: Vec::new(),
+            nested_in: None,
         });
         assert_eq!(
             refused.err(),

@@ -195,6 +195,34 @@ pub struct InvocationOutcome {
     /// What it cost the tenant, and of what.
     #[serde(default)]
     pub cost: crate::billing::Cost,
+    /// Where it stands in a call chain (a function invoking a function).
+    #[serde(default)]
+    pub chain: Chain,
+}
+
+/// An invocation's place in a call chain: made by a client (depth 0, its own root) or by a
+/// running function (its caller is the parent).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chain {
+    /// The invocation at the top of the chain (itself, at depth 0).
+    pub root: Option<InvocationId>,
+    /// The invocation whose function made this call, if any.
+    pub parent: Option<InvocationId>,
+    /// Calls between the root and this one: 0 for a client's call.
+    pub depth: u32,
+}
+
+/// Environment variables a running function gets, so that it (the SDK, or `tariff invoke`
+/// run inside it) can call other functions as part of its chain without the tenant's token.
+pub mod context_env {
+    /// A token valid while this invocation runs, standing for its tenant and its chain.
+    pub const INVOCATION: &str = "TARIFF_INVOCATION";
+    /// The shard to call (the one that placed this invocation, which knows the token).
+    pub const SHARD: &str = "TARIFF_SHARD";
+    /// The class this invocation runs at: calls it makes run at least at this class.
+    pub const CLASS: &str = "TARIFF_CLASS";
+    /// The cluster's CA certificate (PEM), to verify the shard.
+    pub const CA: &str = "TARIFF_CA";
 }
 
 impl InvocationOutcome {
@@ -271,6 +299,14 @@ pub enum InvokeError {
     /// before it finished: not a failure of the function.
     #[error("cancelled")]
     Cancelled,
+    /// A function called a function beyond the chain depth limit.
+    #[error("call chain too deep: depth {depth} is over the limit of {limit}")]
+    ChainTooDeep {
+        /// The depth this call would have had.
+        depth: u32,
+        /// The limit.
+        limit: u32,
+    },
 }
 
 impl InvokeError {
@@ -292,6 +328,7 @@ impl InvokeError {
             Self::Protocol(_) => "protocol",
             Self::ShuttingDown => "shutting_down",
             Self::Cancelled => "cancelled",
+            Self::ChainTooDeep { .. } => "chain_too_deep",
         }
     }
 }
@@ -450,6 +487,10 @@ pub struct Placement {
     pub payload: Vec<u8>,
     /// Milliseconds the function may run before it is killed.
     pub timeout_ms: u64,
+    /// Environment the function gets besides its spec's: its invocation context
+    /// ([`context_env`]).
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
 }
 
 /// What a machine sends back on a class lane when an invocation ends.
