@@ -491,25 +491,26 @@ impl InvocationContext {
     }
 }
 
-/// The context, if this process runs inside a function and was given no token or cluster of
+/// The context, if this process runs inside a function (its environment, or a persistent
+/// instance's context file: `tariff_function::context`) and was given no token or cluster of
 /// its own (an explicit `--token`, `TARIFF_TOKEN` or `--cluster` wins).
 fn invocation_context(global: &Global, shard: Option<SocketAddr>) -> Option<InvocationContext> {
-    use tariff_types::wire::context_env;
+    use tariff_function::context;
     if global.token.is_some()
         || global.cluster.is_some()
         || std::env::var_os(tariff_cluster::tenancy::TOKEN_ENV).is_some()
     {
         return None;
     }
-    let token = std::env::var(context_env::INVOCATION).ok()?;
+    let current = context::current()?;
     let shard = match shard {
         Some(addr) => addr,
-        None => std::env::var(context_env::SHARD).ok()?.parse().ok()?,
+        None => current.get(context::SHARD_ENV)?.parse().ok()?,
     };
     Some(InvocationContext {
-        token: tariff_types::Token::new(token),
+        token: tariff_types::Token::new(current.get(context::INVOCATION_ENV)?),
         shard,
-        ca_pem: std::env::var(context_env::CA).ok()?,
+        ca_pem: current.get(context::CA_ENV)?.to_owned(),
     })
 }
 

@@ -346,3 +346,35 @@ fn calls_inherit_the_callers_class_and_tenant_and_chains_do_not_deadlock() {
         }
     });
 }
+
+#[test]
+fn a_persistent_function_calls_within_its_chain_through_its_context_file() {
+    runtime().block_on(async {
+        let cluster = cluster(1, 1).await;
+        let mut counter = common::example_spec("counter");
+        counter.runtime = tariff_types::function::Runtime::Persistent {
+            keep_alive_ms: 60_000,
+        };
+        counter.env = vec![(
+            "TARIFF_BIN".into(),
+            common::tariff().to_string_lossy().into_owned(),
+        )];
+        cluster.deploy(counter).await;
+        let client = cluster.client(0).await;
+        // Twice: the second call is served by the warm instance, with the second call's token.
+        for round in 0..2 {
+            let top = invoke(&client, request("counter", "high", "call echo batch hi"))
+                .await
+                .unwrap();
+            let child: serde_json::Value = serde_json::from_slice(&top.run.output).unwrap();
+            assert_eq!(child["output"], "hi", "{child}");
+            assert_eq!(child["cost"]["class"], "high", "{child}");
+            assert_eq!(
+                child["chain"]["parent"],
+                top.id.to_string(),
+                "round {round}"
+            );
+            assert_eq!(top.run.cold_start, round == 0);
+        }
+    });
+}

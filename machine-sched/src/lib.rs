@@ -7,6 +7,7 @@
 //! the modules behind it, one concern each.
 
 pub mod cgroup;
+pub mod context_file;
 mod exec_run;
 pub mod gate;
 mod instance_pool;

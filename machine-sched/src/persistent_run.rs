@@ -66,6 +66,11 @@ pub(crate) async fn run_persistent(
     machine
         .running
         .insert(job.id, pid, Cancel::Persistent(instance.process.handle()));
+    if !job.env.is_empty() {
+        if let Err(e) = crate::context_file::write(&instance.work_dir, &job.env) {
+            debug!(instance = %instance.name, error = %e, "could not write the invocation context");
+        }
+    }
     let cgroup = instance.cgroup.as_ref();
     let (answer, memory_byte_ms) = crate::meter::metered(
         instance
@@ -78,6 +83,9 @@ pub(crate) async fn run_persistent(
     )
     .await;
     let finished_at_us = unix_micros();
+    if !job.env.is_empty() {
+        crate::context_file::remove(&instance.work_dir);
+    }
     if let Some(gate) = &machine.gate {
         gate.detach(job.id);
     }
@@ -140,11 +148,18 @@ fn start_instance(machine: &Parts, job: &Job, keep_alive: Duration) -> Result<In
     let function = &job.function;
     let name = machine.provision.new_instance_name();
     let Prepared {
-        spec,
+        mut spec,
         cgroup,
         work_dir,
         confining,
     } = machine.provision.prepare(&name, function)?;
+    // Each call's invocation context is written to this file (`context_file`).
+    spec.env.push((
+        crate::context_file::CONTEXT_FILE_ENV.to_owned(),
+        crate::context_file::path(&work_dir)
+            .to_string_lossy()
+            .into_owned(),
+    ));
     let process = match PersistentProcess::spawn(&spec) {
         Ok(process) => process,
         Err(e) => {

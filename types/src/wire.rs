@@ -214,6 +214,9 @@ pub struct Chain {
 
 /// Environment variables a running function gets, so that it (the SDK, or `tariff invoke`
 /// run inside it) can call other functions as part of its chain without the tenant's token.
+/// The same names as the function SDK's `context` module, which functions read them with
+/// (the SDK has no dependencies, so they are spelled out in both; a test in the machine
+/// scheduler checks they agree).
 pub mod context_env {
     /// A token valid while this invocation runs, standing for its tenant and its chain.
     pub const INVOCATION: &str = "TARIFF_INVOCATION";
