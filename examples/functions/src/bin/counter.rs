@@ -79,25 +79,6 @@ fn invoke(n: u64, payload: &[u8]) -> Result<Vec<u8>, String> {
     Ok(answer)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counts_and_echoes() {
-        assert_eq!(invoke(1, b"hi").unwrap(), b"invocation 1: hi");
-        assert_eq!(invoke(2, b"").unwrap(), b"invocation 2: ");
-    }
-
-    #[test]
-    fn spins_for_the_asked_cpu_time() {
-        assert_eq!(invoke(1, b"spin 5\n").unwrap(), b"spun 5 ms");
-        assert!(invoke(1, b"spin five").is_err());
-        assert!(invoke(1, b"spin 5 6").is_err());
-        assert!(invoke(1, b"spin").is_err());
-    }
-}
-
 /// Invokes `function` as part of the current invocation's chain and returns its JSON answer.
 fn call(function: &str, class: &str, payload: &str) -> Result<Vec<u8>, String> {
     let context = tariff_function::context::current()
@@ -118,4 +99,24 @@ fn call(function: &str, class: &str, payload: &str) -> Result<Vec<u8>, String> {
         ));
     }
     Ok(output.stdout)
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_echoes() {
+        assert_eq!(invoke(1, b"hi").unwrap(), b"invocation 1: hi");
+        assert_eq!(invoke(2, b"").unwrap(), b"invocation 2: ");
+    }
+
+    #[test]
+    fn spins_for_the_asked_cpu_time() {
+        assert_eq!(invoke(1, b"spin 5\n").unwrap(), b"spun 5 ms");
+        assert!(invoke(1, b"spin five").is_err());
+        assert!(invoke(1, b"spin 5 6").is_err());
+        assert!(invoke(1, b"spin").is_err());
+    }
 }
