@@ -47,26 +47,27 @@ pub fn machine_options(
                 .map(|(run, period)| format!("{run} of every {period} µs"))
                 .unwrap_or_else(|| "unknown".into());
             info!(
-                cpus = ?cpus,
+                cpus = ?cpus.functions,
+                real_time_cpus = ?cpus.real_time,
                 dispatcher_priority = rt::DISPATCHER_PRIORITY,
                 lowest_function_priority = rt::LOWEST_FUNCTION_PRIORITY,
                 rt_throttle = %throttle,
-                "machine scheduler: real-time (SCHED_FIFO by price class; the kernel preempts cheaper classes)"
+                "machine scheduler: real-time (SCHED_FIFO by price class, the cheapest class under SCHED_IDLE on every CPU; the kernel preempts cheaper classes)"
             );
         }
         SchedMode::ProcessorSharing => info!(
-            cpus = ?cpus,
+            cpus = ?cpus.functions,
             "machine scheduler: processor sharing (the Hermod baseline: class-blind, every function at once, time-shared by the kernel)"
         ),
         // Asked for with --no-rt it is a choice, not a problem; otherwise real time was not
         // available and the operator should know.
         SchedMode::UserSpace { reason } if no_rt => info!(
-            cpus = ?cpus,
+            cpus = ?cpus.functions,
             %reason,
             "machine scheduler: user-space ordering (at most one function per CPU, cheaper classes stopped with SIGSTOP while dearer ones run)"
         ),
         SchedMode::UserSpace { reason } => warn!(
-            cpus = ?cpus,
+            cpus = ?cpus.functions,
             %reason,
             "machine scheduler: user-space ordering (at most one function per CPU, cheaper classes stopped with SIGSTOP while dearer ones run)"
         ),
@@ -85,8 +86,8 @@ pub fn machine_options(
                 ),
                 Err(e) => warn!(error = %e, "could not clean stale instance cgroups"),
             }
-            match root.confine_cpus(&cpus) {
-                Ok(true) => info!(cpus = ?cpus, "functions confined by cpuset"),
+            match root.confine_cpus(&cpus.functions) {
+                Ok(true) => info!(cpus = ?cpus.functions, "functions confined by cpuset"),
                 Ok(false) => info!("no cpuset controller: functions confined by affinity only"),
                 Err(e) => warn!(error = %e, "cpuset confinement failed: affinity only"),
             }
@@ -122,7 +123,7 @@ pub fn machine_options(
         source,
     })?;
     Ok(MachineOptions {
-        cores: cpus.len(),
+        cores: cpus.functions.len(),
         mode,
         cpus,
         cgroups,

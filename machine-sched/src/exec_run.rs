@@ -57,7 +57,7 @@ pub(crate) async fn run_exec(
             // the function CPUs, queued behind its class in the order of raising (never
             // running real-time on a spawn CPU in between, where it could be migrated
             // later and land out of turn).
-            machine.priority.confine(pid, &confining);
+            machine.priority.confine(pid, &confining, job);
             machine.priority.raise(pid, cgroup.as_ref(), job);
             drop(turn);
             if let Some(gate) = &machine.gate {
