@@ -92,6 +92,7 @@ pub fn machine_options(
                 Err(e) => warn!(error = %e, "cpuset confinement failed: affinity only"),
             }
             info!(version = ?root.version(), base = %base, "per-instance cgroups");
+            favor_dynamic_modifications();
             // Written down so an operator (or a test) can find and remove the subtree even
             // if this dispatcher is killed before it can clean up.
             let listing: String = root
@@ -130,6 +131,33 @@ pub fn machine_options(
         user,
         work_root,
     })
+}
+
+/// Makes cgroup joins cheap on this host (the `favordynmods` mount option, see
+/// `tariff_machine_sched::cgroup::dynmods`): without it every launch that is not right behind
+/// another waits for an RCU grace period (8–16 ms measured) before its process may join its
+/// cgroups, which was most of an idle cluster's exec cold start. Logged plainly, because it
+/// changes a host-wide setting.
+fn favor_dynamic_modifications() {
+    use tariff_machine_sched::cgroup::dynmods::{self, Dynmods};
+    match dynmods::favor_dynamic_modifications() {
+        Ok(Some(Dynmods::AlreadyOn(mount))) => info!(
+            mount = %mount.display(),
+            "cgroup joins do not wait for RCU grace periods (favordynmods already on)"
+        ),
+        Ok(Some(Dynmods::TurnedOn(mount))) => info!(
+            mount = %mount.display(),
+            "turned on the cgroup mount option favordynmods for this host, so that a cold start's \
+             cgroup join does not wait for an RCU grace period (~10 ms); fork and exit take a \
+             slightly slower path"
+        ),
+        Ok(None) => {}
+        Err(e) => warn!(
+            error = %e,
+            "could not turn on favordynmods: cold starts that are not right behind another wait \
+             ~10 ms for an RCU grace period before joining their cgroups"
+        ),
+    }
 }
 
 /// A short, stable digest of a path (FNV-1a), for naming.

@@ -154,6 +154,8 @@ pub(crate) async fn off_real_time<T: Send + 'static>(
 ) -> Result<T, JobError> {
     tokio::task::spawn_blocking(move || {
         leave_function_cpus(&cpus);
+        // A launch is on a call's path: ahead of the host's ordinary work (see LAUNCH_NICE).
+        rt::set_nice(rt::LAUNCH_NICE);
         work()
     })
     .await
@@ -165,6 +167,7 @@ pub(crate) async fn off_real_time<T: Send + 'static>(
 /// as long as the kernel lets them run (tens of milliseconds measured here).
 pub(crate) fn leave_function_cpus(cpus: &[usize]) {
     let _ = rt::set_normal(0);
+    rt::set_nice(0);
     if !cpus.is_empty() {
         let _ = rt::set_affinity(0, cpus);
     }

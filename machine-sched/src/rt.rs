@@ -85,6 +85,21 @@ pub fn set_normal(tid: i32) -> io::Result<()> {
     set_scheduler(tid, libc::SCHED_OTHER, 0)
 }
 
+/// Nice value of the dispatcher's launch threads (working directory, cgroups, `fork`): the
+/// strongest normal-priority weight, so a cold start is not kept waiting by whatever else
+/// runs at normal priority on the launch CPUs (a build on a shared host delayed launches by a
+/// CFS slice or more). Launches stay out of real time for the reasons in the module header;
+/// the launched process is returned to nice 0 before `exec` (`launch`).
+pub const LAUNCH_NICE: i32 = -20;
+
+/// Sets the calling thread's nice value (Linux applies `PRIO_PROCESS` with who = 0 to the
+/// calling thread). Best effort: an unprivileged dispatcher may not lower it, and then keeps
+/// its own.
+pub fn set_nice(nice: i32) {
+    // SAFETY: a plain syscall without pointers.
+    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+}
+
 /// Puts thread `tid` under `SCHED_IDLE`: it runs only when no normal or real-time task wants
 /// its CPU (the cheapest class, see [`runs_real_time`]).
 pub fn set_idle(tid: i32) -> io::Result<()> {
