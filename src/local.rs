@@ -198,7 +198,7 @@ async fn demo(cluster: &Cluster, local: &LocalCluster, args: &LocalArgs) -> anyh
 }
 
 /// The host's CPUs that run no real-time functions (empty if they may run on every CPU): the
-/// cheapest class may run there too, but under `SCHED_IDLE` it never delays the harness.
+/// cheapest class may run there too, but as a normal (`SCHED_BATCH`) task it only shares them.
 fn non_function_cpus(local: &LocalCluster) -> Vec<usize> {
     tariff_machine_sched::rt::allowed_cpus()
         .into_iter()

@@ -52,7 +52,7 @@ pub fn machine_options(
                 dispatcher_priority = rt::DISPATCHER_PRIORITY,
                 lowest_function_priority = rt::LOWEST_FUNCTION_PRIORITY,
                 rt_throttle = %throttle,
-                "machine scheduler: real-time (SCHED_FIFO by price class, the cheapest class under SCHED_IDLE on every CPU; the kernel preempts cheaper classes)"
+                "machine scheduler: real-time (SCHED_FIFO by price class, the cheapest class under SCHED_BATCH on every CPU; the kernel preempts cheaper classes)"
             );
         }
         SchedMode::ProcessorSharing => info!(

@@ -57,8 +57,8 @@ pub struct LocalCluster {
     /// Distinct CPUs the dispatchers run functions on (the cheapest class uses them all).
     pub function_cpus: BTreeSet<usize>,
     /// Distinct CPUs the dispatchers run real-time functions on: a normal-priority thread
-    /// there waits behind them; elsewhere it only shares with the `SCHED_IDLE` cheapest class,
-    /// which never delays it.
+    /// there waits behind them; elsewhere it only shares the CPU fairly with the cheapest class
+    /// (`SCHED_BATCH`).
     pub real_time_cpus: BTreeSet<usize>,
     /// The price classes.
     pub classes: PriceClasses,

@@ -98,7 +98,8 @@ impl MachineScheduler {
             SchedMode::UserSpace { .. } => Some(Gate::new(cores, tariff_types::class::MAX_CLASSES)),
         };
         // Launches run where no real-time function does: the cheapest class may share those
-        // CPUs, but under SCHED_IDLE it never delays a normal-priority launch.
+        // CPUs, but at the launch threads' strong nice value (rt::LAUNCH_NICE) a launch is
+        // barely delayed by it.
         let spawn_cpus: Vec<usize> = rt::allowed_cpus()
             .into_iter()
             .filter(|cpu| !cpus.real_time.contains(cpu))

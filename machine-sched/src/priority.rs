@@ -1,6 +1,6 @@
 //! Who runs at which priority, on which CPUs: confining a fresh function process to its
 //! class's CPUs, raising it to its class's scheduling (a paying class's `SCHED_FIFO` priority
-//! on the real-time CPUs; the cheapest class's `SCHED_IDLE` on every function CPU), lowering
+//! on the real-time CPUs; the cheapest class's `SCHED_BATCH` on every function CPU), lowering
 //! an idle instance, and moving launch work off real-time priority ([`off_real_time`]).
 //!
 //! In [`SchedMode::RealTime`] this is how the kernel enforces class order; in the other modes
@@ -46,7 +46,7 @@ impl Priority {
     /// Waits until `job` may run, if it is of the cheapest class in real-time mode: at most
     /// one such run per function CPU, served in the order of asking.
     ///
-    /// `SCHED_IDLE` has no first-come-first-served order of its own: the kernel would
+    /// `SCHED_BATCH` has no first-come-first-served order of its own: the kernel would
     /// time-share every cheapest-class run a machine admits (its `--slots` may exceed its
     /// CPUs), and all would finish late together. Taking a CPU in turn (the caller holds its
     /// class's turn while it waits, and the semaphore is fair) keeps the class's arrival
@@ -97,7 +97,7 @@ impl Priority {
 
     /// Moves every thread of an instance onto its class's CPUs and scheduling (real-time
     /// mode): a paying class to its `SCHED_FIFO` priority on the real-time CPUs, the cheapest
-    /// class to `SCHED_IDLE` on every function CPU. The affinity is set first, so a thread
+    /// class to `SCHED_BATCH` on every function CPU. The affinity is set first, so a thread
     /// becomes real-time already where it will run. A warm instance may serve any class, so
     /// this is done for every call.
     pub(crate) fn raise(&self, pid: i32, cgroup: Option<&InstanceCgroup>, job: &Job) {
@@ -113,7 +113,7 @@ impl Priority {
             if real_time {
                 rt::set_fifo(tid, priority)
             } else {
-                rt::set_idle(tid)
+                rt::set_batch(tid)
             }
         });
         if let Err(e) = set {

@@ -2,10 +2,10 @@
 //!
 //! Every paying class's function process runs under `SCHED_FIFO` at a priority derived from its
 //! invocation's class, so the kernel preempts a cheaper class the moment a dearer one becomes
-//! runnable, and runs equal priorities first come, first served. The cheapest class runs under
-//! `SCHED_IDLE` on every function CPU ([`runs_real_time`]): every real-time class preempts it,
-//! it cannot starve the kernel, and so it may keep the CPUs busy that real-time functions must
-//! leave alone. The dispatcher's own threads run above every function priority (with
+//! runnable, and runs equal priorities first come, first served. The cheapest class runs as a
+//! normal task (`SCHED_BATCH`) on every function CPU ([`runs_real_time`]): every real-time class
+//! preempts it, it cannot starve the kernel, and so it may keep the CPUs busy that real-time
+//! functions must leave alone. The dispatcher's own threads run above every function priority (with
 //! `SCHED_RESET_ON_FORK`, so the processes they start begin as normal tasks) and are never
 //! starved by the functions they manage.
 //!
@@ -18,7 +18,7 @@
 //!   priority inheritance, and kernel threads starved by real-time load may hold them for
 //!   seconds. So processes are spawned at normal priority and raised only after `exec`, warm
 //!   instances are preferred, and at least one CPU is kept from real-time functions (the
-//!   cheapest class, under `SCHED_IDLE`, still uses it).
+//!   cheapest class, a normal task, still uses it).
 //! - **CONFIG_RT_GROUP_SCHED**: a task in a `cpu` cgroup without an RT budget cannot become
 //!   real-time (EPERM). Instances are never put in `cpu` cgroups (see `cgroup`), and
 //!   [`probe`] reports such a dispatcher cgroup as the reason for falling back.
@@ -100,10 +100,11 @@ pub fn set_nice(nice: i32) {
     let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
 }
 
-/// Puts thread `tid` under `SCHED_IDLE`: it runs only when no normal or real-time task wants
-/// its CPU (the cheapest class, see [`runs_real_time`]).
-pub fn set_idle(tid: i32) -> io::Result<()> {
-    set_scheduler(tid, libc::SCHED_IDLE, 0)
+/// Puts thread `tid` under `SCHED_BATCH`: a normal (CFS) task at its nice value, marked
+/// CPU-bound, so its wake-ups do not preempt other tasks (the cheapest class, see
+/// [`runs_real_time`]).
+pub fn set_batch(tid: i32) -> io::Result<()> {
+    set_scheduler(tid, libc::SCHED_BATCH, 0)
 }
 
 /// Applies `set` to every thread in `tids`, ignoring threads that have exited meanwhile.
@@ -283,14 +284,18 @@ pub fn function_cpus(
 }
 
 /// Whether a `class` function runs under `SCHED_FIFO` in real-time mode. Every class but the
-/// cheapest does; the cheapest runs under `SCHED_IDLE` on every function CPU.
+/// cheapest does; the cheapest runs as a normal task (`SCHED_BATCH`) on every function CPU.
 ///
 /// Why: the cheapest class is the one that saturates a machine (2× overload on issue 11's
-/// web-vs-batch workload is 98 % `batch` CPU). As a real-time class it had to be kept off one
+/// preempt-2x workload is 98 % `batch` CPU). As a real-time class it had to be kept off one
 /// CPU, or it would starve kernel threads and trip the RT throttle, which then holds back the
-/// top class too; so functions got one CPU of two. Outside real time it cannot starve anything
-/// (every normal task and kernel thread beats `SCHED_IDLE`), and every real-time class still
-/// preempts it at once, so it can be let onto every CPU.
+/// top class too; so functions got one CPU of two. As a normal task it cannot starve anything
+/// (the kernel shares CPUs fairly among normal tasks and kernel threads), and every real-time
+/// class still preempts it at once, so it can be let onto every CPU. `SCHED_BATCH` rather than
+/// `SCHED_OTHER` because it is CPU-bound work that should not preempt others on wake-up;
+/// rather than `SCHED_IDLE`, which yields to *every* normal task: measured on this shared
+/// host, a concurrent build starved `SCHED_IDLE` work so that the preempt-2x overload took
+/// 130–210 s instead of ~62 s, with calls timing out.
 pub fn runs_real_time(class: ClassId, classes: usize) -> bool {
     class.index() + 1 < classes
 }

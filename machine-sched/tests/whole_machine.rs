@@ -1,5 +1,5 @@
 //! The whole machine at work, against the real kernel: in real-time mode the paying classes
-//! run under `SCHED_FIFO` on the real-time CPUs, the cheapest class under `SCHED_IDLE` on every
+//! run under `SCHED_FIFO` on the real-time CPUs, the cheapest class under `SCHED_BATCH` on every
 //! function CPU, and the cheapest class still runs first come, first served. Skipped (with a
 //! note) where `SCHED_FIFO` is refused or the host has one CPU.
 
@@ -17,9 +17,9 @@ const CLASSES: usize = 4;
 const TEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long each cheapest-class job of the order test sleeps.
 const SLEEP_MS: u64 = 200;
-/// Linux's `SCHED_IDLE` and `SCHED_FIFO` as `/proc/PID/stat` shows them (field 41).
+/// Linux's `SCHED_BATCH` and `SCHED_FIFO` as `/proc/PID/stat` shows them (field 41).
 const POLICY_FIFO: &str = "1";
-const POLICY_IDLE: &str = "5";
+const POLICY_BATCH: &str = "3";
 /// Reports the policy and the allowed CPUs of a process the function forks after its raise
 /// (the sleep leaves the dispatcher time to raise it after `exec`, as it does every function).
 const REPORT_SCHEDULING: &str = "sleep 0.3; cut -d' ' -f41 /proc/self/stat; \
@@ -87,7 +87,7 @@ async fn scheduling_of(machine: &Arc<MachineScheduler>, job: Job) -> (String, Ve
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn paying_classes_run_real_time_the_cheapest_everywhere_at_idle_priority() {
+async fn paying_classes_run_real_time_the_cheapest_everywhere_as_batch() {
     let work = tempfile::tempdir().unwrap();
     let Some((machine, cpus)) = machine(work.path()) else {
         return;
@@ -106,7 +106,7 @@ async fn paying_classes_run_real_time_the_cheapest_everywhere_at_idle_priority()
         .expect("bounded");
     machine.shutdown().await;
     assert_eq!(critical, (POLICY_FIFO.to_owned(), cpus.real_time.clone()));
-    assert_eq!(batch, (POLICY_IDLE.to_owned(), cpus.functions.clone()));
+    assert_eq!(batch, (POLICY_BATCH.to_owned(), cpus.functions.clone()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
