@@ -210,10 +210,11 @@ async fn demo(cluster: &Cluster, local: &LocalCluster, args: &LocalArgs) -> anyh
     Ok(())
 }
 
-/// The host's CPUs that run no functions (empty if functions may run on every CPU).
+/// The host's CPUs that run no real-time functions (empty if they may run on every CPU): the
+/// cheapest class may run there too, but as a normal (`SCHED_BATCH`) task it only shares them.
 fn non_function_cpus(local: &LocalCluster) -> Vec<usize> {
     tariff_machine_sched::rt::allowed_cpus()
         .into_iter()
-        .filter(|cpu| !local.function_cpus.contains(cpu))
+        .filter(|cpu| !local.real_time_cpus.contains(cpu))
         .collect()
 }

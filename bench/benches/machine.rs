@@ -93,7 +93,7 @@ fn scheduler(work: &std::path::Path) -> Arc<MachineScheduler> {
     ))
     .ok();
     if let Some(root) = &cgroups {
-        let _ = root.confine_cpus(&cpus);
+        let _ = root.confine_cpus(&cpus.functions);
     }
     println!(
         "mode: {mode:?}; function CPUs {cpus:?}; cgroups: {}",
@@ -102,7 +102,7 @@ fn scheduler(work: &std::path::Path) -> Arc<MachineScheduler> {
             .map_or("none".to_string(), |r| format!("{:?}", r.version()))
     );
     MachineScheduler::new(MachineOptions {
-        cores: cpus.len(),
+        cores: cpus.functions.len(),
         mode,
         cpus,
         cgroups,

@@ -59,8 +59,12 @@ pub struct LocalClusterConfig {
 pub struct LocalCluster {
     /// The shards' addresses.
     pub shard_addrs: Vec<SocketAddr>,
-    /// Distinct CPUs the dispatchers run functions on.
+    /// Distinct CPUs the dispatchers run functions on (the cheapest class uses them all).
     pub function_cpus: BTreeSet<usize>,
+    /// Distinct CPUs the dispatchers run real-time functions on: a normal-priority thread
+    /// there waits behind them; elsewhere it only shares the CPU fairly with the cheapest class
+    /// (`SCHED_BATCH`).
+    pub real_time_cpus: BTreeSet<usize>,
     /// The price classes.
     pub classes: PriceClasses,
     /// Where the servers keep their files.
@@ -113,6 +117,7 @@ impl LocalCluster {
         let mut shard_addrs = Vec::new();
         let mut tasks = Vec::new();
         let mut function_cpus = BTreeSet::new();
+        let mut real_time_cpus = BTreeSet::new();
         let mut metrics_addrs = Vec::new();
         let metrics_addr = || config.metrics.then(|| ([127, 0, 0, 1], 0).into());
         for i in 0..config.shards {
@@ -156,7 +161,8 @@ impl LocalCluster {
                 &options.data_dir,
                 &options.machine,
             )?;
-            function_cpus.extend(machine.cpus.iter().copied());
+            function_cpus.extend(machine.cpus.functions.iter().copied());
+            real_time_cpus.extend(machine.cpus.real_time.iter().copied());
             let name = options.machine.clone();
             let dispatcher = Dispatcher::new(cluster, options, MachineScheduler::new(machine))?;
             if let Some(addr) = dispatcher.metrics_addr() {
@@ -167,6 +173,7 @@ impl LocalCluster {
         let local = Self {
             shard_addrs,
             function_cpus,
+            real_time_cpus,
             classes,
             dir,
             metrics_addrs,

@@ -167,7 +167,7 @@ fn start_instance(machine: &Parts, job: &Job, keep_alive: Duration) -> Result<In
             return Err(StartError::from(e).into());
         }
     };
-    machine.priority.confine(process.pid(), &confining);
+    machine.priority.confine(process.pid(), &confining, job);
     machine.priority.raise(process.pid(), cgroup.as_ref(), job);
     info!(instance = %name, function = %function.name, pid = process.pid(), "instance started");
     Ok(Instance {

@@ -202,7 +202,10 @@ async fn run_local(
             .dispatchers
             .or(shape.dispatchers)
             .unwrap_or(DEFAULT_DISPATCHERS),
-        cores: args.cores.or(shape.cores).unwrap_or(DEFAULT_CORES),
+        cores: args
+            .cores
+            .or(shape.cores.map(|c| c.resolve(host_cpus())))
+            .unwrap_or(DEFAULT_CORES),
         memory_bytes: args.memory,
         no_rt: args.no_rt,
         policy: Policy::Tariff,
@@ -212,7 +215,7 @@ async fn run_local(
         metrics: false,
     };
     let classes: Vec<String> = PriceClasses::default().names().map(str::to_owned).collect();
-    let weights = workload.check_classes(&classes)?;
+    let choice = workload.check_classes(&classes)?;
     let runs = std::iter::once(Policy::Tariff).chain(args.compare);
     let mut plan: Option<Plan> = None;
     let mut function_cpus = Vec::new();
@@ -229,7 +232,7 @@ async fn run_local(
         // very same invocations at the very same times.
         let plan = match &plan {
             Some(plan) => plan,
-            None => match schedule::plan(workload, &weights, function_cpus.len()) {
+            None => match schedule::plan(workload, &choice, function_cpus.len()) {
                 Ok(p) => plan.insert(p),
                 Err(e) => {
                     local.stop().await;
@@ -293,7 +296,7 @@ async fn run_remote(
             }
         }
     }
-    let weights = workload.check_classes(&classes)?;
+    let choice = workload.check_classes(&classes)?;
     let needs_cpus = workload.phases.iter().any(|p| p.load.is_some());
     let cpus = match (args.function_cpus, needs_cpus) {
         (Some(n), _) => n,
@@ -302,7 +305,7 @@ async fn run_remote(
             "the workload has `load` phases: give the running cluster's function CPUs with --function-cpus"
         ),
     };
-    let plan = schedule::plan(workload, &weights, cpus)?;
+    let plan = schedule::plan(workload, &choice, cpus)?;
     let policy = run_policy(
         cluster,
         args,
