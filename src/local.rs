@@ -86,6 +86,9 @@ pub async fn run(global: &Global, args: LocalArgs) -> anyhow::Result<()> {
         policy: args.policy,
         functions: example_specs()?,
         tenant: DEFAULT_TENANT.into(),
+        other_tenants: Vec::new(),
+        budget: None,
+        fresh: false,
         dir_name: "local".into(),
         metrics: args.metrics,
     };

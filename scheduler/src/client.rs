@@ -242,12 +242,8 @@ async fn queue_and_wait(
             debug!("degraded to the cheapest class by its budget");
         }
         (Throttle::Exhausted, info) => {
-            return Err(InvokeError::OverBudget(format!(
-                "tenant `{tenant}` has spent {:.6} of its budget of {:.6} for {}; raise it with \
-                 `tariff tenant set-budget` or wait for the next month",
-                info.spent,
-                info.budget.unwrap_or(0.0),
-                info.month
+            return Err(InvokeError::OverBudget(crate::spend::exhausted_message(
+                tenant, &info,
             )))
         }
     }

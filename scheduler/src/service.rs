@@ -57,8 +57,10 @@ impl Service {
         endpoint: quinn::Endpoint,
         state: Arc<ShardState>,
     ) -> Self {
+        let spend = Arc::new(SpendBook::new(options.shard_id));
+        state.set_admission(spend.clone());
         Self {
-            spend: Arc::new(SpendBook::new(options.shard_id)),
+            spend,
             chains: Chains::default(),
             ledger,
             registry: Registry::new(store.clone()),

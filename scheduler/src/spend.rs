@@ -226,6 +226,31 @@ impl SpendBook {
     }
 }
 
+/// The message of a refusal for an exhausted budget.
+pub(crate) fn exhausted_message(tenant: &str, info: &SpendInfo) -> String {
+    format!(
+        "tenant `{tenant}` has spent {:.6} of its budget of {:.6} for {}; raise it with \
+         `tariff tenant set-budget` or wait for the next month",
+        info.spent,
+        info.budget.unwrap_or(0.0),
+        info.month
+    )
+}
+
+/// Invocations queued while their tenant's budget ran out are refused when they would leave
+/// the queue, so what a budget can be overshot by is bounded by what is running, not by how
+/// much was queued.
+impl crate::state::Admission for SpendBook {
+    fn refuse(&self, tenant: &str) -> Option<tariff_types::InvokeError> {
+        match self.throttle(tenant) {
+            (Throttle::Exhausted, info) => Some(tariff_types::InvokeError::OverBudget(
+                exhausted_message(tenant, &info),
+            )),
+            _ => None,
+        }
+    }
+}
+
 /// Publishes and refreshes every [`PUBLISH_INTERVAL`] until the shard stops.
 pub(crate) async fn run(book: Arc<SpendBook>, store: Arc<dyn ClusterStore>) {
     let mut tick = tokio::time::interval(PUBLISH_INTERVAL);

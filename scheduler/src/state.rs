@@ -162,16 +162,27 @@ struct Book {
     machines: MachineTable,
     /// Live invocations, queued or running.
     invocations: HashMap<InvocationId, Invocation>,
+    /// Asked again just before an invocation is sent: its tenant's budget may have run out
+    /// while it was queued.
+    admission: Option<Arc<dyn Admission>>,
+}
+
+/// A last check before an invocation leaves the queue for a machine.
+pub(crate) trait Admission: Send + Sync {
+    /// Why `tenant`'s invocation may not run now, if it may not. Called under the state's
+    /// lock: it must not block, and may take only locks that take no other.
+    fn refuse(&self, tenant: &str) -> Option<InvokeError>;
 }
 
 /// The owner of a shard's state; shared by every task of the shard behind an `Arc`.
 pub(crate) struct ShardState {
-    /// The only lock in the shard's state; there is no lock order because there is no second
-    /// lock. It is a `std` mutex, held only for the short, non-blocking body of one operation
-    /// and never across an `.await` (its guard is not `Send`, so a spawned task that tried
-    /// would not compile). Sends under it go to unbounded channels and oneshots, which never
-    /// block. The function registry has its own concurrent map; no operation here touches
-    /// it, so the two are never held together.
+    /// The one lock of the shard's state. Lock order: this lock, then the spend book's (the
+    /// [`Admission`] check takes it, and it takes no other lock), never the other way. It is a
+    /// `std` mutex, held only for the short, non-blocking body of one operation and never
+    /// across an `.await` (its guard is not `Send`, so a spawned task that tried would not
+    /// compile). Sends under it go to unbounded channels and oneshots, which never block. The
+    /// function registry has its own concurrent map; no operation here touches it, so the two
+    /// are never held together.
     book: Mutex<Book>,
     /// Wakes the placement pump when something may allow a placement.
     wake: Notify,
@@ -196,6 +207,7 @@ impl ShardState {
                 core,
                 machines: MachineTable::default(),
                 invocations: HashMap::new(),
+                admission: None,
             }),
             wake: Notify::new(),
             started: Instant::now(),
@@ -203,6 +215,11 @@ impl ShardState {
             classes,
             next_invocation: AtomicU64::new(1),
         }
+    }
+
+    /// Installs the check made just before each invocation is sent (the budgets).
+    pub(crate) fn set_admission(&self, admission: Arc<dyn Admission>) {
+        self.book().admission = Some(admission);
     }
 
     /// The book, locked; see the lock rule on the `book` field.
@@ -619,6 +636,11 @@ impl Book {
             });
             return;
         };
+        if let Some(refused) = self.admission.as_ref().and_then(|a| a.refuse(&item.tenant)) {
+            self.core.completed(machine);
+            self.answer(id, |_| Err(refused));
+            return;
+        }
         let remaining = item.deadline.saturating_duration_since(Instant::now());
         let placement = Placement {
             id,

@@ -211,6 +211,21 @@ async fn run_local(
         policy: Policy::Tariff,
         functions: example_specs()?,
         tenant: workload.tenant.clone(),
+        other_tenants: workload
+            .tenant_names()
+            .into_iter()
+            .skip(1)
+            .map(|name| {
+                let budget = workload.tenants.get(&name).and_then(|t| t.budget);
+                (name, budget)
+            })
+            .collect(),
+        budget: workload
+            .tenants
+            .get(&workload.tenant)
+            .and_then(|t| t.budget),
+        // Budgets apply to this run alone, not to what earlier runs spent this month.
+        fresh: true,
         dir_name: format!("{BENCH_DIR_PREFIX}{}", Policy::Tariff),
         metrics: false,
     };
@@ -247,7 +262,11 @@ async fn run_local(
             plan,
             Reach {
                 shards: &local.shard_addrs,
-                token: Some(local.token.clone()),
+                tokens: plan
+                    .tenants
+                    .iter()
+                    .map(|name| local.tokens.get(name).cloned())
+                    .collect(),
             },
             &classes,
             policy,
@@ -306,6 +325,13 @@ async fn run_remote(
         ),
     };
     let plan = schedule::plan(workload, &choice, cpus)?;
+    // The workload's own tenant uses --token (or TARIFF_TOKEN); the others the cluster
+    // directory's token files.
+    let mut tokens = vec![token];
+    for name in plan.tenants.iter().skip(1) {
+        let file = tariff_cluster::tenancy::token_file(cluster.dir(), name);
+        tokens.push(tariff_cluster::tenancy::read_token_file(&file)?);
+    }
     let policy = run_policy(
         cluster,
         args,
@@ -313,7 +339,7 @@ async fn run_remote(
         &plan,
         Reach {
             shards: &args.shards,
-            token,
+            tokens,
         },
         &classes,
         args.cluster_policy
@@ -337,8 +363,8 @@ async fn run_remote(
 struct Reach<'a> {
     /// The shards.
     shards: &'a [SocketAddr],
-    /// The tenant's token.
-    token: Option<Token>,
+    /// Each tenant's token, by the plan's tenant index.
+    tokens: Vec<Option<Token>>,
 }
 
 /// Every phase of the plan against one cluster.
@@ -352,7 +378,10 @@ async fn run_policy(
     policy: &str,
 ) -> anyhow::Result<PolicyReport> {
     let shards = reach.shards;
-    let clients = driver::connect(cluster, shards, args.connections, reach.token).await?;
+    let mut clients = Vec::new();
+    for token in reach.tokens {
+        clients.push(driver::connect(cluster, shards, args.connections, token).await?);
+    }
     let ctx = RunContext {
         clients,
         targets: Arc::new(plan.targets.clone()),
@@ -366,7 +395,7 @@ async fn run_policy(
         let label = format!("{policy} {}", phase.name);
         let (recorder, elapsed) = driver::run_phase(&ctx, phase, &label).await;
         if !phase.warmup {
-            phases.push(recorder.finish(phase, classes, elapsed, shards.len()));
+            phases.push(recorder.finish(phase, classes, &plan.tenants, elapsed, shards.len()));
         }
     }
     Ok(PolicyReport::new(policy, phases))

@@ -33,6 +33,8 @@ pub struct Target {
     pub function: String,
     /// Payload bytes.
     pub payload: Vec<u8>,
+    /// The tenant making the call: an index into [`Plan::tenants`].
+    pub tenant: u8,
 }
 
 /// One scheduled invocation.
@@ -70,6 +72,8 @@ pub struct Plan {
     pub targets: Vec<Target>,
     /// Phases in order.
     pub phases: Vec<PhasePlan>,
+    /// The tenants calls are made as ([`Workload::tenant_names`]).
+    pub tenants: Vec<String>,
 }
 
 impl Plan {
@@ -159,12 +163,14 @@ pub fn plan(
         WeightedIndex::new(&choice.weights).map_err(|e| invalid(format!("class weights: {e}")))?;
     let mix = WeightedIndex::new(workload.mix.iter().map(|e| e.weight))
         .map_err(|e| invalid(format!("mix weights: {e}")))?;
+    let tenants = workload.tenant_names();
     let targets: Vec<Target> = workload
         .mix
         .iter()
         .map(|e| Target {
             function: e.function.clone(),
             payload: Workload::payload(e),
+            tenant: workload.tenant_of(e, &tenants),
         })
         .collect();
     let capacity = function_cpus.max(1) as f64 * 1000.0 / workload.mean_cpu_ms().max(f64::EPSILON);
@@ -218,7 +224,11 @@ pub fn plan(
             invocations,
         });
     }
-    Ok(Plan { targets, phases })
+    Ok(Plan {
+        targets,
+        phases,
+        tenants,
+    })
 }
 
 /// A trace replay: every row becomes a `counter` call spinning the row's duration (capped),
@@ -251,6 +261,7 @@ fn plan_trace(workload: &Workload, trace: &Path, classes: usize) -> Result<Plan,
             targets.push(Target {
                 function: TRACE_FUNCTION.into(),
                 payload: format!("spin {spin_ms}").into_bytes(),
+                tenant: 0,
             });
             targets.len() as u32 - 1
         });
@@ -267,6 +278,7 @@ fn plan_trace(workload: &Workload, trace: &Path, classes: usize) -> Result<Plan,
     let rate = invocations.len() as f64 / duration.as_secs_f64();
     Ok(Plan {
         targets,
+        tenants: vec![workload.tenant.clone()],
         phases: vec![PhasePlan {
             name: TRACE_PHASE.into(),
             warmup: false,

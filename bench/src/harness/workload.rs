@@ -100,6 +100,20 @@ pub struct MixEntry {
     /// it the class is drawn from `[classes]`, independently of the function.
     #[serde(default)]
     pub class: Option<String>,
+    /// The tenant making this entry's calls (default: the workload's `tenant`): several
+    /// tenants share one cluster, for budget scenarios.
+    #[serde(default)]
+    pub tenant: Option<String>,
+}
+
+/// A tenant an embedded cluster makes for the run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSpec {
+    /// Its monthly budget (class-price units); none: unlimited. An embedded cluster starts
+    /// every run with nothing spent.
+    #[serde(default)]
+    pub budget: Option<f64>,
 }
 
 /// A stretch of load at one rate. Phases run one after the other, each until its last
@@ -203,6 +217,10 @@ pub struct Workload {
     /// cluster its token is looked up (see `--token`).
     #[serde(default = "default_tenant")]
     pub tenant: String,
+    /// Tenants with settings (budgets), by name; `tenant` and every mix entry's tenant are
+    /// made whether listed or not.
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantSpec>,
     /// Class name → relative weight; every class of the cluster equally if absent.
     #[serde(default)]
     pub classes: BTreeMap<String, f64>,
@@ -289,9 +307,50 @@ impl Workload {
         Ok(workload)
     }
 
+    /// Every tenant the workload's calls are made as, its own `tenant` first: the index of a
+    /// name here is a call's tenant in the schedule.
+    pub fn tenant_names(&self) -> Vec<String> {
+        let mut names = vec![self.tenant.clone()];
+        let others = self
+            .mix
+            .iter()
+            .filter_map(|e| e.tenant.clone())
+            .chain(self.tenants.keys().cloned());
+        for name in others {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        names
+    }
+
+    /// The index in [`Workload::tenant_names`] of the tenant making `entry`'s calls.
+    pub fn tenant_of(&self, entry: &MixEntry, names: &[String]) -> u8 {
+        let name = entry.tenant.as_ref().unwrap_or(&self.tenant);
+        names.iter().position(|n| n == name).unwrap_or(0) as u8
+    }
+
     /// Checks what can be checked without a cluster.
     fn validate(&self) -> Result<(), WorkloadError> {
         let invalid = |m: String| Err(WorkloadError::Invalid(m));
+        let tenants = self.tenant_names();
+        if tenants.len() > usize::from(u8::MAX) {
+            return invalid(format!("{} tenants; at most 255", tenants.len()));
+        }
+        for name in &tenants {
+            if let Err(e) = tariff_types::tenant::validate_tenant_name(name) {
+                return invalid(e.to_string());
+            }
+        }
+        if let Some((name, _)) = self
+            .tenants
+            .iter()
+            .find(|(_, t)| t.budget.is_some_and(|b| !(b.is_finite() && b >= 0.0)))
+        {
+            return invalid(format!(
+                "tenant `{name}`: a budget must be a finite amount of zero or more"
+            ));
+        }
         if !(self.burst_duty > 0.0 && self.burst_duty <= 1.0) {
             return invalid(format!(
                 "burst_duty must be in (0, 1], not {}",

@@ -466,6 +466,21 @@ impl ClusterStore for EtcdStore {
         })
     }
 
+    fn clear_spend(&self, shard: u16) -> Result<(), StoreError> {
+        self.call(move |mut client| async move {
+            let deletes: Vec<TxnOp> = scan(&mut client, SPEND_PREFIX)
+                .await?
+                .into_iter()
+                .filter(|(key, _, _)| {
+                    String::from_utf8_lossy(key).rsplit('/').next() == Some(&shard.to_string())
+                })
+                .map(|(key, _, _)| TxnOp::delete(key, None))
+                .collect();
+            commit(&mut client, Txn::new().and_then(deletes)).await?;
+            Ok(())
+        })
+    }
+
     fn spend(&self, month: &str) -> Result<Vec<(String, u16, f64)>, StoreError> {
         let prefix = format!("{SPEND_PREFIX}{month}/");
         self.call(move |mut client| async move {

@@ -109,6 +109,8 @@ pub trait ClusterStore: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Every shard's last published figure for `month`, as (tenant, shard, amount).
     fn spend(&self, month: &str) -> Result<Vec<(String, u16, f64)>, StoreError>;
+    /// Forgets everything shard `shard` published (an embedded cluster starting afresh).
+    fn clear_spend(&self, shard: u16) -> Result<(), StoreError>;
 }
 
 /// The embedded store: a SQLite database file.
@@ -408,6 +410,12 @@ impl ClusterStore for SqliteStore {
             )?;
         }
         tx.commit()?;
+        Ok(())
+    }
+
+    fn clear_spend(&self, shard: u16) -> Result<(), StoreError> {
+        self.lock()
+            .execute("DELETE FROM spend WHERE shard = ?1", params![shard])?;
         Ok(())
     }
 

@@ -101,7 +101,6 @@ fn call(function: &str, class: &str, payload: &str) -> Result<Vec<u8>, String> {
     Ok(output.stdout)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
