@@ -166,11 +166,11 @@ impl LocalCluster {
         let mut real_time_cpus = BTreeSet::new();
         let mut metrics_addrs = Vec::new();
         let metrics_addr = || config.metrics.then(|| ([127, 0, 0, 1], 0).into());
-        for i in 0..config.shards {
+        for (i, &shard_id) in shard_ids.iter().enumerate() {
             let options = ShardOptions {
                 listen: ([127, 0, 0, 1], 0).into(),
                 data_dir: dir.join(format!("shard-{i}")),
-                shard_id: shard_ids[i],
+                shard_id,
                 classes: classes.clone(),
                 policy: ShardConfig::for_policy(config.policy),
                 peers: Vec::new(),
