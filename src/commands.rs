@@ -42,9 +42,15 @@ pub struct ShardArgs {
     /// Do not place from the idle list (power-of-k only), as in the paper's latency experiment.
     #[arg(long)]
     no_idle_list: bool,
-    /// Invocations queued beyond which new ones are refused as overloaded.
+    /// Invocations queued beyond which new ones of the top class are refused as overloaded;
+    /// cheaper classes are refused earlier, the cheapest at half (docs/design.md).
     #[arg(long, default_value_t = tariff_policy::shard::DEFAULT_MAX_QUEUED)]
     max_queued: usize,
+    /// Refuse a new top-class invocation whose expected wait (the backlog ahead of it over
+    /// the shard's recent completion rate) is longer than this; cheaper classes earlier.
+    /// Off unless given.
+    #[arg(long, value_parser = parse_duration)]
+    max_wait: Option<Duration>,
     /// Largest payload accepted.
     #[arg(long, value_parser = parse_size, default_value = "1M")]
     max_payload: u64,
@@ -215,6 +221,7 @@ pub async fn shard(global: &Global, args: ShardArgs) -> anyhow::Result<()> {
                 k: args.k,
                 aging: args.aging,
                 max_queued: args.max_queued,
+                max_wait: args.max_wait,
                 use_idle_list: defaults.use_idle_list && !args.no_idle_list,
                 ..defaults
             }

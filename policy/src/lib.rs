@@ -17,6 +17,7 @@ pub mod placement;
 pub mod queue;
 pub mod run_queue;
 pub mod shard;
+pub mod shedding;
 pub mod swap;
 
 pub use shard::{Requeued, ShardConfig, ShardCore, Step, Taken};

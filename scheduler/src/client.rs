@@ -288,6 +288,7 @@ async fn queue_and_wait(
         .map_err(|overloaded| InvokeError::Overloaded {
             queued: overloaded.queued as u64,
             limit: overloaded.limit as u64,
+            retry_after_ms: overloaded.retry_after.as_millis() as u64,
         })?;
     debug!("queued");
     let received = match tokio::time::timeout_at(deadline.into(), &mut result).await {

@@ -267,13 +267,18 @@ pub enum InvokeError {
     /// The tenant has spent its monthly budget.
     #[error("budget exhausted: {0}")]
     OverBudget(String),
-    /// The shard's queues are full.
-    #[error("shard overloaded: {queued} invocations queued, limit {limit}")]
+    /// The shard's backlog is too long for this class (cheaper classes are refused first).
+    #[error(
+        "shard overloaded: {queued} invocations queued, over the limit of {limit} for this class; \
+         retry after {retry_after_ms} ms"
+    )]
     Overloaded {
         /// Invocations queued.
         queued: u64,
-        /// The queue limit.
+        /// The class's limit.
         limit: u64,
+        /// When the shard expects to take it.
+        retry_after_ms: u64,
     },
     /// No answer came within the timeout.
     #[error("timed out after {0} ms")]

@@ -531,6 +531,24 @@ arrival = "bursty"
     }
 
     #[test]
+    fn mix_entries_name_their_tenants_and_tenants_their_budgets() {
+        let text = GOOD.replace(
+            "cpu_ms = 20\n",
+            "cpu_ms = 20\ntenant = \"scraper\"\n[tenants.quiet]\nbudget = 2.5\n",
+        );
+        let w = Workload::parse(&format!("tenant = \"shop\"\n{text}")).unwrap();
+        let names = w.tenant_names();
+        assert_eq!(names, ["shop", "scraper", "quiet"]);
+        assert_eq!(w.tenant_of(&w.mix[0], &names), 1);
+        assert_eq!(w.tenants["quiet"].budget, Some(2.5));
+        let bad = Workload::parse(&format!("tenant = \"Shop!\"\n{GOOD}")).unwrap_err();
+        assert!(bad.to_string().contains("tenant name"), "{bad}");
+        let negative = text.replace("budget = 2.5", "budget = -1.0");
+        let bad = Workload::parse(&negative).unwrap_err();
+        assert!(bad.to_string().contains("budget"), "{bad}");
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_named() {
         let e = Workload::parse(&GOOD.replace("duration_s = 1", "durtion_s = 1")).unwrap_err();
         assert!(e.to_string().contains("durtion_s"), "{e}");
