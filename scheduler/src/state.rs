@@ -1203,7 +1203,7 @@ mod tests {
             env: Vec::new(),
             nested_in: None,
         });
-        let refused = refused.err().expect("refused");
+        let refused = refused.expect_err("refused");
         assert_eq!((refused.queued, refused.limit), (1, 1));
         assert!(refused.retry_after > Duration::ZERO);
         assert_eq!(live(&state), 1);
