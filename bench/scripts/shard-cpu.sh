@@ -15,6 +15,8 @@ trap cleanup EXIT
 "$B/tariff" shard --listen 127.0.0.1:0 --data-dir "$D/shard" > "$D/shard.log" 2>&1 & S=$!; pids+=($S)
 for _ in $(seq 1 40); do [ -s "$D/shard/shard.addr" ] && break; sleep 0.25; done
 ADDR=$(cat "$D/shard/shard.addr")
+# The workload's tenant (`bench`), with its token file where the harness looks for it.
+"$B/tariff" tenant add bench > /dev/null
 for m in m1 m2; do
   "$B/tariff" dispatcher --shards "$ADDR" --cores 2 --slots 64 --memory 2G \
     --data-dir "$D/$m" --name "$m" > "$D/$m.log" 2>&1 & pids+=($!)
