@@ -28,6 +28,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 pub mod frame;
+pub mod http;
 
 use frame::{FrameError, Status};
 pub use frame::{ANSWER_HEADER_BYTES, REQUEST_HEADER_BYTES, STATUS_ERROR, STATUS_OK};
