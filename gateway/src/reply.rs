@@ -1,0 +1,133 @@
+//! A response the gateway sends: made from a function's answer or from a [`Failure`], and
+//! kept whole (not streamed) so an asynchronous invocation's result can wait in the
+//! [`crate::pending::PendingBook`].
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, StatusCode};
+use http_body_util::Full;
+use tariff_function::http::Response as FunctionResponse;
+
+use crate::status::{Failure, RETRY_AFTER};
+
+/// The header naming the invocation that produced a response (for finding it in shard logs
+/// and traces).
+pub const INVOCATION_HEADER: &str = "tariff-invocation";
+/// The header naming the kind of refusal or failure of an error response.
+pub const ERROR_HEADER: &str = "tariff-error";
+
+/// Headers that describe one connection rather than the message (RFC 9110 section 7.6.1),
+/// plus `content-length`, which hyper sets from the body: a function cannot set them.
+const CONNECTION_HEADERS: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-length",
+];
+
+/// Whether `name` is one of [`CONNECTION_HEADERS`].
+pub fn is_connection_header(name: &str) -> bool {
+    CONNECTION_HEADERS
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// A whole HTTP response.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// Its status.
+    pub status: StatusCode,
+    /// Its headers.
+    pub headers: HeaderMap,
+    /// Its body.
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// A function's answer as the response, with the invocation's id; `Err` says why the
+    /// answer cannot be a response (the caller answers 502).
+    pub fn from_function(answer: FunctionResponse, invocation: u64) -> Result<Self, String> {
+        let status = StatusCode::from_u16(answer.status)
+            .map_err(|_| format!("status {} is not an HTTP status", answer.status))?;
+        let mut headers = HeaderMap::new();
+        for (name, value) in &answer.headers {
+            if is_connection_header(name) {
+                continue;
+            }
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("`{name}` is not a header name"))?;
+            let value = HeaderValue::from_str(value)
+                .map_err(|_| format!("the value of `{name}` is not a header value"))?;
+            headers.append(name, value);
+        }
+        headers.insert(INVOCATION_HEADER, HeaderValue::from(invocation));
+        Ok(Self {
+            status,
+            headers,
+            body: Bytes::from(answer.body),
+        })
+    }
+
+    /// A refusal or failure: one text line, its kind in [`ERROR_HEADER`], `Retry-After` when
+    /// the failure asks for it, and `WWW-Authenticate: Bearer` on 401.
+    pub fn failure(failure: &Failure) -> Self {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers.insert(ERROR_HEADER, HeaderValue::from_static(failure.kind));
+        if failure.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER.as_secs()));
+        }
+        if failure.status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        Self {
+            status: failure.status,
+            headers,
+            body: Bytes::from(format!("{}\n", failure.message)),
+        }
+    }
+
+    /// The response hyper sends.
+    pub fn into_response(self) -> http::Response<Full<Bytes>> {
+        let mut response = http::Response::new(Full::new(self.body));
+        *response.status_mut() = self.status;
+        *response.headers_mut() = self.headers;
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn function_answers_keep_their_headers_but_not_connection_ones() {
+        let answer = FunctionResponse::new(201)
+            .with_header("Content-Type", "text/html")
+            .with_header("Set-Cookie", "a=1")
+            .with_header("Set-Cookie", "b=2")
+            .with_header("Transfer-Encoding", "chunked")
+            .with_header("Content-Length", "99")
+            .with_body("hi");
+        let reply = Reply::from_function(answer, 7).unwrap();
+        assert_eq!(reply.status, StatusCode::CREATED);
+        assert_eq!(reply.headers.get_all("set-cookie").iter().count(), 2);
+        assert!(reply.headers.get("transfer-encoding").is_none());
+        assert!(reply.headers.get("content-length").is_none());
+        assert_eq!(reply.headers[INVOCATION_HEADER], "7");
+        assert_eq!(reply.body, "hi");
+    }
+
+    #[test]
+    fn bad_function_headers_are_refused() {
+        let answer = FunctionResponse::new(200).with_header("bad name", "x");
+        assert!(Reply::from_function(answer, 1).is_err());
+    }
+}
