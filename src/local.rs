@@ -165,7 +165,10 @@ async fn start_gateway(
     local: &LocalCluster,
     routes: &std::path::Path,
     args: &LocalArgs,
-) -> anyhow::Result<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)> {
+) -> anyhow::Result<(
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+)> {
     let mut options = tariff_gateway::GatewayOptions::new(args.gateway_listen, routes.to_owned());
     options.shards = local.shard_addrs.clone();
     let gateway = tariff_gateway::Gateway::bind(cluster.clone(), options)

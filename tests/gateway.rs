@@ -21,7 +21,8 @@ const REQUEST_LIMIT: Duration = Duration::from_secs(20);
 
 /// An exec function in `/bin/sh` that answers the envelope it was given as its body: the
 /// stdin/stdout form of docs/gateway.md, and the envelope round trip's mirror.
-const MIRROR_SCRIPT: &str = "printf 'Status: 200\\r\\nContent-Type: application/octet-stream\\r\\n\\r\\n'; cat";
+const MIRROR_SCRIPT: &str =
+    "printf 'Status: 200\\r\\nContent-Type: application/octet-stream\\r\\n\\r\\n'; cat";
 /// An exec function that reads the request line and answers with a status of the test's
 /// choosing (from the path) and a repeated header.
 const SCRIPT_SCRIPT: &str = "read -r method target version; \
@@ -30,7 +31,11 @@ const SCRIPT_SCRIPT: &str = "read -r method target version; \
 const SLOW_SCRIPT: &str = "sleep 3; printf 'Status: 200\\r\\n\\r\\nslow'";
 
 fn shell(name: &str, script: &str) -> FunctionSpec {
-    spec(name, vec!["/bin/sh".into(), "-c".into(), script.into()], Runtime::Exec)
+    spec(
+        name,
+        vec!["/bin/sh".into(), "-c".into(), script.into()],
+        Runtime::Exec,
+    )
 }
 
 fn spec(name: &str, command: Vec<String>, runtime: Runtime) -> FunctionSpec {
@@ -263,8 +268,16 @@ async fn site(shard_args: &[&str]) -> (TestCluster, PathBuf) {
         shell("mirror", MIRROR_SCRIPT),
         shell("script", SCRIPT_SCRIPT),
         shell("slow", SLOW_SCRIPT),
-        spec("fail", vec![example("fail").to_string_lossy().into_owned()], Runtime::Exec),
-        spec("echo", vec![example("echo").to_string_lossy().into_owned()], Runtime::Exec),
+        spec(
+            "fail",
+            vec![example("fail").to_string_lossy().into_owned()],
+            Runtime::Exec,
+        ),
+        spec(
+            "echo",
+            vec![example("echo").to_string_lossy().into_owned()],
+            Runtime::Exec,
+        ),
     ] {
         cluster.deploy(function).await;
     }
@@ -297,7 +310,10 @@ fn routes_envelope_and_the_status_contract() {
         assert_eq!(home.status, 200, "{home:?}");
         assert!(home.text().contains("<h1>Home</h1>"), "{}", home.text());
         assert!(home.header("tariff-invocation").is_some());
-        assert_eq!(home.header("content-type"), Some("text/html; charset=utf-8"));
+        assert_eq!(
+            home.header("content-type"),
+            Some("text/html; charset=utf-8")
+        );
         let profile = curl(&["-H", &auth, &gateway.url("/profile/42")]);
         assert_eq!(profile.status, 200, "{profile:?}");
         assert!(profile.text().contains("Profile 42"), "{}", profile.text());
@@ -345,25 +361,46 @@ fn routes_envelope_and_the_status_contract() {
         let script = curl(&["-H", &auth, &gateway.url("/script/x?y")]);
         assert_eq!(script.status, 201, "{script:?}");
         assert_eq!(script.header("x-method"), Some("GET"));
-        let cookies = script.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("set-cookie"));
+        let cookies = script
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("set-cookie"));
         assert_eq!(cookies.count(), 2);
         assert_eq!(script.text(), "you asked for /script/x?y");
 
         // HTTP/2 by prior knowledge on the same port.
-        let h2 = curl(&["--http2-prior-knowledge", "-H", &auth, &gateway.url("/profile/7")]);
+        let h2 = curl(&[
+            "--http2-prior-knowledge",
+            "-H",
+            &auth,
+            &gateway.url("/profile/7"),
+        ]);
         assert_eq!((h2.version.as_str(), h2.status), ("HTTP/2", 200), "{h2:?}");
         assert!(h2.text().contains("Profile 7"));
-        let h2_mirror = curl(&["--http2-prior-knowledge", "-H", &auth, &gateway.url("/mirror/")]);
+        let h2_mirror = curl(&[
+            "--http2-prior-knowledge",
+            "-H",
+            &auth,
+            &gateway.url("/mirror/"),
+        ]);
         let envelope = tariff_function::http::Request::decode(&h2_mirror.body).unwrap();
         assert!(envelope.header("host").is_some(), "{envelope:?}");
 
         // The contract, row by row.
         let status = |args: &[&str]| {
             let reply = curl(args);
-            (reply.status, reply.header("tariff-error").map(str::to_owned), reply)
+            (
+                reply.status,
+                reply.header("tariff-error").map(str::to_owned),
+                reply,
+            )
         };
         let (code, kind, reply) = status(&[&gateway.url("/profile/1")]);
-        assert_eq!((code, kind.as_deref()), (401, Some("unauthenticated")), "{reply:?}");
+        assert_eq!(
+            (code, kind.as_deref()),
+            (401, Some("unauthenticated")),
+            "{reply:?}"
+        );
         assert_eq!(reply.header("www-authenticate"), Some("Bearer"));
         let wrong = Token::new(format!("tariff_{}", "0".repeat(64)));
         let (code, kind, _) = status(&["-H", &bearer(&wrong), &gateway.url("/profile/1")]);
@@ -376,21 +413,39 @@ fn routes_envelope_and_the_status_contract() {
         assert_eq!(code, 405);
         assert_eq!(reply.header("allow"), Some("POST"));
         let big = "x".repeat(5000);
-        let (code, kind, _) = status(&["-H", &auth, "--data-binary", &big, &gateway.url("/mirror/")]);
+        let (code, kind, _) =
+            status(&["-H", &auth, "--data-binary", &big, &gateway.url("/mirror/")]);
         assert_eq!((code, kind.as_deref()), (413, Some("body_too_large")));
         let (code, kind, reply) = status(&["-H", &auth, &gateway.url("/fail")]);
-        assert_eq!((code, kind.as_deref()), (502, Some("function_failed")), "{reply:?}");
+        assert_eq!(
+            (code, kind.as_deref()),
+            (502, Some("function_failed")),
+            "{reply:?}"
+        );
         let (code, kind, _) = status(&["-H", &auth, &gateway.url("/not-http")]);
         assert_eq!((code, kind.as_deref()), (502, Some("bad_answer")));
         let (code, kind, _) = status(&["-H", &auth, &gateway.url("/missing")]);
         assert_eq!((code, kind.as_deref()), (500, Some("unknown_function")));
         let started = Instant::now();
         let (code, kind, reply) = status(&["-H", &auth, &gateway.url("/slow")]);
-        assert_eq!((code, kind.as_deref()), (504, Some("timed_out")), "{reply:?}");
-        assert!(started.elapsed() < Duration::from_secs(3), "answered at the route's timeout");
+        assert_eq!(
+            (code, kind.as_deref()),
+            (504, Some("timed_out")),
+            "{reply:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "answered at the route's timeout"
+        );
 
         // Asynchronous: 202 with a Location, polled until the page arrives, then gone.
-        let accepted = curl(&["-H", &auth, "-H", "Prefer: respond-async", &gateway.url("/profile/9")]);
+        let accepted = curl(&[
+            "-H",
+            &auth,
+            "-H",
+            "Prefer: respond-async",
+            &gateway.url("/profile/9"),
+        ]);
         assert_eq!(accepted.status, 202, "{accepted:?}");
         let location = accepted.header("location").expect("a Location").to_owned();
         assert!(location.starts_with("/_tariff/invocations/"), "{location}");
@@ -406,7 +461,13 @@ fn routes_envelope_and_the_status_contract() {
         assert_eq!(done.status, 200, "{done:?}");
         assert!(done.text().contains("Profile 9"));
         assert_eq!(curl(&["-H", &auth, &gateway.url(&location)]).status, 404);
-        let accepted = curl(&["-H", &auth, "-H", "Prefer: respond-async", &gateway.url("/profile/9")]);
+        let accepted = curl(&[
+            "-H",
+            &auth,
+            "-H",
+            "Prefer: respond-async",
+            &gateway.url("/profile/9"),
+        ]);
         let location = accepted.header("location").expect("a Location").to_owned();
         let mut polled = curl(&["-H", &bearer(&other), &gateway.url(&location)]);
         for _ in 0..100 {
@@ -421,7 +482,11 @@ fn routes_envelope_and_the_status_contract() {
         std::fs::write(&routes, "[[route]]\nmethod = \"GET\"\n").unwrap();
         hangup(&gateway);
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(curl(&[&gateway.url("/")]).status, 200, "the old table stays");
+        assert_eq!(
+            curl(&[&gateway.url("/")]).status,
+            200,
+            "the old table stays"
+        );
         let renamed = ROUTES.replace("path = \"/\"\n", "path = \"/welcome\"\n");
         std::fs::write(&routes, renamed).unwrap();
         hangup(&gateway);
@@ -435,7 +500,10 @@ fn routes_envelope_and_the_status_contract() {
         // No token in the gateway's debug log.
         let log = std::fs::read_to_string(&gateway.log).unwrap();
         for secret in [&token, &other, &wrong] {
-            assert!(!log.contains(&secret.expose_secret()[7..31]), "a token is in the log");
+            assert!(
+                !log.contains(&secret.expose_secret()[7..31]),
+                "a token is in the log"
+            );
         }
         drop(gateway);
     });
@@ -501,16 +569,25 @@ fn a_slow_client_cannot_hold_the_gateway() {
         let started = Instant::now();
         let home = curl(&[&gateway.url("/")]);
         assert_eq!(home.status, 200);
-        assert!(started.elapsed() < Duration::from_secs(1), "served while slow clients wait");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "served while slow clients wait"
+        );
         // The trickling heads are cut off at the header timeout (hyper closes, maybe with 408).
         for stream in &mut slow {
             stream.set_read_timeout(Some(REQUEST_LIMIT)).unwrap();
             let mut answer = Vec::new();
             let _ = stream.read_to_end(&mut answer);
             let text = String::from_utf8_lossy(&answer);
-            assert!(answer.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+            assert!(
+                answer.is_empty() || text.starts_with("HTTP/1.1 408"),
+                "{text}"
+            );
         }
-        assert!(started.elapsed() < Duration::from_secs(5), "cut off at the header timeout");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "cut off at the header timeout"
+        );
         // The body that never arrives is refused at the route's timeout (1 s).
         body.set_read_timeout(Some(REQUEST_LIMIT)).unwrap();
         let mut answer = [0u8; 12];

@@ -306,7 +306,10 @@ mod tests {
         assert_eq!(Request::decode(&request.encode()).unwrap(), request);
         assert_eq!(request.path(), "/images");
         assert_eq!(request.query(), Some("width=100"));
-        assert_eq!(request.header("Content-Type"), Some("image/x-portable-pixmap"));
+        assert_eq!(
+            request.header("Content-Type"),
+            Some("image/x-portable-pixmap")
+        );
     }
 
     #[test]

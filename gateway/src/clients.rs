@@ -138,8 +138,12 @@ impl ClientPool {
             Ok(client) => client,
             Err(error) => {
                 tracing::warn!(shard = %first, %error, "shard unreachable, trying the others");
-                let others: Vec<SocketAddr> =
-                    self.shards.iter().copied().filter(|&a| a != first).collect();
+                let others: Vec<SocketAddr> = self
+                    .shards
+                    .iter()
+                    .copied()
+                    .filter(|&a| a != first)
+                    .collect();
                 Client::connect_first(&self.cluster, &others, DISCOVERY_TIMEOUT, Some(token))
                     .await?
                     .0

@@ -82,7 +82,10 @@ impl Reply {
         );
         headers.insert(ERROR_HEADER, HeaderValue::from_static(failure.kind));
         if failure.retry_after {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER.as_secs()));
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(RETRY_AFTER.as_secs()),
+            );
         }
         if failure.status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -56,7 +56,9 @@ pub enum RoutesError {
         reason: String,
     },
     /// A public route's owner has no token file, so the gateway could not invoke for it.
-    #[error("public route {index} ({path}) is billed to tenant `{tenant}`, but {file} holds no token")]
+    #[error(
+        "public route {index} ({path}) is billed to tenant `{tenant}`, but {file} holds no token"
+    )]
     NoToken {
         /// Its position in the file, from 1.
         index: usize,
@@ -365,7 +367,11 @@ mod tests {
         class = "standard"
     "#;
 
-    fn found<'a>(table: &'a RouteTable, method: &str, path: &str) -> (&'a str, Vec<(String, String)>) {
+    fn found<'a>(
+        table: &'a RouteTable,
+        method: &str,
+        path: &str,
+    ) -> (&'a str, Vec<(String, String)>) {
         match table.lookup(method, path) {
             Lookup::Found(route, params) => (route.function.as_str(), params),
             other => panic!("{method} {path}: {other:?}"),
@@ -385,7 +391,10 @@ mod tests {
         assert_eq!(found(&table, "GET", "/static/").1[0].1, "");
         assert!(matches!(table.lookup("GET", "/profile"), Lookup::NotFound));
         assert!(matches!(table.lookup("GET", "/profile/"), Lookup::NotFound));
-        assert!(matches!(table.lookup("GET", "/profile/1/2"), Lookup::NotFound));
+        assert!(matches!(
+            table.lookup("GET", "/profile/1/2"),
+            Lookup::NotFound
+        ));
         assert!(matches!(table.lookup("GET", "/nowhere"), Lookup::NotFound));
         match table.lookup("GET", "/images") {
             Lookup::MethodNotAllowed(methods) => assert_eq!(methods, vec!["POST".to_owned()]),
@@ -397,12 +406,18 @@ mod tests {
     fn limits_take_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let table = table(SITE, dir.path()).unwrap();
-        let Lookup::Found(home, _) = table.lookup("GET", "/") else { panic!() };
+        let Lookup::Found(home, _) = table.lookup("GET", "/") else {
+            panic!()
+        };
         assert_eq!(home.body_limit, DEFAULT_BODY_LIMIT);
         assert_eq!(home.timeout, DEFAULT_TIMEOUT);
-        let Lookup::Found(profile, _) = table.lookup("GET", "/profile/1") else { panic!() };
+        let Lookup::Found(profile, _) = table.lookup("GET", "/profile/1") else {
+            panic!()
+        };
         assert_eq!(profile.timeout, Duration::from_secs(2));
-        let Lookup::Found(images, _) = table.lookup("POST", "/images") else { panic!() };
+        let Lookup::Found(images, _) = table.lookup("POST", "/images") else {
+            panic!()
+        };
         assert_eq!(images.body_limit, 10);
         assert!(images.public_token.is_none());
     }
@@ -423,7 +438,9 @@ mod tests {
         assert!(matches!(err, RoutesError::NoToken { .. }), "{err}");
         std::fs::write(dir.path().join("shop"), "tariff_secret\n").unwrap();
         let table = table(route, dir.path()).unwrap();
-        let Lookup::Found(home, _) = table.lookup("GET", "/") else { panic!() };
+        let Lookup::Found(home, _) = table.lookup("GET", "/") else {
+            panic!()
+        };
         assert_eq!(
             home.public_token.as_ref().map(|t| t.expose_secret()),
             Some("tariff_secret")

@@ -185,11 +185,10 @@ impl GatewayHandle {
 impl Gateway {
     /// Reads the route table, finds the shards and binds the listening address.
     pub async fn bind(cluster: Cluster, options: GatewayOptions) -> Result<Self, GatewayError> {
-        let token_dir = options.token_dir.clone().unwrap_or_else(|| {
-            cluster
-                .dir()
-                .join(tariff_cluster::tenancy::TOKENS_DIR)
-        });
+        let token_dir = options
+            .token_dir
+            .clone()
+            .unwrap_or_else(|| cluster.dir().join(tariff_cluster::tenancy::TOKENS_DIR));
         let table = RouteTable::load(&options.routes, &token_dir)?;
         let shards = if options.shards.is_empty() {
             tariff_cluster::directory::recorded_shards(cluster.dir())?
@@ -223,9 +222,7 @@ impl Gateway {
 
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .unwrap_or(self.options.listen)
+        self.listener.local_addr().unwrap_or(self.options.listen)
     }
 
     /// A handle to reload the route table while it runs.
@@ -339,8 +336,7 @@ impl Shared {
             return self.poll(id, &request);
         }
         let routes = self.routes();
-        let (route, params) = match routes.lookup(request.method().as_str(), request.uri().path())
-        {
+        let (route, params) = match routes.lookup(request.method().as_str(), request.uri().path()) {
             Lookup::Found(route, params) => (route.clone(), params),
             Lookup::MethodNotAllowed(methods) => {
                 let mut reply = Reply::failure(&Failure::new(
@@ -375,8 +371,12 @@ impl Shared {
         }
         let owner = route.public_token.is_none().then(|| hash_token(&token));
         let id = self.pending.start(owner).map_err(|full| {
-            Failure::new(StatusCode::SERVICE_UNAVAILABLE, "pending_full", full.to_string())
-                .with_retry()
+            Failure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "pending_full",
+                full.to_string(),
+            )
+            .with_retry()
         })?;
         let shared = self.clone();
         let task_id = id.clone();
@@ -479,7 +479,11 @@ fn accepted(id: &str, status: StatusCode) -> Reply {
 /// The caller's token from `Authorization: Bearer TOKEN`; 401 without one.
 fn bearer(headers: &http::HeaderMap) -> Result<Token, Failure> {
     let unauthenticated = |message: &str| {
-        Failure::new(StatusCode::UNAUTHORIZED, "unauthenticated", message.to_owned())
+        Failure::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            message.to_owned(),
+        )
     };
     let value = headers
         .get(header::AUTHORIZATION)
@@ -515,7 +519,10 @@ async fn read_body(
         Failure::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
-            format!("the body is larger than this route's {} bytes", route.body_limit),
+            format!(
+                "the body is larger than this route's {} bytes",
+                route.body_limit
+            ),
         )
     };
     let declared = headers

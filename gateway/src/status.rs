@@ -131,7 +131,14 @@ mod tests {
             (E::Forbidden("x".into()), 403, false),
             (E::PayloadTooLarge { size: 2, limit: 1 }, 413, false),
             (E::OverBudget("t".into()), 429, true),
-            (E::Overloaded { queued: 2, limit: 1 }, 503, true),
+            (
+                E::Overloaded {
+                    queued: 2,
+                    limit: 1,
+                },
+                503,
+                true,
+            ),
             (E::ShuttingDown, 503, true),
             (E::TimedOut(5), 504, false),
             (E::Cancelled, 504, false),
