@@ -595,3 +595,81 @@ fn a_slow_client_cannot_hold_the_gateway() {
         assert_eq!(&answer, b"HTTP/1.1 408");
     });
 }
+
+#[test]
+fn tariff_local_serves_the_example_web_app() {
+    let cluster = TestCluster::new();
+    let routes = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/web/routes.toml");
+    let log = std::fs::File::create(cluster.dir.path().join("local.log")).unwrap();
+    let child = cluster
+        .command()
+        .args([
+            "local",
+            "--shards",
+            "1",
+            "--dispatchers",
+            "1",
+            "--no-rt",
+            "--gateway",
+        ])
+        .arg(&routes)
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("spawning tariff local");
+    let mut local = Proc {
+        child,
+        name: "local".into(),
+    };
+    let stdout = local.child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut gateway = None;
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.trim().strip_prefix("gateway:") {
+                gateway = rest
+                    .split_whitespace()
+                    .next()
+                    .and_then(|url| url.strip_prefix("http://"))
+                    .and_then(|addr| addr.parse::<SocketAddr>().ok());
+            }
+            if line.starts_with("running") {
+                let _ = tx.send(gateway);
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(START_TIMEOUT)
+        .expect("tariff local did not come up in time")
+        .expect("tariff local prints the gateway's address");
+    let url = |path: &str| format!("http://{addr}{path}");
+    let home = curl(&[&url("/")]);
+    assert_eq!(home.status, 200, "{home:?}");
+    assert!(home.text().contains("critical"));
+    let profile = curl(&["--http2-prior-knowledge", &url("/profile/5")]);
+    assert_eq!(profile.status, 200, "{profile:?}");
+    assert!(profile.text().contains("Profile 5"));
+    assert_eq!(curl(&["--data-binary", "x", &url("/images")]).status, 401);
+    let token = tariff_cluster::tenancy::read_token_file(&tariff_cluster::tenancy::token_file(
+        &cluster.cluster_dir(),
+        "default",
+    ))
+    .unwrap()
+    .expect("tariff local leaves the default tenant's token");
+    let image = cluster.dir.path().join("image.ppm");
+    std::fs::write(&image, ppm()).unwrap();
+    let resized = curl(&[
+        "-H",
+        &bearer(&token),
+        "--data-binary",
+        &format!("@{}", image.display()),
+        &url("/images"),
+    ]);
+    assert_eq!(resized.status, 200, "{resized:?}");
+    assert_eq!(resized.header("x-image-size"), Some("2x1"));
+    local.stop();
+    assert!(
+        local.child.try_wait().unwrap().is_some_and(|s| s.success()),
+        "tariff local with a gateway exits cleanly on SIGTERM"
+    );
+}
