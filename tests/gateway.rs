@@ -310,6 +310,11 @@ fn routes_envelope_and_the_status_contract() {
         assert_eq!(home.status, 200, "{home:?}");
         assert!(home.text().contains("<h1>Home</h1>"), "{}", home.text());
         assert!(home.header("tariff-invocation").is_some());
+        let timing = home.header("server-timing").unwrap_or_default();
+        assert!(
+            timing.starts_with("gateway;dur=") && timing.contains(", invoke;dur="),
+            "{timing}"
+        );
         assert_eq!(
             home.header("content-type"),
             Some("text/html; charset=utf-8")

@@ -134,6 +134,7 @@ mod tests {
             status: http::StatusCode::OK,
             headers: http::HeaderMap::new(),
             body: bytes::Bytes::from_static(body.as_bytes()),
+            invoke_time: None,
         }
     }
 

@@ -2,6 +2,8 @@
 //! kept whole (not streamed) so an asynchronous invocation's result can wait in the
 //! [`crate::pending::PendingBook`].
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, StatusCode};
@@ -15,6 +17,9 @@ use crate::status::{Failure, RETRY_AFTER};
 pub const INVOCATION_HEADER: &str = "tariff-invocation";
 /// The header naming the kind of refusal or failure of an error response.
 pub const ERROR_HEADER: &str = "tariff-error";
+
+/// The W3C header carrying the gateway's and the invocation's share of the time.
+pub const SERVER_TIMING_HEADER: &str = "server-timing";
 
 /// Headers that describe one connection rather than the message (RFC 9110 section 7.6.1),
 /// plus `content-length`, which hyper sets from the body: a function cannot set them.
@@ -45,6 +50,10 @@ pub struct Reply {
     pub headers: HeaderMap,
     /// Its body.
     pub body: Bytes,
+    /// How long the shard took to answer the invocation behind it (none for a refusal made
+    /// in the gateway): what the gateway's own time is told apart from, in `Server-Timing`
+    /// and the request log.
+    pub invoke_time: Option<Duration>,
 }
 
 impl Reply {
@@ -69,6 +78,7 @@ impl Reply {
             status,
             headers,
             body: Bytes::from(answer.body),
+            invoke_time: None,
         })
     }
 
@@ -94,7 +104,25 @@ impl Reply {
             status: failure.status,
             headers,
             body: Bytes::from(format!("{}\n", failure.message)),
+            invoke_time: None,
         }
+    }
+
+    /// Adds `Server-Timing` (W3C): `gateway` is `total` less the shard's answer time,
+    /// `invoke` is that answer time, both in milliseconds; nothing when there was no
+    /// invocation. Returns the gateway's own time.
+    pub fn add_server_timing(&mut self, total: Duration) -> Option<Duration> {
+        let invoke = self.invoke_time?;
+        let gateway = total.saturating_sub(invoke);
+        let value = format!(
+            "gateway;dur={:.3}, invoke;dur={:.3}",
+            gateway.as_secs_f64() * 1e3,
+            invoke.as_secs_f64() * 1e3
+        );
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            self.headers.insert(SERVER_TIMING_HEADER, value);
+        }
+        Some(gateway)
     }
 
     /// The response hyper sends.
@@ -126,6 +154,19 @@ mod tests {
         assert!(reply.headers.get("content-length").is_none());
         assert_eq!(reply.headers[INVOCATION_HEADER], "7");
         assert_eq!(reply.body, "hi");
+    }
+
+    #[test]
+    fn server_timing_splits_the_gateway_from_the_invocation() {
+        let mut reply = Reply::from_function(FunctionResponse::new(200), 1).unwrap();
+        assert_eq!(reply.add_server_timing(Duration::from_millis(5)), None);
+        reply.invoke_time = Some(Duration::from_millis(3));
+        let own = reply.add_server_timing(Duration::from_millis(5));
+        assert_eq!(own, Some(Duration::from_millis(2)));
+        assert_eq!(
+            reply.headers[SERVER_TIMING_HEADER],
+            "gateway;dur=2.000, invoke;dur=3.000"
+        );
     }
 
     #[test]

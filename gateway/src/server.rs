@@ -313,15 +313,18 @@ impl Shared {
         let started = Instant::now();
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
-        let reply = match self.clone().serve(request, peer).await {
+        let mut reply = match self.clone().serve(request, peer).await {
             Ok(reply) => reply,
             Err(failure) => Reply::failure(&failure),
         };
+        let elapsed = started.elapsed();
+        let own = reply.add_server_timing(elapsed);
         tracing::debug!(
             %method,
             %path,
             status = reply.status.as_u16(),
-            elapsed_us = started.elapsed().as_micros(),
+            elapsed_us = elapsed.as_micros(),
+            gateway_us = own.map(|d| d.as_micros()),
             "request"
         );
         reply.into_response()
@@ -381,7 +384,9 @@ impl Shared {
         let shared = self.clone();
         let task_id = id.clone();
         tokio::spawn(async move {
-            let reply = shared.invoke(&route, &token, payload).await;
+            let mut reply = shared.invoke(&route, &token, payload).await;
+            // Timed against the poll that fetches it, the split would mean nothing.
+            reply.invoke_time = None;
             shared.pending.finish(&task_id, reply);
         });
         Ok(accepted(&id, StatusCode::ACCEPTED))
@@ -430,7 +435,10 @@ impl Shared {
             payload,
             timeout_ms: u64::try_from(route.timeout.as_millis()).unwrap_or(u64::MAX),
         };
-        match client.invoke(request).await {
+        let invoke_started = Instant::now();
+        let answer = client.invoke(request).await;
+        let invoke_time = invoke_started.elapsed();
+        let mut reply = match answer {
             Ok(Ok(outcome)) => match FunctionResponse::decode(&outcome.run.output)
                 .map_err(|e| e.to_string())
                 .and_then(|answer| Reply::from_function(answer, outcome.id.0))
@@ -457,7 +465,9 @@ impl Shared {
                 tracing::warn!(function = %route.function, %error, "no answer from the shard");
                 Reply::failure(&for_client_error(&error))
             }
-        }
+        };
+        reply.invoke_time = Some(invoke_time);
+        reply
     }
 }
 
