@@ -5,6 +5,9 @@
 //! * `profile`: a profile page for `/profile/{id}` (persistent, `high`);
 //! * `resize`: halves a binary PPM image (P6) `passes` times, default once, with a 2×2 box
 //!   filter (exec, one process per call, `batch`): real CPU work proportional to the image.
+//!   `rounds=N` computes the whole resize N times, standing in for a costlier filter
+//!   (Lanczos, sharpening) so a benchmark can set the CPU time per image without sending
+//!   larger images.
 //!
 //! Each handles the gateway's HTTP envelope through `tariff_function::http`; `resize` uses
 //! the exec form (one request on stdin, the answer on stdout).
@@ -13,6 +16,8 @@ use tariff_function::http::{handle_http_once, serve_http, Request, Response};
 
 /// Largest `passes` accepted: each halves the image, so more than this leaves nothing.
 const MAX_PASSES: u32 = 16;
+/// Largest `rounds` accepted: enough for a second of CPU on a large image.
+const MAX_ROUNDS: u32 = 10_000;
 
 fn main() {
     let role = std::env::args().nth(1).unwrap_or_default();
@@ -63,11 +68,25 @@ fn resize(request: Request) -> Response {
     let Ok(passes @ 1..=MAX_PASSES) = passes else {
         return Response::new(400).with_body(format!("passes must be 1 to {MAX_PASSES}\n"));
     };
-    let Some(mut image) = Ppm::parse(&request.body) else {
+    let rounds = query_value(&request, "rounds")
+        .map(|v| v.parse::<u32>())
+        .unwrap_or(Ok(1));
+    let Ok(rounds @ 1..=MAX_ROUNDS) = rounds else {
+        return Response::new(400).with_body(format!("rounds must be 1 to {MAX_ROUNDS}\n"));
+    };
+    let Some(original) = Ppm::parse(&request.body) else {
         return Response::new(415).with_body("send a binary PPM (P6, maxval 255)\n");
     };
-    for _ in 0..passes {
-        image = image.halve();
+    let resize = |image: &Ppm| {
+        let mut resized = image.halve();
+        for _ in 1..passes {
+            resized = resized.halve();
+        }
+        resized
+    };
+    let image = resize(&original);
+    for _ in 1..rounds {
+        std::hint::black_box(resize(std::hint::black_box(&original)));
     }
     Response::new(200)
         .with_header("Content-Type", "image/x-portable-pixmap")
