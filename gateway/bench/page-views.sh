@@ -21,7 +21,7 @@ DURATION=${DURATION:-20s}           # each phase
 IMAGE_RATE=${IMAGE_RATE:-40}        # resizes per second
 IMAGE_ROUNDS=${IMAGE_ROUNDS:-200}    # CPU per resize (see tariff-web resize)
 IMAGE_SIDE=${IMAGE_SIDE:-256}       # pixels, square
-WORKERS=${WORKERS:-500}             # oha's connections: enough that none waits for a free one
+WORKERS=${WORKERS:-100}             # oha connections per load; see docs/gateway.md (Benchmarks)
 
 work=$(mktemp -d)
 cleanup() {
