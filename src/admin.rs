@@ -29,6 +29,18 @@ pub enum TenantCommand {
         shard: ShardAddr,
         /// The tenant's name (a-z 0-9 _ -, starting with a letter).
         name: String,
+        /// Monthly budget, in the unit class prices are quoted in (default: none).
+        #[arg(long)]
+        budget: Option<f64>,
+    },
+    /// Set or lift a tenant's monthly budget, with immediate effect.
+    SetBudget {
+        #[command(flatten)]
+        shard: ShardAddr,
+        /// The tenant.
+        name: String,
+        /// The new budget, or `none` for no limit.
+        budget: String,
     },
     /// List every tenant.
     List {
@@ -142,10 +154,43 @@ pub fn cluster(global: &Global, command: ClusterCommand) -> anyhow::Result<()> {
 /// Runs `tariff tenant`.
 pub async fn tenant(global: &Global, command: TenantCommand) -> anyhow::Result<()> {
     let (shard, request, made) = match command {
-        TenantCommand::Add { shard, name } => {
+        TenantCommand::Add {
+            shard,
+            name,
+            budget,
+        } => {
             let token = new_token()?;
             let token_hash = hash_token(&token);
-            (shard, TenantRequest::Add { name, token_hash }, Some(token))
+            let request = TenantRequest::Add {
+                name,
+                token_hash,
+                budget,
+            };
+            (shard, request, Some(token))
+        }
+        TenantCommand::SetBudget {
+            shard,
+            name,
+            budget,
+        } => {
+            let budget = match budget.as_str() {
+                "none" => None,
+                text => Some(
+                    text.parse::<f64>()
+                        .with_context(|| format!("`{text}` is not an amount or `none`"))?,
+                ),
+            };
+            let client = connect_with(global, shard.shard, global.admin_token()?).await?;
+            let answer = client
+                .request(ClientRequest::Tenants(TenantRequest::SetBudget {
+                    name,
+                    budget,
+                }))
+                .await?;
+            let ClientResponse::Tenant(info) = refusal(answer)? else {
+                bail!("unexpected answer to a budget change");
+            };
+            return print_tenant(&info, false);
         }
         TenantCommand::RotateToken { shard, name } => {
             let token = new_token()?;
@@ -227,6 +272,7 @@ fn refusal(answer: ClientResponse) -> anyhow::Result<ClientResponse> {
 }
 
 fn print_tenant(info: &TenantInfo, json: bool) -> anyhow::Result<()> {
+    let spend = &info.spend;
     if json {
         println!(
             "{}",
@@ -234,12 +280,28 @@ fn print_tenant(info: &TenantInfo, json: bool) -> anyhow::Result<()> {
                 "name": info.tenant.name,
                 "created_at_us": info.tenant.created_at_us,
                 "functions": info.functions,
+                "month": spend.month,
+                "spent": spend.spent,
+                "budget": spend.budget,
+                "rate_per_s": spend.rate_per_s,
+                "pace": spend.pace,
+                "throttle": spend.throttle.name(),
             })
         );
     } else {
+        let budget = spend
+            .budget
+            .map_or_else(|| "none".to_owned(), |b| format!("{b:.6}"));
+        let pace = spend
+            .pace
+            .map_or_else(|| "-".to_owned(), |p| format!("{p:.2}"));
         println!(
-            "{}\tfunctions: {}",
+            "{}\tspent {:.6} of budget {budget} in {} (pace {pace}, {:.6}/s lately)\t{}\tfunctions: {}",
             info.tenant.name,
+            spend.spent,
+            spend.month,
+            spend.rate_per_s,
+            spend.throttle.name(),
             if info.functions.is_empty() {
                 "-".to_owned()
             } else {

@@ -42,13 +42,24 @@ pub struct ShardArgs {
     /// Do not place from the idle list (power-of-k only), as in the paper's latency experiment.
     #[arg(long)]
     no_idle_list: bool,
-    /// Invocations queued beyond which new ones are refused as overloaded.
+    /// Invocations queued beyond which new ones of the top class are refused as overloaded;
+    /// cheaper classes are refused earlier, the cheapest at half (docs/design.md).
     #[arg(long, default_value_t = tariff_policy::shard::DEFAULT_MAX_QUEUED)]
     max_queued: usize,
+    /// Refuse a new top-class invocation whose expected wait (the backlog ahead of it over
+    /// the shard's recent completion rate) is longer than this; cheaper classes earlier.
+    /// Off unless given.
+    #[arg(long, value_parser = parse_duration)]
+    max_wait: Option<Duration>,
     /// Largest payload accepted.
     #[arg(long, value_parser = parse_size, default_value = "1M")]
     max_payload: u64,
-    /// Shard id (the high bits of invocation ids); random if not given.
+    /// Price of one GB-second of memory actually used, in the unit of class prices (every
+    /// class pays the same for memory; docs/billing.md).
+    #[arg(long, default_value_t = tariff_types::billing::DEFAULT_MEMORY_PRICE)]
+    memory_price: f64,
+    /// Shard id (the high bits of invocation ids); if not given, the one in DATA_DIR/shard.id,
+    /// chosen at random on the first start.
     #[arg(long)]
     shard_id: Option<u16>,
     /// `tariff` (price classes), or a class-blind baseline for comparison: `fifo` or `hermod`.
@@ -195,10 +206,14 @@ pub async fn shard(global: &Global, args: ShardArgs) -> anyhow::Result<()> {
     let cluster = global.init_cluster()?;
     let store = tariff_cluster::store::open(args.store.as_deref(), &cluster.store_path())
         .context("opening the cluster store")?;
+    let shard_id = match args.shard_id {
+        Some(id) => id,
+        None => stable_shard_id(&args.data_dir)?,
+    };
     let options = ShardOptions {
         listen: args.listen,
         data_dir: args.data_dir,
-        shard_id: args.shard_id.unwrap_or_else(rand::random),
+        shard_id,
         classes: args.classes,
         policy: {
             let defaults = ShardConfig::for_policy(args.policy);
@@ -206,12 +221,14 @@ pub async fn shard(global: &Global, args: ShardArgs) -> anyhow::Result<()> {
                 k: args.k,
                 aging: args.aging,
                 max_queued: args.max_queued,
+                max_wait: args.max_wait,
                 use_idle_list: defaults.use_idle_list && !args.no_idle_list,
                 ..defaults
             }
         },
         peers: args.peers,
         max_payload_bytes: args.max_payload as usize,
+        memory_price: args.memory_price,
         default_timeout: tariff_scheduler::server::DEFAULT_TIMEOUT,
         metrics: args.metrics,
         slow_threshold: args.slow,
@@ -227,6 +244,24 @@ pub async fn shard(global: &Global, args: ShardArgs) -> anyhow::Result<()> {
     }
     shard.run(stop).await;
     Ok(())
+}
+
+/// The shard id kept in `data_dir/shard.id`, chosen at random on first start. Stable across
+/// restarts because the shard's ledger and its published spend are keyed by it: a restarted
+/// shard with a new id would publish its ledger's totals a second time.
+fn stable_shard_id(data_dir: &std::path::Path) -> anyhow::Result<u16> {
+    let path = data_dir.join("shard.id");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return text
+            .trim()
+            .parse()
+            .with_context(|| format!("{} does not hold a shard id", path.display()));
+    }
+    let id: u16 = rand::random();
+    std::fs::create_dir_all(data_dir)
+        .and_then(|()| std::fs::write(&path, format!("{id}\n")))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
 }
 
 /// The machine's host name, for default machine names.
@@ -400,7 +435,11 @@ pub async fn invoke(global: &Global, args: InvokeArgs) -> i32 {
         },
         (None, None) => Vec::new(),
     };
-    let client = match connect(global, args.shard.shard).await {
+    let client = match invocation_context(global, args.shard.shard) {
+        Some(context) => context.connect().await,
+        None => connect(global, args.shard.shard).await,
+    };
+    let client = match client {
         Ok(client) => client,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -443,6 +482,45 @@ pub async fn invoke(global: &Global, args: InvokeArgs) -> i32 {
     }
 }
 
+/// The invocation context a running function finds in its environment (see
+/// `tariff_types::wire::context_env`): used by `tariff invoke` inside a function when it is
+/// given no token of its own, so the call joins the caller's chain.
+struct InvocationContext {
+    token: tariff_types::Token,
+    shard: SocketAddr,
+    ca_pem: String,
+}
+
+impl InvocationContext {
+    async fn connect(self) -> anyhow::Result<Client> {
+        let cluster = tariff_cluster::cluster::Cluster::from_ca_pem(&self.ca_pem)?;
+        Ok(Client::connect(&cluster, self.shard, Some(self.token)).await?)
+    }
+}
+
+/// The context, if this process runs inside a function (its environment, or a persistent
+/// instance's context file: `tariff_function::context`) and was given no token or cluster of
+/// its own (an explicit `--token`, `TARIFF_TOKEN` or `--cluster` wins).
+fn invocation_context(global: &Global, shard: Option<SocketAddr>) -> Option<InvocationContext> {
+    use tariff_function::context;
+    if global.token.is_some()
+        || global.cluster.is_some()
+        || std::env::var_os(tariff_cluster::tenancy::TOKEN_ENV).is_some()
+    {
+        return None;
+    }
+    let current = context::current()?;
+    let shard = match shard {
+        Some(addr) => addr,
+        None => current.get(context::SHARD_ENV)?.parse().ok()?,
+    };
+    Some(InvocationContext {
+        token: tariff_types::Token::new(current.get(context::INVOCATION_ENV)?),
+        shard,
+        ca_pem: current.get(context::CA_ENV)?.to_owned(),
+    })
+}
+
 /// The `--json` form of a successful invocation.
 pub fn outcome_json(outcome: &InvocationOutcome) -> serde_json::Value {
     let t = outcome.timings();
@@ -455,6 +533,20 @@ pub fn outcome_json(outcome: &InvocationOutcome) -> serde_json::Value {
         "cold_start": outcome.run.cold_start,
         "start_us": outcome.run.start_us,
         "preempted_us": outcome.run.preempted_us,
+        "memory_byte_ms": outcome.run.memory_byte_ms,
+        "chain": {
+            "root": outcome.chain.root.map(|id| id.to_string()),
+            "parent": outcome.chain.parent.map(|id| id.to_string()),
+            "depth": outcome.chain.depth,
+        },
+        "cost": {
+            "class": outcome.cost.class,
+            "cpu_seconds": outcome.cost.cpu_seconds,
+            "gb_seconds": outcome.cost.gb_seconds,
+            "cpu_charge": outcome.cost.cpu_charge,
+            "memory_charge": outcome.cost.memory_charge,
+            "total": outcome.cost.total,
+        },
         "timings": {
             "queued_at_us": t.queued_at_us,
             "placed_at_us": t.placed_at_us,
@@ -561,5 +653,103 @@ fn print_status(view: &crate::status::ClusterView, json: bool) -> anyhow::Result
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())?;
     out.flush()?;
+    Ok(())
+}
+
+/// `tariff bill`.
+#[derive(Args, Debug)]
+pub struct BillArgs {
+    /// Ask only this shard. Default: every shard recorded in the cluster directory.
+    #[arg(long)]
+    shard: Option<SocketAddr>,
+    /// The month, `YYYY-MM` (UTC). Default: the current one.
+    #[arg(long)]
+    month: Option<String>,
+    /// Use the administrator's token (to see the bill of the tenant named by `--tenant`).
+    #[arg(long)]
+    admin: bool,
+    /// One JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Asks every shard for its part of the bill (each shard bills what it answered, in its own
+/// ledger) and prints the sum, itemised by function and class.
+pub async fn bill(global: &Global, args: BillArgs) -> anyhow::Result<()> {
+    let cluster = global.open_cluster()?;
+    let token = if args.admin {
+        global.admin_token()?
+    } else {
+        global.token()?
+    };
+    let addrs = match args.shard {
+        Some(addr) => vec![addr],
+        None => {
+            let recorded = recorded_shards(cluster.dir())?;
+            if recorded.is_empty() {
+                vec![DEFAULT_SHARD.parse().expect("a valid address")]
+            } else {
+                recorded
+            }
+        }
+    };
+    let mut total: Option<tariff_types::billing::Bill> = None;
+    for addr in addrs {
+        let client = Client::connect(&cluster, addr, token.clone()).await?;
+        let request = ClientRequest::Bill {
+            tenant: global.tenant.clone(),
+            month: args.month.clone(),
+        };
+        let part = match client.request(request).await? {
+            ClientResponse::Bill(part) => part,
+            ClientResponse::Refused(reason) => bail!("refused: {reason}"),
+            ClientResponse::Denied(denied) => return Err(denied.into()),
+            other => bail!("unexpected answer: {other:?}"),
+        };
+        match &mut total {
+            Some(bill) => bill.merge(part),
+            None => total = Some(part),
+        }
+    }
+    let bill = total.unwrap_or_default();
+    if args.json {
+        let lines: Vec<_> = bill
+            .lines
+            .iter()
+            .map(|l| {
+                serde_json::json!({
+                    "function": l.function, "class": l.class, "invocations": l.invocations,
+                    "cpu_seconds": l.cpu_seconds, "gb_seconds": l.gb_seconds, "total": l.total,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "tenant": bill.tenant, "month": bill.month, "lines": lines, "total": bill.total(),
+            })
+        );
+        return Ok(());
+    }
+    println!("bill for tenant {} in {}", bill.tenant, bill.month);
+    println!(
+        "{:<24} {:<10} {:>11} {:>14} {:>14} {:>14}",
+        "function", "class", "invocations", "cpu_s", "gb_s", "amount"
+    );
+    for l in &bill.lines {
+        println!(
+            "{:<24} {:<10} {:>11} {:>14.6} {:>14.6} {:>14.6}",
+            l.function, l.class, l.invocations, l.cpu_seconds, l.gb_seconds, l.total
+        );
+    }
+    println!(
+        "{:<24} {:<10} {:>11} {:>14} {:>14} {:>14.6}",
+        "total",
+        "",
+        "",
+        "",
+        "",
+        bill.total()
+    );
     Ok(())
 }

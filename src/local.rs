@@ -96,6 +96,9 @@ pub async fn run(global: &Global, args: LocalArgs) -> anyhow::Result<()> {
             None => example_specs()?,
         },
         tenant: DEFAULT_TENANT.into(),
+        other_tenants: Vec::new(),
+        budget: None,
+        fresh: false,
         dir_name: "local".into(),
         metrics: args.metrics,
     };
@@ -258,10 +261,11 @@ async fn demo(cluster: &Cluster, local: &LocalCluster, args: &LocalArgs) -> anyh
     Ok(())
 }
 
-/// The host's CPUs that run no functions (empty if functions may run on every CPU).
+/// The host's CPUs that run no real-time functions (empty if they may run on every CPU): the
+/// cheapest class may run there too, but as a normal (`SCHED_BATCH`) task it only shares them.
 fn non_function_cpus(local: &LocalCluster) -> Vec<usize> {
     tariff_machine_sched::rt::allowed_cpus()
         .into_iter()
-        .filter(|cpu| !local.function_cpus.contains(cpu))
+        .filter(|cpu| !local.real_time_cpus.contains(cpu))
         .collect()
 }

@@ -42,9 +42,10 @@ struct Global {
     #[arg(long, global = true, value_parser = parse_token)]
     token: Option<Token>,
     /// Which of this machine's tenant token files to use when no token is given (`tariff
-    /// local` makes `default`; `tariff tenant add NAME` makes NAME).
-    #[arg(long, global = true, default_value = DEFAULT_TENANT)]
-    tenant: String,
+    /// local` makes `default`, the default; `tariff tenant add NAME` makes NAME). `tariff
+    /// bill` bills this tenant.
+    #[arg(long, global = true)]
+    tenant: Option<String>,
     /// Administrator token for `tariff tenant`. Default: TARIFF_ADMIN_TOKEN, else
     /// CLUSTER/admin.token (written by the shard that made the cluster).
     #[arg(long, global = true, value_parser = parse_token)]
@@ -78,10 +79,11 @@ impl Global {
 
     /// The tenant token client commands present (see `--token`).
     fn token(&self) -> anyhow::Result<Option<Token>> {
+        let tenant = self.tenant.as_deref().unwrap_or(DEFAULT_TENANT);
         Ok(resolve_token(
             self.token.clone(),
             &self.cluster_dir(),
-            &self.tenant,
+            tenant,
         )?)
     }
 
@@ -108,6 +110,8 @@ enum Command {
     Remove(commands::RemoveArgs),
     /// List the functions you may use (yours and those shared with you).
     Functions(commands::ShardAddr),
+    /// A tenant's itemised bill for a month, from every shard's ledger.
+    Bill(commands::BillArgs),
     /// Manage tenants (needs the administrator's token).
     #[command(subcommand)]
     Tenant(admin::TenantCommand),
@@ -236,6 +240,7 @@ async fn run(global: Global, command: Command) -> i32 {
         Command::Remove(args) => report(commands::remove(&global, args).await),
         Command::Functions(args) => report(commands::functions(&global, args).await),
         Command::Tenant(command) => report(admin::tenant(&global, command).await),
+        Command::Bill(args) => report(commands::bill(&global, args).await),
         Command::Status(args) => report(commands::status(&global, args).await),
         Command::Gateway(args) => report(gateway::run(&global, args).await),
         Command::Local(args) => report(local::run(&global, args).await),
@@ -274,6 +279,7 @@ pub fn exit_code(error: &tariff_types::InvokeError) -> i32 {
         E::Protocol(_) => 11,
         E::Unauthenticated(_) => EXIT_UNAUTHENTICATED,
         E::Forbidden(_) => EXIT_FORBIDDEN,
+        E::ChainTooDeep { .. } => 14,
     }
 }
 

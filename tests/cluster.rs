@@ -195,6 +195,21 @@ fn bad_requests_get_clear_errors_and_the_cluster_keeps_serving() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("unknown function `nope`"));
         let out = cli(&["--function", "echo", "--class", "gold"]);
         assert_eq!(out.status.code(), Some(4));
+        // Over the shard's 1 MiB limit and over the 8 MiB frame limit alike: the payload is
+        // too large (exit 5), not an unreachable shard.
+        for mib in [7, 9] {
+            let file = cluster.dir.path().join(format!("payload-{mib}"));
+            std::fs::write(&file, vec![b'x'; mib << 20]).unwrap();
+            let out = cluster
+                .command()
+                .args(["invoke", "--shard", &shard, "--function", "echo", "--class", "batch"])
+                .arg("--payload-file")
+                .arg(&file)
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(5), "{mib} MiB: {out:?}");
+            assert!(String::from_utf8_lossy(&out.stderr).contains("larger than the limit"));
+        }
         let unreachable = cluster
             .command()
             .args(["invoke", "--shard", "127.0.0.1:9", "--function", "echo"])
@@ -346,11 +361,11 @@ fn a_lost_machine_answers_its_invocations_with_an_error() {
 }
 
 #[test]
-fn deploys_reach_every_shard_and_full_queues_refuse_as_overloaded() {
+fn deploys_reach_every_shard_and_a_full_backlog_sheds_batch_before_critical() {
     runtime().block_on(async {
         let mut cluster = TestCluster::new();
         let a = cluster.start_shard(&[]).to_string();
-        cluster.start_shard(&["--peers", &a, "--max-queued", "2"]);
+        cluster.start_shard(&["--peers", &a, "--max-queued", "4"]);
         cluster.deploy_examples().await;
         let b = cluster.client(1).await;
         let functions = b
@@ -358,26 +373,32 @@ fn deploys_reach_every_shard_and_full_queues_refuse_as_overloaded() {
             .await
             .unwrap();
         assert!(matches!(functions, ClientResponse::Functions(f) if f.len() == 5));
-        // No machines: invocations queue at shard 1 until its limit of 2.
+        // No machines: invocations queue at shard 1. `batch` may fill half of the backlog of
+        // 4, `critical` all of it.
         let mut queued = Vec::new();
-        for _ in 0..2 {
+        let mut queue = |class: &'static str| {
             let b = b.clone();
-            let mut req = request("echo", "batch", "x");
+            let mut req = request("echo", class, "x");
             req.timeout_ms = 2_000;
             queued.push(tokio::spawn(async move { invoke(&b, req).await }));
-        }
+        };
+        queue("batch");
+        queue("batch");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let shed = invoke(&b, request("echo", "batch", "x")).await.unwrap_err();
+        assert!(
+            matches!(shed, InvokeError::Overloaded { queued: 2, limit: 2, retry_after_ms } if retry_after_ms > 0),
+            "{shed}"
+        );
+        assert!(shed.to_string().contains("retry after"), "{shed}");
+        queue("critical");
+        queue("critical");
         tokio::time::sleep(Duration::from_millis(200)).await;
         let refused = invoke(&b, request("echo", "critical", "x"))
             .await
             .unwrap_err();
         assert!(
-            matches!(
-                refused,
-                InvokeError::Overloaded {
-                    queued: 2,
-                    limit: 2
-                }
-            ),
+            matches!(refused, InvokeError::Overloaded { queued: 4, limit: 4, .. }),
             "{refused}"
         );
         for task in queued {

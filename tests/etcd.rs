@@ -119,6 +119,7 @@ fn tenants_and_ownership_live_in_etcd_for_every_shard() {
                 tariff_types::tenant::TenantRequest::Add {
                     name: "other".into(),
                     token_hash: tariff_cluster::tenancy::hash_token(&other),
+                    budget: None,
                 },
             ))
             .await

@@ -546,7 +546,11 @@ fn shedding_is_503_with_retry_after() {
         let shed = curl(&["-H", &auth, &gateway.url("/slow")]);
         assert_eq!(shed.status, 503, "{shed:?}");
         assert_eq!(shed.header("tariff-error"), Some("overloaded"));
-        assert_eq!(shed.header("retry-after"), Some("1"));
+        let retry_after: u64 = shed
+            .header("retry-after")
+            .and_then(|v| v.parse().ok())
+            .expect("Retry-After in whole seconds");
+        assert!(retry_after >= 1, "{shed:?}");
         for handle in running {
             let _ = handle.join();
         }

@@ -427,3 +427,82 @@ fn tokens_never_appear_in_logs_or_answers() {
         }
     });
 }
+
+/// Mutated frames from a token holder, many of them, on a real shard: each stream gets an
+/// error or an answer, the shard stays up, and a client beside them notices nothing
+/// (bounded: 300 streams from a fixed seed).
+#[test]
+fn a_shard_survives_hundreds_of_mutated_frames() {
+    use rand::{Rng, SeedableRng};
+    runtime().block_on(async {
+        let cluster = cluster().await;
+        let token = cluster.token().await;
+        let steady_client = cluster.client(0).await;
+        let steady = tokio::spawn(async move {
+            for i in 0..60 {
+                let payload = format!("steady-{i}");
+                let out = invoke(&steady_client, request("echo", "critical", &payload))
+                    .await
+                    .expect("the steady client is undisturbed");
+                assert_eq!(out.run.output, payload.as_bytes());
+            }
+        });
+        let addr = cluster.shard_addrs[0];
+        let endpoint = cluster.cluster.client_endpoint(addr, None).unwrap();
+        let conn = endpoint
+            .connect(addr, CLUSTER_SERVER_NAME)
+            .unwrap()
+            .await
+            .unwrap();
+        let mut fuzzed = common::example_spec("echo");
+        fuzzed.name = "fuzzed".into();
+        let valid = [
+            StreamOpen::Client {
+                token: Some(token.clone()),
+                request: ClientRequest::Invoke(request("echo", "batch", "fuzz")),
+            },
+            StreamOpen::Client {
+                token: Some(token.clone()),
+                request: ClientRequest::Deploy(fuzzed),
+            },
+            StreamOpen::ClientSession {
+                token: Some(token.clone()),
+            },
+        ];
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        let mut answered = 0;
+        for _ in 0..300 {
+            let mut bytes = codec::encode(&valid[rng.gen_range(0..valid.len())]).unwrap();
+            for _ in 0..rng.gen_range(1..6) {
+                let at = rng.gen_range(0..bytes.len());
+                match rng.gen_range(0..3) {
+                    0 => bytes[at] = rng.gen(),
+                    1 => bytes.insert(at, rng.gen()),
+                    _ => {
+                        bytes.remove(at);
+                    }
+                }
+            }
+            let Ok((mut send, mut recv)) = conn.open_bi().await else {
+                panic!("the shard closed a client's connection over a malformed stream");
+            };
+            let _ = send.write_all(&bytes).await;
+            let _ = send.finish();
+            let read =
+                tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1 << 20)).await;
+            if let Ok(Ok(reply)) = read {
+                answered += usize::from(!reply.is_empty());
+            }
+        }
+        steady.await.unwrap();
+        assert!(
+            answered > 0,
+            "some mutated frames are answered with an error"
+        );
+        let status = cluster.client(0).await.request(ClientRequest::Status).await;
+        assert!(
+            matches!(status, Ok(ClientResponse::Status(_))),
+            "{status:?}"
+        );
+    });
+}

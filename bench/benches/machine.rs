@@ -50,6 +50,7 @@ fn function(name: &str, runtime: Runtime, version: u64) -> FunctionSpec {
 fn job(id: u64, class: u8, function: FunctionSpec, payload: &str) -> Job {
     Job {
         tenant: "bench".into(),
+        env: Vec::new(),
         id,
         class: ClassId(class),
         classes: CLASSES,
@@ -92,7 +93,7 @@ fn scheduler(work: &std::path::Path) -> Arc<MachineScheduler> {
     ))
     .ok();
     if let Some(root) = &cgroups {
-        let _ = root.confine_cpus(&cpus);
+        let _ = root.confine_cpus(&cpus.functions);
     }
     println!(
         "mode: {mode:?}; function CPUs {cpus:?}; cgroups: {}",
@@ -101,7 +102,7 @@ fn scheduler(work: &std::path::Path) -> Arc<MachineScheduler> {
             .map_or("none".to_string(), |r| format!("{:?}", r.version()))
     );
     MachineScheduler::new(MachineOptions {
-        cores: cpus.len(),
+        cores: cpus.functions.len(),
         mode,
         cpus,
         cgroups,

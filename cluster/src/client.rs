@@ -35,6 +35,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// newcomer wait.
 pub const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Room a request frame needs besides the payload (function and class names, the token,
+/// the envelope); payloads larger than the frame limit less this cannot be sent.
+pub const REQUEST_ENVELOPE_BYTES: usize = 64 << 10;
+
 /// Why a request got no answer from the shard (as opposed to an answer that is an error).
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -301,6 +305,15 @@ impl Client {
         &self,
         request: InvokeRequest,
     ) -> Result<Result<InvocationOutcome, InvokeError>, ClientError> {
+        // A payload that cannot fit a frame is the caller's error, said as the shard would say
+        // it, not a transport failure: nothing is sent.
+        let limit = crate::codec::MAX_FRAME_BYTES - REQUEST_ENVELOPE_BYTES;
+        if request.payload.len() > limit {
+            return Ok(Err(InvokeError::PayloadTooLarge {
+                size: request.payload.len() as u64,
+                limit: limit as u64,
+            }));
+        }
         let wait = match request.timeout_ms {
             0 => None,
             ms => Some(Duration::from_millis(ms) + CONNECT_TIMEOUT),
@@ -316,6 +329,11 @@ impl Client {
             ClientResponse::Invoked(answer) => Ok(answer),
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }
+    }
+
+    /// The token this client presents.
+    pub fn token(&self) -> Option<&Token> {
+        self.token.as_ref()
     }
 
     /// The underlying connection (for tests that speak raw frames).

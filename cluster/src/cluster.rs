@@ -161,6 +161,8 @@ fn bad(path: &Path, reason: impl std::fmt::Display) -> ClusterError {
 pub struct Cluster {
     dir: PathBuf,
     ca: CertificateDer<'static>,
+    /// The same certificate as PEM text, as read.
+    ca_pem: String,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -241,10 +243,12 @@ impl Cluster {
                 dir: dir.to_owned(),
             });
         }
-        let ca = CertificateDer::from_pem_file(&path).map_err(|e| bad(&path, e))?;
+        let ca_pem = fs::read_to_string(&path).map_err(io_err(&path))?;
+        let ca = CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(|e| bad(&path, e))?;
         Ok(Self {
             dir: dir.to_owned(),
             ca,
+            ca_pem,
         })
     }
 
@@ -302,6 +306,24 @@ impl Cluster {
     /// Where the embedded store lives.
     pub fn store_path(&self) -> PathBuf {
         self.dir.join(STORE_FILE)
+    }
+
+    /// The CA certificate as PEM text, for a process that must verify shards without the
+    /// cluster directory (a function calling a function gets it in its environment).
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// A cluster known only by its CA certificate in PEM (no directory): what a function
+    /// calling a function uses. Its directory is the current one.
+    pub fn from_ca_pem(pem: &str) -> Result<Self, ClusterError> {
+        let ca = CertificateDer::from_pem_slice(pem.as_bytes())
+            .map_err(|e| bad(Path::new("TARIFF_CA"), e))?;
+        Ok(Self {
+            dir: PathBuf::from("."),
+            ca,
+            ca_pem: pem.to_owned(),
+        })
     }
 
     /// Whether this directory holds the CA key, and so can issue role certificates.

@@ -255,3 +255,105 @@ mod tests {
         ));
     }
 }
+
+/// The decoder fed arbitrary and mutated bytes: whatever a peer sends, reading a frame ends in
+/// a message, a clean end or an error, never a panic, and a length past the limit is refused
+/// before anything is allocated (bounded: proptest's default 256 cases per property).
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+    use tariff_types::wire::{
+        ClientRequest, Completion, DispatcherToShard, InvocationId, InvokeRequest, Placement,
+        SessionRequest, StreamOpen,
+    };
+
+    /// Every message type a shard or a dispatcher reads from a peer.
+    async fn read_all(bytes: &[u8]) {
+        macro_rules! read {
+            ($($t:ty),*) => {$(
+                let mut reader = bytes;
+                let _ = read_message::<$t, _>(&mut reader).await;
+            )*};
+        }
+        read!(
+            StreamOpen,
+            SessionRequest,
+            DispatcherToShard,
+            Completion,
+            Placement,
+            tariff_types::wire::ShardToDispatcher,
+            tariff_types::wire::ClientResponse,
+            tariff_types::wire::SessionResponse
+        );
+    }
+
+    /// A valid frame to mutate: an invocation request on a client stream.
+    async fn valid_frame() -> Vec<u8> {
+        let open = StreamOpen::Client {
+            token: Some(tariff_types::Token::new("tariff_0123")),
+            request: ClientRequest::Invoke(InvokeRequest {
+                function: "echo".into(),
+                class: "critical".into(),
+                payload: b"payload".to_vec(),
+                timeout_ms: 5,
+            }),
+        };
+        let mut bytes = Vec::new();
+        write_message(&mut bytes, &open).await.unwrap();
+        let completion = Completion {
+            id: InvocationId(1),
+            result: Err(tariff_types::InvokeError::Cancelled),
+        };
+        write_message(&mut bytes, &completion).await.unwrap();
+        bytes
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            runtime().block_on(read_all(&bytes));
+        }
+
+        #[test]
+        fn mutated_frames_never_panic(
+            edits in proptest::collection::vec((any::<usize>(), any::<u8>(), 0u8..3), 1..8)
+        ) {
+            runtime().block_on(async {
+                let mut bytes = valid_frame().await;
+                for (at, byte, kind) in edits {
+                    let at = at % (bytes.len() + 1);
+                    match kind {
+                        0 if at < bytes.len() => bytes[at] = byte,
+                        1 => bytes.insert(at, byte),
+                        _ if at < bytes.len() => {
+                            bytes.remove(at);
+                        }
+                        _ => {}
+                    }
+                }
+                read_all(&bytes).await;
+            });
+        }
+
+        #[test]
+        fn lengths_past_the_limit_are_refused_unread(extra in 1usize..(u32::MAX as usize - MAX_FRAME_BYTES)) {
+            let length = (MAX_FRAME_BYTES + extra) as u32;
+            let mut bytes = length.to_be_bytes().to_vec();
+            bytes.push(PROTOCOL_VERSION);
+            runtime().block_on(async {
+                let mut reader = bytes.as_slice();
+                let got = read_message::<StreamOpen, _>(&mut reader).await;
+                let refused = matches!(got, Err(CodecError::TooLarge { .. }));
+                prop_assert!(refused, "a length of {} was not refused", length);
+                Ok(())
+            })?;
+        }
+    }
+}

@@ -213,6 +213,7 @@ pub fn ensure_tenant(
         let tenant = Tenant {
             name: name.to_owned(),
             created_at_us: tariff_types::wire::unix_micros(),
+            budget: None,
         };
         match store.add_tenant(&tenant, &hash) {
             Ok(()) => {}

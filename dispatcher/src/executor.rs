@@ -84,13 +84,15 @@ impl Executor {
     }
 
     /// Runs `placement` to the end and returns its completion; `load` counts it meanwhile.
-    /// `classes` is the cluster's number of price classes.
+    /// `classes` is the cluster's number of price classes; `context` is added to the
+    /// function's environment besides the placement's own (where to call back, the CA).
     pub async fn execute(
         &self,
         placement: Placement,
         ticket: Ticket,
         load: &MachineLoad,
         classes: usize,
+        context: &[(String, String)],
     ) -> Completion {
         let span = tracing::info_span!(
             "run",
@@ -111,6 +113,11 @@ impl Executor {
                 0 => DEFAULT_RUN_TIMEOUT,
                 ms => Duration::from_millis(ms),
             },
+            env: placement
+                .env
+                .into_iter()
+                .chain(context.iter().cloned())
+                .collect(),
             function: placement.function,
             tenant: placement.tenant,
             payload: placement.payload,

@@ -47,26 +47,27 @@ pub fn machine_options(
                 .map(|(run, period)| format!("{run} of every {period} µs"))
                 .unwrap_or_else(|| "unknown".into());
             info!(
-                cpus = ?cpus,
+                cpus = ?cpus.functions,
+                real_time_cpus = ?cpus.real_time,
                 dispatcher_priority = rt::DISPATCHER_PRIORITY,
                 lowest_function_priority = rt::LOWEST_FUNCTION_PRIORITY,
                 rt_throttle = %throttle,
-                "machine scheduler: real-time (SCHED_FIFO by price class; the kernel preempts cheaper classes)"
+                "machine scheduler: real-time (SCHED_FIFO by price class, the cheapest class under SCHED_BATCH on every CPU; the kernel preempts cheaper classes)"
             );
         }
         SchedMode::ProcessorSharing => info!(
-            cpus = ?cpus,
+            cpus = ?cpus.functions,
             "machine scheduler: processor sharing (the Hermod baseline: class-blind, every function at once, time-shared by the kernel)"
         ),
         // Asked for with --no-rt it is a choice, not a problem; otherwise real time was not
         // available and the operator should know.
         SchedMode::UserSpace { reason } if no_rt => info!(
-            cpus = ?cpus,
+            cpus = ?cpus.functions,
             %reason,
             "machine scheduler: user-space ordering (at most one function per CPU, cheaper classes stopped with SIGSTOP while dearer ones run)"
         ),
         SchedMode::UserSpace { reason } => warn!(
-            cpus = ?cpus,
+            cpus = ?cpus.functions,
             %reason,
             "machine scheduler: user-space ordering (at most one function per CPU, cheaper classes stopped with SIGSTOP while dearer ones run)"
         ),
@@ -85,12 +86,13 @@ pub fn machine_options(
                 ),
                 Err(e) => warn!(error = %e, "could not clean stale instance cgroups"),
             }
-            match root.confine_cpus(&cpus) {
-                Ok(true) => info!(cpus = ?cpus, "functions confined by cpuset"),
+            match root.confine_cpus(&cpus.functions) {
+                Ok(true) => info!(cpus = ?cpus.functions, "functions confined by cpuset"),
                 Ok(false) => info!("no cpuset controller: functions confined by affinity only"),
                 Err(e) => warn!(error = %e, "cpuset confinement failed: affinity only"),
             }
             info!(version = ?root.version(), base = %base, "per-instance cgroups");
+            favor_dynamic_modifications();
             // Written down so an operator (or a test) can find and remove the subtree even
             // if this dispatcher is killed before it can clean up.
             let listing: String = root
@@ -122,13 +124,40 @@ pub fn machine_options(
         source,
     })?;
     Ok(MachineOptions {
-        cores: cpus.len(),
+        cores: cpus.functions.len(),
         mode,
         cpus,
         cgroups,
         user,
         work_root,
     })
+}
+
+/// Makes cgroup joins cheap on this host (the `favordynmods` mount option, see
+/// `tariff_machine_sched::cgroup::dynmods`): without it every launch that is not right behind
+/// another waits for an RCU grace period (8–16 ms measured) before its process may join its
+/// cgroups, which was most of an idle cluster's exec cold start. Logged plainly, because it
+/// changes a host-wide setting.
+fn favor_dynamic_modifications() {
+    use tariff_machine_sched::cgroup::dynmods::{self, Dynmods};
+    match dynmods::favor_dynamic_modifications() {
+        Ok(Some(Dynmods::AlreadyOn(mount))) => info!(
+            mount = %mount.display(),
+            "cgroup joins do not wait for RCU grace periods (favordynmods already on)"
+        ),
+        Ok(Some(Dynmods::TurnedOn(mount))) => info!(
+            mount = %mount.display(),
+            "turned on the cgroup mount option favordynmods for this host, so that a cold start's \
+             cgroup join does not wait for an RCU grace period (~10 ms); fork and exit take a \
+             slightly slower path"
+        ),
+        Ok(None) => {}
+        Err(e) => warn!(
+            error = %e,
+            "could not turn on favordynmods: cold starts that are not right behind another wait \
+             ~10 ms for an RCU grace period before joining their cgroups"
+        ),
+    }
 }
 
 /// A short, stable digest of a path (FNV-1a), for naming.

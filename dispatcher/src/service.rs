@@ -19,8 +19,8 @@ use tariff_cluster::metrics::{MetricsError, MetricsServer};
 use tariff_types::class::MAX_CLASSES;
 use tariff_types::policy::Policy;
 use tariff_types::wire::{
-    Completion, DispatcherHello, DispatcherToShard, IdleEntry, MachineLoad as LoadReport,
-    Placement, ShardToDispatcher, StreamOpen,
+    context_env, Completion, DispatcherHello, DispatcherToShard, IdleEntry,
+    MachineLoad as LoadReport, Placement, ShardToDispatcher, StreamOpen,
 };
 use tariff_types::ClassId;
 use tokio::sync::{mpsc, oneshot};
@@ -100,6 +100,8 @@ struct ShardHandle {
 struct Shared {
     options: DispatcherOptions,
     endpoint: quinn::Endpoint,
+    /// The cluster's CA certificate (PEM), passed to functions so they can call shards.
+    ca_pem: String,
     executor: Executor,
     load: MachineLoad,
     /// The warm set last sent to the shards.
@@ -216,6 +218,7 @@ impl Dispatcher {
             shards: Mutex::default(),
             next_seq: AtomicU64::new(1),
             endpoint,
+            ca_pem: cluster.ca_pem().to_owned(),
             classes: AtomicUsize::new(0),
             options,
         });
@@ -355,6 +358,12 @@ async fn session(shared: &Arc<Shared>, index: usize, addr: SocketAddr) -> Result
     }
     info!(shard = %addr, shard_id, "registered with shard");
     let (control, outbox) = mpsc::unbounded_channel::<DispatcherToShard>();
+    // What a function placed by this shard needs to call back into its chain: the address
+    // this dispatcher reached the shard at, and the CA to verify it.
+    let context = Arc::new(vec![
+        (context_env::SHARD.to_owned(), addr.to_string()),
+        (context_env::CA.to_owned(), shared.ca_pem.clone()),
+    ]);
     let mut lanes = Vec::new();
     for class in 0..known {
         let (mut lane_send, lane_recv) = conn.open_bi().await?;
@@ -364,7 +373,14 @@ async fn session(shared: &Arc<Shared>, index: usize, addr: SocketAddr) -> Result
         };
         codec::write_message(&mut lane_send, &open).await?;
         lanes.push(tokio::spawn(
-            serve_lane(shared.clone(), conn.clone(), lane_send, lane_recv).in_current_span(),
+            serve_lane(
+                shared.clone(),
+                conn.clone(),
+                lane_send,
+                lane_recv,
+                context.clone(),
+            )
+            .in_current_span(),
         ));
     }
     let queries: Arc<Mutex<HashMap<u64, oneshot::Sender<u32>>>> = Arc::default();
@@ -429,6 +445,7 @@ async fn serve_lane(
     conn: quinn::Connection,
     send: quinn::SendStream,
     mut recv: quinn::RecvStream,
+    context: Arc<Vec<(String, String)>>,
 ) {
     let (done, outbox) = mpsc::unbounded_channel::<Completion>();
     let writer = tokio::spawn(codec::forward(outbox, send).in_current_span());
@@ -440,12 +457,13 @@ async fn serve_lane(
                 let ticket = shared.executor.admit(&placement, classes);
                 let shared = shared.clone();
                 let done = done.clone();
+                let context = context.clone();
                 tokio::spawn(
                     async move {
                         let class = shared.class_name(placement.class.index());
                         let completion = shared
                             .executor
-                            .execute(placement, ticket, &shared.load, classes)
+                            .execute(placement, ticket, &shared.load, classes, &context)
                             .await;
                         shared.metrics.ran(class, &completion);
                         let _ = done.send(completion);

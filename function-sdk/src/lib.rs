@@ -27,6 +27,7 @@ use std::io::{self, BufWriter, Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+pub mod context;
 pub mod frame;
 pub mod http;
 

@@ -10,7 +10,7 @@ use http::{HeaderMap, StatusCode};
 use http_body_util::Full;
 use tariff_function::http::Response as FunctionResponse;
 
-use crate::status::{Failure, RETRY_AFTER};
+use crate::status::Failure;
 
 /// The header naming the invocation that produced a response (for finding it in shard logs
 /// and traces).
@@ -39,6 +39,12 @@ pub fn is_connection_header(name: &str) -> bool {
     CONNECTION_HEADERS
         .iter()
         .any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// `after` in whole seconds, rounded up (the header carries no fractions, and rounding down
+/// would ask the client back too soon).
+pub fn whole_seconds(after: Duration) -> u64 {
+    after.as_secs() + u64::from(after.subsec_nanos() > 0)
 }
 
 /// A whole HTTP response.
@@ -91,11 +97,8 @@ impl Reply {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         headers.insert(ERROR_HEADER, HeaderValue::from_static(failure.kind));
-        if failure.retry_after {
-            headers.insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(RETRY_AFTER.as_secs()),
-            );
+        if let Some(after) = failure.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(whole_seconds(after)));
         }
         if failure.status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

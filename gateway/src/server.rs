@@ -408,7 +408,7 @@ impl Shared {
                 let mut reply = accepted(id, StatusCode::ACCEPTED);
                 reply.headers.insert(
                     header::RETRY_AFTER,
-                    HeaderValue::from(crate::status::RETRY_AFTER.as_secs()),
+                    HeaderValue::from(crate::reply::whole_seconds(crate::status::RETRY_AFTER)),
                 );
                 Ok(reply)
             }

@@ -7,8 +7,11 @@
 //! * `UnknownFunction` and `BadClass` are **500**: the route exists, so the site's route table
 //!   names a function or class the cluster does not have. That is the operator's mistake, not
 //!   the client's (404 would tell it the page does not exist) nor the function's (502).
-//! * `Overloaded` is **503** with `Retry-After`: the shard sheds the cheapest class first, so
-//!   a 503 on a `batch` route while `critical` routes still answer is the design working.
+//! * `Overloaded` is **503** with `Retry-After` from the shard's own estimate (rounded up to
+//!   whole seconds): the shard sheds the cheapest class first, so a 503 on a `batch` route
+//!   while `critical` routes still answer is the design working.
+//! * `ChainTooDeep` is **508 Loop Detected** (RFC 5842): the function called functions
+//!   deeper than the cluster allows, which is most often a loop.
 //! * `OverBudget` is **429** with `Retry-After`: the caller (its tenant) must slow down.
 //! * No answer from any shard is **503** (nothing was queued); a connection that broke with
 //!   the request in flight is **502** (it may have run).
@@ -24,9 +27,9 @@ use tariff_cluster::client::ClientError;
 use tariff_types::tenant::AccessError;
 use tariff_types::wire::InvokeError;
 
-/// `Retry-After` on 429 and 503. The shard does not say when it will have room; one second
-/// is a few hundred invocations' worth of queue draining at the rates in docs/bench.md, and
-/// is the smallest value the header can carry.
+/// `Retry-After` on 429 and 503 when the shard gives no estimate of its own: one second is a
+/// few hundred invocations' worth of queue draining at the rates in docs/bench.md, and is
+/// the smallest value the header can carry.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// A refusal or failure, ready to become a response.
@@ -38,8 +41,8 @@ pub struct Failure {
     pub kind: &'static str,
     /// One line for the client.
     pub message: String,
-    /// Whether to send `Retry-After`.
-    pub retry_after: bool,
+    /// `Retry-After`, if it is sent.
+    pub retry_after: Option<Duration>,
 }
 
 impl Failure {
@@ -49,13 +52,18 @@ impl Failure {
             status,
             kind,
             message: message.into(),
-            retry_after: false,
+            retry_after: None,
         }
     }
 
-    /// This failure with `Retry-After`.
-    pub fn with_retry(mut self) -> Self {
-        self.retry_after = true;
+    /// This failure with `Retry-After: 1` ([`RETRY_AFTER`]).
+    pub fn with_retry(self) -> Self {
+        self.retry_after_by(RETRY_AFTER)
+    }
+
+    /// This failure with `Retry-After` of `after`.
+    pub fn retry_after_by(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
         self
     }
 }
@@ -70,9 +78,13 @@ pub fn for_invoke_error(error: &InvokeError) -> Failure {
         E::Forbidden(_) => f(StatusCode::FORBIDDEN, error.to_string()),
         E::PayloadTooLarge { .. } => f(StatusCode::PAYLOAD_TOO_LARGE, error.to_string()),
         E::OverBudget(_) => f(StatusCode::TOO_MANY_REQUESTS, error.to_string()).with_retry(),
-        E::Overloaded { .. } | E::ShuttingDown => {
-            f(StatusCode::SERVICE_UNAVAILABLE, error.to_string()).with_retry()
-        }
+        E::Overloaded { retry_after_ms, .. } => f(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the cluster is shedding load; retry later".into(),
+        )
+        .retry_after_by(Duration::from_millis(*retry_after_ms).max(RETRY_AFTER)),
+        E::ShuttingDown => f(StatusCode::SERVICE_UNAVAILABLE, error.to_string()).with_retry(),
+        E::ChainTooDeep { .. } => f(StatusCode::LOOP_DETECTED, error.to_string()),
         E::TimedOut(_) | E::Cancelled => f(StatusCode::GATEWAY_TIMEOUT, error.to_string()),
         E::UnknownFunction(_) | E::BadClass(_) => f(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -124,6 +136,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn shedding_passes_on_the_shards_retry_estimate() {
+        let overloaded = |retry_after_ms| InvokeError::Overloaded {
+            queued: 9,
+            limit: 8,
+            retry_after_ms,
+        };
+        let retry = |ms| for_invoke_error(&overloaded(ms)).retry_after;
+        assert_eq!(retry(2_500), Some(Duration::from_millis(2_500)));
+        assert_eq!(retry(0), Some(RETRY_AFTER));
+    }
+
+    #[test]
     fn every_invoke_error_has_its_documented_status() {
         use InvokeError as E;
         let cases = [
@@ -135,10 +159,12 @@ mod tests {
                 E::Overloaded {
                     queued: 2,
                     limit: 1,
+                    retry_after_ms: 2_500,
                 },
                 503,
                 true,
             ),
+            (E::ChainTooDeep { depth: 9, limit: 8 }, 508, false),
             (E::ShuttingDown, 503, true),
             (E::TimedOut(5), 504, false),
             (E::Cancelled, 504, false),
@@ -159,7 +185,7 @@ mod tests {
         for (error, status, retry) in cases {
             let failure = for_invoke_error(&error);
             assert_eq!(failure.status.as_u16(), status, "{error:?}");
-            assert_eq!(failure.retry_after, retry, "{error:?}");
+            assert_eq!(failure.retry_after.is_some(), retry, "{error:?}");
             assert_eq!(failure.kind, error.kind());
             assert!(!failure.message.contains("secret detail"));
         }

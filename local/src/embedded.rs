@@ -23,6 +23,16 @@ use tariff_types::{FunctionSpec, PriceClasses};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// Shard `i`'s id in the embedded cluster `dir_name`: the name's hash in the high byte, so
+/// the embedded clusters sharing one cluster store (`tariff local`, each policy of a bench
+/// run) publish their spend under ids of their own.
+fn shard_id(dir_name: &str, i: usize) -> u16 {
+    let hash = dir_name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    ((hash as u16) & 0xff00) | (i as u16 + 1)
+}
+
 /// How long to wait for every dispatcher to register with every shard.
 const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long each server task gets to stop.
@@ -48,6 +58,13 @@ pub struct LocalClusterConfig {
     /// The tenant made (if missing) and owning `functions`; its token is kept in the cluster
     /// directory's token file for it, where the CLI finds it.
     pub tenant: String,
+    /// Other tenants to make, with their monthly budgets; the functions are shared with them.
+    pub other_tenants: Vec<(String, Option<f64>)>,
+    /// The budget of `tenant` (none: unlimited).
+    pub budget: Option<f64>,
+    /// Start from nothing: remove the servers' files (their ledgers) and the spend their
+    /// shards published, so budgets apply to this run alone (the harness's runs).
+    pub fresh: bool,
     /// Sub-directory of the cluster directory for the servers' files.
     pub dir_name: String,
     /// Serve Prometheus metrics from every shard and dispatcher, each on a port of its own
@@ -59,8 +76,12 @@ pub struct LocalClusterConfig {
 pub struct LocalCluster {
     /// The shards' addresses.
     pub shard_addrs: Vec<SocketAddr>,
-    /// Distinct CPUs the dispatchers run functions on.
+    /// Distinct CPUs the dispatchers run functions on (the cheapest class uses them all).
     pub function_cpus: BTreeSet<usize>,
+    /// Distinct CPUs the dispatchers run real-time functions on: a normal-priority thread
+    /// there waits behind them; elsewhere it only shares the CPU fairly with the cheapest class
+    /// (`SCHED_BATCH`).
+    pub real_time_cpus: BTreeSet<usize>,
     /// The price classes.
     pub classes: PriceClasses,
     /// Where the servers keep their files.
@@ -69,6 +90,8 @@ pub struct LocalCluster {
     pub metrics_addrs: Vec<(String, SocketAddr)>,
     /// The token of the configured tenant.
     pub token: Token,
+    /// The tokens of every tenant made, by name (the configured one included).
+    pub tokens: std::collections::BTreeMap<String, Token>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -83,13 +106,44 @@ impl LocalCluster {
             SqliteStore::open(&cluster.store_path()).context("opening the embedded store")?,
         );
         tariff_cluster::tenancy::ensure_admin(cluster.dir(), store.as_ref())?;
+        let dir = cluster.dir().join(&config.dir_name);
+        let shard_ids: Vec<u16> = (0..config.shards)
+            .map(|i| shard_id(&config.dir_name, i))
+            .collect();
+        if config.fresh {
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("removing {}", dir.display()))?;
+            }
+            for &id in &shard_ids {
+                store.clear_spend(id)?;
+            }
+        }
         let token = ensure_tenant(cluster.dir(), store.as_ref(), &config.tenant)?;
+        store.set_tenant_budget(&config.tenant, config.budget)?;
+        let mut tokens = std::collections::BTreeMap::new();
+        tokens.insert(config.tenant.clone(), token.clone());
+        for (name, budget) in &config.other_tenants {
+            tokens.insert(
+                name.clone(),
+                ensure_tenant(cluster.dir(), store.as_ref(), name)?,
+            );
+            store.set_tenant_budget(name, *budget)?;
+        }
         for spec in &config.functions {
             let mut spec = spec.clone();
             spec.owner = config.tenant.clone();
+            spec.shared_with = config
+                .other_tenants
+                .iter()
+                .map(|(n, _)| n.clone())
+                .collect();
             let expect = match store.function(&spec.name)? {
                 None => Expect::Absent,
-                Some(current) if current.owner == config.tenant => Expect::Version(current.version),
+                // An empty owner: deployed before tenants existed; the examples' tenant adopts it.
+                Some(current) if current.owner == config.tenant || current.owner.is_empty() => {
+                    Expect::Version(current.version)
+                }
                 Some(current) => {
                     tracing::warn!(
                         function = %spec.name,
@@ -105,22 +159,23 @@ impl LocalCluster {
         let until_stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|&s| s).await;
         };
-        let dir = cluster.dir().join(&config.dir_name);
         let classes = PriceClasses::default();
         let mut shard_addrs = Vec::new();
         let mut tasks = Vec::new();
         let mut function_cpus = BTreeSet::new();
+        let mut real_time_cpus = BTreeSet::new();
         let mut metrics_addrs = Vec::new();
         let metrics_addr = || config.metrics.then(|| ([127, 0, 0, 1], 0).into());
-        for i in 0..config.shards {
+        for (i, &shard_id) in shard_ids.iter().enumerate() {
             let options = ShardOptions {
                 listen: ([127, 0, 0, 1], 0).into(),
                 data_dir: dir.join(format!("shard-{i}")),
-                shard_id: i as u16 + 1,
+                shard_id,
                 classes: classes.clone(),
                 policy: ShardConfig::for_policy(config.policy),
                 peers: Vec::new(),
                 max_payload_bytes: tariff_scheduler::server::DEFAULT_MAX_PAYLOAD_BYTES,
+                memory_price: tariff_types::billing::DEFAULT_MEMORY_PRICE,
                 default_timeout: tariff_scheduler::server::DEFAULT_TIMEOUT,
                 metrics: metrics_addr(),
                 slow_threshold: tariff_scheduler::trace::DEFAULT_SLOW_THRESHOLD,
@@ -152,7 +207,8 @@ impl LocalCluster {
                 &options.data_dir,
                 &options.machine,
             )?;
-            function_cpus.extend(machine.cpus.iter().copied());
+            function_cpus.extend(machine.cpus.functions.iter().copied());
+            real_time_cpus.extend(machine.cpus.real_time.iter().copied());
             let name = options.machine.clone();
             let dispatcher = Dispatcher::new(cluster, options, MachineScheduler::new(machine))?;
             if let Some(addr) = dispatcher.metrics_addr() {
@@ -163,10 +219,12 @@ impl LocalCluster {
         let local = Self {
             shard_addrs,
             function_cpus,
+            real_time_cpus,
             classes,
             dir,
             metrics_addrs,
             token,
+            tokens,
             stop,
             tasks,
         };

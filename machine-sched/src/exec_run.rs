@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tariff_types::wire::RunReport;
+use tracing::debug;
 
 use crate::job::{Job, JobError};
 use crate::parts::Parts;
@@ -26,14 +27,18 @@ pub(crate) async fn run_exec(
     let provision = Arc::clone(&machine.provision);
     let name = provision.new_instance_name();
     let launch_job = job.clone();
+    let turn_us = micros_since(arrived);
     // Directories, cgroups and fork happen off the real-time path (see `off_real_time`).
     let launched = off_real_time(provision.spawn_cpus().to_vec(), move || {
+        let on_launch_thread = Instant::now();
+        let queued_us = micros_since(arrived);
         let Prepared {
-            spec,
+            mut spec,
             cgroup,
             work_dir,
             confining,
         } = provision.prepare(&name, &launch_job.function)?;
+        spec.env.extend(launch_job.env.iter().cloned());
         let cpu_before = cgroup
             .as_ref()
             .and_then(|cg| cg.cpu_usage_us().ok())
@@ -44,11 +49,17 @@ pub(crate) async fn run_exec(
             timeout: launch_job.timeout,
             max_output: launch_job.max_output,
         };
+        let prepare_us = micros_since(on_launch_thread);
         let spawned = crate::process::spawn(request);
-        Ok((spawned, cgroup, work_dir, confining, cpu_before))
+        let launch = LaunchTimes {
+            queued_us,
+            prepare_us,
+            spawn_us: micros_since(on_launch_thread) - prepare_us,
+        };
+        Ok((spawned, cgroup, work_dir, confining, cpu_before, launch))
     })
     .await?;
-    let (spawned, cgroup, work_dir, confining, cpu_before) = launched;
+    let (spawned, cgroup, work_dir, confining, cpu_before, launch) = launched;
     let result = match spawned {
         Err(e) => Err(JobError::from(e)),
         Ok(process) => {
@@ -57,22 +68,39 @@ pub(crate) async fn run_exec(
             // the function CPUs, queued behind its class in the order of raising (never
             // running real-time on a spawn CPU in between, where it could be migrated
             // later and land out of turn).
-            machine.priority.confine(pid, &confining);
+            machine.priority.confine(pid, &confining, job);
             machine.priority.raise(pid, cgroup.as_ref(), job);
             drop(turn);
             if let Some(gate) = &machine.gate {
                 gate.attach(job.id, pid);
             }
             let start_us = micros_since(arrived);
+            debug!(
+                pid,
+                start_us,
+                turn_us,
+                launch_queued_us = launch.queued_us,
+                prepare_us = launch.prepare_us,
+                spawn_us = launch.spawn_us,
+                "exec function started"
+            );
             machine
                 .running
                 .insert(job.id, pid, Cancel::Exec(process.handle()));
-            let outcome = process.wait().await;
+            // Memory is billed by its integral over the run (`meter`), read from the
+            // instance's cgroup, else from the process's resident set.
+            let (outcome, memory_byte_ms) =
+                crate::meter::metered(process.wait(), || match &cgroup {
+                    Some(cg) => cg.memory_current().ok(),
+                    None => Some(crate::memory::resident_bytes(pid)),
+                })
+                .await;
             if let Some(gate) = &machine.gate {
                 gate.detach(job.id);
             }
             outcome.map_err(JobError::from).map(|mut report| {
                 report.start_us = start_us;
+                report.memory_byte_ms = memory_byte_ms;
                 // The cgroup also counts what the function's children used; the process's
                 // rusage only what it waited for.
                 if let Some(cpu_us) = cgroup
@@ -96,6 +124,17 @@ pub(crate) async fn run_exec(
     };
     machine.provision.retire(cgroup, work_dir);
     result
+}
+
+/// Where an exec cold start's time went, for the debug log: the arrival to the launch thread
+/// (turn and blocking-pool hand-off), housing (cgroup, working directory), and `fork`+`exec`.
+struct LaunchTimes {
+    /// Arrival on the machine to the launch thread starting.
+    queued_us: u64,
+    /// Cgroup and working directory.
+    prepare_us: u64,
+    /// Fork, joining cgroups, exec.
+    spawn_us: u64,
 }
 
 /// Microseconds from `since` to now, saturating.

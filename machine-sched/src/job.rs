@@ -31,6 +31,10 @@ pub struct Job {
     /// The tenant invoking it. Warm instances are kept per tenant as well as per function,
     /// so a function shared between tenants never serves two of them from one process.
     pub tenant: String,
+    /// The invocation's context (`TARIFF_INVOCATION`, ...), so the function can call others
+    /// as part of its chain: added to a one-shot process's environment, written to a
+    /// persistent instance's context file for the call (`context_file`).
+    pub env: Vec<(String, String)>,
     /// stdin / request bytes.
     pub payload: Vec<u8>,
     /// Wall-clock limit.

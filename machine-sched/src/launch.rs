@@ -138,12 +138,17 @@ impl LaunchSpec {
             .collect::<Result<Vec<_>, _>>()?;
         let user = self.user;
         let spawn_cpus = cpu_set(&self.spawn_cpus);
-        if !files.is_empty() || user.is_some() || spawn_cpus.is_some() {
+        {
             // SAFETY: the closure runs in the forked child before exec and only makes
-            // async-signal-safe calls (sched_setaffinity, open, write, close, setgroups,
-            // setgid, setuid) on memory prepared before the fork.
+            // async-signal-safe calls (setpriority, sched_setaffinity, open, write, close,
+            // setgroups, setgid, setuid) on memory prepared before the fork.
             unsafe {
                 cmd.pre_exec(move || {
+                    // The launching thread runs at a strong nice value; the function starts
+                    // at the default one.
+                    if libc::setpriority(libc::PRIO_PROCESS, 0, 0) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
                     if let Some(set) = &spawn_cpus {
                         if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set)
                             != 0

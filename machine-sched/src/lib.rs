@@ -7,6 +7,7 @@
 //! the modules behind it, one concern each.
 
 pub mod cgroup;
+pub mod context_file;
 mod exec_run;
 pub mod gate;
 mod instance_pool;
@@ -15,6 +16,7 @@ pub mod job;
 pub mod launch;
 pub mod machine;
 pub mod memory;
+pub mod meter;
 mod parts;
 pub mod persistent;
 mod persistent_run;

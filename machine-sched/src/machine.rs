@@ -40,7 +40,7 @@ use crate::parts::Parts;
 use crate::persistent_run::run_persistent;
 use crate::priority::Priority;
 use crate::provision::Provisioner;
-use crate::rt::{self, SchedMode};
+use crate::rt::{self, FunctionCpus, SchedMode};
 use crate::running::Running;
 use crate::turns::Turns;
 
@@ -59,12 +59,13 @@ const SHUTDOWN_POLL: Duration = Duration::from_millis(10);
 /// How this machine runs functions.
 #[derive(Debug)]
 pub struct MachineOptions {
-    /// Functions running at once (user-space mode) and CPUs they are confined to.
+    /// Functions running at once (user-space mode).
     pub cores: usize,
     /// How class order is enforced.
     pub mode: SchedMode,
-    /// CPUs function processes are confined to.
-    pub cpus: Vec<usize>,
+    /// CPUs function processes are confined to: every function CPU, and the real-time
+    /// classes' subset ([`rt::function_cpus`]).
+    pub cpus: FunctionCpus,
     /// Per-instance cgroups, when available.
     pub cgroups: Option<CgroupRoot>,
     /// `(uid, gid)` functions run as, when the dispatcher is root.
@@ -96,9 +97,12 @@ impl MachineScheduler {
             SchedMode::RealTime | SchedMode::ProcessorSharing => None,
             SchedMode::UserSpace { .. } => Some(Gate::new(cores, tariff_types::class::MAX_CLASSES)),
         };
+        // Launches run where no real-time function does: the cheapest class may share those
+        // CPUs, but at the launch threads' strong nice value (rt::LAUNCH_NICE) a launch is
+        // barely delayed by it.
         let spawn_cpus: Vec<usize> = rt::allowed_cpus()
             .into_iter()
-            .filter(|cpu| !cpus.contains(cpu))
+            .filter(|cpu| !cpus.real_time.contains(cpu))
             .collect();
         Arc::new(Self {
             turns: Turns::new(tariff_types::class::MAX_CLASSES),
@@ -164,6 +168,8 @@ impl MachineScheduler {
     ) -> Result<RunReport, JobError> {
         let arrived = Instant::now();
         let mut turn = Some(self.turns.turn(ticket).await);
+        // Taken while the turn is held, so the cheapest class keeps its arrival order.
+        let _cpu = self.parts.priority.hold_cpu(&job).await;
         if let Some(gate) = &self.parts.gate {
             // In user-space mode the run queue keeps the order from here on.
             let started = gate.arrive(job.id, job.class.0);

@@ -66,11 +66,26 @@ pub(crate) async fn run_persistent(
     machine
         .running
         .insert(job.id, pid, Cancel::Persistent(instance.process.handle()));
-    let answer = instance
-        .process
-        .call(&job.payload, job.timeout, job.max_output)
-        .await;
+    if !job.env.is_empty() {
+        if let Err(e) = crate::context_file::write(&instance.work_dir, &job.env) {
+            debug!(instance = %instance.name, error = %e, "could not write the invocation context");
+        }
+    }
+    let cgroup = instance.cgroup.as_ref();
+    let (answer, memory_byte_ms) = crate::meter::metered(
+        instance
+            .process
+            .call(&job.payload, job.timeout, job.max_output),
+        || match cgroup {
+            Some(cg) => cg.memory_current().ok(),
+            None => Some(crate::memory::resident_bytes(pid)),
+        },
+    )
+    .await;
     let finished_at_us = unix_micros();
+    if !job.env.is_empty() {
+        crate::context_file::remove(&instance.work_dir);
+    }
     if let Some(gate) = &machine.gate {
         gate.detach(job.id);
     }
@@ -95,6 +110,7 @@ pub(crate) async fn run_persistent(
             finished_at_us,
             peak_memory_bytes,
             cpu_time_us,
+            memory_byte_ms,
             cold_start,
             start_us,
             preempted_us,
@@ -132,11 +148,18 @@ fn start_instance(machine: &Parts, job: &Job, keep_alive: Duration) -> Result<In
     let function = &job.function;
     let name = machine.provision.new_instance_name();
     let Prepared {
-        spec,
+        mut spec,
         cgroup,
         work_dir,
         confining,
     } = machine.provision.prepare(&name, function)?;
+    // Each call's invocation context is written to this file (`context_file`).
+    spec.env.push((
+        crate::context_file::CONTEXT_FILE_ENV.to_owned(),
+        crate::context_file::path(&work_dir)
+            .to_string_lossy()
+            .into_owned(),
+    ));
     let process = match PersistentProcess::spawn(&spec) {
         Ok(process) => process,
         Err(e) => {
@@ -144,7 +167,7 @@ fn start_instance(machine: &Parts, job: &Job, keep_alive: Duration) -> Result<In
             return Err(StartError::from(e).into());
         }
     };
-    machine.priority.confine(process.pid(), &confining);
+    machine.priority.confine(process.pid(), &confining, job);
     machine.priority.raise(process.pid(), cgroup.as_ref(), job);
     info!(instance = %name, function = %function.name, pid = process.pid(), "instance started");
     Ok(Instance {

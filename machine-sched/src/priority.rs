@@ -1,34 +1,75 @@
-//! Who runs at which priority, on which CPUs: confining a fresh function process to the
-//! function CPUs, raising it to its class's `SCHED_FIFO` priority, lowering an idle instance,
-//! and moving launch work off real-time priority ([`off_real_time`]).
+//! Who runs at which priority, on which CPUs: confining a fresh function process to its
+//! class's CPUs, raising it to its class's scheduling (a paying class's `SCHED_FIFO` priority
+//! on the real-time CPUs; the cheapest class's `SCHED_BATCH` on every function CPU), lowering
+//! an idle instance, and moving launch work off real-time priority ([`off_real_time`]).
 //!
 //! In [`SchedMode::RealTime`] this is how the kernel enforces class order; in the other modes
 //! raising and lowering do nothing (the [`crate::gate::Gate`] orders user-space mode), but
-//! confinement still applies.
+//! confinement to the function CPUs still applies.
 
 use std::path::PathBuf;
 
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::{debug, warn};
 
 use crate::cgroup::InstanceCgroup;
 use crate::job::{Job, JobError, StartError};
-use crate::rt::{self, SchedMode};
+use crate::rt::{self, FunctionCpus, SchedMode};
 
 /// The machine's priority settings: the mode in force and the CPUs functions run on.
 #[derive(Debug)]
 pub(crate) struct Priority {
     /// How class order is enforced.
     mode: SchedMode,
-    /// CPUs function processes are confined to.
-    function_cpus: Vec<usize>,
+    /// CPUs function processes are confined to: all of them for the cheapest class, the
+    /// real-time ones for the others (in real-time mode).
+    cpus: FunctionCpus,
+    /// One permit per function CPU, taken by each cheapest-class run in real-time mode (see
+    /// [`Priority::hold_cpu`]).
+    cheapest_cpus: Semaphore,
 }
 
+/// A cheapest-class run's hold on one function CPU; released when dropped.
+pub(crate) type CpuHold<'a> = Option<SemaphorePermit<'a>>;
+
 impl Priority {
-    /// Settings for `mode`, with functions on `function_cpus`.
-    pub(crate) fn new(mode: SchedMode, function_cpus: Vec<usize>) -> Self {
+    /// Settings for `mode`, with functions on `cpus`.
+    pub(crate) fn new(mode: SchedMode, cpus: FunctionCpus) -> Self {
+        let permits = cpus.functions.len().max(1);
         Self {
             mode,
-            function_cpus,
+            cpus,
+            cheapest_cpus: Semaphore::new(permits),
+        }
+    }
+
+    /// Waits until `job` may run, if it is of the cheapest class in real-time mode: at most
+    /// one such run per function CPU, served in the order of asking.
+    ///
+    /// `SCHED_BATCH` has no first-come-first-served order of its own: the kernel would
+    /// time-share every cheapest-class run a machine admits (its `--slots` may exceed its
+    /// CPUs), and all would finish late together. Taking a CPU in turn (the caller holds its
+    /// class's turn while it waits, and the semaphore is fair) keeps the class's arrival
+    /// order, as `SCHED_FIFO` does for the others. Other jobs and modes pass at once.
+    pub(crate) async fn hold_cpu(&self, job: &Job) -> CpuHold<'_> {
+        if self.mode != SchedMode::RealTime || rt::runs_real_time(job.class, job.classes) {
+            return None;
+        }
+        // The semaphore is never closed.
+        self.cheapest_cpus.acquire().await.ok()
+    }
+
+    /// Whether `job` runs under `SCHED_FIFO`: a paying class in real-time mode.
+    fn real_time(&self, job: &Job) -> bool {
+        self.mode == SchedMode::RealTime && rt::runs_real_time(job.class, job.classes)
+    }
+
+    /// The CPUs `job`'s process may run on.
+    fn cpus_for(&self, job: &Job) -> &[usize] {
+        if self.real_time(job) {
+            &self.cpus.real_time
+        } else {
+            &self.cpus.functions
         }
     }
 
@@ -38,28 +79,45 @@ impl Priority {
     }
 
     /// Confines a fresh process (already exec'd, about to be raised) to the function CPUs:
-    /// joins the confining cgroups held back at launch, and sets its threads' affinity.
-    pub(crate) fn confine(&self, pid: i32, confining: &[PathBuf]) {
+    /// joins the confining cgroups held back at launch, and sets its threads' affinity to
+    /// `job`'s class's CPUs.
+    pub(crate) fn confine(&self, pid: i32, confining: &[PathBuf], job: &Job) {
         for file in confining {
             if let Err(e) = std::fs::write(file, pid.to_string()) {
                 debug!(pid, file = %file.display(), error = %e, "could not join a confining cgroup");
             }
         }
+        let cpus = self.cpus_for(job);
         for tid in rt::threads_of(pid) {
-            if let Err(e) = rt::set_affinity(tid, &self.function_cpus) {
+            if let Err(e) = rt::set_affinity(tid, cpus) {
                 debug!(pid, error = %e, "could not set affinity");
             }
         }
     }
 
-    /// Raises every thread of an instance to the class's priority (real-time mode).
+    /// Moves every thread of an instance onto its class's CPUs and scheduling (real-time
+    /// mode): a paying class to its `SCHED_FIFO` priority on the real-time CPUs, the cheapest
+    /// class to `SCHED_BATCH` on every function CPU. The affinity is set first, so a thread
+    /// becomes real-time already where it will run. A warm instance may serve any class, so
+    /// this is done for every call.
     pub(crate) fn raise(&self, pid: i32, cgroup: Option<&InstanceCgroup>, job: &Job) {
         if self.mode != SchedMode::RealTime {
             return;
         }
+        let tids = threads(pid, cgroup);
+        let cpus = self.cpus_for(job);
+        let real_time = self.real_time(job);
         let priority = rt::function_priority(job.class, job.classes);
-        if let Err(e) = rt::set_fifo_all(&threads(pid, cgroup), priority) {
-            warn!(pid, priority, error = %e, "could not raise the function to SCHED_FIFO");
+        let set = rt::set_all(&tids, |tid| {
+            rt::set_affinity(tid, cpus)?;
+            if real_time {
+                rt::set_fifo(tid, priority)
+            } else {
+                rt::set_batch(tid)
+            }
+        });
+        if let Err(e) = set {
+            warn!(pid, priority, real_time, error = %e, "could not set the function's scheduling");
         }
     }
 
@@ -96,6 +154,8 @@ pub(crate) async fn off_real_time<T: Send + 'static>(
 ) -> Result<T, JobError> {
     tokio::task::spawn_blocking(move || {
         leave_function_cpus(&cpus);
+        // A launch is on a call's path: ahead of the host's ordinary work (see LAUNCH_NICE).
+        rt::set_nice(rt::LAUNCH_NICE);
         work()
     })
     .await
@@ -107,6 +167,7 @@ pub(crate) async fn off_real_time<T: Send + 'static>(
 /// as long as the kernel lets them run (tens of milliseconds measured here).
 pub(crate) fn leave_function_cpus(cpus: &[usize]) {
     let _ = rt::set_normal(0);
+    rt::set_nice(0);
     if !cpus.is_empty() {
         let _ = rt::set_affinity(0, cpus);
     }

@@ -340,6 +340,8 @@ impl RunningProcess {
             finished_at_us: exit.finished_at_us,
             peak_memory_bytes: exit.peak_memory_bytes,
             cpu_time_us: exit.cpu_time_us,
+            // Sampled by the machine scheduler while it waits for the process (`meter`).
+            memory_byte_ms: 0,
             // A one-shot run always starts a process.
             cold_start: true,
             // Known only to the machine scheduler, which saw the job arrive.

@@ -1,20 +1,24 @@
 //! Real-time priorities and CPU confinement: how a price class becomes a kernel priority.
 //!
-//! Every function process runs under `SCHED_FIFO` at a priority derived from its invocation's
-//! class, so the kernel preempts a cheaper class the moment a dearer one becomes runnable, and
-//! runs equal priorities first come, first served. The dispatcher's own threads run above every
-//! function priority (with `SCHED_RESET_ON_FORK`, so the processes they start begin as normal
-//! tasks) and are never starved by the functions they manage.
+//! Every paying class's function process runs under `SCHED_FIFO` at a priority derived from its
+//! invocation's class, so the kernel preempts a cheaper class the moment a dearer one becomes
+//! runnable, and runs equal priorities first come, first served. The cheapest class runs as a
+//! normal task (`SCHED_BATCH`) on every function CPU ([`runs_real_time`]): every real-time class
+//! preempts it, it cannot starve the kernel, and so it may keep the CPUs busy that real-time
+//! functions must leave alone. The dispatcher's own threads run above every function priority (with
+//! `SCHED_RESET_ON_FORK`, so the processes they start begin as normal tasks) and are never
+//! starved by the functions they manage.
 //!
 //! Three kernel facts shape this module (measured on these machines, see MACHINE-NOTES):
 //! - **RT throttling** (`kernel.sched_rt_runtime_us` = 950000 of 1000000): once real-time
 //!   tasks use 95 % of a period, *all* of them wait, the top class included. Confining
-//!   functions to fewer CPUs than the host has ([`function_cpus`]) keeps the rest of the
-//!   machine, and the throttle's budget, out of their reach.
+//!   real-time functions to fewer CPUs than the host has ([`function_cpus`]) keeps the rest of
+//!   the machine, and the throttle's budget, out of their reach.
 //! - **Priority inversion in fork/exec/exit**: these take memory-management locks without
 //!   priority inheritance, and kernel threads starved by real-time load may hold them for
 //!   seconds. So processes are spawned at normal priority and raised only after `exec`, warm
-//!   instances are preferred, and at least one CPU is left to CFS and kernel threads.
+//!   instances are preferred, and at least one CPU is kept from real-time functions (the
+//!   cheapest class, a normal task, still uses it).
 //! - **CONFIG_RT_GROUP_SCHED**: a task in a `cpu` cgroup without an RT budget cannot become
 //!   real-time (EPERM). Instances are never put in `cpu` cgroups (see `cgroup`), and
 //!   [`probe`] reports such a dispatcher cgroup as the reason for falling back.
@@ -81,6 +85,42 @@ pub fn set_normal(tid: i32) -> io::Result<()> {
     set_scheduler(tid, libc::SCHED_OTHER, 0)
 }
 
+/// Nice value of the dispatcher's launch threads (working directory, cgroups, `fork`): the
+/// strongest normal-priority weight, so a cold start is not kept waiting by whatever else
+/// runs at normal priority on the launch CPUs (a build on a shared host delayed launches by a
+/// CFS slice or more). Launches stay out of real time for the reasons in the module header;
+/// the launched process is returned to nice 0 before `exec` (`launch`).
+pub const LAUNCH_NICE: i32 = -20;
+
+/// Sets the calling thread's nice value (Linux applies `PRIO_PROCESS` with who = 0 to the
+/// calling thread). Best effort: an unprivileged dispatcher may not lower it, and then keeps
+/// its own.
+pub fn set_nice(nice: i32) {
+    // SAFETY: a plain syscall without pointers.
+    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+}
+
+/// Puts thread `tid` under `SCHED_BATCH`: a normal (CFS) task at its nice value, marked
+/// CPU-bound, so its wake-ups do not preempt other tasks (the cheapest class, see
+/// [`runs_real_time`]).
+pub fn set_batch(tid: i32) -> io::Result<()> {
+    set_scheduler(tid, libc::SCHED_BATCH, 0)
+}
+
+/// Applies `set` to every thread in `tids`, ignoring threads that have exited meanwhile.
+/// Returns how many were set.
+pub fn set_all(tids: &[i32], set: impl Fn(i32) -> io::Result<()>) -> io::Result<usize> {
+    let mut done = 0;
+    for &tid in tids {
+        match set(tid) {
+            Ok(()) => done += 1,
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
 /// Raises the calling thread to the dispatcher's priority, with reset-on-fork so that the
 /// function processes it starts begin as normal tasks. Call it on every runtime thread.
 pub fn raise_current_thread() -> io::Result<()> {
@@ -94,15 +134,7 @@ pub fn raise_current_thread() -> io::Result<()> {
 /// Sets every thread in `tids` to `SCHED_FIFO` at `priority`, ignoring threads that have
 /// exited meanwhile. Returns how many were set.
 pub fn set_fifo_all(tids: &[i32], priority: i32) -> io::Result<usize> {
-    let mut set = 0;
-    for &tid in tids {
-        match set_fifo(tid, priority) {
-            Ok(()) => set += 1,
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(set)
+    set_all(tids, |tid| set_fifo(tid, priority))
 }
 
 /// Thread ids of process `pid` (from `/proc/PID/task`).
@@ -192,37 +224,80 @@ pub fn set_affinity(tid: i32, cpus: &[usize]) -> io::Result<()> {
     }
 }
 
-/// The CPUs functions are confined to, chosen from `allowed`: the `cores` highest-numbered
-/// ones, so that CPU 0 (where interrupts and most kernel threads land) stays with CFS. In
-/// real-time mode at least one allowed CPU is always left out: real-time functions on every
-/// CPU can stall the kernel threads that fork, exec and exit depend on. The second value
-/// explains any reduction.
+/// Which CPUs functions run on: every class on `functions`, the real-time (paying) classes only
+/// on `real_time`, a subset of it (see [`runs_real_time`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionCpus {
+    /// CPUs any function may run on: the cheapest class, outside real time, uses all of them.
+    pub functions: Vec<usize>,
+    /// CPUs the real-time classes are confined to. In real-time mode never every CPU of the
+    /// host, so kernel threads and normal tasks always have a CPU no real-time function takes.
+    pub real_time: Vec<usize>,
+}
+
+/// The CPUs functions run on, chosen from `allowed`: the `cores` highest-numbered ones, so
+/// that CPU 0 (where interrupts and most kernel threads land) is the last a function gets.
+///
+/// In real-time mode the real-time classes get at least one allowed CPU fewer than the
+/// functions: real-time functions on every CPU can stall the kernel threads that fork, exec
+/// and exit depend on (MACHINE-NOTES: stalls of seconds). The cheapest class runs outside
+/// real time ([`runs_real_time`]), so it may use every CPU and keep the whole machine at work.
+/// The second value explains any reduction.
 pub fn function_cpus(
     allowed: &[usize],
     cores: usize,
     real_time: bool,
-) -> (Vec<usize>, Option<String>) {
+) -> (FunctionCpus, Option<String>) {
     let mut cpus: Vec<usize> = allowed.to_vec();
     cpus.sort_unstable();
-    let limit = if real_time && cpus.len() > 1 {
-        cpus.len() - 1
+    let take = cores.clamp(1, cpus.len().max(1));
+    let functions = cpus.split_off(cpus.len().saturating_sub(take));
+    let real_time_limit = if real_time && allowed.len() > 1 {
+        allowed.len() - 1
     } else {
-        cpus.len()
+        allowed.len()
     };
-    let take = cores.clamp(1, limit.max(1));
-    let note = (take < cores).then(|| {
-        if real_time && cores >= cpus.len() {
-            format!(
-                "--cores {cores}: real-time functions get {take} of the host's {} CPUs; one is \
-                 left to the kernel, the dispatcher and normal tasks",
-                cpus.len()
-            )
-        } else {
-            format!("--cores {cores}: only {} CPUs are available", cpus.len())
-        }
-    });
-    let chosen = cpus.split_off(cpus.len() - take);
-    (chosen, note)
+    let rt_take = functions.len().min(real_time_limit.max(1));
+    let real_time_cpus = functions[functions.len() - rt_take..].to_vec();
+    let note = if take < cores {
+        Some(format!(
+            "--cores {cores}: only {} CPUs are available",
+            allowed.len()
+        ))
+    } else if real_time && rt_take < functions.len() {
+        Some(format!(
+            "--cores {cores}: the cheapest class runs on all {} CPUs outside real time; the \
+             real-time classes get {rt_take}, leaving one CPU no real-time function takes \
+             (kernel threads, the dispatcher's launches)",
+            functions.len()
+        ))
+    } else {
+        None
+    };
+    (
+        FunctionCpus {
+            functions,
+            real_time: real_time_cpus,
+        },
+        note,
+    )
+}
+
+/// Whether a `class` function runs under `SCHED_FIFO` in real-time mode. Every class but the
+/// cheapest does; the cheapest runs as a normal task (`SCHED_BATCH`) on every function CPU.
+///
+/// Why: the cheapest class is the one that saturates a machine (2× overload on issue 11's
+/// preempt-2x workload is 98 % `batch` CPU). As a real-time class it had to be kept off one
+/// CPU, or it would starve kernel threads and trip the RT throttle, which then holds back the
+/// top class too; so functions got one CPU of two. As a normal task it cannot starve anything
+/// (the kernel shares CPUs fairly among normal tasks and kernel threads), and every real-time
+/// class still preempts it at once, so it can be let onto every CPU. `SCHED_BATCH` rather than
+/// `SCHED_OTHER` because it is CPU-bound work that should not preempt others on wake-up;
+/// rather than `SCHED_IDLE`, which yields to *every* normal task: measured on this shared
+/// host, a concurrent build starved `SCHED_IDLE` work so that the preempt-2x overload took
+/// 130–210 s instead of ~62 s, with calls timing out.
+pub fn runs_real_time(class: ClassId, classes: usize) -> bool {
+    class.index() + 1 < classes
 }
 
 /// Nanoseconds per microsecond, for schedstat's figures.
@@ -269,15 +344,42 @@ mod tests {
         assert!(function_priority(ClassId(0), 100) < DISPATCHER_PRIORITY);
     }
 
+    fn cpus(functions: &[usize], real_time: &[usize]) -> FunctionCpus {
+        FunctionCpus {
+            functions: functions.to_vec(),
+            real_time: real_time.to_vec(),
+        }
+    }
+
     #[test]
-    fn real_time_functions_never_get_every_cpu() {
-        assert_eq!(function_cpus(&[0, 1], 1, true), (vec![1], None));
-        let (cpus, note) = function_cpus(&[0, 1], 2, true);
-        assert_eq!(cpus, [1]);
-        assert!(note.unwrap().contains("left to the kernel"));
-        assert_eq!(function_cpus(&[0, 1], 2, false), (vec![0, 1], None));
-        assert_eq!(function_cpus(&[0], 1, true), (vec![0], None));
-        assert_eq!(function_cpus(&[0, 1, 2, 3], 2, true), (vec![2, 3], None));
+    fn real_time_functions_never_get_every_cpu_but_functions_do() {
+        assert_eq!(function_cpus(&[0, 1], 1, true), (cpus(&[1], &[1]), None));
+        let (chosen, note) = function_cpus(&[0, 1], 2, true);
+        assert_eq!(chosen, cpus(&[0, 1], &[1]));
+        assert!(note.unwrap().contains("no real-time function takes"));
+        assert_eq!(
+            function_cpus(&[0, 1], 2, false),
+            (cpus(&[0, 1], &[0, 1]), None)
+        );
+        assert_eq!(function_cpus(&[0], 1, true), (cpus(&[0], &[0]), None));
+        assert_eq!(
+            function_cpus(&[0, 1, 2, 3], 2, true),
+            (cpus(&[2, 3], &[2, 3]), None)
+        );
+        assert_eq!(
+            function_cpus(&[0, 1, 2, 3], 4, true).0,
+            cpus(&[0, 1, 2, 3], &[1, 2, 3])
+        );
+        let (chosen, note) = function_cpus(&[0, 1], 3, true);
+        assert_eq!(chosen, cpus(&[0, 1], &[1]));
+        assert!(note.unwrap().contains("only 2 CPUs"));
+    }
+
+    #[test]
+    fn only_the_cheapest_class_runs_outside_real_time() {
+        let real_time: Vec<bool> = (0..4).map(|c| runs_real_time(ClassId(c), 4)).collect();
+        assert_eq!(real_time, [true, true, true, false]);
+        assert!(!runs_real_time(ClassId(0), 1));
     }
 
     #[test]

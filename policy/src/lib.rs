@@ -10,12 +10,14 @@
 //!   k shards to join) and [`swap`] (whose memory to swap out, whom to kill last);
 //! * the machine scheduler: [`run_queue`] (preemptive priority by class, FCFS within one).
 
+pub mod budget;
 pub mod idle_advert;
 pub mod idle_list;
 pub mod placement;
 pub mod queue;
 pub mod run_queue;
 pub mod shard;
+pub mod shedding;
 pub mod swap;
 
 pub use shard::{Requeued, ShardConfig, ShardCore, Step, Taken};

@@ -105,7 +105,17 @@ impl<T> ClassQueues<T> {
         self.len == 0
     }
 
-    /// Invocations queued per class.
+    /// Invocations queued in `class` and every dearer class: those placed before a new one of
+    /// `class` (ignoring aging).
+    pub fn through(&self, class: ClassId) -> usize {
+        self.queues
+            .iter()
+            .take(class.index() + 1)
+            .map(VecDeque::len)
+            .sum()
+    }
+
+    /// Queued per class, most expensive first.
     pub fn per_class(&self) -> Vec<usize> {
         self.queues.iter().map(VecDeque::len).collect()
     }

@@ -36,8 +36,12 @@ pub struct ShardConfig {
     pub k: usize,
     /// τ of the queue's score; see [`crate::queue`].
     pub aging: Duration,
-    /// Queued invocations beyond which submissions are refused.
+    /// Queued invocations beyond which submissions of the top class are refused; cheaper
+    /// classes are refused earlier (`crate::shedding`).
     pub max_queued: usize,
+    /// Longest expected wait a new top-class invocation may face before it is refused
+    /// (cheaper classes: less); `None`: no bound on the wait, only on the backlog.
+    pub max_wait: Option<Duration>,
     /// Place from the idle list first (the paper's latency experiment turns it off).
     pub use_idle_list: bool,
     /// Ignore price classes: one FIFO queue, class-blind room. This is the baseline Tariff is
@@ -67,6 +71,7 @@ impl Default for ShardConfig {
             k: placement::DEFAULT_K,
             aging: DEFAULT_AGING,
             max_queued: DEFAULT_MAX_QUEUED,
+            max_wait: None,
             use_idle_list: true,
             class_blind: false,
             early_binding: false,
@@ -74,14 +79,52 @@ impl Default for ShardConfig {
     }
 }
 
-/// A submission refused because the queues are full.
+/// A submission refused because the backlog is too long for its class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("shard overloaded: {queued} invocations queued, limit {limit}")]
+#[error(
+    "shard overloaded: {queued} invocations queued, limit {limit}; retry after {retry_after:?}"
+)]
 pub struct Overloaded {
     /// Invocations queued.
     pub queued: usize,
-    /// The limit.
+    /// The class's limit.
     pub limit: usize,
+    /// When the shard expects to take it.
+    pub retry_after: Duration,
+}
+
+/// How fast invocations have lately been finishing, for the shedding's wait estimate: counts
+/// completions and turns them into a rate once a window of [`DRAIN_WINDOW`] has passed.
+#[derive(Debug, Default)]
+struct DrainRate {
+    window_start: Duration,
+    completions: u64,
+    per_s: f64,
+}
+
+/// The window the drain rate is measured over.
+const DRAIN_WINDOW: Duration = Duration::from_secs(1);
+
+impl DrainRate {
+    fn completed(&mut self) {
+        self.completions += 1;
+    }
+
+    /// The rate, updated when a window has passed (half the old estimate, half the window's).
+    fn per_s(&mut self, now: Duration) -> f64 {
+        let elapsed = now.saturating_sub(self.window_start);
+        if elapsed >= DRAIN_WINDOW {
+            let fresh = self.completions as f64 / elapsed.as_secs_f64();
+            self.per_s = if self.per_s > 0.0 {
+                0.5 * self.per_s + 0.5 * fresh
+            } else {
+                fresh
+            };
+            self.completions = 0;
+            self.window_start = now;
+        }
+        self.per_s
+    }
 }
 
 /// An invocation taken off its queue, on its way to a machine.
@@ -150,6 +193,7 @@ pub struct ShardCore<T> {
     blocked_from: usize,
     rng: SmallRng,
     sample: Vec<MachineIdx>,
+    drain: DrainRate,
 }
 
 impl<T> ShardCore<T> {
@@ -168,6 +212,7 @@ impl<T> ShardCore<T> {
             blocked_from: classes,
             rng: SmallRng::seed_from_u64(seed),
             sample: Vec::new(),
+            drain: DrainRate::default(),
         }
     }
 
@@ -225,10 +270,25 @@ impl<T> ShardCore<T> {
         item: T,
         now: Duration,
     ) -> Result<(), (T, Overloaded)> {
-        if self.queues.len() >= self.config.max_queued {
+        // Class-blind, every invocation is shed alike, like the cheapest.
+        let share = if self.config.class_blind {
+            1.0
+        } else {
+            crate::shedding::class_share(class, self.classes)
+        };
+        let queue = self.queue_of(class);
+        let backlog = crate::shedding::Backlog {
+            queued: self.queues.len(),
+            ahead: self.queues.through(queue),
+            drain_per_s: self.drain.per_s(now),
+        };
+        if let Some(shed) =
+            crate::shedding::shed(backlog, share, self.config.max_queued, self.config.max_wait)
+        {
             let overloaded = Overloaded {
-                queued: self.queues.len(),
-                limit: self.config.max_queued,
+                queued: shed.queued,
+                limit: shed.limit,
+                retry_after: shed.retry_after,
             };
             return Err((item, overloaded));
         }
@@ -349,8 +409,16 @@ impl<T> ShardCore<T> {
         self.queues.push_front(queue, keyed, taken.enqueued);
     }
 
+    /// An invocation was sent to `machine` without passing the queues: a call made by a
+    /// function running there, which must not wait for the slot its caller holds (a chain
+    /// would deadlock on its own slots). Counted like any placement until it completes.
+    pub fn placed_nested(&mut self, machine: MachineIdx) {
+        self.idle.placed(machine);
+    }
+
     /// An invocation this shard placed on `machine` finished there.
     pub fn completed(&mut self, machine: MachineIdx) {
+        self.drain.completed();
         self.idle.finished(machine);
         self.unblock();
     }

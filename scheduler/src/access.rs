@@ -131,6 +131,7 @@ mod tests {
         let tenant = Tenant {
             name: "acme".into(),
             created_at_us: 0,
+            budget: None,
         };
         store.add_tenant(&tenant, &hash_token(&token)).unwrap();
         let access = Access::new(store.clone());

@@ -16,18 +16,22 @@ use std::time::{Duration, Instant};
 
 use tariff_cluster::codec;
 use tariff_cluster::store::{Expect, StoreError};
+use tariff_types::billing::{Cost, Month, Throttle};
 use tariff_types::tenant::{
     validate_tenant_name, AccessError, Principal, Tenant, TenantInfo, TenantRequest, Token,
 };
 use tariff_types::wire::{
-    ClientRequest, ClientResponse, InvocationId, InvokeError, InvokeRequest, PeerNotice,
-    SessionRequest, SessionResponse, StreamOpen,
+    context_env, Chain, ClientRequest, ClientResponse, InvocationId, InvocationOutcome,
+    InvokeError, InvokeRequest, PeerNotice, SessionRequest, SessionResponse, StreamOpen,
 };
+use tariff_types::ClassId;
 use tariff_types::FunctionSpec;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::access::tenant_of;
+use crate::chains::{ChainContext, MAX_CHAIN_DEPTH};
 use crate::config::PROTOCOL_VIOLATION;
+use crate::ledger::Entry;
 use crate::service::Service;
 use crate::state::{Answer, Submission};
 
@@ -40,6 +44,20 @@ pub(crate) async fn handle(
     token: Option<&Token>,
     request: ClientRequest,
 ) -> ClientResponse {
+    // A running invocation's token: its function calling another (`chains`).
+    if let Some(parent) = token.and_then(|t| service.chains().lookup(t)) {
+        return match request {
+            ClientRequest::Invoke(request) => {
+                let principal = Principal::Tenant(parent.tenant.clone());
+                ClientResponse::Invoked(invoke(service, &principal, Some(parent), request).await)
+            }
+            _ => ClientResponse::Denied(AccessError::Forbidden(
+                "an invocation's token only invokes functions; other requests need the \
+                 tenant's token"
+                    .into(),
+            )),
+        };
+    }
     let principal = match service.access().authenticate(token) {
         Ok(principal) => principal,
         Err(denied) => {
@@ -52,7 +70,7 @@ pub(crate) async fn handle(
     };
     match request {
         ClientRequest::Invoke(request) => {
-            ClientResponse::Invoked(invoke(service, &principal, request).await)
+            ClientResponse::Invoked(invoke(service, &principal, None, request).await)
         }
         ClientRequest::Deploy(spec) => {
             denied_or(tenant_of(&principal), |t| deploy(service, t, spec))
@@ -68,12 +86,48 @@ pub(crate) async fn handle(
             Err(e) => ClientResponse::Refused(e.to_string()),
         },
         ClientRequest::Status => ClientResponse::Status(service.state().status()),
+        ClientRequest::Bill { tenant, month } => {
+            bill_request(service, &principal, tenant, month).await
+        }
         ClientRequest::Tenants(request) => match principal {
             Principal::Admin => tenants(service, request),
             Principal::Tenant(t) => ClientResponse::Denied(AccessError::Forbidden(format!(
                 "tenant `{t}` may not manage tenants: that needs the administrator's token"
             ))),
         },
+    }
+}
+
+/// This shard's part of a bill: a tenant's own, or any tenant's for the administrator.
+async fn bill_request(
+    service: &Arc<Service>,
+    principal: &Principal,
+    tenant: Option<String>,
+    month: Option<String>,
+) -> ClientResponse {
+    let tenant = match (principal, tenant) {
+        (Principal::Tenant(me), None) => me.clone(),
+        (Principal::Tenant(me), Some(asked)) if asked == *me => asked,
+        (Principal::Tenant(me), Some(asked)) => {
+            return ClientResponse::Denied(AccessError::Forbidden(format!(
+                "tenant `{me}` may not see tenant `{asked}`'s bill"
+            )))
+        }
+        (Principal::Admin, Some(asked)) => asked,
+        (Principal::Admin, None) => {
+            return ClientResponse::Refused("the administrator must name a tenant".into())
+        }
+    };
+    let month = match month {
+        Some(text) => match Month::parse(&text) {
+            Some(month) => month,
+            None => return ClientResponse::Refused(format!("`{text}` is not a month (YYYY-MM)")),
+        },
+        None => Month::of_unix_us(tariff_types::wire::unix_micros()),
+    };
+    match service.ledger().bill(&tenant, &month.to_string()).await {
+        Ok(bill) => ClientResponse::Bill(bill),
+        Err(e) => ClientResponse::Refused(e.to_string()),
     }
 }
 
@@ -91,7 +145,12 @@ fn denied_or(
 /// Handles one invocation request, counts it in the shard's metrics and logs it if it failed,
 /// was slow or is sampled (`trace`), whatever its answer: every invocation, refused or run,
 /// passes through here exactly once, inside a span naming its id, class, tenant and function.
-async fn invoke(service: &Arc<Service>, principal: &Principal, request: InvokeRequest) -> Answer {
+async fn invoke(
+    service: &Arc<Service>,
+    principal: &Principal,
+    parent: Option<ChainContext>,
+    request: InvokeRequest,
+) -> Answer {
     let arrived = Instant::now();
     let state = service.state();
     let id = state.next_id();
@@ -109,7 +168,7 @@ async fn invoke(service: &Arc<Service>, principal: &Principal, request: InvokeRe
     async move {
         let class = service.options().classes.resolve(&request.class).ok();
         let answer = match tenant_of(principal) {
-            Ok(tenant) => queue_and_wait(service, id, tenant, request).await,
+            Ok(tenant) => queue_and_wait(service, id, tenant, parent, request).await,
             Err(denied) => Err(denied.into()),
         };
         let elapsed = arrived.elapsed();
@@ -126,11 +185,12 @@ async fn queue_and_wait(
     service: &Arc<Service>,
     id: InvocationId,
     tenant: &str,
+    parent: Option<ChainContext>,
     request: InvokeRequest,
 ) -> Answer {
     let state = service.state();
     let options = service.options();
-    let class = options
+    let mut class = options
         .classes
         .resolve(&request.class)
         .map_err(|e| InvokeError::BadClass(e.to_string()))?;
@@ -151,6 +211,63 @@ async fn queue_and_wait(
             function.name
         )));
     }
+    let chain = match &parent {
+        None => Chain {
+            root: Some(id),
+            parent: None,
+            depth: 0,
+        },
+        Some(parent) => {
+            let depth = parent.depth + 1;
+            if depth > MAX_CHAIN_DEPTH {
+                return Err(InvokeError::ChainTooDeep {
+                    depth,
+                    limit: MAX_CHAIN_DEPTH,
+                });
+            }
+            // No priority inversion: a call runs at least at its caller's class.
+            class = class.min(parent.class);
+            Chain {
+                root: Some(parent.root),
+                parent: Some(parent.id),
+                depth,
+            }
+        }
+    };
+    match service.spend().throttle(tenant) {
+        (Throttle::Normal, _) => {}
+        (Throttle::Degraded, _) => {
+            // At its pace the budget would not last the month: run at the cheapest class.
+            class = options.classes.lowest();
+            debug!("degraded to the cheapest class by its budget");
+        }
+        (Throttle::Exhausted, info) => {
+            return Err(InvokeError::OverBudget(crate::spend::exhausted_message(
+                tenant, &info,
+            )))
+        }
+    }
+    let function_name = function.name.clone();
+    let (token, _revoked_when_answered) = service
+        .chains()
+        .mint(ChainContext {
+            tenant: tenant.to_owned(),
+            id,
+            root: chain.root.unwrap_or(id),
+            depth: chain.depth,
+            class,
+        })
+        .map_err(|e| InvokeError::StartFailed(e.to_string()))?;
+    let env = vec![
+        (
+            context_env::INVOCATION.to_owned(),
+            token.expose_secret().to_owned(),
+        ),
+        (
+            context_env::CLASS.to_owned(),
+            options.classes.get(class).name.clone(),
+        ),
+    ];
     let timeout = match request.timeout_ms {
         0 => options.default_timeout,
         ms => Duration::from_millis(ms),
@@ -165,10 +282,13 @@ async fn queue_and_wait(
             payload: request.payload,
             timeout,
             deadline,
+            env,
+            nested_in: parent.map(|p| p.id),
         })
         .map_err(|overloaded| InvokeError::Overloaded {
             queued: overloaded.queued as u64,
             limit: overloaded.limit as u64,
+            retry_after_ms: overloaded.retry_after.as_millis() as u64,
         })?;
     debug!("queued");
     let received = match tokio::time::timeout_at(deadline.into(), &mut result).await {
@@ -181,7 +301,44 @@ async fn queue_and_wait(
         }
     };
     // The sender is dropped unanswered only when the shard itself is torn down.
-    received.unwrap_or(Err(InvokeError::ShuttingDown))
+    let mut outcome = received.unwrap_or(Err(InvokeError::ShuttingDown))?;
+    outcome.cost = bill(service, tenant, &function_name, class, &outcome).await;
+    outcome.chain = chain;
+    Ok(outcome)
+}
+
+/// Prices a successful run, records it in the ledger (the answer waits for the line to be
+/// durable) and adds it to the tenant's spend. A ledger failure is logged, not turned into an
+/// error: the function has run and its caller gets its result.
+async fn bill(
+    service: &Arc<Service>,
+    tenant: &str,
+    function: &str,
+    class: ClassId,
+    outcome: &InvocationOutcome,
+) -> Cost {
+    let classes = &service.options().classes;
+    let cost = Cost::of(
+        &classes.get(class).name,
+        classes.price(class),
+        service.options().memory_price,
+        outcome.run.cpu_time_us,
+        outcome.run.memory_byte_ms,
+    );
+    let at_us = tariff_types::wire::unix_micros();
+    let entry = Entry {
+        invocation: outcome.id.to_string(),
+        tenant: tenant.to_owned(),
+        function: function.to_owned(),
+        at_us,
+        month: Month::of_unix_us(at_us).to_string(),
+        cost: cost.clone(),
+    };
+    if let Err(e) = service.ledger().record(entry).await {
+        tracing::error!(error = %e, "could not record the invocation in the ledger");
+    }
+    service.spend().billed(tenant, cost.total);
+    cost
 }
 
 /// Serves a client's session stream: each request is handled in its own task and its
@@ -247,6 +404,11 @@ fn deploy(service: &Arc<Service>, tenant: &str, mut spec: FunctionSpec) -> Clien
             None => {
                 spec.owner = tenant.to_owned();
                 Expect::Absent
+            }
+            // Deployed before tenants existed: whoever redeploys it first owns it.
+            Some(current) if current.owner.is_empty() => {
+                spec.owner = tenant.to_owned();
+                Expect::Version(current.version)
             }
             Some(current) if current.usable_by(tenant) => {
                 spec.owner = current.owner.clone();
@@ -330,22 +492,36 @@ fn tenants(service: &Arc<Service>, request: TenantRequest) -> ClientResponse {
             .filter(|f| f.owner == tenant.name)
             .map(|f| f.name)
             .collect();
-        Ok(TenantInfo { tenant, functions })
+        let spend = service.spend().info(&tenant.name);
+        Ok(TenantInfo {
+            tenant,
+            functions,
+            spend,
+        })
     };
     let changed = || {
         service.access().invalidate();
         service.registry().forget_all();
+        service.spend().refresh(store);
         tell_peers(service, PeerNotice::CredentialsChanged);
     };
     let unknown = |name: &str| ClientResponse::Refused(format!("unknown tenant `{name}`"));
     let result = match request {
-        TenantRequest::Add { name, token_hash } => {
+        TenantRequest::Add {
+            name,
+            token_hash,
+            budget,
+        } => {
             if let Err(e) = validate_tenant_name(&name) {
                 return ClientResponse::Refused(e.to_string());
+            }
+            if let Err(reason) = check_budget(budget) {
+                return ClientResponse::Refused(reason);
             }
             let tenant = Tenant {
                 name,
                 created_at_us: tariff_types::wire::unix_micros(),
+                budget,
             };
             store.add_tenant(&tenant, &token_hash).and_then(|()| {
                 info!(tenant = %tenant.name, "tenant added");
@@ -374,6 +550,24 @@ fn tenants(service: &Arc<Service>, request: TenantRequest) -> ClientResponse {
             Ok(None) => Ok(unknown(&name)),
             Err(e) => Err(e),
         },
+        TenantRequest::SetBudget { name, budget } => {
+            if let Err(reason) = check_budget(budget) {
+                return ClientResponse::Refused(reason);
+            }
+            match store.set_tenant_budget(&name, budget) {
+                Ok(true) => {
+                    info!(tenant = %name, ?budget, "budget set");
+                    changed();
+                    match store.tenant(&name) {
+                        Ok(Some(tenant)) => info(tenant).map(ClientResponse::Tenant),
+                        Ok(None) => Ok(unknown(&name)),
+                        Err(e) => Err(e),
+                    }
+                }
+                Ok(false) => Ok(unknown(&name)),
+                Err(e) => Err(e),
+            }
+        }
         TenantRequest::RotateToken { name, token_hash } => {
             match store.set_tenant_token(&name, &token_hash) {
                 Ok(true) => {
@@ -391,6 +585,16 @@ fn tenants(service: &Arc<Service>, request: TenantRequest) -> ClientResponse {
         }
     };
     result.unwrap_or_else(|e| ClientResponse::Refused(e.to_string()))
+}
+
+/// A budget must be a finite amount, zero or more.
+fn check_budget(budget: Option<f64>) -> Result<(), String> {
+    match budget {
+        Some(b) if !(b.is_finite() && b >= 0.0) => Err(format!(
+            "a budget must be a finite amount of zero or more, not {b}"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Passes a change on to every peer shard, each in its own task.
@@ -438,9 +642,10 @@ pub(crate) fn peer_notice(service: &Service, notice: PeerNotice) {
             service.registry().forget(&name);
         }
         PeerNotice::CredentialsChanged => {
-            debug!("peer changed credentials");
+            debug!("peer changed credentials or budgets");
             service.access().invalidate();
             service.registry().forget_all();
+            service.spend().refresh(service.store());
         }
     }
 }

@@ -35,6 +35,8 @@ pub struct ShardOptions {
     pub peers: Vec<SocketAddr>,
     /// Largest payload accepted.
     pub max_payload_bytes: usize,
+    /// Price of one GB-second of memory actually used, in the unit of class prices.
+    pub memory_price: f64,
     /// Timeout for invocations that name none.
     pub default_timeout: Duration,
     /// Where to serve Prometheus metrics (`GET /metrics`); none when `None`.

@@ -6,12 +6,15 @@
 //! each other and nothing imports `server`.
 //!
 //! ```text
-//! server        ──► access, client, machines, metrics, pump, service, state, registry, config
-//! client        ──► access, service, state, config, metrics (client requests and sessions)
+//! server        ──► access, client, machines, metrics, pump, service, spend, state, config
+//! client        ──► access, chains, ledger, spend, service, state, config, metrics
 //! access        ──► nothing                     (tokens and peer roles → what they may do)
+//! chains        ──► nothing                     (running invocations' tokens: call chains)
 //! machines      ──► service, state, config      (dispatcher control streams and lanes)
 //! pump          ──► state                       (the placement task)
-//! service       ──► access, state, registry, config, metrics, trace (what every session is handed)
+//! service       ──► access, chains, ledger, spend, state, registry, config, metrics, trace
+//! spend         ──► ledger, state               (spend and budgets; the state's admission)
+//! ledger        ──► nothing                     (the durable record of what was billed)
 //! metrics       ──► state                       (series; levels read at scrape time)
 //! trace         ──► state                       (which invocations are logged)
 //! state         ──► machine_table, throughput   (the one owner of mutable state)
@@ -24,13 +27,16 @@ pub mod registry;
 pub mod server;
 
 mod access;
+mod chains;
 mod client;
 mod config;
+pub mod ledger;
 mod machine_table;
 mod machines;
 mod metrics;
 mod pump;
 mod service;
+pub mod spend;
 mod state;
 mod throughput;
 pub mod trace;

@@ -261,11 +261,13 @@ impl ShardMetrics {
             warm,
             idle_list,
             power_of_k,
+            nested,
         } = state.placements();
         for (path, count) in [
             ("warm", warm),
             ("idle_list", idle_list),
             ("power_of_k", power_of_k),
+            ("nested", nested),
         ] {
             self.placements
                 .get_or_create(&PathLabel {

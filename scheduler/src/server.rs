@@ -49,6 +49,9 @@ pub enum ShardError {
     /// Recording the shard's address in the cluster directory failed.
     #[error(transparent)]
     Record(#[from] DirectoryError),
+    /// The shard's ledger could not be opened.
+    #[error(transparent)]
+    Ledger(#[from] crate::ledger::LedgerError),
     /// The administrator's credential could not be made.
     #[error("setting up the cluster administrator: {0}")]
     Tenancy(#[from] TenancyError),
@@ -108,7 +111,8 @@ impl Shard {
             options.classes.clone(),
             options.policy.clone(),
         );
-        let service = Service::new(options, store, endpoint, Arc::new(state));
+        let ledger = crate::ledger::Ledger::open(&options.data_dir)?;
+        let service = Service::new(options, store, ledger, endpoint, Arc::new(state));
         Ok(Self {
             service: Arc::new(service),
             record,
@@ -163,6 +167,12 @@ async fn serve(service: Arc<Service>, shutdown: impl std::future::Future<Output 
         classes = %options.classes,
         "shard listening"
     );
+    if let Err(e) = service.spend().load(service.ledger()).await {
+        warn!(error = %e, "reading this month's spend from the ledger");
+    }
+    let spend = tokio::spawn(
+        crate::spend::run(service.spend().clone(), service.store_arc().clone()).in_current_span(),
+    );
     let pump = tokio::spawn(crate::pump::run(service.state().clone()).in_current_span());
     let sweeper = tokio::spawn(sweep(service.state().clone()).in_current_span());
     tokio::pin!(shutdown);
@@ -184,6 +194,7 @@ async fn serve(service: Arc<Service>, shutdown: impl std::future::Future<Output 
     info!("shard shutting down");
     pump.abort();
     sweeper.abort();
+    spend.abort();
     service.state().fail_all_queued();
     endpoint.close(0u32.into(), b"shutdown");
     endpoint.wait_idle().await;

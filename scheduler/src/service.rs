@@ -12,9 +12,12 @@ use std::sync::Arc;
 use tariff_cluster::store::ClusterStore;
 
 use crate::access::Access;
+use crate::chains::Chains;
 use crate::config::ShardOptions;
+use crate::ledger::Ledger;
 use crate::metrics::ShardMetrics;
 use crate::registry::Registry;
+use crate::spend::SpendBook;
 use crate::state::ShardState;
 use crate::trace::InvocationLog;
 
@@ -28,6 +31,12 @@ pub(crate) struct Service {
     access: Access,
     /// The cluster store itself, for tenant management (rare; not cached).
     store: Arc<dyn ClusterStore>,
+    /// This shard's durable record of what it billed.
+    ledger: Ledger,
+    /// Spend this month across the cluster, and budgets.
+    spend: Arc<SpendBook>,
+    /// Running invocations' tokens, for the calls their functions make.
+    chains: Chains,
     /// The shard's endpoint; also used to connect to peer shards.
     endpoint: quinn::Endpoint,
     /// The owner of everything that changes.
@@ -44,10 +53,16 @@ impl Service {
     pub(crate) fn new(
         options: ShardOptions,
         store: Arc<dyn ClusterStore>,
+        ledger: Ledger,
         endpoint: quinn::Endpoint,
         state: Arc<ShardState>,
     ) -> Self {
+        let spend = Arc::new(SpendBook::new(options.shard_id));
+        state.set_admission(spend.clone());
         Self {
+            spend,
+            chains: Chains::default(),
+            ledger,
             registry: Registry::new(store.clone()),
             access: Access::new(store.clone()),
             store,
@@ -87,6 +102,26 @@ impl Service {
     /// The cluster store.
     pub(crate) fn store(&self) -> &dyn ClusterStore {
         self.store.as_ref()
+    }
+
+    /// The cluster store, shared (for tasks).
+    pub(crate) fn store_arc(&self) -> &Arc<dyn ClusterStore> {
+        &self.store
+    }
+
+    /// This shard's ledger.
+    pub(crate) fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// Running invocations' tokens.
+    pub(crate) fn chains(&self) -> &Chains {
+        &self.chains
+    }
+
+    /// This month's spend and budgets.
+    pub(crate) fn spend(&self) -> &Arc<SpendBook> {
+        &self.spend
     }
 
     /// The shard's endpoint.

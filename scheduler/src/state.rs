@@ -61,6 +61,11 @@ pub(crate) struct Submission {
     pub(crate) timeout: Duration,
     /// When the caller stops waiting.
     pub(crate) deadline: Instant,
+    /// Environment for the function (its invocation context).
+    pub(crate) env: Vec<(String, String)>,
+    /// The running invocation whose function made this call, if one did: the call is sent
+    /// straight to that machine rather than queued behind the slot its caller holds.
+    pub(crate) nested_in: Option<InvocationId>,
 }
 
 /// Why a class lane was refused.
@@ -107,6 +112,7 @@ struct Queued {
     function: Arc<FunctionSpec>,
     payload: Vec<u8>,
     deadline: Instant,
+    env: Vec<(String, String)>,
 }
 
 /// A live invocation's entry in the invocation table.
@@ -140,6 +146,8 @@ pub(crate) struct PlacementCounts {
     pub(crate) idle_list: u64,
     /// The least loaded of k polled machines.
     pub(crate) power_of_k: u64,
+    /// Straight to the machine of the function that made the call (call chains).
+    pub(crate) nested: u64,
 }
 
 /// Everything mutable about a shard, behind [`ShardState`]'s one lock.
@@ -154,16 +162,27 @@ struct Book {
     machines: MachineTable,
     /// Live invocations, queued or running.
     invocations: HashMap<InvocationId, Invocation>,
+    /// Asked again just before an invocation is sent: its tenant's budget may have run out
+    /// while it was queued.
+    admission: Option<Arc<dyn Admission>>,
+}
+
+/// A last check before an invocation leaves the queue for a machine.
+pub(crate) trait Admission: Send + Sync {
+    /// Why `tenant`'s invocation may not run now, if it may not. Called under the state's
+    /// lock: it must not block, and may take only locks that take no other.
+    fn refuse(&self, tenant: &str) -> Option<InvokeError>;
 }
 
 /// The owner of a shard's state; shared by every task of the shard behind an `Arc`.
 pub(crate) struct ShardState {
-    /// The only lock in the shard's state; there is no lock order because there is no second
-    /// lock. It is a `std` mutex, held only for the short, non-blocking body of one operation
-    /// and never across an `.await` (its guard is not `Send`, so a spawned task that tried
-    /// would not compile). Sends under it go to unbounded channels and oneshots, which never
-    /// block. The function registry has its own concurrent map; no operation here touches
-    /// it, so the two are never held together.
+    /// The one lock of the shard's state. Lock order: this lock, then the spend book's (the
+    /// [`Admission`] check takes it, and it takes no other lock), never the other way. It is a
+    /// `std` mutex, held only for the short, non-blocking body of one operation and never
+    /// across an `.await` (its guard is not `Send`, so a spawned task that tried would not
+    /// compile). Sends under it go to unbounded channels and oneshots, which never block. The
+    /// function registry has its own concurrent map; no operation here touches it, so the two
+    /// are never held together.
     book: Mutex<Book>,
     /// Wakes the placement pump when something may allow a placement.
     wake: Notify,
@@ -188,6 +207,7 @@ impl ShardState {
                 core,
                 machines: MachineTable::default(),
                 invocations: HashMap::new(),
+                admission: None,
             }),
             wake: Notify::new(),
             started: Instant::now(),
@@ -195,6 +215,11 @@ impl ShardState {
             classes,
             next_invocation: AtomicU64::new(1),
         }
+    }
+
+    /// Installs the check made just before each invocation is sent (the budgets).
+    pub(crate) fn set_admission(&self, admission: Arc<dyn Admission>) {
+        self.book().admission = Some(admission);
     }
 
     /// The book, locked; see the lock rule on the `book` field.
@@ -232,6 +257,8 @@ impl ShardState {
             payload,
             timeout,
             deadline,
+            env,
+            nested_in,
         } = submission;
         let key = FunctionKey::of(&function.name);
         let queued = Queued {
@@ -240,23 +267,43 @@ impl ShardState {
             function,
             payload,
             deadline,
+            env,
         };
         let now = self.now();
         let (answer, receiver) = oneshot::channel();
         {
             let mut book = self.book();
-            book.core
-                .submit(class, key, queued, now)
-                .map_err(|(_, overloaded)| overloaded)?;
-            book.invocations.insert(
-                id,
-                Invocation {
-                    answer,
-                    timeout,
-                    queued_at_us: unix_micros(),
-                    running: None,
-                },
-            );
+            let invocation = Invocation {
+                answer,
+                timeout,
+                queued_at_us: unix_micros(),
+                running: None,
+            };
+            let parent_machine = nested_in
+                .and_then(|parent| book.invocations.get(&parent)?.running.as_ref())
+                .map(|running| running.machine)
+                .filter(|&machine| book.machines.get(machine).is_some());
+            match parent_machine {
+                Some(machine) => {
+                    book.invocations.insert(id, invocation);
+                    book.core.placed_nested(machine);
+                    book.placements.nested += 1;
+                    let taken = Taken {
+                        item: queued,
+                        function: key,
+                        class,
+                        enqueued: now,
+                    };
+                    book.send(taken, machine);
+                    return Ok(receiver);
+                }
+                None => {
+                    book.core
+                        .submit(class, key, queued, now)
+                        .map_err(|(_, overloaded)| overloaded)?;
+                    book.invocations.insert(id, invocation);
+                }
+            }
         }
         self.wake.notify_one();
         Ok(receiver)
@@ -589,6 +636,11 @@ impl Book {
             });
             return;
         };
+        if let Some(refused) = self.admission.as_ref().and_then(|a| a.refuse(&item.tenant)) {
+            self.core.completed(machine);
+            self.answer(id, |_| Err(refused));
+            return;
+        }
         let remaining = item.deadline.saturating_duration_since(Instant::now());
         let placement = Placement {
             id,
@@ -597,6 +649,7 @@ impl Book {
             function: (*item.function).clone(),
             payload: item.payload,
             timeout_ms: remaining.as_millis() as u64,
+            env: item.env,
         };
         let name = link.name().clone();
         let sent = link.place(placement);
@@ -645,6 +698,10 @@ impl Book {
                 queued_at_us: invocation.queued_at_us,
                 placed_at_us,
                 run,
+                // Priced by the request's handler, which knows the tenant and the prices.
+                cost: Default::default(),
+                // Filled in by the request's handler, which knows the chain.
+                chain: Default::default(),
             })
         })
     }
@@ -815,6 +872,8 @@ mod tests {
                 payload: b"hello".to_vec(),
                 timeout: TIMEOUT,
                 deadline: Instant::now() + TIMEOUT,
+                env: Vec::new(),
+                nested_in: None,
             })
             .expect("queues have room");
         (id, rx)
@@ -827,6 +886,7 @@ mod tests {
             finished_at_us: 20,
             peak_memory_bytes: 1,
             cpu_time_us: 2,
+            memory_byte_ms: 4,
             cold_start: true,
             start_us: 3,
             preempted_us: 0,
@@ -1140,14 +1200,12 @@ mod tests {
             payload: Vec::new(),
             timeout: TIMEOUT,
             deadline: Instant::now() + TIMEOUT,
+            env: Vec::new(),
+            nested_in: None,
         });
-        assert_eq!(
-            refused.err(),
-            Some(Overloaded {
-                queued: 1,
-                limit: 1
-            })
-        );
+        let refused = refused.expect_err("refused");
+        assert_eq!((refused.queued, refused.limit), (1, 1));
+        assert!(refused.retry_after > Duration::ZERO);
         assert_eq!(live(&state), 1);
     }
 

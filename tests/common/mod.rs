@@ -53,6 +53,19 @@ pub fn tariff() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tariff"))
 }
 
+/// The example function `name` as a one-shot (exec) function spec.
+pub fn example_spec(name: &str) -> FunctionSpec {
+    FunctionSpec {
+        name: name.into(),
+        command: vec![example(name).to_string_lossy().into_owned()],
+        env: vec![],
+        version: 0,
+        runtime: tariff_types::function::Runtime::Exec,
+        owner: String::new(),
+        shared_with: Vec::new(),
+    }
+}
+
 /// A `tariff` command with no cluster, tenant or token of the caller's environment.
 pub fn tariff_command() -> Command {
     let mut cmd = Command::new(tariff());
@@ -175,8 +188,21 @@ impl TestCluster {
     /// and waits for its address.
     pub fn start_shard_logging(&mut self, extra: &[&str], rust_log: &str) -> SocketAddr {
         let n = self.shards.len();
-        let log = std::fs::File::create(self.shard_log(n)).expect("log file");
         let data_dir = self.dir.path().join(format!("shard-{n}"));
+        self.start_shard_in(&data_dir, extra, rust_log)
+    }
+
+    /// Starts a shard keeping its files in `data_dir` (another shard's, to restart it).
+    pub fn start_shard_in(
+        &mut self,
+        data_dir: &Path,
+        extra: &[&str],
+        rust_log: &str,
+    ) -> SocketAddr {
+        let n = self.shards.len();
+        let log = std::fs::File::create(self.shard_log(n)).expect("log file");
+        let data_dir = data_dir.to_owned();
+        let _ = std::fs::remove_file(data_dir.join("shard.addr"));
         let addr_file = data_dir.join("shard.addr");
         let cpus = non_function_cpus();
         let mut command = self.command();
@@ -287,6 +313,7 @@ impl TestCluster {
         let request = TenantRequest::Add {
             name: name.into(),
             token_hash: hash_token(&token),
+            budget: None,
         };
         let answer = admin
             .request(ClientRequest::Tenants(request))
@@ -335,15 +362,7 @@ impl TestCluster {
     pub async fn deploy_examples(&self) {
         let client = self.client(0).await;
         for name in ["echo", "sleep", "spin", "alloc", "fail"] {
-            let spec = FunctionSpec {
-                name: name.into(),
-                command: vec![example(name).to_string_lossy().into_owned()],
-                env: vec![],
-                version: 0,
-                runtime: tariff_types::function::Runtime::Exec,
-                owner: String::new(),
-                shared_with: Vec::new(),
-            };
+            let spec = example_spec(name);
             let response = client.request(ClientRequest::Deploy(spec)).await.unwrap();
             assert!(
                 matches!(response, ClientResponse::Deployed { .. }),

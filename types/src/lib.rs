@@ -5,6 +5,7 @@
 //! these types without pulling in a network stack or a runtime. How messages are framed on a
 //! QUIC stream is `tariff-cluster`'s `codec`.
 
+pub mod billing;
 pub mod class;
 pub mod function;
 pub mod policy;

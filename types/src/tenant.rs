@@ -67,21 +67,27 @@ pub enum AccessError {
 
 /// A tenant as the cluster store holds it. Its tokens are not part of it: they are stored
 /// apart, as hashes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Tenant {
     /// Unique name; also the owner recorded on the tenant's functions.
     pub name: String,
     /// When it was added, µs since the Unix epoch.
     pub created_at_us: u64,
+    /// Monthly budget in the unit class prices are quoted in; none: unlimited.
+    #[serde(default)]
+    pub budget: Option<f64>,
 }
 
 /// A tenant with what `tariff tenant show` and `list` print about it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TenantInfo {
     /// The tenant.
     pub tenant: Tenant,
     /// Functions it owns, by name.
     pub functions: Vec<String>,
+    /// Its spending this month, as the answering shard sees it.
+    #[serde(default)]
+    pub spend: crate::billing::SpendInfo,
 }
 
 /// Why a tenant name is refused.
@@ -117,6 +123,15 @@ pub enum TenantRequest {
         name: String,
         /// Hex SHA-256 of its first token.
         token_hash: String,
+        /// Its monthly budget, if limited.
+        budget: Option<f64>,
+    },
+    /// Sets (or, with `None`, lifts) a tenant's monthly budget, with immediate effect.
+    SetBudget {
+        /// The tenant.
+        name: String,
+        /// The new budget.
+        budget: Option<f64>,
     },
     /// Every tenant.
     List,

@@ -88,6 +88,14 @@ pub enum ClientRequest {
     Status,
     /// Manage tenants (the administrator only).
     Tenants(TenantRequest),
+    /// This shard's part of a tenant's bill (the caller's own; any tenant's for the
+    /// administrator) for a month (`YYYY-MM`, default the current one).
+    Bill {
+        /// The tenant; the caller's own if `None`.
+        tenant: Option<String>,
+        /// The month.
+        month: Option<String>,
+    },
 }
 
 /// A request to run one function once.
@@ -125,6 +133,8 @@ pub enum ClientResponse {
     Tenant(TenantInfo),
     /// Every tenant.
     TenantList(Vec<TenantInfo>),
+    /// This shard's part of a bill.
+    Bill(crate::billing::Bill),
     /// Registered functions.
     Functions(Vec<FunctionSpec>),
     /// The shard's status.
@@ -182,6 +192,40 @@ pub struct InvocationOutcome {
     pub placed_at_us: u64,
     /// What the machine reported about the run: output, timings on its clock, resource use.
     pub run: RunReport,
+    /// What it cost the tenant, and of what.
+    #[serde(default)]
+    pub cost: crate::billing::Cost,
+    /// Where it stands in a call chain (a function invoking a function).
+    #[serde(default)]
+    pub chain: Chain,
+}
+
+/// An invocation's place in a call chain: made by a client (depth 0, its own root) or by a
+/// running function (its caller is the parent).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chain {
+    /// The invocation at the top of the chain (itself, at depth 0).
+    pub root: Option<InvocationId>,
+    /// The invocation whose function made this call, if any.
+    pub parent: Option<InvocationId>,
+    /// Calls between the root and this one: 0 for a client's call.
+    pub depth: u32,
+}
+
+/// Environment variables a running function gets, so that it (the SDK, or `tariff invoke`
+/// run inside it) can call other functions as part of its chain without the tenant's token.
+/// The same names as the function SDK's `context` module, which functions read them with
+/// (the SDK has no dependencies, so they are spelled out in both; a test in the machine
+/// scheduler checks they agree).
+pub mod context_env {
+    /// A token valid while this invocation runs, standing for its tenant and its chain.
+    pub const INVOCATION: &str = "TARIFF_INVOCATION";
+    /// The shard to call (the one that placed this invocation, which knows the token).
+    pub const SHARD: &str = "TARIFF_SHARD";
+    /// The class this invocation runs at: calls it makes run at least at this class.
+    pub const CLASS: &str = "TARIFF_CLASS";
+    /// The cluster's CA certificate (PEM), to verify the shard.
+    pub const CA: &str = "TARIFF_CA";
 }
 
 impl InvocationOutcome {
@@ -220,16 +264,21 @@ pub enum InvokeError {
     /// The caller may not invoke this function (another tenant's, not shared with it).
     #[error("forbidden: {0}")]
     Forbidden(String),
-    /// The tenant has spent its budget.
-    #[error("tenant `{0}` is over budget")]
+    /// The tenant has spent its monthly budget.
+    #[error("budget exhausted: {0}")]
     OverBudget(String),
-    /// The shard's queues are full.
-    #[error("shard overloaded: {queued} invocations queued, limit {limit}")]
+    /// The shard's backlog is too long for this class (cheaper classes are refused first).
+    #[error(
+        "shard overloaded: {queued} invocations queued, over the limit of {limit} for this class; \
+         retry after {retry_after_ms} ms"
+    )]
     Overloaded {
         /// Invocations queued.
         queued: u64,
-        /// The queue limit.
+        /// The class's limit.
         limit: u64,
+        /// When the shard expects to take it.
+        retry_after_ms: u64,
     },
     /// No answer came within the timeout.
     #[error("timed out after {0} ms")]
@@ -258,6 +307,14 @@ pub enum InvokeError {
     /// before it finished: not a failure of the function.
     #[error("cancelled")]
     Cancelled,
+    /// A function called a function beyond the chain depth limit.
+    #[error("call chain too deep: depth {depth} is over the limit of {limit}")]
+    ChainTooDeep {
+        /// The depth this call would have had.
+        depth: u32,
+        /// The limit.
+        limit: u32,
+    },
 }
 
 impl InvokeError {
@@ -279,6 +336,7 @@ impl InvokeError {
             Self::Protocol(_) => "protocol",
             Self::ShuttingDown => "shutting_down",
             Self::Cancelled => "cancelled",
+            Self::ChainTooDeep { .. } => "chain_too_deep",
         }
     }
 }
@@ -437,6 +495,10 @@ pub struct Placement {
     pub payload: Vec<u8>,
     /// Milliseconds the function may run before it is killed.
     pub timeout_ms: u64,
+    /// Environment the function gets besides its spec's: its invocation context
+    /// ([`context_env`]).
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
 }
 
 /// What a machine sends back on a class lane when an invocation ends.
@@ -464,8 +526,12 @@ pub struct RunReport {
     pub finished_at_us: u64,
     /// Peak resident memory, in bytes.
     pub peak_memory_bytes: u64,
-    /// CPU time used, user plus system, in µs.
+    /// CPU time used, user plus system, in µs (the function's cgroup, else its rusage).
     pub cpu_time_us: u64,
+    /// Memory used over the run: the integral of its memory over time, in byte-milliseconds
+    /// (sampled; see machine-sched's `meter`). What memory is billed by.
+    #[serde(default)]
+    pub memory_byte_ms: u64,
     /// Whether a process had to be started for this invocation (false: a warm instance).
     pub cold_start: bool,
     /// µs from the machine receiving the invocation to the function starting on it (process

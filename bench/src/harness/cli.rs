@@ -202,17 +202,35 @@ async fn run_local(
             .dispatchers
             .or(shape.dispatchers)
             .unwrap_or(DEFAULT_DISPATCHERS),
-        cores: args.cores.or(shape.cores).unwrap_or(DEFAULT_CORES),
+        cores: args
+            .cores
+            .or(shape.cores.map(|c| c.resolve(host_cpus())))
+            .unwrap_or(DEFAULT_CORES),
         memory_bytes: args.memory,
         no_rt: args.no_rt,
         policy: Policy::Tariff,
         functions: example_specs()?,
         tenant: workload.tenant.clone(),
+        other_tenants: workload
+            .tenant_names()
+            .into_iter()
+            .skip(1)
+            .map(|name| {
+                let budget = workload.tenants.get(&name).and_then(|t| t.budget);
+                (name, budget)
+            })
+            .collect(),
+        budget: workload
+            .tenants
+            .get(&workload.tenant)
+            .and_then(|t| t.budget),
+        // Budgets apply to this run alone, not to what earlier runs spent this month.
+        fresh: true,
         dir_name: format!("{BENCH_DIR_PREFIX}{}", Policy::Tariff),
         metrics: false,
     };
     let classes: Vec<String> = PriceClasses::default().names().map(str::to_owned).collect();
-    let weights = workload.check_classes(&classes)?;
+    let choice = workload.check_classes(&classes)?;
     let runs = std::iter::once(Policy::Tariff).chain(args.compare);
     let mut plan: Option<Plan> = None;
     let mut function_cpus = Vec::new();
@@ -229,7 +247,7 @@ async fn run_local(
         // very same invocations at the very same times.
         let plan = match &plan {
             Some(plan) => plan,
-            None => match schedule::plan(workload, &weights, function_cpus.len()) {
+            None => match schedule::plan(workload, &choice, function_cpus.len()) {
                 Ok(p) => plan.insert(p),
                 Err(e) => {
                     local.stop().await;
@@ -244,7 +262,11 @@ async fn run_local(
             plan,
             Reach {
                 shards: &local.shard_addrs,
-                token: Some(local.token.clone()),
+                tokens: plan
+                    .tenants
+                    .iter()
+                    .map(|name| local.tokens.get(name).cloned())
+                    .collect(),
             },
             &classes,
             policy,
@@ -293,7 +315,7 @@ async fn run_remote(
             }
         }
     }
-    let weights = workload.check_classes(&classes)?;
+    let choice = workload.check_classes(&classes)?;
     let needs_cpus = workload.phases.iter().any(|p| p.load.is_some());
     let cpus = match (args.function_cpus, needs_cpus) {
         (Some(n), _) => n,
@@ -302,7 +324,14 @@ async fn run_remote(
             "the workload has `load` phases: give the running cluster's function CPUs with --function-cpus"
         ),
     };
-    let plan = schedule::plan(workload, &weights, cpus)?;
+    let plan = schedule::plan(workload, &choice, cpus)?;
+    // The workload's own tenant uses --token (or TARIFF_TOKEN); the others the cluster
+    // directory's token files.
+    let mut tokens = vec![token];
+    for name in plan.tenants.iter().skip(1) {
+        let file = tariff_cluster::tenancy::token_file(cluster.dir(), name);
+        tokens.push(tariff_cluster::tenancy::read_token_file(&file)?);
+    }
     let policy = run_policy(
         cluster,
         args,
@@ -310,7 +339,7 @@ async fn run_remote(
         &plan,
         Reach {
             shards: &args.shards,
-            token,
+            tokens,
         },
         &classes,
         args.cluster_policy
@@ -334,8 +363,8 @@ async fn run_remote(
 struct Reach<'a> {
     /// The shards.
     shards: &'a [SocketAddr],
-    /// The tenant's token.
-    token: Option<Token>,
+    /// Each tenant's token, by the plan's tenant index.
+    tokens: Vec<Option<Token>>,
 }
 
 /// Every phase of the plan against one cluster.
@@ -349,7 +378,10 @@ async fn run_policy(
     policy: &str,
 ) -> anyhow::Result<PolicyReport> {
     let shards = reach.shards;
-    let clients = driver::connect(cluster, shards, args.connections, reach.token).await?;
+    let mut clients = Vec::new();
+    for token in reach.tokens {
+        clients.push(driver::connect(cluster, shards, args.connections, token).await?);
+    }
     let ctx = RunContext {
         clients,
         targets: Arc::new(plan.targets.clone()),
@@ -363,7 +395,7 @@ async fn run_policy(
         let label = format!("{policy} {}", phase.name);
         let (recorder, elapsed) = driver::run_phase(&ctx, phase, &label).await;
         if !phase.warmup {
-            phases.push(recorder.finish(phase, classes, elapsed, shards.len()));
+            phases.push(recorder.finish(phase, classes, &plan.tenants, elapsed, shards.len()));
         }
     }
     Ok(PolicyReport::new(policy, phases))

@@ -35,6 +35,7 @@ pub async fn connect(
     per_shard: usize,
     token: Option<Token>,
 ) -> Result<Vec<Client>, ClientError> {
+    // Each tenant's connections are its own: a token is presented per stream.
     let mut clients = Vec::new();
     for _ in 0..per_shard.max(1) {
         for &addr in shards {
@@ -48,8 +49,9 @@ pub async fn connect(
 /// What every invocation of a run shares.
 #[derive(Clone)]
 pub struct RunContext {
-    /// Connections, used round-robin (so shards alternate).
-    pub clients: Vec<Client>,
+    /// Connections per tenant (by the plan's tenant index), each tenant's used round-robin
+    /// (so shards alternate).
+    pub clients: Vec<Vec<Client>>,
     /// The plan's distinct calls.
     pub targets: Arc<Vec<Target>>,
     /// Class names, most expensive first.
@@ -76,7 +78,7 @@ pub async fn run_phase(
     plan: &PhasePlan,
     label: &str,
 ) -> (PhaseRecorder, Duration) {
-    let recorder = PhaseRecorder::new(plan, ctx.classes.len());
+    let recorder = PhaseRecorder::new(plan, ctx.classes.len(), ctx.clients.len());
     let counters = Arc::new(Counters::default());
     let outstanding = Arc::new(AtomicUsize::new(0));
     let (tx, mut rx) = mpsc::unbounded_channel::<Sample>();
@@ -141,9 +143,13 @@ pub async fn run_phase(
                     std::thread::sleep(scheduled - now);
                 }
                 counters.sent.fetch_add(1, Ordering::Relaxed);
+                let target = &ctx.targets[planned.target as usize];
                 if outstanding.load(Ordering::Relaxed) >= ctx.max_outstanding {
                     let _ = tx.send(Sample {
                         class: planned.class,
+                        tenant: target.tenant,
+                        cost: 0.0,
+                        degraded: false,
                         scheduled: planned.at,
                         latency: scheduled.elapsed(),
                         answer: Answer::Err(CLIENT_OVERLOAD.into()),
@@ -151,8 +157,9 @@ pub async fn run_phase(
                     continue;
                 }
                 outstanding.fetch_add(1, Ordering::Relaxed);
-                let client = ctx.clients[i % ctx.clients.len()].clone();
-                let target = &ctx.targets[planned.target as usize];
+                let tenant_clients =
+                    &ctx.clients[usize::from(target.tenant).min(ctx.clients.len() - 1)];
+                let client = tenant_clients[i % tenant_clients.len()].clone();
                 let request = InvokeRequest {
                     function: target.function.clone(),
                     class: ctx.classes[planned.class as usize].clone(),
@@ -160,16 +167,25 @@ pub async fn run_phase(
                     timeout_ms: ctx.timeout_ms,
                 };
                 let (tx, outstanding) = (tx.clone(), outstanding.clone());
+                let tenant = target.tenant;
                 runtime.spawn(async move {
-                    let answer = match client.invoke(request).await {
-                        Ok(Ok(outcome)) => Answer::Ok(Stages::of(&outcome)),
-                        Ok(Err(e)) => Answer::Err(e.kind().into()),
-                        Err(e) => Answer::Err(client_error_kind(&e).into()),
+                    let asked = request.class.clone();
+                    let (answer, cost, degraded) = match client.invoke(request).await {
+                        Ok(Ok(outcome)) => (
+                            Answer::Ok(Stages::of(&outcome)),
+                            outcome.cost.total,
+                            !outcome.cost.class.is_empty() && outcome.cost.class != asked,
+                        ),
+                        Ok(Err(e)) => (Answer::Err(e.kind().into()), 0.0, false),
+                        Err(e) => (Answer::Err(client_error_kind(&e).into()), 0.0, false),
                     };
                     let latency = scheduled.elapsed();
                     outstanding.fetch_sub(1, Ordering::Relaxed);
                     let _ = tx.send(Sample {
                         class: planned.class,
+                        tenant,
+                        cost,
+                        degraded,
                         scheduled: planned.at,
                         latency,
                         answer,

@@ -134,6 +134,53 @@ pub fn table(report: &BenchReport) -> String {
             }
         }
     }
+    let several_tenants = report
+        .policies
+        .iter()
+        .flat_map(|p| &p.phases)
+        .any(|ph| ph.tenants.len() > 1);
+    if several_tenants {
+        let _ = writeln!(
+            out,
+            "\n{:<7} {:<10} {:<12} {:>7} {:>6} {:>8} {:>8} {:>8} {:>12} {:>8} {:>11} {:>10}",
+            "policy",
+            "phase",
+            "tenant",
+            "ok",
+            "failed",
+            "ok/s",
+            "p50 ms",
+            "p99 ms",
+            "spent",
+            "degraded",
+            "degraded at",
+            "refused at"
+        );
+        for policy in &report.policies {
+            for phase in &policy.phases {
+                for t in &phase.tenants {
+                    let at =
+                        |s: Option<f64>| s.map_or_else(|| "-".to_owned(), |s| format!("{s:.2} s"));
+                    let _ = writeln!(
+                        out,
+                        "{:<7} {:<10} {:<12} {:>7} {:>6} {:>8.1} {:>8} {:>8} {:>12.6} {:>8} {:>11} {:>10}",
+                        policy.policy,
+                        phase.name,
+                        t.tenant,
+                        t.ok,
+                        t.failed,
+                        t.throughput_per_s,
+                        ms(t.latency_us.p50),
+                        ms(t.latency_us.p99),
+                        t.spent,
+                        t.degraded,
+                        at(t.first_degraded_s),
+                        at(t.first_refused_s),
+                    );
+                }
+            }
+        }
+    }
     let _ = writeln!(out);
     for policy in &report.policies {
         for phase in &policy.phases {

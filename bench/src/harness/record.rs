@@ -91,6 +91,12 @@ pub enum Answer {
 pub struct Sample {
     /// Class index.
     pub class: u8,
+    /// Tenant index (into the plan's tenants).
+    pub tenant: u8,
+    /// What it was billed (0 unless it ran).
+    pub cost: f64,
+    /// It ran at another class than it asked for: its tenant's budget degraded it.
+    pub degraded: bool,
     /// Scheduled send time from the start of the phase.
     pub scheduled: Duration,
     /// Answer time minus scheduled time.
@@ -140,16 +146,108 @@ impl ClassRecorder {
     }
 }
 
+/// Accumulates one tenant's answers in one phase.
+struct TenantRecorder {
+    latency: Histogram<u64>,
+    errors: BTreeMap<String, u64>,
+    spent: f64,
+    degraded: u64,
+    first_degraded: Option<Duration>,
+    first_refused: Option<Duration>,
+}
+
+impl TenantRecorder {
+    fn new() -> Self {
+        Self {
+            latency: histogram(SIGNIFICANT_DIGITS),
+            errors: BTreeMap::new(),
+            spent: 0.0,
+            degraded: 0,
+            first_degraded: None,
+            first_refused: None,
+        }
+    }
+
+    fn record(&mut self, sample: &Sample) {
+        let earliest = |slot: &mut Option<Duration>| {
+            *slot = Some(slot.map_or(sample.scheduled, |t| t.min(sample.scheduled)));
+        };
+        match &sample.answer {
+            Answer::Ok(_) => {
+                let us = (sample.latency.as_micros() as u64).max(1);
+                self.latency.saturating_record(us);
+                self.spent += sample.cost;
+                if sample.degraded {
+                    self.degraded += 1;
+                    earliest(&mut self.first_degraded);
+                }
+            }
+            Answer::Err(kind) => {
+                *self.errors.entry(kind.clone()).or_default() += 1;
+                if kind == OVER_BUDGET {
+                    earliest(&mut self.first_refused);
+                }
+            }
+        }
+    }
+
+    fn finish(self, name: &str, secs: f64) -> TenantReport {
+        let ok = self.latency.len();
+        TenantReport {
+            tenant: name.to_owned(),
+            ok,
+            failed: self.errors.values().sum(),
+            errors: self.errors,
+            throughput_per_s: ok as f64 / secs,
+            latency_us: Percentiles::of(&self.latency),
+            spent: self.spent,
+            degraded: self.degraded,
+            first_degraded_s: self.first_degraded.map(|t| t.as_secs_f64()),
+            first_refused_s: self.first_refused.map(|t| t.as_secs_f64()),
+        }
+    }
+}
+
+/// The error kind of a call refused for its tenant's budget.
+pub const OVER_BUDGET: &str = "over_budget";
+
+/// One tenant in one phase: what it got and what it paid.
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantReport {
+    /// The tenant.
+    pub tenant: String,
+    /// Answered with a result.
+    pub ok: u64,
+    /// Failed (refused for its budget included).
+    pub failed: u64,
+    /// Failures by kind.
+    pub errors: BTreeMap<String, u64>,
+    /// Results per second of the phase.
+    pub throughput_per_s: f64,
+    /// End-to-end latency of its results.
+    pub latency_us: Percentiles,
+    /// What its results cost it.
+    pub spent: f64,
+    /// Results it got at a cheaper class than it asked for (its budget degraded it).
+    pub degraded: u64,
+    /// Scheduled time, from the phase's start, of its first degraded call.
+    pub first_degraded_s: Option<f64>,
+    /// Scheduled time of its first call refused for its budget.
+    pub first_refused_s: Option<f64>,
+}
+
 /// Accumulates the answers of one phase of one policy.
 pub struct PhaseRecorder {
     classes: Vec<ClassRecorder>,
+    tenants: Vec<TenantRecorder>,
 }
 
 impl PhaseRecorder {
-    /// A recorder for `plan`'s invocations over `classes` classes.
-    pub fn new(plan: &PhasePlan, classes: usize) -> Self {
+    /// A recorder for `plan`'s invocations over `classes` classes and `tenants` tenants.
+    pub fn new(plan: &PhasePlan, classes: usize, tenants: usize) -> Self {
         let mut recorder = Self {
             classes: (0..classes).map(|_| ClassRecorder::new()).collect(),
+            tenants: (0..tenants.max(1)).map(|_| TenantRecorder::new()).collect(),
         };
         for p in &plan.invocations {
             if let Some(c) = recorder.classes.get_mut(p.class as usize) {
@@ -161,6 +259,9 @@ impl PhaseRecorder {
 
     /// Records one answer.
     pub fn record(&mut self, sample: &Sample) {
+        if let Some(tenant) = self.tenants.get_mut(sample.tenant as usize) {
+            tenant.record(sample);
+        }
         let Some(class) = self.classes.get_mut(sample.class as usize) else {
             return;
         };
@@ -188,10 +289,17 @@ impl PhaseRecorder {
         self,
         plan: &PhasePlan,
         class_names: &[String],
+        tenant_names: &[String],
         elapsed: Duration,
         shards: usize,
     ) -> PhaseReport {
         let secs = elapsed.as_secs_f64().max(f64::EPSILON);
+        let tenants = self
+            .tenants
+            .into_iter()
+            .zip(tenant_names)
+            .map(|(t, name)| t.finish(name, secs))
+            .collect();
         let seconds = self
             .classes
             .iter()
@@ -256,6 +364,7 @@ impl PhaseRecorder {
             throughput_per_s: ok as f64 / secs,
             placements_per_s_per_shard: ok as f64 / secs / shards.max(1) as f64,
             classes,
+            tenants,
             over_time,
         }
     }
@@ -392,6 +501,8 @@ pub struct PhaseReport {
     pub placements_per_s_per_shard: f64,
     /// Per class, most expensive first.
     pub classes: Vec<ClassReport>,
+    /// Per tenant, in the workload's order.
+    pub tenants: Vec<TenantReport>,
     /// Latency over time.
     pub over_time: Vec<SecondReport>,
 }
@@ -559,6 +670,9 @@ mod tests {
 
     fn sample(class: u8, ms: u64, answer: Answer) -> Sample {
         Sample {
+            tenant: 0,
+            cost: 0.0,
+            degraded: false,
             class,
             scheduled: Duration::from_millis(ms * 100),
             latency: Duration::from_millis(ms),
@@ -573,7 +687,7 @@ mod tests {
     #[test]
     fn counts_add_up_and_stages_are_kept() {
         let p = plan(&[0, 0, 1, 1, 1]);
-        let mut r = PhaseRecorder::new(&p, 2);
+        let mut r = PhaseRecorder::new(&p, 2, 1);
         let stages = Stages {
             queued: 10,
             placement: 20,
@@ -586,7 +700,7 @@ mod tests {
         r.record(&sample(1, 2, Answer::Err("timed_out".into())));
         r.record(&sample(1, 3, Answer::Err(CLIENT_OVERLOAD.into())));
         r.record(&sample(1, 4, Answer::Ok(stages)));
-        let report = r.finish(&p, &names(), Duration::from_secs(2), 2);
+        let report = r.finish(&p, &names(), &["t".to_owned()], Duration::from_secs(2), 2);
         assert_eq!(report.scheduled, 5);
         assert_eq!(report.ok + report.failed, 5);
         for c in &report.classes {
@@ -605,7 +719,13 @@ mod tests {
 
     fn phase_with(name: &str, p99s: &[u64]) -> PhaseReport {
         let p = plan(&[]);
-        let mut report = PhaseRecorder::new(&p, 2).finish(&p, &names(), Duration::from_secs(1), 1);
+        let mut report = PhaseRecorder::new(&p, 2, 1).finish(
+            &p,
+            &names(),
+            &["t".to_owned()],
+            Duration::from_secs(1),
+            1,
+        );
         report.name = name.into();
         for (c, &p99) in report.classes.iter_mut().zip(p99s) {
             c.ok = u64::from(p99 > 0);

@@ -15,7 +15,8 @@ use rand::{Rng, SeedableRng};
 use rand_distr::Exp;
 
 use super::workload::{
-    ArrivalKind, Workload, WorkloadError, MAX_INVOCATIONS_PER_PHASE, TRACE_FUNCTION, TRACE_PHASE,
+    ArrivalKind, ClassChoice, Workload, WorkloadError, MAX_INVOCATIONS_PER_PHASE, TRACE_FUNCTION,
+    TRACE_PHASE,
 };
 use tariff_sim::workload::{summarize_trace, TraceReader};
 
@@ -32,6 +33,8 @@ pub struct Target {
     pub function: String,
     /// Payload bytes.
     pub payload: Vec<u8>,
+    /// The tenant making the call: an index into [`Plan::tenants`].
+    pub tenant: u8,
 }
 
 /// One scheduled invocation.
@@ -69,6 +72,8 @@ pub struct Plan {
     pub targets: Vec<Target>,
     /// Phases in order.
     pub phases: Vec<PhasePlan>,
+    /// The tenants calls are made as ([`Workload::tenant_names`]).
+    pub tenants: Vec<String>,
 }
 
 impl Plan {
@@ -140,26 +145,32 @@ pub fn arrivals<R: Rng>(
 }
 
 /// Builds the schedule of a workload for a cluster with `function_cpus` CPUs for functions
-/// and these class weights (from [`Workload::check_classes`]).
+/// and this way of choosing classes (from [`Workload::check_classes`]).
+///
+/// A call's class is its mix entry's fixed class, or else drawn from the class weights; the
+/// draw is only made when needed, so a workload without fixed classes gets the very schedule
+/// it got before classes could be fixed.
 pub fn plan(
     workload: &Workload,
-    class_weights: &[f64],
+    choice: &ClassChoice,
     function_cpus: usize,
 ) -> Result<Plan, WorkloadError> {
     if let Some(trace) = &workload.trace {
-        return plan_trace(workload, trace, class_weights.len());
+        return plan_trace(workload, trace, choice.weights.len());
     }
     let invalid = |m: String| WorkloadError::Invalid(m);
     let classes =
-        WeightedIndex::new(class_weights).map_err(|e| invalid(format!("class weights: {e}")))?;
+        WeightedIndex::new(&choice.weights).map_err(|e| invalid(format!("class weights: {e}")))?;
     let mix = WeightedIndex::new(workload.mix.iter().map(|e| e.weight))
         .map_err(|e| invalid(format!("mix weights: {e}")))?;
+    let tenants = workload.tenant_names();
     let targets: Vec<Target> = workload
         .mix
         .iter()
         .map(|e| Target {
             function: e.function.clone(),
             payload: Workload::payload(e),
+            tenant: workload.tenant_of(e, &tenants),
         })
         .collect();
     let capacity = function_cpus.max(1) as f64 * 1000.0 / workload.mean_cpu_ms().max(f64::EPSILON);
@@ -191,10 +202,17 @@ pub fn plan(
         let times = arrivals(arrival, rate, duration, burst, &mut rng);
         let invocations = times
             .into_iter()
-            .map(|at| Planned {
-                at,
-                target: mix.sample(&mut rng) as u32,
-                class: classes.sample(&mut rng) as u8,
+            .map(|at| {
+                let target = mix.sample(&mut rng);
+                let class = match choice.fixed.get(target).copied().flatten() {
+                    Some(class) => class,
+                    None => classes.sample(&mut rng) as u8,
+                };
+                Planned {
+                    at,
+                    target: target as u32,
+                    class,
+                }
             })
             .collect();
         phases.push(PhasePlan {
@@ -206,7 +224,11 @@ pub fn plan(
             invocations,
         });
     }
-    Ok(Plan { targets, phases })
+    Ok(Plan {
+        targets,
+        phases,
+        tenants,
+    })
 }
 
 /// A trace replay: every row becomes a `counter` call spinning the row's duration (capped),
@@ -239,6 +261,7 @@ fn plan_trace(workload: &Workload, trace: &Path, classes: usize) -> Result<Plan,
             targets.push(Target {
                 function: TRACE_FUNCTION.into(),
                 payload: format!("spin {spin_ms}").into_bytes(),
+                tenant: 0,
             });
             targets.len() as u32 - 1
         });
@@ -255,6 +278,7 @@ fn plan_trace(workload: &Workload, trace: &Path, classes: usize) -> Result<Plan,
     let rate = invocations.len() as f64 / duration.as_secs_f64();
     Ok(Plan {
         targets,
+        tenants: vec![workload.tenant.clone()],
         phases: vec![PhasePlan {
             name: TRACE_PHASE.into(),
             warmup: false,
@@ -341,10 +365,13 @@ load = 2.0
 
     #[test]
     fn plans_are_deterministic_by_seed_and_follow_the_weights() {
-        let weights = [1.0, 0.0, 0.0, 4.0];
-        let a = plan(&workload(5), &weights, 1).unwrap();
-        let b = plan(&workload(5), &weights, 1).unwrap();
-        let c = plan(&workload(6), &weights, 1).unwrap();
+        let choice = ClassChoice {
+            weights: vec![1.0, 0.0, 0.0, 4.0],
+            fixed: vec![None, None],
+        };
+        let a = plan(&workload(5), &choice, 1).unwrap();
+        let b = plan(&workload(5), &choice, 1).unwrap();
+        let c = plan(&workload(6), &choice, 1).unwrap();
         assert_eq!(a.phases[0].invocations, b.phases[0].invocations);
         assert_ne!(a.phases[0].invocations, c.phases[0].invocations);
         // load 2 on one CPU with a mean of 5 ms per call = 400/s.
@@ -356,6 +383,36 @@ load = 2.0
         let echo = calls.iter().filter(|p| p.target == 1).count() as f64 / calls.len() as f64;
         assert!((echo - 0.75).abs() < 0.05, "{echo}");
         assert_eq!(a.reported_invocations(), calls.len());
+    }
+
+    #[test]
+    fn fixed_classes_follow_their_function() {
+        let names: Vec<String> = ["critical", "high", "standard", "batch"]
+            .map(String::from)
+            .to_vec();
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads/preempt-2x.toml"),
+        )
+        .unwrap();
+        let w = Workload::parse(&text).unwrap();
+        let choice = w.check_classes(&names).unwrap();
+        let p = plan(&w, &choice, 2).unwrap();
+        let overload = p.phases.iter().find(|ph| ph.name == "overload").unwrap();
+        // 2× two CPUs of calls averaging 0.2 × 20 + 0.8 × 200 = 164 ms.
+        assert!((overload.rate - 2.0 * 2.0 * 1000.0 / 164.0).abs() < 1e-9);
+        let spin_of = |c: &Planned| p.targets[c.target as usize].payload.clone();
+        for call in &overload.invocations {
+            let expected = if call.class == 0 {
+                "spin 20"
+            } else {
+                "spin 200"
+            };
+            assert_eq!(spin_of(call), expected.as_bytes(), "{call:?}");
+            assert!(call.class == 0 || call.class == 3, "{call:?}");
+        }
+        let critical = overload.invocations.iter().filter(|c| c.class == 0).count() as f64
+            / overload.invocations.len() as f64;
+        assert!((critical - 0.2).abs() < 0.03, "{critical}");
     }
 
     #[test]
@@ -374,7 +431,11 @@ load = 2.0
             path.display()
         ))
         .unwrap();
-        let p = plan(&w, &[1.0; 4], 1).unwrap();
+        let choice = ClassChoice {
+            weights: vec![1.0; 4],
+            fixed: Vec::new(),
+        };
+        let p = plan(&w, &choice, 1).unwrap();
         let calls = &p.phases[0].invocations;
         assert_eq!(calls.len(), 3);
         assert_eq!(calls[0].at, Duration::ZERO);

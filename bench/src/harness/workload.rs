@@ -95,6 +95,25 @@ pub struct MixEntry {
     /// Relative weight in the mix.
     #[serde(default = "one")]
     pub weight: f64,
+    /// The class every call of this entry is sent in (`critical` page views, `batch` image
+    /// resizes: the paper's web-server case, where the class belongs to the function). Without
+    /// it the class is drawn from `[classes]`, independently of the function.
+    #[serde(default)]
+    pub class: Option<String>,
+    /// The tenant making this entry's calls (default: the workload's `tenant`): several
+    /// tenants share one cluster, for budget scenarios.
+    #[serde(default)]
+    pub tenant: Option<String>,
+}
+
+/// A tenant an embedded cluster makes for the run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSpec {
+    /// Its monthly budget (class-price units); none: unlimited. An embedded cluster starts
+    /// every run with nothing spent.
+    #[serde(default)]
+    pub budget: Option<f64>,
 }
 
 /// A stretch of load at one rate. Phases run one after the other, each until its last
@@ -129,8 +148,48 @@ pub struct ClusterShape {
     pub shards: Option<usize>,
     /// Dispatchers.
     pub dispatchers: Option<usize>,
-    /// Cores per dispatcher.
-    pub cores: Option<u32>,
+    /// Cores per dispatcher: a number, or `"all"` for every CPU this process may use, so a
+    /// scenario about the whole machine measures the whole machine wherever it runs.
+    pub cores: Option<Cores>,
+}
+
+/// Cores of the embedded cluster's dispatchers in a workload's `[cluster]` section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Cores {
+    /// This many cores per dispatcher.
+    Count(u32),
+    /// Every CPU the harness may use (`cores = "all"`).
+    All(AllCores),
+}
+
+/// The word `all` (the only string [`Cores`] accepts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AllCores {
+    /// Every CPU.
+    All,
+}
+
+impl Cores {
+    /// The number of cores, given how many CPUs the host lets this process use.
+    pub fn resolve(self, host_cpus: usize) -> u32 {
+        match self {
+            Cores::Count(n) => n,
+            Cores::All(AllCores::All) => u32::try_from(host_cpus).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+/// How the calls of a workload get their classes on one cluster (from
+/// [`Workload::check_classes`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassChoice {
+    /// One weight per cluster class (the cluster's order, most expensive first), for mix
+    /// entries without a class of their own.
+    pub weights: Vec<f64>,
+    /// Per mix entry, the class index its calls are sent in, if the entry fixes one.
+    pub fixed: Vec<Option<u8>>,
 }
 
 /// A parsed and checked workload file.
@@ -158,6 +217,10 @@ pub struct Workload {
     /// cluster its token is looked up (see `--token`).
     #[serde(default = "default_tenant")]
     pub tenant: String,
+    /// Tenants with settings (budgets), by name; `tenant` and every mix entry's tenant are
+    /// made whether listed or not.
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantSpec>,
     /// Class name → relative weight; every class of the cluster equally if absent.
     #[serde(default)]
     pub classes: BTreeMap<String, f64>,
@@ -244,9 +307,50 @@ impl Workload {
         Ok(workload)
     }
 
+    /// Every tenant the workload's calls are made as, its own `tenant` first: the index of a
+    /// name here is a call's tenant in the schedule.
+    pub fn tenant_names(&self) -> Vec<String> {
+        let mut names = vec![self.tenant.clone()];
+        let others = self
+            .mix
+            .iter()
+            .filter_map(|e| e.tenant.clone())
+            .chain(self.tenants.keys().cloned());
+        for name in others {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        names
+    }
+
+    /// The index in [`Workload::tenant_names`] of the tenant making `entry`'s calls.
+    pub fn tenant_of(&self, entry: &MixEntry, names: &[String]) -> u8 {
+        let name = entry.tenant.as_ref().unwrap_or(&self.tenant);
+        names.iter().position(|n| n == name).unwrap_or(0) as u8
+    }
+
     /// Checks what can be checked without a cluster.
     fn validate(&self) -> Result<(), WorkloadError> {
         let invalid = |m: String| Err(WorkloadError::Invalid(m));
+        let tenants = self.tenant_names();
+        if tenants.len() > usize::from(u8::MAX) {
+            return invalid(format!("{} tenants; at most 255", tenants.len()));
+        }
+        for name in &tenants {
+            if let Err(e) = tariff_types::tenant::validate_tenant_name(name) {
+                return invalid(e.to_string());
+            }
+        }
+        if let Some((name, _)) = self
+            .tenants
+            .iter()
+            .find(|(_, t)| t.budget.is_some_and(|b| !(b.is_finite() && b >= 0.0)))
+        {
+            return invalid(format!(
+                "tenant `{name}`: a budget must be a finite amount of zero or more"
+            ));
+        }
         if !(self.burst_duty > 0.0 && self.burst_duty <= 1.0) {
             return invalid(format!(
                 "burst_duty must be in (0, 1], not {}",
@@ -263,6 +367,16 @@ impl Workload {
         }
         if !self.classes.is_empty() && self.classes.values().sum::<f64>() <= 0.0 {
             return invalid("class weights must not all be 0".into());
+        }
+        if !self.classes.is_empty()
+            && !self.mix.is_empty()
+            && self.mix.iter().all(|e| e.class.is_some())
+        {
+            // Silently ignoring the table would let a reader believe it shapes the load.
+            return invalid(
+                "every [[mix]] entry fixes its `class`, so `[classes]` would never be used: remove it"
+                    .into(),
+            );
         }
         if self.trace.is_some() {
             if !self.mix.is_empty() || !self.phases.is_empty() {
@@ -290,6 +404,9 @@ impl Workload {
             }
             if !(entry.cpu_ms.is_finite() && entry.cpu_ms >= 0.0) {
                 return invalid(format!("mix `{f}`: cpu_ms must be ≥ 0"));
+            }
+            if entry.class.as_deref().is_some_and(|c| c.trim().is_empty()) {
+                return invalid(format!("mix `{f}`: class must not be empty"));
             }
         }
         if self.mix.iter().map(|e| e.weight).sum::<f64>() <= 0.0 {
@@ -331,24 +448,37 @@ impl Workload {
         self.mix.iter().map(|e| e.weight * e.cpu_ms).sum::<f64>() / total
     }
 
-    /// Checks the class names against the cluster's and returns one weight per cluster class
-    /// (in the cluster's order, most expensive first).
-    pub fn check_classes(&self, cluster_classes: &[String]) -> Result<Vec<f64>, WorkloadError> {
-        if self.classes.is_empty() {
-            return Ok(vec![1.0; cluster_classes.len()]);
-        }
+    /// Checks the class names (of `[classes]` and of the mix entries) against the cluster's
+    /// and says how each call gets its class there.
+    pub fn check_classes(&self, cluster_classes: &[String]) -> Result<ClassChoice, WorkloadError> {
+        let unknown = |class: &str| WorkloadError::UnknownClass {
+            class: class.to_owned(),
+            known: cluster_classes.join(", "),
+        };
+        let index_of = |class: &str| {
+            cluster_classes
+                .iter()
+                .position(|c| c == class)
+                .and_then(|i| u8::try_from(i).ok())
+                .ok_or_else(|| unknown(class))
+        };
         for class in self.classes.keys() {
-            if !cluster_classes.contains(class) {
-                return Err(WorkloadError::UnknownClass {
-                    class: class.clone(),
-                    known: cluster_classes.join(", "),
-                });
-            }
+            index_of(class)?;
         }
-        Ok(cluster_classes
+        let fixed = self
+            .mix
             .iter()
-            .map(|c| self.classes.get(c).copied().unwrap_or(0.0))
-            .collect())
+            .map(|e| e.class.as_deref().map(index_of).transpose())
+            .collect::<Result<Vec<_>, _>>()?;
+        let weights = if self.classes.is_empty() {
+            vec![1.0; cluster_classes.len()]
+        } else {
+            cluster_classes
+                .iter()
+                .map(|c| self.classes.get(c).copied().unwrap_or(0.0))
+                .collect()
+        };
+        Ok(ClassChoice { weights, fixed })
     }
 
     /// The payload bytes of a mix entry.
@@ -395,7 +525,27 @@ arrival = "bursty"
         let names: Vec<String> = ["critical", "high", "standard", "batch"]
             .map(String::from)
             .to_vec();
-        assert_eq!(w.check_classes(&names).unwrap(), vec![1.0, 0.0, 0.0, 3.0]);
+        let choice = w.check_classes(&names).unwrap();
+        assert_eq!(choice.weights, vec![1.0, 0.0, 0.0, 3.0]);
+        assert_eq!(choice.fixed, vec![None]);
+    }
+
+    #[test]
+    fn mix_entries_name_their_tenants_and_tenants_their_budgets() {
+        let text = GOOD.replace(
+            "cpu_ms = 20\n",
+            "cpu_ms = 20\ntenant = \"scraper\"\n[tenants.quiet]\nbudget = 2.5\n",
+        );
+        let w = Workload::parse(&format!("tenant = \"shop\"\n{text}")).unwrap();
+        let names = w.tenant_names();
+        assert_eq!(names, ["shop", "scraper", "quiet"]);
+        assert_eq!(w.tenant_of(&w.mix[0], &names), 1);
+        assert_eq!(w.tenants["quiet"].budget, Some(2.5));
+        let bad = Workload::parse(&format!("tenant = \"Shop!\"\n{GOOD}")).unwrap_err();
+        assert!(bad.to_string().contains("tenant name"), "{bad}");
+        let negative = text.replace("budget = 2.5", "budget = -1.0");
+        let bad = Workload::parse(&negative).unwrap_err();
+        assert!(bad.to_string().contains("budget"), "{bad}");
     }
 
     #[test]
@@ -426,6 +576,83 @@ arrival = "bursty"
         let w = Workload::parse("name = \"t\"\ntrace = \"a.csv\"").unwrap();
         assert_eq!(w.trace_max_spin_ms, DEFAULT_TRACE_MAX_SPIN_MS);
         assert!(Workload::parse(&format!("trace = \"a.csv\"\n{GOOD}")).is_err());
+    }
+
+    /// A web-vs-batch mix: page views are `critical`, resizes `batch`.
+    const BOUND: &str = r#"
+name = "bound"
+[[mix]]
+function = "counter"
+payload = "spin 20"
+cpu_ms = 20
+weight = 20
+class = "critical"
+[[mix]]
+function = "counter"
+payload = "spin 200"
+cpu_ms = 200
+weight = 80
+class = "batch"
+[[phases]]
+name = "overload"
+duration_s = 1
+load = 2
+[cluster]
+dispatchers = 1
+cores = "all"
+"#;
+
+    fn four_classes() -> Vec<String> {
+        ["critical", "high", "standard", "batch"]
+            .map(String::from)
+            .to_vec()
+    }
+
+    #[test]
+    fn a_mix_entry_can_fix_its_class() {
+        let w = Workload::parse(BOUND).unwrap();
+        let choice = w.check_classes(&four_classes()).unwrap();
+        assert_eq!(choice.fixed, vec![Some(0), Some(3)]);
+        assert_eq!(w.mean_cpu_ms(), 0.2 * 20.0 + 0.8 * 200.0);
+        assert_eq!(w.cluster.cores, Some(Cores::All(AllCores::All)));
+        assert_eq!(w.cluster.cores.unwrap().resolve(6), 6);
+    }
+
+    #[test]
+    fn fixed_and_drawn_classes_mix() {
+        let text = BOUND
+            .replacen(
+                "name = \"bound\"\n",
+                "name = \"bound\"\n[classes]\nhigh = 1\n",
+                1,
+            )
+            .replacen("class = \"batch\"\n", "", 1);
+        let w = Workload::parse(&text).unwrap();
+        let choice = w.check_classes(&four_classes()).unwrap();
+        assert_eq!(choice.fixed, vec![Some(0), None]);
+        assert_eq!(choice.weights, vec![0.0, 1.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn bad_fixed_classes_are_refused() {
+        // A class the cluster does not have is named, with the ones it has.
+        let w = Workload::parse(&BOUND.replace("\"batch\"", "\"bulk\"")).unwrap();
+        let e = w.check_classes(&four_classes()).unwrap_err();
+        assert!(
+            e.to_string().contains("bulk") && e.to_string().contains("critical, high"),
+            "{e}"
+        );
+        // A class table no entry would use is an error, not silently ignored.
+        let e = Workload::parse(&BOUND.replacen("[[mix]]", "[classes]\nbatch = 1\n[[mix]]", 1))
+            .unwrap_err();
+        assert!(e.to_string().contains("never be used"), "{e}");
+        let e = Workload::parse(&BOUND.replace("\"critical\"", "\" \"")).unwrap_err();
+        assert!(e.to_string().contains("must not be empty"), "{e}");
+        let e = Workload::parse(&BOUND.replace("\"all\"", "\"most\"")).unwrap_err();
+        assert!(
+            e.to_string().contains("cores") || e.to_string().contains("variant"),
+            "{e}"
+        );
     }
 
     #[test]

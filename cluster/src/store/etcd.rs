@@ -31,6 +31,8 @@ pub const TENANTS_PREFIX: &str = "/tariff/tenants/";
 pub const TOKENS_PREFIX: &str = "/tariff/tokens/";
 /// The administrator's token hash.
 pub const ADMIN_KEY: &str = "/tariff/admin";
+/// Key prefix of each shard's published spend: `PREFIX/MONTH/TENANT/SHARD`.
+pub const SPEND_PREFIX: &str = "/tariff/spend/";
 /// Longest a call waits for etcd.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -410,6 +412,89 @@ impl ClusterStore for EtcdStore {
             ops.push(TxnOp::put(token_key(&hash), principal, None));
             commit(&mut client, Txn::new().and_then(ops)).await?;
             Ok(())
+        })
+    }
+
+    fn set_tenant_budget(&self, name: &str, budget: Option<f64>) -> Result<bool, StoreError> {
+        let name = name.to_owned();
+        self.call(move |mut client| async move {
+            let key = tenant_key(&name);
+            let response = client.get(key.as_str(), None).await.map_err(etcd_err)?;
+            let Some(kv) = response.kvs().first() else {
+                return Ok(false);
+            };
+            let mut tenant: Tenant =
+                serde_json::from_slice(kv.value()).map_err(|e| corrupt(kv.key(), e))?;
+            tenant.budget = budget;
+            let value = json(&name, &tenant)?;
+            let txn = Txn::new()
+                .when(vec![Compare::version(
+                    key.as_str(),
+                    CompareOp::Equal,
+                    kv.version(),
+                )])
+                .and_then(vec![TxnOp::put(key.as_str(), value, None)]);
+            if commit(&mut client, txn).await? {
+                Ok(true)
+            } else {
+                Err(StoreError::Conflict(format!(
+                    "tenant `{name}` changed meanwhile"
+                )))
+            }
+        })
+    }
+
+    fn publish_spend(
+        &self,
+        month: &str,
+        shard: u16,
+        totals: &[(String, f64)],
+    ) -> Result<(), StoreError> {
+        let ops: Vec<TxnOp> = totals
+            .iter()
+            .map(|(tenant, amount)| {
+                TxnOp::put(
+                    format!("{SPEND_PREFIX}{month}/{tenant}/{shard}"),
+                    amount.to_string(),
+                    None,
+                )
+            })
+            .collect();
+        self.call(move |mut client| async move {
+            commit(&mut client, Txn::new().and_then(ops)).await?;
+            Ok(())
+        })
+    }
+
+    fn clear_spend(&self, shard: u16) -> Result<(), StoreError> {
+        self.call(move |mut client| async move {
+            let deletes: Vec<TxnOp> = scan(&mut client, SPEND_PREFIX)
+                .await?
+                .into_iter()
+                .filter(|(key, _, _)| {
+                    String::from_utf8_lossy(key).rsplit('/').next() == Some(&shard.to_string())
+                })
+                .map(|(key, _, _)| TxnOp::delete(key, None))
+                .collect();
+            commit(&mut client, Txn::new().and_then(deletes)).await?;
+            Ok(())
+        })
+    }
+
+    fn spend(&self, month: &str) -> Result<Vec<(String, u16, f64)>, StoreError> {
+        let prefix = format!("{SPEND_PREFIX}{month}/");
+        self.call(move |mut client| async move {
+            let mut rows = Vec::new();
+            for (key, value, _) in scan(&mut client, &prefix).await? {
+                let text = String::from_utf8_lossy(&key);
+                let rest = text.trim_start_matches(prefix.as_str());
+                let parsed = rest.rsplit_once('/').and_then(|(tenant, shard)| {
+                    let amount = String::from_utf8_lossy(&value).parse::<f64>().ok()?;
+                    Some((tenant.to_owned(), shard.parse::<u16>().ok()?, amount))
+                });
+                rows.push(parsed.ok_or_else(|| corrupt(&key, "not a spend record"))?);
+            }
+            Ok(rows)
         })
     }
 }

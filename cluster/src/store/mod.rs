@@ -96,6 +96,21 @@ pub trait ClusterStore: Send + Sync {
     fn bootstrap_admin(&self, token_hash: &str) -> Result<bool, StoreError>;
     /// Replaces the administrator's credential (recovery, by whoever can write the store).
     fn reset_admin(&self, token_hash: &str) -> Result<(), StoreError>;
+    /// Sets or lifts tenant `name`'s monthly budget; `false` if there is no such tenant.
+    fn set_tenant_budget(&self, name: &str, budget: Option<f64>) -> Result<bool, StoreError>;
+
+    /// Records shard `shard`'s running totals of this month's spend per tenant (each replaces
+    /// that shard's last figure for the tenant).
+    fn publish_spend(
+        &self,
+        month: &str,
+        shard: u16,
+        totals: &[(String, f64)],
+    ) -> Result<(), StoreError>;
+    /// Every shard's last published figure for `month`, as (tenant, shard, amount).
+    fn spend(&self, month: &str) -> Result<Vec<(String, u16, f64)>, StoreError>;
+    /// Forgets everything shard `shard` published (an embedded cluster starting afresh).
+    fn clear_spend(&self, shard: u16) -> Result<(), StoreError>;
 }
 
 /// The embedded store: a SQLite database file.
@@ -123,7 +138,16 @@ impl SqliteStore {
              );
              CREATE TABLE IF NOT EXISTS tenants (
                  name          TEXT PRIMARY KEY,
-                 created_at_us INTEGER NOT NULL
+                 created_at_us INTEGER NOT NULL,
+                 budget        REAL
+             );
+             -- Each shard's running total of a tenant's spend in a month.
+             CREATE TABLE IF NOT EXISTS spend (
+                 month  TEXT NOT NULL,
+                 tenant TEXT NOT NULL,
+                 shard  INTEGER NOT NULL,
+                 amount REAL NOT NULL,
+                 PRIMARY KEY (month, tenant, shard)
              );
              -- One row per token hash; tenant NULL is the administrator.
              CREATE TABLE IF NOT EXISTS credentials (
@@ -152,6 +176,14 @@ impl SqliteStore {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+fn tenant_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Tenant> {
+    Ok(Tenant {
+        name: row.get(0)?,
+        created_at_us: row.get::<_, i64>(1)? as u64,
+        budget: row.get(2)?,
+    })
 }
 
 fn conflict(what: impl Into<String>) -> StoreError {
@@ -244,8 +276,9 @@ impl ClusterStore for SqliteStore {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let added = tx.execute(
-            "INSERT INTO tenants (name, created_at_us) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-            params![tenant.name, tenant.created_at_us as i64],
+            "INSERT INTO tenants (name, created_at_us, budget) VALUES (?1, ?2, ?3)
+             ON CONFLICT DO NOTHING",
+            params![tenant.name, tenant.created_at_us as i64, tenant.budget],
         )?;
         if added == 0 {
             return Err(conflict(format!("tenant `{}` already exists", tenant.name)));
@@ -262,27 +295,18 @@ impl ClusterStore for SqliteStore {
         Ok(self
             .lock()
             .query_row(
-                "SELECT name, created_at_us FROM tenants WHERE name = ?1",
+                "SELECT name, created_at_us, budget FROM tenants WHERE name = ?1",
                 params![name],
-                |row| {
-                    Ok(Tenant {
-                        name: row.get(0)?,
-                        created_at_us: row.get::<_, i64>(1)? as u64,
-                    })
-                },
+                tenant_row,
             )
             .optional()?)
     }
 
     fn tenants(&self) -> Result<Vec<Tenant>, StoreError> {
         let conn = self.lock();
-        let mut stmt = conn.prepare("SELECT name, created_at_us FROM tenants ORDER BY name")?;
-        let rows = stmt.query_map([], |row| {
-            Ok(Tenant {
-                name: row.get(0)?,
-                created_at_us: row.get::<_, i64>(1)? as u64,
-            })
-        })?;
+        let mut stmt =
+            conn.prepare("SELECT name, created_at_us, budget FROM tenants ORDER BY name")?;
+        let rows = stmt.query_map([], tenant_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -360,6 +384,48 @@ impl ClusterStore for SqliteStore {
         )?;
         tx.commit()?;
         Ok(())
+    }
+
+    fn set_tenant_budget(&self, name: &str, budget: Option<f64>) -> Result<bool, StoreError> {
+        let changed = self.lock().execute(
+            "UPDATE tenants SET budget = ?2 WHERE name = ?1",
+            params![name, budget],
+        )?;
+        Ok(changed == 1)
+    }
+
+    fn publish_spend(
+        &self,
+        month: &str,
+        shard: u16,
+        totals: &[(String, f64)],
+    ) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        for (tenant, amount) in totals {
+            tx.execute(
+                "INSERT INTO spend (month, tenant, shard, amount) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(month, tenant, shard) DO UPDATE SET amount = excluded.amount",
+                params![month, tenant, shard, amount],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn clear_spend(&self, shard: u16) -> Result<(), StoreError> {
+        self.lock()
+            .execute("DELETE FROM spend WHERE shard = ?1", params![shard])?;
+        Ok(())
+    }
+
+    fn spend(&self, month: &str) -> Result<Vec<(String, u16, f64)>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare("SELECT tenant, shard, amount FROM spend WHERE month = ?1")?;
+        let rows = stmt.query_map(params![month], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 }
 
@@ -501,6 +567,7 @@ mod tests {
         let acme = Tenant {
             name: "acme".into(),
             created_at_us: 7,
+            budget: None,
         };
         store.add_tenant(&acme, "h1").unwrap();
         assert!(matches!(
@@ -548,5 +615,36 @@ mod tests {
         );
         assert!(store.function("g").unwrap().is_some(), "others' stay");
         assert!(!store.remove_tenant("acme").unwrap());
+    }
+
+    #[test]
+    fn budgets_and_spend_per_shard() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.sqlite3")).unwrap();
+        let acme = Tenant {
+            name: "acme".into(),
+            created_at_us: 0,
+            budget: Some(5.0),
+        };
+        store.add_tenant(&acme, "h").unwrap();
+        assert_eq!(store.tenant("acme").unwrap().unwrap().budget, Some(5.0));
+        assert!(store.set_tenant_budget("acme", None).unwrap());
+        assert_eq!(store.tenant("acme").unwrap().unwrap().budget, None);
+        assert!(!store.set_tenant_budget("nobody", Some(1.0)).unwrap());
+        store
+            .publish_spend("2026-12", 1, &[("acme".into(), 1.5)])
+            .unwrap();
+        store
+            .publish_spend("2026-12", 2, &[("acme".into(), 0.5)])
+            .unwrap();
+        store
+            .publish_spend("2026-12", 1, &[("acme".into(), 2.0)])
+            .unwrap();
+        store
+            .publish_spend("2026-11", 1, &[("acme".into(), 9.0)])
+            .unwrap();
+        let mut seen = store.spend("2026-12").unwrap();
+        seen.sort_by_key(|(_, shard, _)| *shard);
+        assert_eq!(seen, vec![("acme".into(), 1, 2.0), ("acme".into(), 2, 0.5)]);
     }
 }

@@ -31,6 +31,7 @@
 //! `cpuset` when mounted. [`CgroupRoot::with_layout`] takes explicit mount points so that the
 //! unit tests run against temp-dir fixtures that mimic the kernel's files.
 
+pub mod dynmods;
 mod v1;
 mod v2;
 

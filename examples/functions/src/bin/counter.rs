@@ -8,6 +8,10 @@
 //!   crash tests (Tariff answers that invocation with the status and the stderr tail).
 //! - `spin MS`: burns MS ms of this thread's CPU time, like the `spin` function, then answers
 //!   `spun MS ms`: the workload for preemption tests with warm instances.
+//! - `call FUNCTION CLASS PAYLOAD`: invokes FUNCTION at CLASS with PAYLOAD as part of this
+//!   invocation's call chain (`tariff_function::context`), by running `tariff invoke --json`
+//!   (the binary named by `TARIFF_BIN`, else `tariff` on the PATH), and answers with its
+//!   output: how a persistent function calls another without its tenant's token.
 //! - anything else: answers `invocation N: <payload>`, where N counts this instance's
 //!   invocations from 1, so N > 1 means the instance was warm.
 //!
@@ -28,6 +32,9 @@ const CRASH: &str = "crash";
 
 /// The first word of a `spin MS` payload.
 const SPIN: &str = "spin";
+
+/// The first word of a `call FUNCTION CLASS PAYLOAD` payload.
+const CALL: &str = "call";
 
 fn main() {
     let mut invocations: u64 = 0;
@@ -50,7 +57,16 @@ fn invoke(n: u64, payload: &[u8]) -> Result<Vec<u8>, String> {
         exit(CRASH_EXIT);
     }
     let mut words = text.split_whitespace();
-    if words.next() == Some(SPIN) {
+    let first = words.next();
+    if first == Some(CALL) {
+        return match (words.next(), words.next(), words.next()) {
+            (Some(function), Some(class), Some(payload)) => call(function, class, payload),
+            _ => Err(format!(
+                "expected payload `call FUNCTION CLASS PAYLOAD`, got {text:?}"
+            )),
+        };
+    }
+    if first == Some(SPIN) {
         let millis = match (words.next().map(str::parse::<u64>), words.next()) {
             (Some(Ok(millis)), None) => millis,
             _ => return Err(format!("expected payload `spin MS`, got {text:?}")),
@@ -61,6 +77,28 @@ fn invoke(n: u64, payload: &[u8]) -> Result<Vec<u8>, String> {
     let mut answer = format!("invocation {n}: ").into_bytes();
     answer.extend_from_slice(payload);
     Ok(answer)
+}
+
+/// Invokes `function` as part of the current invocation's chain and returns its JSON answer.
+fn call(function: &str, class: &str, payload: &str) -> Result<Vec<u8>, String> {
+    let context = tariff_function::context::current()
+        .ok_or("no invocation context: not running as an invocation")?;
+    let tariff = std::env::var("TARIFF_BIN").unwrap_or_else(|_| "tariff".to_owned());
+    let mut command = std::process::Command::new(tariff);
+    command.args(["invoke", "--function", function, "--class", class, "--json"]);
+    command.args(["--payload", payload]);
+    context.apply(&mut command);
+    let output = command
+        .output()
+        .map_err(|e| format!("running tariff invoke: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "tariff invoke failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    Ok(output.stdout)
 }
 
 #[cfg(test)]
