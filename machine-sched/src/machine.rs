@@ -109,7 +109,11 @@ impl MachineScheduler {
             parts: Arc::new(Parts {
                 gate,
                 priority: Priority::new(mode, cpus),
-                provision: Arc::new(Provisioner::new(cgroups, user, work_root, spawn_cpus)),
+                provision: {
+                    let provision = Provisioner::new(cgroups, user, work_root, spawn_cpus);
+                    provision.prewarm(crate::provision::PREWARMED_CGROUPS);
+                    Arc::new(provision)
+                },
                 pool: InstancePool::default(),
                 running: Running::default(),
             }),

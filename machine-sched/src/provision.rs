@@ -20,6 +20,14 @@ use crate::priority::leave_function_cpus;
 /// Most empty instance cgroups kept for reuse.
 const MAX_POOLED_CGROUPS: usize = 64;
 
+/// Empty instance cgroups made when the machine starts, so the first cold starts reuse one
+/// instead of creating it: creating one (a directory in every hierarchy) made the first exec
+/// call on an idle live cluster take 14.7 ms against ~1.7 ms for the next ones.
+pub(crate) const PREWARMED_CGROUPS: usize = 4;
+
+/// Name prefix of the cgroups made at start (instances are `i<n>`).
+const PREWARMED_PREFIX: &str = "p";
+
 /// Directory name of the v1 cpuset hierarchy's mount.
 const CPUSET_MOUNT: &str = "cpuset";
 
@@ -73,6 +81,23 @@ impl Provisioner {
             cgroup_pool: Arc::default(),
             next_instance: AtomicU64::new(1),
         }
+    }
+
+    /// Creates `count` empty instance cgroups for the pool (best effort: a failure only means
+    /// a later cold start creates its own).
+    pub(crate) fn prewarm(&self, count: usize) {
+        let Some(root) = &self.cgroups else { return };
+        let mut made = Vec::with_capacity(count);
+        for i in 0..count {
+            match root.create(&format!("{PREWARMED_PREFIX}{i}")) {
+                Ok(cg) => made.push(cg),
+                Err(e) => {
+                    debug!(error = %e, "could not pre-create an instance cgroup");
+                    break;
+                }
+            }
+        }
+        self.pool().extend(made);
     }
 
     /// The CPUs kept free of functions, where launch and housing work runs.
