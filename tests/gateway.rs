@@ -521,6 +521,11 @@ fn hangup(gateway: &GatewayProc) {
     }
 }
 
+/// Slow calls started to fill the machine and the queue in the shedding test.
+const SLOW_CALLS: usize = 5;
+/// Further calls the shedding test makes until one is shed.
+const PROBES: usize = 10;
+
 #[test]
 fn shedding_is_503_with_retry_after() {
     runtime().block_on(async {
@@ -529,21 +534,35 @@ fn shedding_is_503_with_retry_after() {
         let token = cluster.token().await;
         let gateway = GatewayProc::start(&cluster, &routes, &[]);
         let auth = bearer(&token);
-        let slow_routes = ROUTES.replace("timeout = \"500ms\"", "timeout = \"20s\"");
+        // The slow function behind a second route that waits for it.
+        let slow_routes = format!(
+            "{ROUTES}\n[[route]]\nmethod = \"GET\"\npath = \"/slow-long\"\nfunction = \"slow\"\n\
+             class = \"standard\"\ntimeout = \"20s\"\n"
+        );
         std::fs::write(&routes, slow_routes).unwrap();
         hangup(&gateway);
         tokio::time::sleep(Duration::from_millis(300)).await;
+        // More slow calls than the one machine runs and the queue holds.
         let mut running = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..SLOW_CALLS {
             let mut child = Command::new("curl")
                 .args(["-sS", "-o", "/dev/null", "-H", &auth, "--max-time", "20"])
-                .arg(gateway.url("/slow"))
+                .arg(gateway.url("/slow-long"))
                 .spawn()
                 .unwrap();
             running.push(std::thread::spawn(move || child.wait()));
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let shed = curl(&["-H", &auth, &gateway.url("/slow")]);
+        // While they hold the machine (3 s each), a further call is shed. Probed a few times
+        // on the route that gives up after 500 ms (504 when queued rather than shed), since
+        // the calls above reach the shard in their own time on a busy machine.
+        let mut shed = curl(&["-H", &auth, &gateway.url("/slow")]);
+        for _ in 0..PROBES {
+            if shed.status == 503 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            shed = curl(&["-H", &auth, &gateway.url("/slow")]);
+        }
         assert_eq!(shed.status, 503, "{shed:?}");
         assert_eq!(shed.header("tariff-error"), Some("overloaded"));
         let retry_after: u64 = shed
