@@ -13,7 +13,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use tariff_cluster::cluster::Cluster;
 use tariff_cluster::tenancy::{admin_token_file, token_file, DEFAULT_TENANT};
-use tariff_local::examples::{example_specs, EXAMPLE_FUNCTIONS};
+use tariff_local::examples::{example_specs, web_specs, EXAMPLE_FUNCTIONS, WEB_FUNCTIONS};
 use tariff_local::{harness_binary, LocalCluster, LocalClusterConfig};
 use tariff_types::units::parse_size;
 use tariff_types::Policy;
@@ -68,6 +68,13 @@ pub struct LocalArgs {
     /// `tariff` (price classes), or a class-blind baseline: `fifo` or `hermod`.
     #[arg(long, value_enum, default_value_t)]
     pub policy: Policy,
+    /// Also serve HTTP through `tariff gateway` with this route table, and deploy the
+    /// example web application's functions (examples/web/routes.toml; docs/gateway.md).
+    #[arg(long, value_name = "ROUTES")]
+    gateway: Option<std::path::PathBuf>,
+    /// Where the gateway listens (port 0: any free port, printed at start).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    gateway_listen: std::net::SocketAddr,
 }
 
 /// Runs `tariff local`.
@@ -84,7 +91,10 @@ pub async fn run(global: &Global, args: LocalArgs) -> anyhow::Result<()> {
         memory_bytes: args.memory,
         no_rt: args.no_rt,
         policy: args.policy,
-        functions: example_specs()?,
+        functions: match &args.gateway {
+            Some(_) => [example_specs()?, web_specs()?].concat(),
+            None => example_specs()?,
+        },
         tenant: DEFAULT_TENANT.into(),
         other_tenants: Vec::new(),
         budget: None,
@@ -121,6 +131,10 @@ pub async fn run(global: &Global, args: LocalArgs) -> anyhow::Result<()> {
     for (process, addr) in &local.metrics_addrs {
         println!("  metrics:           http://{addr}/metrics  ({process})");
     }
+    let gateway = match &args.gateway {
+        Some(routes) => Some(start_gateway(&cluster, &local, routes, &args).await?),
+        None => None,
+    };
     // Clients find the shards through the records in the cluster directory, so the command
     // needs no address; it needs the directory only when it is not the default one.
     let cluster_flag = match &global.cluster {
@@ -140,8 +154,42 @@ pub async fn run(global: &Global, args: LocalArgs) -> anyhow::Result<()> {
         stop.await;
         Ok(())
     };
+    if let Some((stop, task)) = gateway {
+        let _ = stop.send(());
+        let _ = task.await;
+    }
     local.stop().await;
     result
+}
+
+/// Starts the gateway on the local shards, prints its address, and returns what stops it.
+async fn start_gateway(
+    cluster: &Cluster,
+    local: &LocalCluster,
+    routes: &std::path::Path,
+    args: &LocalArgs,
+) -> anyhow::Result<(
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+)> {
+    let mut options = tariff_gateway::GatewayOptions::new(args.gateway_listen, routes.to_owned());
+    options.shards = local.shard_addrs.clone();
+    let gateway = tariff_gateway::Gateway::bind(cluster.clone(), options)
+        .await
+        .context("starting the gateway")?;
+    crate::gateway::reload_on_sighup(gateway.handle())?;
+    let names: Vec<&str> = WEB_FUNCTIONS.iter().map(|(name, ..)| *name).collect();
+    println!(
+        "  gateway:           http://{}  (routes {}, reloaded on SIGHUP; web functions {})",
+        gateway.local_addr(),
+        routes.display(),
+        names.join(", ")
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(gateway.run(async move {
+        let _ = stopped.await;
+    }));
+    Ok((stop, task))
 }
 
 /// The demo's workload: every class equally likely, one fixed spin per invocation, arrivals

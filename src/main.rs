@@ -16,6 +16,7 @@ use tariff_types::PriceClasses;
 
 mod admin;
 mod commands;
+mod gateway;
 mod local;
 mod status;
 
@@ -119,6 +120,8 @@ enum Command {
     Cluster(admin::ClusterCommand),
     /// Show the cluster at a glance: every shard and dispatcher, queues, throughput.
     Status(commands::StatusArgs),
+    /// Serve HTTP: route requests to functions at price classes (docs/gateway.md).
+    Gateway(gateway::GatewayArgs),
     /// Run an embedded cluster (shards, dispatchers, example functions) in this process.
     Local(local::LocalArgs),
     /// Run the discrete-event simulator of the paper's experiments (docs/simulator.md).
@@ -176,7 +179,7 @@ fn main() {
     let cli = Cli::parse();
     let servers = matches!(
         cli.command,
-        Command::Shard(_) | Command::Dispatcher(_) | Command::Local(_)
+        Command::Shard(_) | Command::Dispatcher(_) | Command::Local(_) | Command::Gateway(_)
     );
     init_tracing(if servers { "info" } else { "warn" });
     let code = match cli.command {
@@ -239,6 +242,7 @@ async fn run(global: Global, command: Command) -> i32 {
         Command::Tenant(command) => report(admin::tenant(&global, command).await),
         Command::Bill(args) => report(commands::bill(&global, args).await),
         Command::Status(args) => report(commands::status(&global, args).await),
+        Command::Gateway(args) => report(gateway::run(&global, args).await),
         Command::Local(args) => report(local::run(&global, args).await),
         Command::Sim(_) | Command::Bench { .. } | Command::Cluster(_) => {
             unreachable!("the simulator and the harness run without this runtime")

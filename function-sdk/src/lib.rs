@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 pub mod context;
 pub mod frame;
+pub mod http;
 
 use frame::{FrameError, Status};
 pub use frame::{ANSWER_HEADER_BYTES, REQUEST_HEADER_BYTES, STATUS_ERROR, STATUS_OK};
