@@ -606,17 +606,7 @@ pub async fn status(global: &Global, args: StatusArgs) -> anyhow::Result<()> {
         Some(token) => Some(token),
         None => global.admin_token()?,
     };
-    let addrs = match args.shard {
-        Some(addr) => vec![addr],
-        None => {
-            let recorded = recorded_shards(cluster.dir())?;
-            if recorded.is_empty() {
-                vec![DEFAULT_SHARD.parse().expect("a valid address")]
-            } else {
-                recorded
-            }
-        }
-    };
+    let addrs = shards_to_ask(&cluster, args.shard)?;
     let Some(every) = args.watch else {
         let view = crate::status::gather(&cluster, &addrs, token.clone()).await?;
         print_status(&view, args.json)?;
@@ -641,6 +631,23 @@ pub async fn status(global: &Global, args: StatusArgs) -> anyhow::Result<()> {
             () = tokio::time::sleep(every) => {}
         }
     }
+}
+
+/// The shard given, else every shard recorded in the cluster directory, else the default
+/// address: what commands that ask every shard (`status`, `bill`) ask.
+fn shards_to_ask(
+    cluster: &tariff_cluster::cluster::Cluster,
+    given: Option<SocketAddr>,
+) -> anyhow::Result<Vec<SocketAddr>> {
+    if let Some(addr) = given {
+        return Ok(vec![addr]);
+    }
+    let recorded = recorded_shards(cluster.dir())?;
+    Ok(if recorded.is_empty() {
+        vec![DEFAULT_SHARD.parse().expect("a valid address")]
+    } else {
+        recorded
+    })
 }
 
 fn print_status(view: &crate::status::ClusterView, json: bool) -> anyhow::Result<()> {
@@ -682,17 +689,7 @@ pub async fn bill(global: &Global, args: BillArgs) -> anyhow::Result<()> {
     } else {
         global.token()?
     };
-    let addrs = match args.shard {
-        Some(addr) => vec![addr],
-        None => {
-            let recorded = recorded_shards(cluster.dir())?;
-            if recorded.is_empty() {
-                vec![DEFAULT_SHARD.parse().expect("a valid address")]
-            } else {
-                recorded
-            }
-        }
-    };
+    let addrs = shards_to_ask(&cluster, args.shard)?;
     let mut total: Option<tariff_types::billing::Bill> = None;
     for addr in addrs {
         let client = Client::connect(&cluster, addr, token.clone()).await?;

@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 use common::{invoke, request, runtime, TestCluster};
 use tariff_cluster::client::Client;
 use tariff_types::billing::Throttle;
-use tariff_types::tenant::TenantRequest;
-use tariff_types::wire::{ClientRequest, ClientResponse, InvocationOutcome, InvokeError};
+use tariff_types::wire::{InvocationOutcome, InvokeError};
 
 /// Default price of `critical` per CPU-second (`DEFAULT_CLASSES`).
 const CRITICAL_PRICE: f64 = 2.0;
@@ -134,19 +133,13 @@ fn the_ledger_survives_kill_9_of_the_shard() {
     });
 }
 
-/// Adds a tenant with a budget through shard 0; its token and a client of shard `i`.
-async fn tenant_with_budget(cluster: &TestCluster, name: &str, budget: f64) -> Client {
-    let token = tariff_cluster::tenancy::new_token().unwrap();
-    let admin = cluster.client_as(0, Some(cluster.admin_token())).await;
-    let added = admin
-        .request(ClientRequest::Tenants(TenantRequest::Add {
-            name: name.into(),
-            token_hash: tariff_cluster::tenancy::hash_token(&token),
-            budget: Some(budget),
-        }))
-        .await
-        .unwrap();
-    assert!(matches!(added, ClientResponse::Tenant(_)), "{added:?}");
+/// Shares the `spin` example with `tenant`, adds it with `budget` and returns a client of
+/// shard 0 presenting its token.
+async fn spinning_tenant(cluster: &TestCluster, tenant: &str, budget: f64) -> Client {
+    let mut spin = common::example_spec("spin");
+    spin.shared_with = vec![tenant.into()];
+    cluster.deploy(spin).await;
+    let token = cluster.add_tenant_with_budget(tenant, Some(budget)).await;
     cluster.client_as(0, Some(token)).await
 }
 
@@ -154,11 +147,7 @@ async fn tenant_with_budget(cluster: &TestCluster, name: &str, budget: f64) -> C
 fn a_runaway_tenant_is_degraded_then_refused_and_others_carry_on() {
     runtime().block_on(async {
         let cluster = cluster(1, 1).await;
-        // Share the spin function with the runaway tenant.
-        let mut spin = common::example_spec("spin");
-        spin.shared_with = vec!["runaway".into()];
-        cluster.deploy(spin).await;
-        let runaway = tenant_with_budget(&cluster, "runaway", 2.0).await;
+        let runaway = spinning_tenant(&cluster, "runaway", 2.0).await;
         let steady = cluster.client(0).await;
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut classes_seen = Vec::new();
@@ -220,11 +209,8 @@ fn a_runaway_tenant_is_degraded_then_refused_and_others_carry_on() {
 fn shards_racing_hold_a_tenant_to_its_budget_within_the_bound() {
     runtime().block_on(async {
         let cluster = cluster(2, 2).await;
-        let mut spin = common::example_spec("spin");
-        spin.shared_with = vec!["racer".into()];
-        cluster.deploy(spin).await;
         let budget = 1.0;
-        let on_0 = tenant_with_budget(&cluster, "racer", budget).await;
+        let on_0 = spinning_tenant(&cluster, "racer", budget).await;
         // The same token on the other shard.
         let token = on_0.token().cloned();
         let on_1 = cluster.client_as(1, token).await;

@@ -63,14 +63,21 @@ fn start_etcd(dir: &std::path::Path) -> (Proc, String) {
     (proc, client)
 }
 
-#[test]
-fn shards_sharing_only_etcd_see_each_others_deploys() {
+/// A real etcd, two shards keeping the cluster store in it and nothing else in common, and one
+/// dispatcher; etcd stops when its handle is dropped.
+fn shards_on_etcd() -> (TestCluster, Proc) {
     let mut cluster = TestCluster::new();
-    let (_etcd, url) = start_etcd(cluster.dir.path());
+    let (etcd, url) = start_etcd(cluster.dir.path());
     let store = format!("etcd:{url}");
     cluster.start_shard(&["--store", &store]);
     cluster.start_shard(&["--store", &store]);
     cluster.start_dispatcher("m1", 1, &[]);
+    (cluster, etcd)
+}
+
+#[test]
+fn shards_sharing_only_etcd_see_each_others_deploys() {
+    let (cluster, _etcd) = shards_on_etcd();
     common::runtime().block_on(async {
             cluster.wait_for_machines(1).await;
             cluster.deploy_examples().await;
@@ -98,12 +105,7 @@ fn shards_sharing_only_etcd_see_each_others_deploys() {
 
 #[test]
 fn tenants_and_ownership_live_in_etcd_for_every_shard() {
-    let mut cluster = TestCluster::new();
-    let (_etcd, url) = start_etcd(cluster.dir.path());
-    let store = format!("etcd:{url}");
-    cluster.start_shard(&["--store", &store]);
-    cluster.start_shard(&["--store", &store]);
-    cluster.start_dispatcher("m1", 1, &[]);
+    let (cluster, _etcd) = shards_on_etcd();
     common::runtime().block_on(async {
         cluster.wait_for_machines(1).await;
         cluster.deploy_examples().await;

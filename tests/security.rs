@@ -312,28 +312,39 @@ fn each_certificate_and_token_acts_only_in_its_role() {
     });
 }
 
+/// A client of shard 0 invoking `echo` `n` times at `class` in the background; the task
+/// fails if any answer is wrong.
+async fn steady_client(
+    cluster: &TestCluster,
+    n: usize,
+    class: &'static str,
+) -> tokio::task::JoinHandle<()> {
+    let client = cluster.client(0).await;
+    tokio::spawn(async move {
+        for i in 0..n {
+            let payload = format!("steady-{i}");
+            let out = invoke(&client, request("echo", class, &payload))
+                .await
+                .expect("the steady client is undisturbed");
+            assert_eq!(out.run.output, payload.as_bytes());
+        }
+    })
+}
+
+/// A connection to shard 0 as a tenant's client makes it (no certificate), for frames the
+/// test writes itself on [`Client::connection`]; the client keeps its endpoint alive.
+async fn token_holder_connection(cluster: &TestCluster) -> tariff_cluster::client::Client {
+    cluster.client_as(0, None).await
+}
+
 #[test]
 fn garbage_and_oversized_frames_from_a_token_holder_disturb_no_one() {
     runtime().block_on(async {
         let cluster = cluster().await;
-        let steady_client = cluster.client(0).await;
-        let steady = tokio::spawn(async move {
-            for i in 0..40 {
-                let payload = format!("steady-{i}");
-                let out = invoke(&steady_client, request("echo", "standard", &payload))
-                    .await
-                    .expect("the steady client is undisturbed");
-                assert_eq!(out.run.output, payload.as_bytes());
-            }
-        });
+        let steady = steady_client(&cluster, 40, "standard").await;
         let token = cluster.token().await;
-        let addr = cluster.shard_addrs[0];
-        let endpoint = cluster.cluster.client_endpoint(addr, None).unwrap();
-        let conn = endpoint
-            .connect(addr, CLUSTER_SERVER_NAME)
-            .unwrap()
-            .await
-            .unwrap();
+        let holder = token_holder_connection(&cluster).await;
+        let conn = holder.connection();
         let frames: [&[u8]; 3] = [
             // Length far past the frame limit: refused before anything is allocated.
             &[0xff, 0xff, 0xff, 0xf0, 1, 0, 0],
@@ -437,23 +448,9 @@ fn a_shard_survives_hundreds_of_mutated_frames() {
     runtime().block_on(async {
         let cluster = cluster().await;
         let token = cluster.token().await;
-        let steady_client = cluster.client(0).await;
-        let steady = tokio::spawn(async move {
-            for i in 0..60 {
-                let payload = format!("steady-{i}");
-                let out = invoke(&steady_client, request("echo", "critical", &payload))
-                    .await
-                    .expect("the steady client is undisturbed");
-                assert_eq!(out.run.output, payload.as_bytes());
-            }
-        });
-        let addr = cluster.shard_addrs[0];
-        let endpoint = cluster.cluster.client_endpoint(addr, None).unwrap();
-        let conn = endpoint
-            .connect(addr, CLUSTER_SERVER_NAME)
-            .unwrap()
-            .await
-            .unwrap();
+        let steady = steady_client(&cluster, 60, "critical").await;
+        let holder = token_holder_connection(&cluster).await;
+        let conn = holder.connection();
         let mut fuzzed = common::example_spec("echo");
         fuzzed.name = "fuzzed".into();
         let valid = [

@@ -105,7 +105,6 @@ impl LocalCluster {
         let store: Arc<dyn ClusterStore> = Arc::new(
             SqliteStore::open(&cluster.store_path()).context("opening the embedded store")?,
         );
-        tariff_cluster::tenancy::ensure_admin(cluster.dir(), store.as_ref())?;
         let dir = cluster.dir().join(&config.dir_name);
         let shard_ids: Vec<u16> = (0..config.shards)
             .map(|i| shard_id(&config.dir_name, i))

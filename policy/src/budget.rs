@@ -9,6 +9,24 @@
 //! Pure: the shard gives the figures (spent across the cluster, recent rate, time left).
 
 use tariff_types::billing::Throttle;
+use tariff_types::ClassId;
+
+/// The class an invocation runs (and is billed) at: the class it asked for, raised to its
+/// caller's if a running function made the call (no priority inversion along a call chain),
+/// and the cheapest while its tenant is [`Throttle::Degraded`] (a degraded tenant's callers are
+/// degraded too, so its chains stay in order).
+pub fn run_class(
+    asked: ClassId,
+    caller: Option<ClassId>,
+    throttle: Throttle,
+    cheapest: ClassId,
+) -> ClassId {
+    if throttle == Throttle::Degraded {
+        return cheapest;
+    }
+    // Lower ids are dearer.
+    caller.map_or(asked, |caller| asked.min(caller))
+}
 
 /// The throttle state of a tenant that has spent `spent` of `budget` this month, spending
 /// `rate_per_s` lately, with `seconds_left` in the month.
@@ -49,6 +67,21 @@ mod tests {
             Throttle::Exhausted
         );
         assert_eq!(throttle(0.0, Some(0.0), 0.0, month), Throttle::Exhausted);
+    }
+
+    #[test]
+    fn calls_run_at_their_callers_class_unless_degraded() {
+        let (critical, batch) = (ClassId(0), ClassId(3));
+        assert_eq!(run_class(batch, None, Throttle::Normal, batch), batch);
+        assert_eq!(
+            run_class(batch, Some(critical), Throttle::Normal, batch),
+            critical
+        );
+        assert_eq!(
+            run_class(critical, Some(batch), Throttle::Normal, batch),
+            critical
+        );
+        assert_eq!(run_class(critical, None, Throttle::Degraded, batch), batch);
     }
 
     #[test]

@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use tariff_cluster::cluster::Role;
 use tariff_cluster::store::ClusterStore;
-use tariff_cluster::tenancy::hash_token;
-use tariff_types::tenant::{AccessError, Principal, Token};
+use tariff_types::tenant::{AccessError, Principal};
 use tariff_types::wire::StreamOpen;
 
 /// How long a token's holder is trusted without reading the store again: the longest a
@@ -39,32 +38,42 @@ impl Access {
         }
     }
 
-    /// Who holds `token`. No token, an unknown one and a store failure are each refused with
-    /// their own message; none of them repeats the token.
-    pub(crate) fn authenticate(&self, token: Option<&Token>) -> Result<Principal, AccessError> {
-        let token = token.ok_or_else(|| {
+    /// [`Access::authenticate_hash`] for a token not yet hashed.
+    #[cfg(test)]
+    pub(crate) fn authenticate(
+        &self,
+        token: Option<&tariff_types::tenant::Token>,
+    ) -> Result<Principal, AccessError> {
+        self.authenticate_hash(token.map(tariff_cluster::tenancy::hash_token).as_deref())
+    }
+
+    /// Who holds the token hashing to `hash` (the request's handler hashes it once, for the
+    /// call-chain lookup and this). No token, an unknown one and a store failure are each
+    /// refused with their own message; none of them repeats the token.
+    pub(crate) fn authenticate_hash(&self, hash: Option<&str>) -> Result<Principal, AccessError> {
+        let hash = hash.ok_or_else(|| {
             AccessError::Unauthenticated(
                 "no token given: pass --token, set TARIFF_TOKEN, or use the token file \
                  `tariff local` or `tariff tenant add` left in the cluster directory"
                     .into(),
             )
         })?;
-        let hash = hash_token(token);
-        if let Some(entry) = self.cache.get(&hash) {
+        if let Some(entry) = self.cache.get(hash) {
             if entry.1.elapsed() < CREDENTIAL_TTL {
                 return Ok(entry.0.clone());
             }
         }
-        match self.store.credential(&hash) {
+        match self.store.credential(hash) {
             Ok(Some(principal)) => {
                 if self.cache.len() >= MAX_CACHED {
                     self.cache.clear();
                 }
-                self.cache.insert(hash, (principal.clone(), Instant::now()));
+                self.cache
+                    .insert(hash.to_owned(), (principal.clone(), Instant::now()));
                 Ok(principal)
             }
             Ok(None) => {
-                self.cache.remove(&hash);
+                self.cache.remove(hash);
                 Err(AccessError::Unauthenticated(
                     "the token is not valid in this cluster (wrong, rotated or revoked)".into(),
                 ))
@@ -119,7 +128,7 @@ pub(crate) fn stream_allowed(role: Option<Role>, open: &StreamOpen) -> Result<()
 mod tests {
     use super::*;
     use tariff_cluster::store::SqliteStore;
-    use tariff_cluster::tenancy::new_token;
+    use tariff_cluster::tenancy::{hash_token, new_token};
     use tariff_types::tenant::Tenant;
     use tariff_types::wire::{DispatcherHello, PeerNotice};
 

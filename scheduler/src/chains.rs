@@ -69,9 +69,16 @@ impl Chains {
         Ok((token, guard))
     }
 
-    /// The running invocation `token` stands for, if it is one of this shard's.
+    /// [`Chains::lookup_hash`] for a token not yet hashed.
+    #[cfg(test)]
     pub(crate) fn lookup(&self, token: &Token) -> Option<ChainContext> {
-        self.live.get(&hash_token(token)).map(|c| c.clone())
+        self.lookup_hash(&hash_token(token))
+    }
+
+    /// The running invocation the token hashing to `hash` stands for, if it is one of this
+    /// shard's.
+    pub(crate) fn lookup_hash(&self, hash: &str) -> Option<ChainContext> {
+        self.live.get(hash).map(|c| c.clone())
     }
 }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tariff_cluster::codec;
 use tariff_cluster::store::{Expect, StoreError};
-use tariff_types::billing::{Cost, Month, Throttle};
+use tariff_types::billing::{validate_budget, Cost, Month, Throttle};
 use tariff_types::tenant::{
     validate_tenant_name, AccessError, Principal, Tenant, TenantInfo, TenantRequest, Token,
 };
@@ -45,7 +45,12 @@ pub(crate) async fn handle(
     request: ClientRequest,
 ) -> ClientResponse {
     // A running invocation's token: its function calling another (`chains`).
-    if let Some(parent) = token.and_then(|t| service.chains().lookup(t)) {
+    // Hashed once, for both lookups.
+    let hash = token.map(tariff_cluster::tenancy::hash_token);
+    if let Some(parent) = hash
+        .as_deref()
+        .and_then(|h| service.chains().lookup_hash(h))
+    {
         return match request {
             ClientRequest::Invoke(request) => {
                 let principal = Principal::Tenant(parent.tenant.clone());
@@ -58,7 +63,7 @@ pub(crate) async fn handle(
             )),
         };
     }
-    let principal = match service.access().authenticate(token) {
+    let principal = match service.access().authenticate_hash(hash.as_deref()) {
         Ok(principal) => principal,
         Err(denied) => {
             debug!(%denied, "unauthenticated request");
@@ -190,7 +195,7 @@ async fn queue_and_wait(
 ) -> Answer {
     let state = service.state();
     let options = service.options();
-    let mut class = options
+    let class = options
         .classes
         .resolve(&request.class)
         .map_err(|e| InvokeError::BadClass(e.to_string()))?;
@@ -225,8 +230,6 @@ async fn queue_and_wait(
                     limit: MAX_CHAIN_DEPTH,
                 });
             }
-            // No priority inversion: a call runs at least at its caller's class.
-            class = class.min(parent.class);
             Chain {
                 root: Some(parent.root),
                 parent: Some(parent.id),
@@ -234,19 +237,18 @@ async fn queue_and_wait(
             }
         }
     };
-    match service.spend().throttle(tenant) {
-        (Throttle::Normal, _) => {}
-        (Throttle::Degraded, _) => {
-            // At its pace the budget would not last the month: run at the cheapest class.
-            class = options.classes.lowest();
-            debug!("degraded to the cheapest class by its budget");
-        }
-        (Throttle::Exhausted, info) => {
-            return Err(InvokeError::OverBudget(crate::spend::exhausted_message(
-                tenant, &info,
-            )))
-        }
+    let (throttle, spend) = service.spend().throttle(tenant);
+    if throttle == Throttle::Exhausted {
+        return Err(InvokeError::OverBudget(crate::spend::exhausted_message(
+            tenant, &spend,
+        )));
     }
+    let class = tariff_policy::budget::run_class(
+        class,
+        parent.as_ref().map(|p| p.class),
+        throttle,
+        options.classes.lowest(),
+    );
     let function_name = function.name.clone();
     let (token, _revoked_when_answered) = service
         .chains()
@@ -484,29 +486,33 @@ fn remove(service: &Arc<Service>, tenant: &str, name: &str) -> ClientResponse {
 /// tells the peers to empty theirs.
 fn tenants(service: &Arc<Service>, request: TenantRequest) -> ClientResponse {
     let store = service.store();
-    let info = |tenant: Tenant| -> Result<TenantInfo, StoreError> {
-        let functions = service
-            .registry()
-            .all()?
-            .into_iter()
+    // A tenant as `show` and `list` print it; `functions` is every function, read once.
+    let info = |tenant: Tenant, functions: &[FunctionSpec]| TenantInfo {
+        functions: functions
+            .iter()
             .filter(|f| f.owner == tenant.name)
-            .map(|f| f.name)
-            .collect();
-        let spend = service.spend().info(&tenant.name);
-        Ok(TenantInfo {
-            tenant,
-            functions,
-            spend,
-        })
+            .map(|f| f.name.clone())
+            .collect(),
+        spend: service.spend().info(&tenant.name),
+        tenant,
     };
-    let changed = || {
+    let unknown = |name: &str| ClientResponse::Refused(format!("unknown tenant `{name}`"));
+    // The tenant as it is now, after whatever the request changed.
+    let show = |name: &str| match store.tenant(name)? {
+        Some(tenant) => Ok(ClientResponse::Tenant(info(
+            tenant,
+            &service.registry().all()?,
+        ))),
+        None => Ok(unknown(name)),
+    };
+    let changed = |what: &str, name: &str| {
+        info!(tenant = %name, "{what}");
         service.access().invalidate();
         service.registry().forget_all();
         service.spend().refresh(store);
         tell_peers(service, PeerNotice::CredentialsChanged);
     };
-    let unknown = |name: &str| ClientResponse::Refused(format!("unknown tenant `{name}`"));
-    let result = match request {
+    let result: Result<ClientResponse, StoreError> = match request {
         TenantRequest::Add {
             name,
             token_hash,
@@ -515,8 +521,8 @@ fn tenants(service: &Arc<Service>, request: TenantRequest) -> ClientResponse {
             if let Err(e) = validate_tenant_name(&name) {
                 return ClientResponse::Refused(e.to_string());
             }
-            if let Err(reason) = check_budget(budget) {
-                return ClientResponse::Refused(reason);
+            if let Err(e) = validate_budget(budget) {
+                return ClientResponse::Refused(e.to_string());
             }
             let tenant = Tenant {
                 name,
@@ -524,45 +530,32 @@ fn tenants(service: &Arc<Service>, request: TenantRequest) -> ClientResponse {
                 budget,
             };
             store.add_tenant(&tenant, &token_hash).and_then(|()| {
-                info!(tenant = %tenant.name, "tenant added");
-                changed();
-                info(tenant).map(ClientResponse::Tenant)
+                changed("tenant added", &tenant.name);
+                show(&tenant.name)
             })
         }
         TenantRequest::List => store.tenants().and_then(|all| {
-            all.into_iter()
-                .map(info)
-                .collect::<Result<Vec<_>, _>>()
-                .map(ClientResponse::TenantList)
+            let functions = service.registry().all()?;
+            Ok(ClientResponse::TenantList(
+                all.into_iter().map(|t| info(t, &functions)).collect(),
+            ))
         }),
-        TenantRequest::Show(name) => match store.tenant(&name) {
-            Ok(Some(tenant)) => info(tenant).map(ClientResponse::Tenant),
-            Ok(None) => Ok(unknown(&name)),
-            Err(e) => Err(e),
-        },
-        TenantRequest::Remove(name) => match store.tenant(&name) {
-            Ok(Some(tenant)) => info(tenant).and_then(|info| {
+        TenantRequest::Show(name) => show(&name),
+        TenantRequest::Remove(name) => show(&name).and_then(|before| {
+            if matches!(before, ClientResponse::Tenant(_)) {
                 store.remove_tenant(&name)?;
-                info!(tenant = %name, "tenant removed");
-                changed();
-                Ok(ClientResponse::Tenant(info))
-            }),
-            Ok(None) => Ok(unknown(&name)),
-            Err(e) => Err(e),
-        },
+                changed("tenant removed", &name);
+            }
+            Ok(before)
+        }),
         TenantRequest::SetBudget { name, budget } => {
-            if let Err(reason) = check_budget(budget) {
-                return ClientResponse::Refused(reason);
+            if let Err(e) = validate_budget(budget) {
+                return ClientResponse::Refused(e.to_string());
             }
             match store.set_tenant_budget(&name, budget) {
                 Ok(true) => {
-                    info!(tenant = %name, ?budget, "budget set");
-                    changed();
-                    match store.tenant(&name) {
-                        Ok(Some(tenant)) => info(tenant).map(ClientResponse::Tenant),
-                        Ok(None) => Ok(unknown(&name)),
-                        Err(e) => Err(e),
-                    }
+                    changed("budget set", &name);
+                    show(&name)
                 }
                 Ok(false) => Ok(unknown(&name)),
                 Err(e) => Err(e),
@@ -571,13 +564,8 @@ fn tenants(service: &Arc<Service>, request: TenantRequest) -> ClientResponse {
         TenantRequest::RotateToken { name, token_hash } => {
             match store.set_tenant_token(&name, &token_hash) {
                 Ok(true) => {
-                    info!(tenant = %name, "token rotated");
-                    changed();
-                    match store.tenant(&name) {
-                        Ok(Some(tenant)) => info(tenant).map(ClientResponse::Tenant),
-                        Ok(None) => Ok(unknown(&name)),
-                        Err(e) => Err(e),
-                    }
+                    changed("token rotated", &name);
+                    show(&name)
                 }
                 Ok(false) => Ok(unknown(&name)),
                 Err(e) => Err(e),
@@ -585,16 +573,6 @@ fn tenants(service: &Arc<Service>, request: TenantRequest) -> ClientResponse {
         }
     };
     result.unwrap_or_else(|e| ClientResponse::Refused(e.to_string()))
-}
-
-/// A budget must be a finite amount, zero or more.
-fn check_budget(budget: Option<f64>) -> Result<(), String> {
-    match budget {
-        Some(b) if !(b.is_finite() && b >= 0.0) => Err(format!(
-            "a budget must be a finite amount of zero or more, not {b}"
-        )),
-        _ => Ok(()),
-    }
 }
 
 /// Passes a change on to every peer shard, each in its own task.

@@ -308,12 +308,17 @@ impl TestCluster {
 
     /// Adds tenant `name` through shard 0 with the administrator's token; its token.
     pub async fn add_tenant(&self, name: &str) -> Token {
+        self.add_tenant_with_budget(name, None).await
+    }
+
+    /// Adds tenant `name` with a monthly budget through shard 0; its token.
+    pub async fn add_tenant_with_budget(&self, name: &str, budget: Option<f64>) -> Token {
         let token = new_token().unwrap();
         let admin = self.client_as(0, Some(self.admin_token())).await;
         let request = TenantRequest::Add {
             name: name.into(),
             token_hash: hash_token(&token),
-            budget: None,
+            budget,
         };
         let answer = admin
             .request(ClientRequest::Tenants(request))

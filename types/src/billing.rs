@@ -56,6 +56,19 @@ impl Cost {
     }
 }
 
+/// A budget that is not a finite amount of zero or more.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+#[error("a budget must be a finite amount of zero or more, not {0}")]
+pub struct BadBudget(pub f64);
+
+/// Checks a monthly budget (none: unlimited).
+pub fn validate_budget(budget: Option<f64>) -> Result<(), BadBudget> {
+    match budget {
+        Some(b) if !(b.is_finite() && b >= 0.0) => Err(BadBudget(b)),
+        _ => Ok(()),
+    }
+}
+
 /// One line of a bill: a function at a class.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BillLine {

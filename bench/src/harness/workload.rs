@@ -342,14 +342,10 @@ impl Workload {
                 return invalid(e.to_string());
             }
         }
-        if let Some((name, _)) = self
-            .tenants
-            .iter()
-            .find(|(_, t)| t.budget.is_some_and(|b| !(b.is_finite() && b >= 0.0)))
-        {
-            return invalid(format!(
-                "tenant `{name}`: a budget must be a finite amount of zero or more"
-            ));
+        for (name, tenant) in &self.tenants {
+            if let Err(e) = tariff_types::billing::validate_budget(tenant.budget) {
+                return invalid(format!("tenant `{name}`: {e}"));
+            }
         }
         if !(self.burst_duty > 0.0 && self.burst_duty <= 1.0) {
             return invalid(format!(
