@@ -80,6 +80,14 @@ pub struct ShardArgs {
     /// shards on several machines. Default: SQLite in the cluster directory.
     #[arg(long)]
     store: Option<String>,
+    /// Silence after which a dispatcher is taken for lost (its work placed again or answered
+    /// "machine lost"); dispatchers send heartbeats four times within it.
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    heartbeat_timeout: Duration,
+    /// Failures of one function version allowed per minute before it is suspended until
+    /// redeployed or the minute passes (0: never suspend).
+    #[arg(long, default_value_t = tariff_scheduler::server::DEFAULT_CRASH_BUDGET)]
+    crash_budget: u32,
 }
 
 /// `tariff dispatcher`.
@@ -157,6 +165,43 @@ pub struct DeployArgs {
     /// separated). Only the owner's deploys change this list.
     #[arg(long, value_delimiter = ',')]
     share_with: Vec<String>,
+    /// Times an invocation is placed again when its machine is lost while running it. Only
+    /// for functions safe to run twice: a lost machine may have done part of the work.
+    #[arg(long, default_value_t = 0)]
+    retries: u32,
+    #[command(flatten)]
+    limits: StageLimitArgs,
+}
+
+/// Limits on each stage of an invocation's life (docs/failures.md); each passes with an
+/// error of its own. On `deploy` they are the function's; on `invoke` they win over it.
+#[derive(Args, Debug, Default)]
+pub struct StageLimitArgs {
+    /// Longest wait in the shard's queue (e.g. 500ms).
+    #[arg(long, value_parser = parse_duration)]
+    queue_timeout: Option<Duration>,
+    /// Longest time finding a machine with room.
+    #[arg(long, value_parser = parse_duration)]
+    placement_timeout: Option<Duration>,
+    /// Longest wait on the machine for a CPU, launch included.
+    #[arg(long, value_parser = parse_duration)]
+    start_timeout: Option<Duration>,
+    /// Longest run: a function still running then is killed.
+    #[arg(long, value_parser = parse_duration)]
+    run_timeout: Option<Duration>,
+}
+
+impl StageLimitArgs {
+    /// The limits as the wire carries them (0: none of its own).
+    pub fn limits(&self) -> tariff_types::StageLimits {
+        let ms = |d: Option<Duration>| d.map_or(0, |d| (d.as_millis() as u64).max(1));
+        tariff_types::StageLimits {
+            queue_ms: ms(self.queue_timeout),
+            placement_ms: ms(self.placement_timeout),
+            start_ms: ms(self.start_timeout),
+            run_ms: ms(self.run_timeout),
+        }
+    }
 }
 
 /// `tariff remove`.
@@ -200,9 +245,20 @@ pub struct InvokeArgs {
     /// Print one JSON object with the output and the timings.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    limits: StageLimitArgs,
+    /// A key naming this invocation (at most 128 bytes): sent again with the same key, to the
+    /// same or another shard, it is answered from the first run rather than run twice
+    /// (docs/failures.md gives the window). `tariff invoke` makes one itself when it has
+    /// several shards to fail over to.
+    #[arg(long)]
+    idempotency_key: Option<String>,
 }
 
 pub async fn shard(global: &Global, args: ShardArgs) -> anyhow::Result<()> {
+    if args.heartbeat_timeout < Duration::from_millis(40) {
+        bail!("--heartbeat-timeout must be at least 40ms");
+    }
     let cluster = global.init_cluster()?;
     let store = tariff_cluster::store::open(args.store.as_deref(), &cluster.store_path())
         .context("opening the cluster store")?;
@@ -233,6 +289,8 @@ pub async fn shard(global: &Global, args: ShardArgs) -> anyhow::Result<()> {
         metrics: args.metrics,
         slow_threshold: args.slow,
         sample_every: (!args.trace_sample.is_zero()).then_some(args.trace_sample),
+        liveness: args.heartbeat_timeout,
+        crash_budget: args.crash_budget,
     };
     // Before binding: from the moment the shard records its address, a SIGTERM must stop it
     // cleanly (removing the record) rather than kill it.
@@ -393,6 +451,8 @@ pub async fn deploy(global: &Global, args: DeployArgs) -> anyhow::Result<()> {
         runtime,
         owner: String::new(),
         shared_with: args.share_with,
+        retries: args.retries,
+        limits: args.limits.limits(),
     };
     spec.validate()?;
     let client = connect(global, args.shard.shard).await?;
@@ -451,6 +511,8 @@ pub async fn invoke(global: &Global, args: InvokeArgs) -> i32 {
         class: args.class,
         payload,
         timeout_ms: args.timeout.map_or(0, |t| t.as_millis() as u64),
+        limits: args.limits.limits(),
+        idempotency_key: args.idempotency_key,
     };
     match client.invoke(request).await {
         Ok(Ok(outcome)) => {

@@ -273,13 +273,14 @@ pub fn exit_code(error: &tariff_types::InvokeError) -> i32 {
         E::Overloaded { .. } | E::OverBudget(_) | E::ShuttingDown => 6,
         // A cancellation is sent only when the caller stopped waiting (its timeout) or the
         // machine shut down mid-run: the function did not fail, its time ran out.
-        E::TimedOut(_) | E::Cancelled => 7,
+        E::TimedOut(_) | E::StageTimedOut { .. } | E::Cancelled => 7,
         E::MachineLost(_) => 8,
         E::FunctionFailed { .. } | E::StartFailed(_) => 9,
         E::Protocol(_) => 11,
         E::Unauthenticated(_) => EXIT_UNAUTHENTICATED,
         E::Forbidden(_) => EXIT_FORBIDDEN,
         E::ChainTooDeep { .. } => 14,
+        E::Suspended { .. } => 15,
     }
 }
 

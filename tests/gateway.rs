@@ -47,6 +47,8 @@ fn spec(name: &str, command: Vec<String>, runtime: Runtime) -> FunctionSpec {
         runtime,
         owner: String::new(),
         shared_with: Vec::new(),
+        retries: 0,
+        limits: Default::default(),
     }
 }
 

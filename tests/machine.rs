@@ -225,6 +225,8 @@ fn counter(keep_alive_ms: u64) -> FunctionSpec {
         runtime: Runtime::Persistent { keep_alive_ms },
         owner: "test".into(),
         shared_with: Vec::new(),
+        retries: 0,
+        limits: Default::default(),
     }
 }
 
@@ -294,6 +296,8 @@ fn functions_run_isolated_and_accounted() {
             runtime: Runtime::Exec,
             owner: "test".into(),
             shared_with: Vec::new(),
+            retries: 0,
+            limits: Default::default(),
         };
         cluster
             .deploy(shell(

@@ -44,6 +44,8 @@ fn function(name: &str, runtime: Runtime, version: u64) -> FunctionSpec {
         runtime,
         owner: "bench".into(),
         shared_with: Vec::new(),
+        retries: 0,
+        limits: Default::default(),
     }
 }
 
@@ -58,6 +60,7 @@ fn job(id: u64, class: u8, function: FunctionSpec, payload: &str) -> Job {
         payload: payload.as_bytes().to_vec(),
         timeout: TIMEOUT,
         max_output: MAX_OUTPUT,
+        claim: None,
     }
 }
 

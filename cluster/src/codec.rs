@@ -188,6 +188,8 @@ mod tests {
                 class: "critical".into(),
                 payload: b"hello".to_vec(),
                 timeout_ms: 10,
+                limits: Default::default(),
+                idempotency_key: None,
             }),
         }
     }
@@ -297,6 +299,8 @@ mod fuzz {
                 class: "critical".into(),
                 payload: b"payload".to_vec(),
                 timeout_ms: 5,
+                limits: Default::default(),
+                idempotency_key: None,
             }),
         };
         let mut bytes = Vec::new();

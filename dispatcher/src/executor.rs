@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tariff_cluster::codec::MAX_FRAME_BYTES;
-use tariff_machine_sched::machine::{Job, MachineScheduler, Ticket};
+use tariff_machine_sched::machine::{Job, JobError, MachineScheduler, StartClaim, Ticket};
 use tariff_types::wire::{Completion, InvokeError, Placement};
-use tariff_types::ClassId;
+use tariff_types::{ClassId, Stage};
 use tracing::{debug, Instrument};
 
 /// Largest output returned: what fits in a frame with room for the envelope.
@@ -86,13 +86,17 @@ impl Executor {
     /// Runs `placement` to the end and returns its completion; `load` counts it meanwhile.
     /// `classes` is the cluster's number of price classes; `context` is added to the
     /// function's environment besides the placement's own (where to call back, the CA).
+    /// `claim` lets the session give the job up before it starts (its shard was lost).
+    ///
+    /// The placement's start limit is kept here: if the job has not been given a CPU when it
+    /// passes, the job is given up and answered at once, and its wait for a turn runs on
+    /// without it (so its class's arrival order holds). Its run limit caps the process's time.
     pub async fn execute(
         &self,
         placement: Placement,
         ticket: Ticket,
         load: &MachineLoad,
-        classes: usize,
-        context: &[(String, String)],
+        run: Run<'_>,
     ) -> Completion {
         let span = tracing::info_span!(
             "run",
@@ -104,36 +108,78 @@ impl Executor {
         let class = placement.class.index();
         load.add(class);
         let id = placement.id;
-        let run_as = self.run_as(&placement, classes);
+        let limits = placement.limits;
+        let run_as = self.run_as(&placement, run.classes);
+        let caller_left = match placement.timeout_ms {
+            0 => DEFAULT_RUN_TIMEOUT,
+            ms => Duration::from_millis(ms),
+        };
+        // The run limit binds only when it is shorter than what the caller has left.
+        let run_limit = limits.get(Stage::Run).filter(|&limit| limit < caller_left);
         let job = Job {
             id: id.0,
             class: run_as,
-            classes,
-            timeout: match placement.timeout_ms {
-                0 => DEFAULT_RUN_TIMEOUT,
-                ms => Duration::from_millis(ms),
-            },
+            classes: run.classes,
+            timeout: run_limit.unwrap_or(caller_left),
             env: placement
                 .env
                 .into_iter()
-                .chain(context.iter().cloned())
+                .chain(run.context.iter().cloned())
                 .collect(),
             function: placement.function,
             tenant: placement.tenant,
             payload: placement.payload,
             max_output: MAX_OUTPUT_BYTES,
+            claim: Some(run.claim.clone()),
         };
-        let result = self
-            .machine
-            .run_admitted(job, ticket)
-            .instrument(span)
-            .await;
+        let machine = self.machine.clone();
+        let result = match limits.get(Stage::Start) {
+            None => machine.run_admitted(job, ticket).instrument(span).await,
+            Some(start_limit) => {
+                let mut running = tokio::spawn(
+                    async move { machine.run_admitted(job, ticket).await }.instrument(span),
+                );
+                tokio::select! {
+                    joined = &mut running => joined.unwrap_or(Err(JobError::Cancelled)),
+                    () = tokio::time::sleep(start_limit) => {
+                        if run.claim.give_up() {
+                            load.remove(class);
+                            debug!(invocation = %id, "not started within its start limit");
+                            return Completion {
+                                id,
+                                result: Err(InvokeError::StageTimedOut {
+                                    stage: Stage::Start,
+                                    limit_ms: limits.start_ms,
+                                }),
+                            };
+                        }
+                        running.await.unwrap_or(Err(JobError::Cancelled))
+                    }
+                }
+            }
+        };
         load.remove(class);
         // The machine's report travels as it is; its error becomes the wire's by `From`.
         let result = result.map_err(|e| {
             debug!(invocation = %id, error = %e, "function did not succeed");
-            InvokeError::from(e)
+            match e {
+                JobError::TimedOut(_) if run_limit.is_some() => InvokeError::StageTimedOut {
+                    stage: Stage::Run,
+                    limit_ms: limits.run_ms,
+                },
+                other => InvokeError::from(other),
+            }
         });
         Completion { id, result }
     }
+}
+
+/// What a run needs from the session that received it, besides the placement.
+pub struct Run<'a> {
+    /// The cluster's number of price classes.
+    pub classes: usize,
+    /// Added to the function's environment: where to call back, the CA.
+    pub context: &'a [(String, String)],
+    /// Lets the session give the job up before it starts.
+    pub claim: &'a Arc<StartClaim>,
 }

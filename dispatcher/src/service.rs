@@ -19,16 +19,16 @@ use tariff_cluster::metrics::{MetricsError, MetricsServer};
 use tariff_types::class::MAX_CLASSES;
 use tariff_types::policy::Policy;
 use tariff_types::wire::{
-    context_env, Completion, DispatcherHello, DispatcherToShard, IdleEntry,
+    context_env, Completion, DispatcherHello, DispatcherToShard, IdleEntry, InvocationId,
     MachineLoad as LoadReport, Placement, ShardToDispatcher, StreamOpen,
 };
 use tariff_types::ClassId;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
-use crate::executor::{Executor, MachineLoad};
+use crate::executor::{Executor, MachineLoad, Run};
 use crate::metrics::{DispatcherExposition, DispatcherMetrics, LevelSource, Levels};
-use tariff_machine_sched::machine::MachineScheduler;
+use tariff_machine_sched::machine::{MachineScheduler, StartClaim};
 use tariff_policy::idle_advert::{
     least_crowded, shards_to_poll, IdleAction, IdleAdvertiser, IdlePolicy,
 };
@@ -313,6 +313,8 @@ enum SessionError {
     Stream(#[from] quinn::ConnectionError),
     #[error("shard did not welcome us")]
     NoWelcome,
+    #[error("shard silent for {0:?}: taken for lost")]
+    Silent(Duration),
     #[error("shard has {shard} price classes but other shards have {ours}: give every shard the same --classes")]
     ClassMismatch { shard: usize, ours: usize },
 }
@@ -333,8 +335,11 @@ async fn session(shared: &Arc<Shared>, index: usize, addr: SocketAddr) -> Result
         slots: options.slots,
     };
     codec::write_message(&mut send, &StreamOpen::DispatcherControl(hello)).await?;
-    let Some(ShardToDispatcher::Welcome { shard_id, classes }) =
-        codec::read_message(&mut recv).await?
+    let Some(ShardToDispatcher::Welcome {
+        shard_id,
+        classes,
+        liveness_ms,
+    }) = codec::read_message(&mut recv).await?
     else {
         return Err(SessionError::NoWelcome);
     };
@@ -364,6 +369,9 @@ async fn session(shared: &Arc<Shared>, index: usize, addr: SocketAddr) -> Result
         (context_env::SHARD.to_owned(), addr.to_string()),
         (context_env::CA.to_owned(), shared.ca_pem.clone()),
     ]);
+    // What this session placed and has not finished: given up (or killed) if the session
+    // ends, because nobody is left to take their answers.
+    let in_flight: InFlight = Arc::default();
     let mut lanes = Vec::new();
     for class in 0..known {
         let (mut lane_send, lane_recv) = conn.open_bi().await?;
@@ -379,6 +387,7 @@ async fn session(shared: &Arc<Shared>, index: usize, addr: SocketAddr) -> Result
                 lane_send,
                 lane_recv,
                 context.clone(),
+                in_flight.clone(),
             )
             .in_current_span(),
         ));
@@ -395,19 +404,78 @@ async fn session(shared: &Arc<Shared>, index: usize, addr: SocketAddr) -> Result
         shared.executor.machine.warm_functions(),
     ));
     let writer = tokio::spawn(codec::forward(outbox, send).in_current_span());
+    let liveness = Duration::from_millis(liveness_ms.max(MIN_LIVENESS_MS));
+    let heartbeat = tokio::spawn(heartbeats(control.clone(), liveness));
     let result = loop {
-        match codec::read_message::<ShardToDispatcher, _>(&mut recv).await {
-            Ok(Some(message)) => handle_control(shared, &control, &queries, message),
-            Ok(None) => break Ok(()),
-            Err(e) => break Err(e.into()),
+        // A read cut short by the timeout loses a partial frame, but the session ends then.
+        match tokio::time::timeout(
+            liveness,
+            codec::read_message::<ShardToDispatcher, _>(&mut recv),
+        )
+        .await
+        {
+            Ok(Ok(Some(message))) => handle_control(shared, &control, &queries, message),
+            Ok(Ok(None)) => break Ok(()),
+            Ok(Err(e)) => break Err(e.into()),
+            Err(_silent) => {
+                warn!(shard = %addr, ?liveness, "shard silent; reconnecting");
+                break Err(SessionError::Silent(liveness));
+            }
         }
     };
+    heartbeat.abort();
     writer.abort();
     for lane in lanes {
         lane.abort();
     }
     conn.close(0u32.into(), b"session over");
+    abandon_in_flight(shared, &in_flight);
     result
+}
+
+/// Invocations a session placed and has not finished, with the claim that can still stop
+/// each from starting.
+type InFlight = Arc<Mutex<HashMap<InvocationId, Arc<StartClaim>>>>;
+
+/// Shortest liveness bound a dispatcher accepts from a shard, so that a misconfigured shard
+/// cannot make it send heartbeats in a busy loop.
+const MIN_LIVENESS_MS: u64 = 40;
+
+/// Sends a heartbeat four times per `liveness` for as long as the session lasts, so the
+/// shard hears from a healthy machine however quiet it is.
+async fn heartbeats(control: mpsc::UnboundedSender<DispatcherToShard>, liveness: Duration) {
+    let mut tick = tokio::time::interval(liveness / 4);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if control.send(DispatcherToShard::Heartbeat).is_err() {
+            return;
+        }
+    }
+}
+
+/// The session with the shard that placed these is over: the shard has answered them (as
+/// lost, or placed them again elsewhere), so running them on would only waste the machine
+/// and, for a function placed again, run it twice. Those still waiting never start; running
+/// ones are killed.
+fn abandon_in_flight(shared: &Shared, in_flight: &InFlight) {
+    let abandoned: Vec<(InvocationId, Arc<StartClaim>)> = in_flight
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .drain()
+        .collect();
+    if abandoned.is_empty() {
+        return;
+    }
+    info!(
+        count = abandoned.len(),
+        "stopping invocations of a lost shard session"
+    );
+    for (id, claim) in abandoned {
+        if !claim.give_up() {
+            shared.executor.machine.cancel(id.0);
+        }
+    }
 }
 
 fn handle_control(
@@ -431,7 +499,7 @@ fn handle_control(
             }
         }
         ShardToDispatcher::Cancel(id) => shared.executor.machine.cancel(id.0),
-        ShardToDispatcher::Welcome { .. } => {}
+        ShardToDispatcher::Welcome { .. } | ShardToDispatcher::Heartbeat => {}
     }
 }
 
@@ -446,6 +514,7 @@ async fn serve_lane(
     send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     context: Arc<Vec<(String, String)>>,
+    in_flight: InFlight,
 ) {
     let (done, outbox) = mpsc::unbounded_channel::<Completion>();
     let writer = tokio::spawn(codec::forward(outbox, send).in_current_span());
@@ -458,13 +527,28 @@ async fn serve_lane(
                 let shared = shared.clone();
                 let done = done.clone();
                 let context = context.clone();
+                let claim = Arc::new(StartClaim::default());
+                in_flight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(placement.id, claim.clone());
+                let in_flight = in_flight.clone();
                 tokio::spawn(
                     async move {
                         let class = shared.class_name(placement.class.index());
+                        let run = Run {
+                            classes,
+                            context: &context,
+                            claim: &claim,
+                        };
                         let completion = shared
                             .executor
-                            .execute(placement, ticket, &shared.load, classes, &context)
+                            .execute(placement, ticket, &shared.load, run)
                             .await;
+                        in_flight
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&completion.id);
                         shared.metrics.ran(class, &completion);
                         let _ = done.send(completion);
                     }

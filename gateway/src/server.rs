@@ -434,6 +434,8 @@ impl Shared {
             class: route.class.clone(),
             payload,
             timeout_ms: u64::try_from(route.timeout.as_millis()).unwrap_or(u64::MAX),
+            limits: Default::default(),
+            idempotency_key: None,
         };
         let invoke_started = Instant::now();
         let answer = client.invoke(request).await;

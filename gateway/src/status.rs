@@ -85,7 +85,14 @@ pub fn for_invoke_error(error: &InvokeError) -> Failure {
         .retry_after_by(Duration::from_millis(*retry_after_ms).max(RETRY_AFTER)),
         E::ShuttingDown => f(StatusCode::SERVICE_UNAVAILABLE, error.to_string()).with_retry(),
         E::ChainTooDeep { .. } => f(StatusCode::LOOP_DETECTED, error.to_string()),
-        E::TimedOut(_) | E::Cancelled => f(StatusCode::GATEWAY_TIMEOUT, error.to_string()),
+        E::TimedOut(_) | E::StageTimedOut { .. } | E::Cancelled => {
+            f(StatusCode::GATEWAY_TIMEOUT, error.to_string())
+        }
+        E::Suspended { retry_after_ms, .. } => f(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the function crashed too often and is suspended".into(),
+        )
+        .retry_after_by(Duration::from_millis(*retry_after_ms).max(RETRY_AFTER)),
         E::UnknownFunction(_) | E::BadClass(_) => f(
             StatusCode::INTERNAL_SERVER_ERROR,
             "the route names a function or class the cluster does not have".into(),

@@ -179,6 +179,8 @@ impl LocalCluster {
                 metrics: metrics_addr(),
                 slow_threshold: tariff_scheduler::trace::DEFAULT_SLOW_THRESHOLD,
                 sample_every: Some(tariff_scheduler::trace::DEFAULT_SAMPLE_EVERY),
+                liveness: tariff_scheduler::server::DEFAULT_LIVENESS,
+                crash_budget: tariff_scheduler::server::DEFAULT_CRASH_BUDGET,
             };
             let shard = Shard::bind(cluster, store.clone(), options)?;
             shard_addrs.push(shard.local_addr());

@@ -60,6 +60,8 @@ pub fn web_specs() -> anyhow::Result<Vec<FunctionSpec>> {
             },
             owner: String::new(),
             shared_with: Vec::new(),
+            retries: 0,
+            limits: Default::default(),
         })
         .collect())
 }
@@ -98,6 +100,8 @@ pub fn example_specs() -> anyhow::Result<Vec<FunctionSpec>> {
                 runtime,
                 owner: String::new(),
                 shared_with: Vec::new(),
+                retries: 0,
+                limits: Default::default(),
             })
         })
         .collect()

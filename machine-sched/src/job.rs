@@ -7,6 +7,8 @@
 //! error. A cancellation stays a cancellation all the way ([`InvokeError::Cancelled`]): the
 //! function did not fail, it was stopped.
 
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tariff_types::wire::InvokeError;
@@ -41,6 +43,46 @@ pub struct Job {
     pub timeout: Duration,
     /// Largest output accepted.
     pub max_output: usize,
+    /// Shared with whoever may give up on the job before it starts (the dispatcher, when its
+    /// start limit passes or its shard is lost); `None` when nobody will.
+    pub claim: Option<Arc<StartClaim>>,
+}
+
+/// Settles, once, whether a job starts or is given up before it starts.
+///
+/// A job waiting for its turn cannot simply be dropped: its ticket keeps its class's arrival
+/// order, so the wait must run its course. Someone who no longer wants the job (its start
+/// limit passed, or the shard that placed it is gone) calls [`StartClaim::give_up`]; the
+/// machine scheduler calls [`StartClaim::start`] when the job's turn comes. Whichever comes
+/// first wins, so a job is never both reported given up and run.
+#[derive(Debug, Default)]
+pub struct StartClaim(AtomicU8);
+
+impl StartClaim {
+    const WAITING: u8 = 0;
+    const STARTED: u8 = 1;
+    const GIVEN_UP: u8 = 2;
+
+    /// The job's turn came: true if it may run, false if it was given up.
+    pub fn start(&self) -> bool {
+        self.settle(Self::STARTED)
+    }
+
+    /// Gives the job up: true if it will not run, false if it started already.
+    pub fn give_up(&self) -> bool {
+        self.settle(Self::GIVEN_UP)
+    }
+
+    /// Moves from waiting to `to`, or reports whether it is there already.
+    fn settle(&self, to: u8) -> bool {
+        match self
+            .0
+            .compare_exchange(Self::WAITING, to, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(now) => now == to,
+        }
+    }
 }
 
 /// Why a function could not be started.
@@ -159,6 +201,17 @@ impl From<JobError> for InvokeError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_start_claim_settles_once() {
+        let claim = StartClaim::default();
+        assert!(claim.give_up());
+        assert!(claim.give_up(), "asking again gives the same answer");
+        assert!(!claim.start(), "a job given up never starts");
+        let claim = StartClaim::default();
+        assert!(claim.start());
+        assert!(!claim.give_up(), "a started job cannot be given up");
+    }
 
     #[test]
     fn cancellation_is_not_a_failure_anywhere() {

@@ -44,7 +44,7 @@ use crate::rt::{self, FunctionCpus, SchedMode};
 use crate::running::Running;
 use crate::turns::Turns;
 
-pub use crate::job::{Job, JobError, StartError};
+pub use crate::job::{Job, JobError, StartClaim, StartError};
 pub use crate::turns::Ticket;
 
 /// How often idle instances are checked against their keep-alive.
@@ -180,7 +180,10 @@ impl MachineScheduler {
             turn = None;
             let _ = started.await;
         }
+        let given_up = job.claim.as_ref().is_some_and(|claim| !claim.start());
         let result = match job.function.runtime {
+            // Given up while it waited: its turn passes to the next job unused.
+            _ if given_up => Err(JobError::Cancelled),
             Runtime::Exec => run_exec(&self.parts, &job, arrived, turn).await,
             Runtime::Persistent { keep_alive_ms } => {
                 let keep_alive = Duration::from_millis(keep_alive_ms);

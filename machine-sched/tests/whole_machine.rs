@@ -61,12 +61,15 @@ fn shell_job(id: u64, class: u8, script: &str) -> Job {
             runtime: Runtime::Exec,
             owner: "test".into(),
             shared_with: Vec::new(),
+            retries: 0,
+            limits: Default::default(),
         },
         tenant: "test".into(),
         env: Vec::new(),
         payload: Vec::new(),
         timeout: TEST_TIMEOUT,
         max_output: 4096,
+        claim: None,
     }
 }
 

@@ -5,12 +5,14 @@
 //! vocabulary and a random-number generator, which is what lets the compiler keep it pure.
 //!
 //! * the shard: [`queue`] (which class goes next), [`idle_list`], [`placement`]
-//!   (power-of-k with class-aware room), combined in [`shard`];
+//!   (power-of-k with class-aware room), combined in [`shard`]; [`crash_budget`] (which
+//!   functions crash too often to run);
 //! * the dispatcher: [`idle_advert`] (when to join, update and leave an idle list, and which of
 //!   k shards to join) and [`swap`] (whose memory to swap out, whom to kill last);
 //! * the machine scheduler: [`run_queue`] (preemptive priority by class, FCFS within one).
 
 pub mod budget;
+pub mod crash_budget;
 pub mod idle_advert;
 pub mod idle_list;
 pub mod placement;

@@ -216,6 +216,8 @@ async fn queue_and_wait(
             function.name
         )));
     }
+    service.crashes().check(&function)?;
+    let limits = request.limits.over(function.limits);
     let chain = match &parent {
         None => Chain {
             root: Some(id),
@@ -250,6 +252,7 @@ async fn queue_and_wait(
         options.classes.lowest(),
     );
     let function_name = function.name.clone();
+    let spec = function.clone();
     let (token, _revoked_when_answered) = service
         .chains()
         .mint(ChainContext {
@@ -286,6 +289,7 @@ async fn queue_and_wait(
             deadline,
             env,
             nested_in: parent.map(|p| p.id),
+            limits,
         })
         .map_err(|overloaded| InvokeError::Overloaded {
             queued: overloaded.queued as u64,
@@ -293,17 +297,29 @@ async fn queue_and_wait(
             retry_after_ms: overloaded.retry_after.as_millis() as u64,
         })?;
     debug!("queued");
-    let received = match tokio::time::timeout_at(deadline.into(), &mut result).await {
-        Ok(received) => received,
-        Err(_) => {
-            // Answers with the timeout unless a result got there first; either way the
-            // answer is now in the channel.
-            state.abandon(id, InvokeError::TimedOut(timeout.as_millis() as u64));
-            result.await
+    let received = loop {
+        // Wakes for the caller's deadline, or the limit of the stage the shard keeps now.
+        let stage = state.stage_deadline(id).filter(|stage| stage.at < deadline);
+        let until = stage.map_or(deadline, |stage| stage.at);
+        match tokio::time::timeout_at(until.into(), &mut result).await {
+            Ok(received) => break received,
+            Err(_) => match stage {
+                // Answers with the stage's timeout if it is still in that stage; if it moved
+                // on, the loop waits for what comes next.
+                Some(stage) => state.stage_expired(id, stage),
+                None => {
+                    // Answers with the timeout unless a result got there first; either way
+                    // the answer is now in the channel.
+                    state.abandon(id, InvokeError::TimedOut(timeout.as_millis() as u64));
+                    break result.await;
+                }
+            },
         }
     };
     // The sender is dropped unanswered only when the shard itself is torn down.
-    let mut outcome = received.unwrap_or(Err(InvokeError::ShuttingDown))?;
+    let answer = received.unwrap_or(Err(InvokeError::ShuttingDown));
+    service.crashes().answered(&spec, &answer);
+    let mut outcome = answer?;
     outcome.cost = bill(service, tenant, &function_name, class, &outcome).await;
     outcome.chain = chain;
     Ok(outcome)

@@ -15,6 +15,14 @@ use tariff_types::PriceClasses;
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1 << 20;
 /// Default time a caller waits for an answer when it names none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default silence on a dispatcher's control stream after which its machine is lost (and the
+/// dispatcher takes the shard for lost). Heartbeats go four times within it.
+pub const DEFAULT_LIVENESS: Duration = Duration::from_secs(1);
+/// Default crash budget: a function version that fails more often than this within
+/// [`CRASH_WINDOW`] is suspended (docs/failures.md).
+pub const DEFAULT_CRASH_BUDGET: u32 = 60;
+/// The window crashes are counted over, and how long a suspension lasts.
+pub const CRASH_WINDOW: Duration = Duration::from_secs(60);
 /// QUIC application error code for closing a connection that broke the protocol.
 pub const PROTOCOL_VIOLATION: u32 = 1;
 
@@ -45,4 +53,10 @@ pub struct ShardOptions {
     pub slow_threshold: Duration,
     /// At most one other successful invocation is logged per this interval; none if `None`.
     pub sample_every: Option<Duration>,
+    /// Silence on a machine's control stream after which it is lost; also what the shard
+    /// tells dispatchers to expect of it.
+    pub liveness: Duration,
+    /// Failures of one function version allowed per [`CRASH_WINDOW`] before it is suspended;
+    /// 0 never suspends.
+    pub crash_budget: u32,
 }

@@ -7,12 +7,13 @@
 //!
 //! ```text
 //! server        ──► access, client, machines, metrics, pump, service, spend, state, config
-//! client        ──► access, chains, ledger, spend, service, state, config, metrics
+//! client        ──► access, chains, crashes, ledger, spend, service, state, config, metrics
 //! access        ──► nothing                     (tokens and peer roles → what they may do)
 //! chains        ──► nothing                     (running invocations' tokens: call chains)
+//! crashes       ──► config                      (crash budgets: who crashes too often to run)
 //! machines      ──► service, state, config      (dispatcher control streams and lanes)
 //! pump          ──► state                       (the placement task)
-//! service       ──► access, chains, ledger, spend, state, registry, config, metrics, trace
+//! service       ──► access, chains, crashes, ledger, spend, state, registry, config, metrics, trace
 //! spend         ──► ledger, state               (spend and budgets; the state's admission)
 //! ledger        ──► nothing                     (the durable record of what was billed)
 //! metrics       ──► state                       (series; levels read at scrape time)
@@ -30,6 +31,7 @@ mod access;
 mod chains;
 mod client;
 mod config;
+mod crashes;
 pub mod ledger;
 mod machine_table;
 mod machines;

@@ -9,6 +9,7 @@
 //! and writes streams; every change it causes is an operation of [`ShardState`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tariff_cluster::codec;
 use tariff_types::wire::{
@@ -37,27 +38,52 @@ pub(crate) async fn control_session(
     let machine = state.register(&hello, conn.stable_id(), control.clone());
     info!(machine = %name, cores = hello.cores, slots = hello.slots, "machine registered");
     let options = service.options();
+    let liveness = options.liveness;
     let _ = control.send(ShardToDispatcher::Welcome {
         shard_id: options.shard_id,
         classes: options.classes.names().map(str::to_owned).collect(),
+        liveness_ms: u64::try_from(liveness.as_millis()).unwrap_or(u64::MAX),
     });
     let writer = tokio::spawn(codec::forward(outbox, send).in_current_span());
+    let heartbeat = tokio::spawn(heartbeats(control.clone(), liveness));
     loop {
-        match codec::read_message::<DispatcherToShard, _>(&mut recv).await {
-            Ok(Some(message)) => handle_control(state, machine, &control, message),
-            Ok(None) => break,
-            Err(e) => {
+        // Silence for `liveness` means the machine is dead or cut off: a healthy dispatcher
+        // sends a heartbeat four times within it, from a thread above every function's
+        // priority. A read cut short loses a partial frame, but the session ends then.
+        let read = codec::read_message::<DispatcherToShard, _>(&mut recv);
+        match tokio::time::timeout(liveness, read).await {
+            Ok(Ok(Some(message))) => handle_control(state, machine, &control, message),
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => {
                 if e.is_protocol_violation() {
                     warn!(machine = %name, error = %e, "malformed control frame; closing the connection");
                     conn.close(PROTOCOL_VIOLATION.into(), b"malformed control frame");
                 }
                 break;
             }
+            Err(_silent) => {
+                warn!(machine = %name, ?liveness, "machine silent; taking it for lost");
+                break;
+            }
         }
     }
+    heartbeat.abort();
     writer.abort();
     state.lose_machine(machine);
     conn.close(0u32.into(), b"control stream ended");
+}
+
+/// Sends a heartbeat four times per `liveness` for as long as the session lasts, so a
+/// dispatcher hears from a healthy shard however quiet it is.
+async fn heartbeats(control: mpsc::UnboundedSender<ShardToDispatcher>, liveness: Duration) {
+    let mut tick = tokio::time::interval(liveness / 4);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if control.send(ShardToDispatcher::Heartbeat).is_err() {
+            return;
+        }
+    }
 }
 
 fn handle_control(
@@ -74,6 +100,7 @@ fn handle_control(
         DispatcherToShard::Idle(entry) => state.idle_update(machine, entry),
         DispatcherToShard::Warm(functions) => state.warm_update(machine, &functions),
         DispatcherToShard::Load { seq, load } => state.load_reported(machine, seq, load),
+        DispatcherToShard::Heartbeat => state.heard(machine),
     }
 }
 
@@ -103,7 +130,7 @@ pub(crate) async fn lane_session(
     let writer = tokio::spawn(codec::forward(outbox, send).in_current_span());
     loop {
         match codec::read_message::<Completion, _>(&mut recv).await {
-            Ok(Some(completion)) => state.complete(completion),
+            Ok(Some(completion)) => state.complete(machine, completion),
             Ok(None) => break,
             Err(e) => {
                 if e.is_protocol_violation() {

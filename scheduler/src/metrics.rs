@@ -76,6 +76,7 @@ pub(crate) struct ShardMetrics {
     preempted: Family<ClassLabel, Counter>,
     preempted_seconds: Family<ClassLabel, Counter<f64, AtomicU64>>,
     placements: Family<PathLabel, Counter>,
+    retries: Counter,
     queue_length: Family<ClassLabel, Gauge>,
     machines: Gauge,
     idle_list: Gauge,
@@ -97,6 +98,7 @@ impl ShardMetrics {
             preempted: Family::default(),
             preempted_seconds: Family::default(),
             placements: Family::default(),
+            retries: Counter::default(),
             queue_length: Family::default(),
             machines: Gauge::default(),
             idle_list: Gauge::default(),
@@ -141,6 +143,11 @@ impl ShardMetrics {
             "tariff_shard_placements",
             "Placements by how the machine was found: warm (a listed machine with a warm instance), idle_list, or power_of_k (after polling k machines)",
             m.placements.clone(),
+        );
+        m.registry.register(
+            "tariff_shard_retries",
+            "Invocations placed again after the machine running them was lost (functions deployed with --retries)",
+            m.retries.clone(),
         );
         m.registry.register(
             "tariff_shard_queue_length",
@@ -276,6 +283,9 @@ impl ShardMetrics {
                 .inner()
                 .store(count, Ordering::Relaxed);
         }
+        self.retries
+            .inner()
+            .store(state.retried(), Ordering::Relaxed);
     }
 }
 

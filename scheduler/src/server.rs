@@ -23,7 +23,8 @@ use tariff_types::wire::{ClientResponse, StreamOpen};
 use tracing::{debug, info, warn, Instrument};
 
 pub use crate::config::{
-    ShardOptions, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_TIMEOUT, PROTOCOL_VIOLATION,
+    ShardOptions, CRASH_WINDOW, DEFAULT_CRASH_BUDGET, DEFAULT_LIVENESS, DEFAULT_MAX_PAYLOAD_BYTES,
+    DEFAULT_TIMEOUT, PROTOCOL_VIOLATION,
 };
 use crate::service::Service;
 use crate::state::ShardState;

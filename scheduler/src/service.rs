@@ -13,7 +13,8 @@ use tariff_cluster::store::ClusterStore;
 
 use crate::access::Access;
 use crate::chains::Chains;
-use crate::config::ShardOptions;
+use crate::config::{ShardOptions, CRASH_WINDOW};
+use crate::crashes::Crashes;
 use crate::ledger::Ledger;
 use crate::metrics::ShardMetrics;
 use crate::registry::Registry;
@@ -46,6 +47,8 @@ pub(crate) struct Service {
     metrics: Arc<ShardMetrics>,
     /// Which answered invocations are logged with their stage timings.
     invocation_log: InvocationLog,
+    /// Which functions crash too often to run.
+    crashes: Crashes,
 }
 
 impl Service {
@@ -68,6 +71,7 @@ impl Service {
             store,
             metrics: Arc::new(ShardMetrics::new(&options.classes)),
             invocation_log: InvocationLog::new(options.slow_threshold, options.sample_every),
+            crashes: Crashes::new(options.crash_budget, CRASH_WINDOW),
             options,
             endpoint,
             state,
@@ -127,6 +131,11 @@ impl Service {
     /// The shard's endpoint.
     pub(crate) fn endpoint(&self) -> &quinn::Endpoint {
         &self.endpoint
+    }
+
+    /// Which functions crash too often to run.
+    pub(crate) fn crashes(&self) -> &Crashes {
+        &self.crashes
     }
 
     /// The owner of the shard's mutable state.

@@ -35,7 +35,7 @@ use tariff_types::wire::{
     unix_micros, Completion, DispatcherHello, IdleEntry, InvocationId, InvocationOutcome,
     InvokeError, MachineLoad, MachineStatus, Placement, ShardStatus, ShardToDispatcher,
 };
-use tariff_types::{ClassId, FunctionSpec, PriceClasses};
+use tariff_types::{ClassId, FunctionSpec, PriceClasses, Stage, StageLimits};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, info, warn};
 
@@ -66,6 +66,19 @@ pub(crate) struct Submission {
     /// The running invocation whose function made this call, if one did: the call is sent
     /// straight to that machine rather than queued behind the slot its caller holds.
     pub(crate) nested_in: Option<InvocationId>,
+    /// Its stage limits (its own over its function's).
+    pub(crate) limits: StageLimits,
+}
+
+/// A stage the shard enforces, and when it runs out (see [`ShardState::stage_deadline`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StageDeadline {
+    /// The stage.
+    pub(crate) stage: Stage,
+    /// Which placement attempt it belongs to: a retry starts the stages over.
+    attempt: u32,
+    /// When its limit passes.
+    pub(crate) at: Instant,
 }
 
 /// Why a class lane was refused.
@@ -106,6 +119,7 @@ impl Poll {
 
 /// A queued invocation as the core holds it: what placing it needs. Its answer sender is in
 /// the invocation table, not here, so nothing that holds a `Queued` can answer it.
+#[derive(Clone)]
 struct Queued {
     id: InvocationId,
     tenant: String,
@@ -113,6 +127,7 @@ struct Queued {
     payload: Vec<u8>,
     deadline: Instant,
     env: Vec<(String, String)>,
+    limits: StageLimits,
 }
 
 /// A live invocation's entry in the invocation table.
@@ -125,6 +140,25 @@ struct Invocation {
     queued_at_us: u64,
     /// Where it runs, once sent to a machine.
     running: Option<Running>,
+    /// Its stage limits; the shard keeps `queue` and `placement`.
+    limits: StageLimits,
+    /// When its current attempt entered the queue.
+    queued_at: Instant,
+    /// When the core first took its current attempt from the queue to place it.
+    taken_at: Option<Instant>,
+    /// Placements so far (the answer's `attempts`).
+    attempts: u32,
+    /// What it takes to place it again if its machine is lost: kept only for functions
+    /// deployed with retries, and only while some are left.
+    retry: Option<Retry>,
+}
+
+/// A copy of a queued invocation kept to place it again.
+struct Retry {
+    item: Queued,
+    class: ClassId,
+    /// Placements still allowed after the current one.
+    left: u32,
 }
 
 /// Where a placed invocation runs.
@@ -165,6 +199,8 @@ struct Book {
     /// Asked again just before an invocation is sent: its tenant's budget may have run out
     /// while it was queued.
     admission: Option<Arc<dyn Admission>>,
+    /// Invocations placed again after their machine was lost.
+    retried: u64,
 }
 
 /// A last check before an invocation leaves the queue for a machine.
@@ -208,6 +244,7 @@ impl ShardState {
                 machines: MachineTable::default(),
                 invocations: HashMap::new(),
                 admission: None,
+                retried: 0,
             }),
             wake: Notify::new(),
             started: Instant::now(),
@@ -259,8 +296,10 @@ impl ShardState {
             deadline,
             env,
             nested_in,
+            limits,
         } = submission;
         let key = FunctionKey::of(&function.name);
+        let retries = function.retries;
         let queued = Queued {
             id,
             tenant,
@@ -268,7 +307,13 @@ impl ShardState {
             payload,
             deadline,
             env,
+            limits,
         };
+        let retry = (retries > 0).then(|| Retry {
+            item: queued.clone(),
+            class,
+            left: retries,
+        });
         let now = self.now();
         let (answer, receiver) = oneshot::channel();
         {
@@ -278,6 +323,11 @@ impl ShardState {
                 timeout,
                 queued_at_us: unix_micros(),
                 running: None,
+                limits,
+                queued_at: Instant::now(),
+                taken_at: None,
+                attempts: 0,
+                retry,
             };
             let parent_machine = nested_in
                 .and_then(|parent| book.invocations.get(&parent)?.running.as_ref())
@@ -318,6 +368,47 @@ impl ShardState {
         }
     }
 
+    /// The next limit the shard keeps for `id`: its queue limit while queued, its placement
+    /// limit while being placed; `None` once it is on a machine (the dispatcher keeps the
+    /// rest), answered, or without a limit for its stage.
+    pub(crate) fn stage_deadline(&self, id: InvocationId) -> Option<StageDeadline> {
+        self.book().invocations.get(&id)?.stage_deadline()
+    }
+
+    /// `deadline` passed: answers `id` with the stage's timeout if it is still in that stage
+    /// of that attempt (it may have moved on since the caller looked).
+    pub(crate) fn stage_expired(&self, id: InvocationId, deadline: StageDeadline) {
+        let mut book = self.book();
+        let current = book
+            .invocations
+            .get(&id)
+            .and_then(Invocation::stage_deadline);
+        if current == Some(deadline) {
+            let limits = book.invocations[&id].limits;
+            let limit_ms = limits
+                .get(deadline.stage)
+                .map_or(0, |d| d.as_millis() as u64);
+            book.answer(id, |_| {
+                Err(InvokeError::StageTimedOut {
+                    stage: deadline.stage,
+                    limit_ms,
+                })
+            });
+        }
+    }
+
+    /// A machine's heartbeat: it is alive.
+    pub(crate) fn heard(&self, machine: MachineIdx) {
+        if let Some(link) = self.book().machines.get_mut(machine) {
+            link.heard(None);
+        }
+    }
+
+    /// Invocations placed again after their machine was lost, since the shard started.
+    pub(crate) fn retried(&self) -> u64 {
+        self.book().retried
+    }
+
     /// Takes the core's next decision and carries it out as far as it can without waiting:
     /// sends a placement, drops an answered invocation, or starts a poll.
     pub(crate) fn place_next(&self) -> Placing {
@@ -353,7 +444,8 @@ impl ShardState {
         let mut book = self.book();
         if let Some(old) = book.machines.lookup(&name) {
             warn!(machine = %name, "machine registered again; dropping its old session");
-            if let Some((_, count)) = book.lose_machine(old) {
+            let now = self.now();
+            if let Some((_, count)) = book.lose_machine(old, now) {
                 warn!(machine = %name, lost = count, "machine lost");
             }
             self.wake.notify_one();
@@ -429,16 +521,20 @@ impl ShardState {
     }
 
     /// A machine reported an invocation's end: answers its caller, unless answered already.
-    pub(crate) fn complete(&self, completion: Completion) {
-        if self.book().complete(completion) {
+    /// Ignored unless `machine` is where the invocation runs now: a completion from a machine
+    /// it was taken from (lost, and the invocation placed again) is stale.
+    pub(crate) fn complete(&self, machine: MachineIdx, completion: Completion) {
+        if self.book().complete(machine, completion) {
             self.wake.notify_one();
         }
     }
 
-    /// Forgets a machine and answers everything it was running with a machine-lost error.
-    /// Losing a machine twice (its control stream and a lane both end) is harmless.
+    /// Forgets a machine and answers everything it was running with a machine-lost error,
+    /// except what may be placed again (its function has retries left), which is queued
+    /// again at the front of its class's fairness. Losing a machine twice (its control stream and a lane both end) is harmless.
     pub(crate) fn lose_machine(&self, machine: MachineIdx) {
-        let lost = self.book().lose_machine(machine);
+        let now = self.now();
+        let lost = self.book().lose_machine(machine, now);
         if let Some((name, count)) = lost {
             // A machine that goes while running nothing (a dispatcher stopping cleanly, or
             // this shard shutting down) has cost nobody anything: not worth a warning.
@@ -568,7 +664,13 @@ impl Book {
 
     /// See [`ShardState::place_next`].
     fn place_next(&mut self, now: Duration) -> Placing {
-        match self.core.next(now) {
+        let step = self.core.next(now);
+        if let Some(Step::Place(taken, ..) | Step::Poll(taken, _)) = &step {
+            if let Some(invocation) = self.invocations.get_mut(&taken.item.id) {
+                invocation.taken_at.get_or_insert_with(Instant::now);
+            }
+        }
+        match step {
             None => Placing::Idle,
             Some(Step::Place(taken, machine, path)) => {
                 if self.is_live(taken.item.id) {
@@ -649,11 +751,13 @@ impl Book {
             function: (*item.function).clone(),
             payload: item.payload,
             timeout_ms: remaining.as_millis() as u64,
+            limits: item.limits,
             env: item.env,
         };
         let name = link.name().clone();
         let sent = link.place(placement);
         if let Some(invocation) = self.invocations.get_mut(&id) {
+            invocation.attempts += 1;
             invocation.running = Some(Running {
                 machine,
                 class,
@@ -669,11 +773,11 @@ impl Book {
     }
 
     /// See [`ShardState::complete`]; returns whether a caller was answered.
-    fn complete(&mut self, completion: Completion) -> bool {
+    fn complete(&mut self, machine: MachineIdx, completion: Completion) -> bool {
         let placed = self
             .invocations
             .get(&completion.id)
-            .is_some_and(|i| i.running.is_some());
+            .is_some_and(|i| i.running.as_ref().is_some_and(|r| r.machine == machine));
         if !placed {
             // Answered already (its caller timed out), or never sent: nothing to tell.
             return false;
@@ -702,13 +806,14 @@ impl Book {
                 cost: Default::default(),
                 // Filled in by the request's handler, which knows the chain.
                 chain: Default::default(),
+                attempts: invocation.attempts,
             })
         })
     }
 
     /// See [`ShardState::lose_machine`]; returns the machine's name and how many invocations
     /// it was running, or `None` if it was lost already.
-    fn lose_machine(&mut self, machine: MachineIdx) -> Option<(Arc<str>, usize)> {
+    fn lose_machine(&mut self, machine: MachineIdx, now: Duration) -> Option<(Arc<str>, usize)> {
         let link = self.machines.remove(machine)?;
         self.core.remove_machine(machine);
         let lost: Vec<InvocationId> = self
@@ -718,11 +823,43 @@ impl Book {
             .map(|(id, _)| *id)
             .collect();
         for &id in &lost {
-            self.answer(id, |_| {
-                Err(InvokeError::MachineLost(link.name().to_string()))
-            });
+            if !self.place_again(id, now) {
+                self.answer(id, |_| {
+                    Err(InvokeError::MachineLost(link.name().to_string()))
+                });
+            }
         }
         Some((link.name().clone(), lost.len()))
+    }
+
+    /// Queues `id` again if its function allows another placement and its caller still
+    /// waits; returns whether it did. Its machine has left the core, so no slot is freed.
+    fn place_again(&mut self, id: InvocationId, now: Duration) -> bool {
+        let live = self.is_live(id);
+        let Some(invocation) = self.invocations.get_mut(&id) else {
+            return false;
+        };
+        let Some(retry) = invocation.retry.as_mut().filter(|r| r.left > 0 && live) else {
+            return false;
+        };
+        retry.left -= 1;
+        let item = retry.item.clone();
+        let class = retry.class;
+        if retry.left == 0 {
+            invocation.retry = None;
+        }
+        let key = FunctionKey::of(&item.function.name);
+        if self.core.submit(class, key, item, now).is_err() {
+            // The queues are full: the machine's loss is the answer.
+            return false;
+        }
+        let invocation = self.invocations.get_mut(&id).expect("checked above");
+        invocation.running = None;
+        invocation.queued_at = Instant::now();
+        invocation.taken_at = None;
+        self.retried += 1;
+        debug!(invocation = %id, "machine lost; placing it again");
+        true
     }
 
     /// See [`ShardState::sweep`].
@@ -753,6 +890,24 @@ impl Book {
         for id in waiting {
             self.answer(id, |_| Err(InvokeError::ShuttingDown));
         }
+    }
+}
+
+impl Invocation {
+    /// See [`ShardState::stage_deadline`].
+    fn stage_deadline(&self) -> Option<StageDeadline> {
+        if self.running.is_some() {
+            return None;
+        }
+        let (stage, since) = match self.taken_at {
+            None => (Stage::Queue, self.queued_at),
+            Some(taken) => (Stage::Placement, taken),
+        };
+        Some(StageDeadline {
+            stage,
+            attempt: self.attempts,
+            at: since + self.limits.get(stage)?,
+        })
     }
 }
 
@@ -858,25 +1013,42 @@ mod tests {
             runtime: Default::default(),
             owner: "tenant".into(),
             shared_with: Vec::new(),
+            retries: 0,
+            limits: Default::default(),
         })
     }
 
     fn submit(state: &ShardState) -> (InvocationId, oneshot::Receiver<Answer>) {
+        submit_spec(state, spec("echo"), StageLimits::default())
+    }
+
+    fn submit_spec(
+        state: &ShardState,
+        function: Arc<FunctionSpec>,
+        limits: StageLimits,
+    ) -> (InvocationId, oneshot::Receiver<Answer>) {
         let id = state.next_id();
         let rx = state
             .submit(Submission {
                 id,
                 class: ClassId(0),
                 tenant: "tenant".to_owned(),
-                function: spec("echo"),
+                function,
                 payload: b"hello".to_vec(),
                 timeout: TIMEOUT,
                 deadline: Instant::now() + TIMEOUT,
                 env: Vec::new(),
                 nested_in: None,
+                limits,
             })
             .expect("queues have room");
         (id, rx)
+    }
+
+    fn retrying(name: &str, retries: u32) -> Arc<FunctionSpec> {
+        let mut spec = (*spec(name)).clone();
+        spec.retries = retries;
+        Arc::new(spec)
     }
 
     fn report() -> RunReport {
@@ -949,11 +1121,100 @@ mod tests {
             id,
             result: Ok(report()),
         };
-        assert!(!state.book().complete(late));
-        assert!(state.book().lose_machine(m.idx).is_none());
+        assert!(!state.book().complete(m.idx, late));
+        assert!(state.book().lose_machine(m.idx, Duration::ZERO).is_none());
         let status = state.status();
         assert_eq!(status.in_flight, 0);
         assert!(status.machines.is_empty());
+    }
+
+    #[test]
+    fn a_retryable_invocation_of_a_lost_machine_is_placed_again_and_answered_once() {
+        let state = state();
+        let mut m1 = connect(&state, "m1", 1, 4, true);
+        let (id, mut rx) = submit_spec(&state, retrying("safe", 1), StageLimits::default());
+        expect_placed(&state);
+        assert_eq!(m1.placements()[0].id, id);
+
+        let mut m2 = connect(&state, "m2", 2, 4, true);
+        state.lose_machine(m1.idx);
+        assert!(
+            matches!(rx.try_recv(), Err(TryRecvError::Empty)),
+            "not answered"
+        );
+        assert_eq!(state.retried(), 1);
+        expect_placed(&state);
+        let again = m2.placements();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].id, id);
+        assert_eq!(again[0].payload, b"hello", "the payload travels again");
+
+        // A stale completion from the first machine answers nothing.
+        let stale = Completion {
+            id,
+            result: Ok(report()),
+        };
+        assert!(!state.book().complete(m1.idx, stale));
+        state.complete(
+            m2.idx,
+            Completion {
+                id,
+                result: Ok(report()),
+            },
+        );
+        let outcome = rx.try_recv().expect("answered").expect("succeeded");
+        assert_eq!((outcome.machine.as_str(), outcome.attempts), ("m2", 2));
+        assert_eq!(live(&state), 0);
+    }
+
+    #[test]
+    fn retries_run_out_and_then_the_machine_loss_is_the_answer() {
+        let state = state();
+        let m1 = connect(&state, "m1", 1, 4, true);
+        let (_, mut rx) = submit_spec(&state, retrying("safe", 1), StageLimits::default());
+        expect_placed(&state);
+        let m2 = connect(&state, "m2", 2, 4, true);
+        state.lose_machine(m1.idx);
+        expect_placed(&state);
+        state.lose_machine(m2.idx);
+        assert_eq!(error_of(&mut rx), InvokeError::MachineLost("m2".to_owned()));
+        assert_eq!(live(&state), 0);
+    }
+
+    #[test]
+    fn the_queue_limit_answers_a_queued_invocation_but_not_a_placed_one() {
+        let state = state();
+        let limits = StageLimits {
+            queue_ms: 50,
+            ..StageLimits::default()
+        };
+        let (queued, mut rx) = submit_spec(&state, spec("echo"), limits);
+        let deadline = state.stage_deadline(queued).expect("a queue limit");
+        assert_eq!(deadline.stage, Stage::Queue);
+        state.stage_expired(queued, deadline);
+        assert_eq!(
+            error_of(&mut rx),
+            InvokeError::StageTimedOut {
+                stage: Stage::Queue,
+                limit_ms: 50
+            }
+        );
+
+        let _m = connect(&state, "m1", 1, 4, true);
+        expect_placed(&state); // drops the answered one's tombstone
+        let (placed, mut rx) = submit_spec(&state, spec("echo"), limits);
+        let deadline = state.stage_deadline(placed).expect("a queue limit");
+        expect_placed(&state);
+        assert_eq!(
+            state.stage_deadline(placed),
+            None,
+            "on a machine: the dispatcher's"
+        );
+        state.stage_expired(placed, deadline);
+        assert!(
+            matches!(rx.try_recv(), Err(TryRecvError::Empty)),
+            "not answered"
+        );
     }
 
     #[test]
@@ -979,7 +1240,7 @@ mod tests {
             id: a,
             result: Err(InvokeError::TimedOut(1)),
         };
-        assert!(!state.book().complete(late));
+        assert!(!state.book().complete(m.idx, late));
         // One slot is free (a's), so one more goes straight to the machine, and the next
         // needs a poll. Had the late completion freed a's slot again, both would be placed.
         let (_c, _rx_c) = submit(&state);
@@ -1013,16 +1274,19 @@ mod tests {
     #[test]
     fn completion_answers_with_timings_and_the_callers_timeout() {
         let state = state();
-        let _m = connect(&state, "m1", 1, 4, true);
+        let m = connect(&state, "m1", 1, 4, true);
         let (ok, mut rx_ok) = submit(&state);
         let (late, mut rx_late) = submit(&state);
         expect_placed(&state);
         expect_placed(&state);
 
-        state.complete(Completion {
-            id: ok,
-            result: Ok(report()),
-        });
+        state.complete(
+            m.idx,
+            Completion {
+                id: ok,
+                result: Ok(report()),
+            },
+        );
         let outcome = rx_ok.try_recv().expect("answered").expect("succeeded");
         assert_eq!(outcome.id, ok);
         assert_eq!(outcome.machine, "m1");
@@ -1031,10 +1295,13 @@ mod tests {
         assert_eq!(outcome.timings().started_at_us, 10);
 
         // The machine's own deadline is shorter; the caller hears its own figure.
-        state.complete(Completion {
-            id: late,
-            result: Err(InvokeError::TimedOut(1)),
-        });
+        state.complete(
+            m.idx,
+            Completion {
+                id: late,
+                result: Err(InvokeError::TimedOut(1)),
+            },
+        );
         assert_eq!(
             error_of(&mut rx_late),
             InvokeError::TimedOut(TIMEOUT.as_millis() as u64)
@@ -1202,6 +1469,7 @@ mod tests {
             deadline: Instant::now() + TIMEOUT,
             env: Vec::new(),
             nested_in: None,
+            limits: StageLimits::default(),
         });
         let refused = refused.expect_err("refused");
         assert_eq!((refused.queued, refused.limit), (1, 1));

@@ -63,6 +63,8 @@ pub fn example_spec(name: &str) -> FunctionSpec {
         runtime: tariff_types::function::Runtime::Exec,
         owner: String::new(),
         shared_with: Vec::new(),
+        retries: 0,
+        limits: Default::default(),
     }
 }
 
@@ -463,6 +465,8 @@ pub fn request(function: &str, class: &str, payload: &str) -> InvokeRequest {
         class: class.into(),
         payload: payload.as_bytes().to_vec(),
         timeout_ms: 30_000,
+        limits: Default::default(),
+        idempotency_key: None,
     }
 }
 

@@ -27,6 +27,15 @@ pub struct FunctionSpec {
     /// Other tenants that may invoke, list and replace it (not remove it, nor change this).
     #[serde(default)]
     pub shared_with: Vec<String>,
+    /// How many times an invocation may be placed again after its machine is lost (or its
+    /// run killed to free memory). Non-zero only for a function its deployer says is safe to
+    /// run twice (`deploy --retries N`): a lost machine may have run part of it.
+    #[serde(default)]
+    pub retries: u32,
+    /// Limits on each stage of an invocation's life (`deploy --queue-timeout` ...); an
+    /// invocation may set its own.
+    #[serde(default)]
+    pub limits: crate::StageLimits,
 }
 
 /// How a function's processes live.
@@ -98,6 +107,8 @@ mod tests {
             runtime: Runtime::Exec,
             owner: String::new(),
             shared_with: Vec::new(),
+            retries: 0,
+            limits: Default::default(),
         }
     }
 

@@ -109,6 +109,14 @@ pub struct InvokeRequest {
     pub payload: Vec<u8>,
     /// How long the caller waits for an answer, in milliseconds; 0 means the shard's default.
     pub timeout_ms: u64,
+    /// This invocation's own stage limits, over its function's (0: the function's).
+    #[serde(default)]
+    pub limits: crate::StageLimits,
+    /// Set by a caller that may send the same invocation again (after losing its shard): a
+    /// shard that has seen the key recently answers the resubmission with the first run's
+    /// answer instead of running the function again (docs/failures.md gives the window).
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
 }
 
 /// A shard's answer to one [`ClientRequest`].
@@ -198,6 +206,9 @@ pub struct InvocationOutcome {
     /// Where it stands in a call chain (a function invoking a function).
     #[serde(default)]
     pub chain: Chain,
+    /// Times it was placed: 1, or more when a lost machine made the shard place it again.
+    #[serde(default)]
+    pub attempts: u32,
 }
 
 /// An invocation's place in a call chain: made by a client (depth 0, its own root) or by a
@@ -283,6 +294,30 @@ pub enum InvokeError {
     /// No answer came within the timeout.
     #[error("timed out after {0} ms")]
     TimedOut(u64),
+    /// One stage of the invocation passed its own limit (the function's or the call's).
+    #[error("{}", stage_timeout_message(*.stage, *.limit_ms))]
+    StageTimedOut {
+        /// The stage that took too long.
+        stage: crate::Stage,
+        /// Its limit, in milliseconds.
+        limit_ms: u64,
+    },
+    /// The function crashed too often lately and is not run until it is redeployed or its
+    /// crash budget resets.
+    #[error(
+        "function `{function}` is suspended: it crashed {crashes} times within {window_s} s; \
+         redeploy it or retry after {retry_after_ms} ms"
+    )]
+    Suspended {
+        /// The function.
+        function: String,
+        /// Crashes counted within the window.
+        crashes: u32,
+        /// The window, in seconds.
+        window_s: u64,
+        /// When the suspension ends unless it is redeployed.
+        retry_after_ms: u64,
+    },
     /// The machine running the invocation went away before answering.
     #[error("machine `{0}` was lost while running the invocation")]
     MachineLost(String),
@@ -330,6 +365,13 @@ impl InvokeError {
             Self::OverBudget(_) => "over_budget",
             Self::Overloaded { .. } => "overloaded",
             Self::TimedOut(_) => "timed_out",
+            Self::StageTimedOut { stage, .. } => match stage {
+                crate::Stage::Queue => "queue_timed_out",
+                crate::Stage::Placement => "placement_timed_out",
+                crate::Stage::Start => "start_timed_out",
+                crate::Stage::Run => "run_timed_out",
+            },
+            Self::Suspended { .. } => "suspended",
             Self::MachineLost(_) => "machine_lost",
             Self::FunctionFailed { .. } => "function_failed",
             Self::StartFailed(_) => "start_failed",
@@ -339,6 +381,17 @@ impl InvokeError {
             Self::ChainTooDeep { .. } => "chain_too_deep",
         }
     }
+}
+
+/// What a stage timeout says: where the invocation was when its limit passed.
+fn stage_timeout_message(stage: crate::Stage, limit_ms: u64) -> String {
+    let what = match stage {
+        crate::Stage::Queue => "waited in the shard's queue",
+        crate::Stage::Placement => "waited for a machine with room",
+        crate::Stage::Start => "waited on its machine for a CPU",
+        crate::Stage::Run => "ran",
+    };
+    format!("timed out: {what} longer than its {stage} limit of {limit_ms} ms")
 }
 
 impl From<AccessError> for InvokeError {
@@ -418,7 +471,13 @@ pub enum ShardToDispatcher {
         shard_id: u16,
         /// Price classes (names, most expensive first) so the dispatcher opens one lane each.
         classes: Vec<String>,
+        /// Silence on the control stream after which each side takes the other for lost,
+        /// in milliseconds; each sends a [`ShardToDispatcher::Heartbeat`] /
+        /// [`DispatcherToShard::Heartbeat`] four times within it.
+        liveness_ms: u64,
     },
+    /// Nothing else to say: the shard is alive.
+    Heartbeat,
     /// How many machines are on this shard's idle list.
     IdleListLength {
         /// Sequence number of the query answered.
@@ -454,6 +513,8 @@ pub enum DispatcherToShard {
         /// The machine's load.
         load: MachineLoad,
     },
+    /// Nothing else to say: the machine is alive.
+    Heartbeat,
 }
 
 /// A dispatcher's entry on a shard's idle list.
@@ -495,6 +556,9 @@ pub struct Placement {
     pub payload: Vec<u8>,
     /// Milliseconds the function may run before it is killed.
     pub timeout_ms: u64,
+    /// Its start and run limits (the shard's stages are over by now).
+    #[serde(default)]
+    pub limits: crate::StageLimits,
     /// Environment the function gets besides its spec's: its invocation context
     /// ([`context_env`]).
     #[serde(default)]

@@ -165,6 +165,8 @@ pub async fn run_phase(
                     class: ctx.classes[planned.class as usize].clone(),
                     payload: target.payload.clone(),
                     timeout_ms: ctx.timeout_ms,
+                    limits: Default::default(),
+                    idempotency_key: None,
                 };
                 let (tx, outstanding) = (tx.clone(), outstanding.clone());
                 let tenant = target.tenant;

@@ -484,6 +484,8 @@ mod tests {
             runtime: tariff_types::function::Runtime::Exec,
             owner: "acme".into(),
             shared_with: Vec::new(),
+            retries: 0,
+            limits: Default::default(),
         }
     }
 
