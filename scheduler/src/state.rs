@@ -144,7 +144,8 @@ struct Invocation {
     limits: StageLimits,
     /// When its current attempt entered the queue.
     queued_at: Instant,
-    /// When the core first took its current attempt from the queue to place it.
+    /// When the core took its current attempt from the queue to place it; cleared when a
+    /// poll finds no room and it goes back (its queue time counts on from `queued_at`).
     taken_at: Option<Instant>,
     /// Placements so far (the answer's `attempts`).
     attempts: u32,
@@ -368,9 +369,9 @@ impl ShardState {
         }
     }
 
-    /// The next limit the shard keeps for `id`: its queue limit while queued, its placement
-    /// limit while being placed; `None` once it is on a machine (the dispatcher keeps the
-    /// rest), answered, or without a limit for its stage.
+    /// The next limit the shard keeps for `id` to pass: its queue limit until it is sent to a
+    /// machine, its placement limit while a poll for it is out; `None` once it is on a
+    /// machine (the dispatcher keeps the rest), answered, or without such limits.
     pub(crate) fn stage_deadline(&self, id: InvocationId) -> Option<StageDeadline> {
         self.book().invocations.get(&id)?.stage_deadline()
     }
@@ -382,8 +383,8 @@ impl ShardState {
         let current = book
             .invocations
             .get(&id)
-            .and_then(Invocation::stage_deadline);
-        if current == Some(deadline) {
+            .is_some_and(|i| i.stage_deadlines().any(|d| d == deadline));
+        if current {
             let limits = book.invocations[&id].limits;
             let limit_ms = limits
                 .get(deadline.stage)
@@ -667,7 +668,7 @@ impl Book {
         let step = self.core.next(now);
         if let Some(Step::Place(taken, ..) | Step::Poll(taken, _)) = &step {
             if let Some(invocation) = self.invocations.get_mut(&taken.item.id) {
-                invocation.taken_at.get_or_insert_with(Instant::now);
+                invocation.taken_at = Some(Instant::now());
             }
         }
         match step {
@@ -720,9 +721,18 @@ impl Book {
                 warm: load.warm.iter().any(|w| w == function),
             })
             .collect();
-        if let Ok((taken, machine)) = self.core.polled(taken, &loads) {
-            self.placements.power_of_k += 1;
-            self.send(taken, machine);
+        let id = taken.item.id;
+        match self.core.polled(taken, &loads) {
+            Ok((taken, machine)) => {
+                self.placements.power_of_k += 1;
+                self.send(taken, machine);
+            }
+            Err(_requeued) => {
+                // No machine had room: it is back in the queue, and its queue limit counts on.
+                if let Some(invocation) = self.invocations.get_mut(&id) {
+                    invocation.taken_at = None;
+                }
+            }
         }
     }
 
@@ -894,20 +904,30 @@ impl Book {
 }
 
 impl Invocation {
-    /// See [`ShardState::stage_deadline`].
+    /// The limits the shard keeps for it now: the queue limit until it is sent to a machine
+    /// (it counts on while a poll is out), and the placement limit while a poll is out.
+    fn stage_deadlines(&self) -> impl Iterator<Item = StageDeadline> + '_ {
+        let unsent = self.running.is_none();
+        let queue = unsent.then_some((Stage::Queue, self.queued_at));
+        let placement = self
+            .taken_at
+            .filter(|_| unsent)
+            .map(|taken| (Stage::Placement, taken));
+        queue
+            .into_iter()
+            .chain(placement)
+            .filter_map(|(stage, since)| {
+                Some(StageDeadline {
+                    stage,
+                    attempt: self.attempts,
+                    at: since + self.limits.get(stage)?,
+                })
+            })
+    }
+
+    /// See [`ShardState::stage_deadline`]: the earliest of [`Invocation::stage_deadlines`].
     fn stage_deadline(&self) -> Option<StageDeadline> {
-        if self.running.is_some() {
-            return None;
-        }
-        let (stage, since) = match self.taken_at {
-            None => (Stage::Queue, self.queued_at),
-            Some(taken) => (Stage::Placement, taken),
-        };
-        Some(StageDeadline {
-            stage,
-            attempt: self.attempts,
-            at: since + self.limits.get(stage)?,
-        })
+        self.stage_deadlines().min_by_key(|deadline| deadline.at)
     }
 }
 

@@ -8,12 +8,15 @@
 //!
 //! | stage       | from → to                                              | enforced by |
 //! |-------------|--------------------------------------------------------|-------------|
-//! | `queue`     | accepted by the shard → first taken from its queue      | shard       |
-//! | `placement` | first taken from the queue → sent to a machine         | shard       |
+//! | `queue`     | accepted by the shard → taken from its queue for good   | shard       |
+//! | `placement` | taken from the queue → sent to a machine (one attempt) | shard       |
 //! | `start`     | received by the machine → given a CPU to run on        | dispatcher  |
 //! | `run`       | given a CPU → answered                                  | dispatcher  |
 //!
-//! The caller's overall timeout still bounds the whole.
+//! A placement attempt whose polls find no machine with room puts the invocation back in its
+//! queue, and the queue limit counts on from when it was accepted; so `queue` bounds the wait
+//! for room, `placement` one attempt at finding it. The caller's overall timeout still bounds
+//! the whole.
 
 use std::fmt;
 use std::time::Duration;
