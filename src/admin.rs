@@ -180,7 +180,7 @@ pub async fn tenant(global: &Global, command: TenantCommand) -> anyhow::Result<(
                         .with_context(|| format!("`{text}` is not an amount or `none`"))?,
                 ),
             };
-            let client = connect_with(global, shard.shard, global.admin_token()?).await?;
+            let client = connect_with(global, &shard.shard, global.admin_token()?).await?;
             let answer = client
                 .request(ClientRequest::Tenants(TenantRequest::SetBudget {
                     name,
@@ -202,7 +202,7 @@ pub async fn tenant(global: &Global, command: TenantCommand) -> anyhow::Result<(
             )
         }
         TenantCommand::List { shard, json } => {
-            let client = connect_with(global, shard.shard, global.admin_token()?).await?;
+            let client = connect_with(global, &shard.shard, global.admin_token()?).await?;
             let answer = client
                 .request(ClientRequest::Tenants(TenantRequest::List))
                 .await?;
@@ -215,7 +215,7 @@ pub async fn tenant(global: &Global, command: TenantCommand) -> anyhow::Result<(
             return Ok(());
         }
         TenantCommand::Show { shard, name, json } => {
-            let client = connect_with(global, shard.shard, global.admin_token()?).await?;
+            let client = connect_with(global, &shard.shard, global.admin_token()?).await?;
             let answer = client
                 .request(ClientRequest::Tenants(TenantRequest::Show(name)))
                 .await?;
@@ -225,7 +225,7 @@ pub async fn tenant(global: &Global, command: TenantCommand) -> anyhow::Result<(
             return print_tenant(&info, json);
         }
         TenantCommand::Remove { shard, name } => {
-            let client = connect_with(global, shard.shard, global.admin_token()?).await?;
+            let client = connect_with(global, &shard.shard, global.admin_token()?).await?;
             let answer = client
                 .request(ClientRequest::Tenants(TenantRequest::Remove(name.clone())))
                 .await?;
@@ -241,7 +241,7 @@ pub async fn tenant(global: &Global, command: TenantCommand) -> anyhow::Result<(
             return Ok(());
         }
     };
-    let client = connect_with(global, shard.shard, global.admin_token()?).await?;
+    let client = connect_with(global, &shard.shard, global.admin_token()?).await?;
     let answer = client.request(ClientRequest::Tenants(request)).await?;
     let ClientResponse::Tenant(info) = refusal(answer)? else {
         bail!("unexpected answer to a tenant change");

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use tariff_cluster::client::{Client, ClientError, DISCOVERY_TIMEOUT};
+use tariff_cluster::client::{invoke_failover, Client, ClientError, DISCOVERY_TIMEOUT};
 use tariff_cluster::directory::{recorded_shards, shards_dir};
 use tariff_dispatcher::{Dispatcher, DispatcherOptions};
 use tariff_policy::ShardConfig;
@@ -131,10 +131,12 @@ pub struct DispatcherArgs {
 /// A shard to talk to.
 #[derive(Args, Debug)]
 pub struct ShardAddr {
-    /// Shard address. Default: whichever shard recorded in the cluster directory answers
-    /// first (every running shard records itself there), else 127.0.0.1:7400.
-    #[arg(long)]
-    pub(crate) shard: Option<SocketAddr>,
+    /// Shard address, or several (comma separated): the first that answers is used, and
+    /// `invoke` fails over to the others if it is lost mid-call. Default: the shards recorded
+    /// in the cluster directory (every running shard records itself there), else
+    /// 127.0.0.1:7400.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) shard: Vec<SocketAddr>,
 }
 
 /// The shard tried when none is given and none is recorded: `tariff shard`'s default.
@@ -383,25 +385,37 @@ pub async fn dispatcher(global: &Global, args: DispatcherArgs) -> anyhow::Result
 /// of the cluster directory's recorded shards that answers (all tried at once, for at most
 /// [`DISCOVERY_TIMEOUT`]). When none answers the error lists every address tried and where
 /// they were read from.
-async fn connect(global: &Global, addr: Option<SocketAddr>) -> anyhow::Result<Client> {
-    connect_with(global, addr, global.token()?).await
+async fn connect(global: &Global, given: &[SocketAddr]) -> anyhow::Result<Client> {
+    connect_with(global, given, global.token()?).await
+}
+
+/// The shards to try: those given, else those recorded in the cluster directory, else the
+/// default address; and whether they came from the records.
+fn shard_candidates(
+    cluster: &tariff_cluster::cluster::Cluster,
+    given: &[SocketAddr],
+) -> anyhow::Result<(Vec<SocketAddr>, bool)> {
+    if !given.is_empty() {
+        return Ok((given.to_vec(), false));
+    }
+    let recorded = recorded_shards(cluster.dir())?;
+    if recorded.is_empty() {
+        return Ok((vec![DEFAULT_SHARD.parse().expect("a valid address")], false));
+    }
+    Ok((recorded, true))
 }
 
 /// [`connect`] presenting `token`.
 pub(crate) async fn connect_with(
     global: &Global,
-    addr: Option<SocketAddr>,
+    given: &[SocketAddr],
     token: Option<tariff_types::Token>,
 ) -> anyhow::Result<Client> {
     let cluster = global.open_cluster()?;
-    if let Some(addr) = addr {
-        return Ok(Client::connect(&cluster, addr, token).await?);
+    if let [addr] = given {
+        return Ok(Client::connect(&cluster, *addr, token).await?);
     }
-    let mut addrs = recorded_shards(cluster.dir())?;
-    let recorded = !addrs.is_empty();
-    if !recorded {
-        addrs.push(DEFAULT_SHARD.parse().expect("a valid address"));
-    }
+    let (addrs, recorded) = shard_candidates(&cluster, given)?;
     match Client::connect_first(&cluster, &addrs, DISCOVERY_TIMEOUT, token).await {
         Ok((client, addr)) => {
             tracing::debug!(%addr, "connected to a recorded shard");
@@ -409,7 +423,9 @@ pub(crate) async fn connect_with(
         }
         Err(error) => {
             let records = shards_dir(cluster.dir());
-            let hint = if recorded {
+            let hint = if !given.is_empty() {
+                "check the --shard addresses".to_owned()
+            } else if recorded {
                 format!(
                     "the addresses come from {}; their shards may have stopped without \
                      cleaning up",
@@ -455,7 +471,7 @@ pub async fn deploy(global: &Global, args: DeployArgs) -> anyhow::Result<()> {
         limits: args.limits.limits(),
     };
     spec.validate()?;
-    let client = connect(global, args.shard.shard).await?;
+    let client = connect(global, &args.shard.shard).await?;
     match client.request(ClientRequest::Deploy(spec)).await? {
         ClientResponse::Deployed { name, version } => {
             println!("deployed {name} (version {version})");
@@ -468,7 +484,7 @@ pub async fn deploy(global: &Global, args: DeployArgs) -> anyhow::Result<()> {
 }
 
 pub async fn remove(global: &Global, args: RemoveArgs) -> anyhow::Result<()> {
-    let client = connect(global, args.shard.shard).await?;
+    let client = connect(global, &args.shard.shard).await?;
     match client
         .request(ClientRequest::RemoveFunction(args.name.clone()))
         .await?
@@ -495,17 +511,6 @@ pub async fn invoke(global: &Global, args: InvokeArgs) -> i32 {
         },
         (None, None) => Vec::new(),
     };
-    let client = match invocation_context(global, args.shard.shard) {
-        Some(context) => context.connect().await,
-        None => connect(global, args.shard.shard).await,
-    };
-    let client = match client {
-        Ok(client) => client,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return EXIT_UNREACHABLE;
-        }
-    };
     let request = InvokeRequest {
         function: args.function,
         class: args.class,
@@ -514,7 +519,23 @@ pub async fn invoke(global: &Global, args: InvokeArgs) -> i32 {
         limits: args.limits.limits(),
         idempotency_key: args.idempotency_key,
     };
-    match client.invoke(request).await {
+    let answer = match invocation_context(global, args.shard.shard.first().copied()) {
+        Some(context) => match context.connect().await {
+            Ok(client) => client.invoke(request).await,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return EXIT_UNREACHABLE;
+            }
+        },
+        None => match invoke_anywhere(global, &args.shard.shard, request).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return EXIT_UNREACHABLE;
+            }
+        },
+    };
+    match answer {
         Ok(Ok(outcome)) => {
             if args.json {
                 println!("{}", outcome_json(&outcome));
@@ -542,6 +563,34 @@ pub async fn invoke(global: &Global, args: InvokeArgs) -> i32 {
             }
         }
     }
+}
+
+/// Invokes through the shards given or recorded: with several, through
+/// [`invoke_failover`], which resubmits to another shard (same idempotency key) if the first
+/// is lost mid-call. The outer error means no shard could be asked.
+async fn invoke_anywhere(
+    global: &Global,
+    given: &[SocketAddr],
+    request: InvokeRequest,
+) -> anyhow::Result<Result<Result<InvocationOutcome, tariff_types::InvokeError>, ClientError>> {
+    let cluster = global.open_cluster()?;
+    let (shards, _) = shard_candidates(&cluster, given)?;
+    if shards.len() < 2 {
+        let client = connect(global, given).await?;
+        return Ok(client.invoke(request).await);
+    }
+    let answer = invoke_failover(&cluster, &shards, global.token()?, request)
+        .await
+        .map(|failover| {
+            for (shard, reason) in &failover.lost {
+                eprintln!(
+                    "note: shard {shard} was lost ({reason}); answered by {}",
+                    failover.shard
+                );
+            }
+            failover.answer
+        });
+    Ok(answer)
 }
 
 /// The invocation context a running function finds in its environment (see
@@ -595,6 +644,8 @@ pub fn outcome_json(outcome: &InvocationOutcome) -> serde_json::Value {
         "cold_start": outcome.run.cold_start,
         "start_us": outcome.run.start_us,
         "preempted_us": outcome.run.preempted_us,
+        "attempts": outcome.attempts,
+        "replayed": outcome.replayed,
         "memory_byte_ms": outcome.run.memory_byte_ms,
         "chain": {
             "root": outcome.chain.root.map(|id| id.to_string()),
@@ -622,7 +673,7 @@ pub fn outcome_json(outcome: &InvocationOutcome) -> serde_json::Value {
 }
 
 pub async fn functions(global: &Global, args: ShardAddr) -> anyhow::Result<()> {
-    let client = connect(global, args.shard).await?;
+    let client = connect(global, &args.shard).await?;
     match client.request(ClientRequest::ListFunctions).await? {
         ClientResponse::Functions(specs) => {
             for spec in specs {

@@ -152,3 +152,12 @@ fn tenants_and_ownership_live_in_etcd_for_every_shard() {
         }
     });
 }
+
+#[test]
+fn idempotency_keys_behave_in_etcd_as_in_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_etcd, url) = start_etcd(dir.path());
+    let store = tariff_cluster::store::open(Some(&format!("etcd:{url}")), &dir.path().join("x"))
+        .expect("connecting to etcd");
+    tariff_cluster::store::checks::keyed_runs(store.as_ref());
+}

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use common::{example_spec, invoke, request, runtime, TestCluster};
@@ -296,5 +297,87 @@ fn a_dispatcher_stops_the_work_of_a_shard_it_lost_and_keeps_serving_the_other() 
         let survivor = cluster.client(1).await;
         let echo = invoke(&survivor, request("echo", "standard", "still here")).await;
         assert_eq!(echo.unwrap().run.output, b"still here");
+    });
+}
+
+/// Which shard (index) has an invocation in flight, waiting for one to.
+async fn shard_running(cluster: &TestCluster) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        for i in 0..cluster.shard_addrs.len() {
+            let client = cluster.client(i).await;
+            if let Ok(ClientResponse::Status(status)) = client.request(ClientRequest::Status).await
+            {
+                if status.in_flight > 0 {
+                    return i;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no shard placed the invocation");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn a_client_fails_over_when_its_shard_is_killed_and_the_keyed_function_runs_once() {
+    runtime().block_on(async {
+        let mut cluster = TestCluster::new();
+        cluster.start_shard(&[]);
+        cluster.start_shard(&[]);
+        cluster.start_dispatcher("m1", 1, &["--slots", "4"]);
+        cluster.wait_for_machines(1).await;
+        // Functions run as an unprivileged user: the file that counts runs must be theirs to
+        // write.
+        let open_dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(open_dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let runs = open_dir.path().join("runs");
+        let script = format!("echo run >> {}; sleep 2; echo done", runs.display());
+        cluster
+            .deploy(FunctionSpec {
+                name: "once".into(),
+                command: vec!["/bin/sh".into(), "-c".into(), script],
+                ..example_spec("echo")
+            })
+            .await;
+        let token = cluster.token().await;
+        let shards = cluster.shard_addrs.clone();
+        let call = {
+            let (cluster, shards, token) = (cluster.cluster.clone(), shards.clone(), token.clone());
+            tokio::spawn(async move {
+                let mut req = request("once", "standard", "");
+                req.idempotency_key = Some("order-42".into());
+                tariff_cluster::client::invoke_failover(&cluster, &shards, Some(token), req).await
+            })
+        };
+        let victim = shard_running(&cluster).await;
+        let killed = Instant::now();
+        cluster.shards[victim].kill();
+        let failover = tokio::time::timeout(Duration::from_secs(20), call)
+            .await
+            .expect("answered")
+            .unwrap()
+            .expect("a shard answered");
+        let took = killed.elapsed();
+        eprintln!(
+            "failed over from shard {victim} and answered {took:?} after the kill: {failover:?}"
+        );
+        let outcome = failover.answer.expect("the function's answer");
+        assert_eq!(outcome.run.output, b"done\n");
+        assert_eq!(failover.lost.len(), 1, "{:?}", failover.lost);
+        assert_eq!(failover.lost[0].0, shards[victim]);
+        assert_eq!(failover.shard, shards[1 - victim]);
+        assert_eq!(std::fs::read_to_string(&runs).unwrap(), "run\n", "ran once");
+
+        // The key keeps its answer: sent again, it is not run again.
+        let survivor = cluster.client(1 - victim).await;
+        let mut again = request("once", "standard", "");
+        again.idempotency_key = Some("order-42".into());
+        let replay = invoke(&survivor, again).await.unwrap();
+        assert!(replay.replayed);
+        assert_eq!(replay.run.output, b"done\n");
+        let mut other = request("once", "standard", "");
+        other.idempotency_key = Some("order-43".into());
+        assert!(!invoke(&survivor, other).await.unwrap().replayed);
+        assert_eq!(std::fs::read_to_string(&runs).unwrap(), "run\nrun\n");
     });
 }

@@ -341,3 +341,79 @@ impl Client {
         &self.connection
     }
 }
+
+/// What [`invoke_failover`] came to: the shard's answer, which shard gave it, and the shards
+/// lost on the way.
+#[derive(Debug)]
+pub struct FailoverAnswer {
+    /// The answer.
+    pub answer: Result<InvocationOutcome, InvokeError>,
+    /// The shard that gave it.
+    pub shard: SocketAddr,
+    /// Shards tried before it, each with why it gave no answer.
+    pub lost: Vec<(SocketAddr, String)>,
+}
+
+/// Invokes through the first of `shards` that answers and, if that shard is lost before it
+/// answers, resubmits to the next, with the same idempotency key: the function runs once
+/// (docs/failures.md says within what window). A request without a key gets a random one.
+/// Gives up when every shard has been tried, or when the request's timeout has passed.
+pub async fn invoke_failover(
+    cluster: &Cluster,
+    shards: &[SocketAddr],
+    token: Option<Token>,
+    mut request: InvokeRequest,
+) -> Result<FailoverAnswer, ClientError> {
+    if request.idempotency_key.is_none() {
+        request.idempotency_key = Some(random_key()?);
+    }
+    let mut remaining = shards.to_vec();
+    let mut lost = Vec::new();
+    while !remaining.is_empty() {
+        let (client, shard) = match Client::connect_first(
+            cluster,
+            &remaining,
+            DISCOVERY_TIMEOUT,
+            token.clone(),
+        )
+        .await
+        {
+            Ok(connected) => connected,
+            Err(ClientError::NoneReachable { tried }) => {
+                lost.extend(tried);
+                break;
+            }
+            Err(other) => return Err(other),
+        };
+        remaining.retain(|&addr| addr != shard);
+        match client.invoke(request.clone()).await {
+            Ok(answer) => {
+                return Ok(FailoverAnswer {
+                    answer,
+                    shard,
+                    lost,
+                })
+            }
+            Err(
+                error
+                @ (ClientError::Connection(_) | ClientError::NoAnswer | ClientError::Codec(_)),
+            ) => {
+                tracing::warn!(%shard, %error, "shard lost mid-request; resubmitting to another");
+                lost.push((shard, error.to_string()));
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    lost.sort();
+    Err(ClientError::NoneReachable { tried: lost })
+}
+
+/// A fresh idempotency key: 16 random bytes in hex.
+fn random_key() -> Result<String, ClientError> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| ClientError::Connection("no randomness for an idempotency key".into()))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}

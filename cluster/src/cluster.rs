@@ -42,10 +42,13 @@ const STORE_FILE: &str = "store.sqlite3";
 /// Streams a peer may have open at once on one connection. quinn's default of 100 is too few
 /// for a client with many invocations in flight.
 pub const MAX_CONCURRENT_STREAMS: u32 = 4096;
-/// A connection with no traffic for this long is dead: its machine is declared lost.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Keep-alives keep healthy but quiet connections from reaching [`IDLE_TIMEOUT`].
-pub const KEEP_ALIVE: Duration = Duration::from_secs(1);
+/// A connection with no traffic for this long is dead. This is how a client learns its shard
+/// is gone (and fails over, docs/failures.md); machines and shards learn of each other sooner,
+/// from the control stream's heartbeats.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Keep-alives keep healthy but quiet connections from reaching [`IDLE_TIMEOUT`]: five within
+/// it, so a few lost packets on a healthy network do not end a connection.
+pub const KEEP_ALIVE: Duration = Duration::from_millis(400);
 
 /// What a cluster member's certificate lets it be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

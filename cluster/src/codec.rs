@@ -89,6 +89,14 @@ pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, CodecError> {
     Ok(frame)
 }
 
+/// Encodes `message` as a frame body (version byte and message, no length prefix): for bytes
+/// kept rather than sent, such as an answer stored under its idempotency key.
+pub fn encode_body<T: Serialize>(message: &T) -> Result<Vec<u8>, CodecError> {
+    let mut frame = encode(message)?;
+    frame.drain(..LENGTH_PREFIX_BYTES);
+    Ok(frame)
+}
+
 /// Decodes one frame body (version byte and message, without the length prefix).
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
     let (&version, rest) = body.split_first().ok_or(CodecError::Empty)?;

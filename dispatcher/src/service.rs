@@ -20,7 +20,7 @@ use tariff_types::class::MAX_CLASSES;
 use tariff_types::policy::Policy;
 use tariff_types::wire::{
     context_env, Completion, DispatcherHello, DispatcherToShard, IdleEntry, InvocationId,
-    MachineLoad as LoadReport, Placement, ShardToDispatcher, StreamOpen,
+    MachineLoad as LoadReport, Orphan, Placement, ShardToDispatcher, StreamOpen,
 };
 use tariff_types::ClassId;
 use tokio::sync::{mpsc, oneshot};
@@ -142,6 +142,24 @@ impl LevelSource for Shared {
 }
 
 impl Shared {
+    /// Sends the end of a keyed invocation whose session is gone to a shard still connected,
+    /// which settles its key; with none connected it is dropped, and the key's resubmission
+    /// waits out the first caller's deadline (docs/failures.md).
+    fn hand_over(&self, orphan: Orphan) {
+        let shards = self.shards();
+        let sent = shards.values().any(|shard| {
+            shard
+                .control
+                .send(DispatcherToShard::Orphan(orphan.clone()))
+                .is_ok()
+        });
+        if sent {
+            info!(invocation = %orphan.completion.id, "handed a lost shard's keyed invocation to another shard");
+        } else {
+            warn!(invocation = %orphan.completion.id, "no shard to hand a keyed invocation's end to");
+        }
+    }
+
     fn shards(&self) -> std::sync::MutexGuard<'_, HashMap<usize, ShardHandle>> {
         self.shards.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -433,9 +451,27 @@ async fn session(shared: &Arc<Shared>, index: usize, addr: SocketAddr) -> Result
     result
 }
 
-/// Invocations a session placed and has not finished, with the claim that can still stop
-/// each from starting.
-type InFlight = Arc<Mutex<HashMap<InvocationId, Arc<StartClaim>>>>;
+/// What a session placed and has not finished, with the claim that can still stop each from
+/// starting; and whether the session is over (its lanes may linger a moment after).
+#[derive(Default)]
+struct SessionWork {
+    claims: Mutex<HashMap<InvocationId, Arc<StartClaim>>>,
+    over: std::sync::atomic::AtomicBool,
+}
+
+impl SessionWork {
+    fn claims(&self) -> std::sync::MutexGuard<'_, HashMap<InvocationId, Arc<StartClaim>>> {
+        self.claims.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True once the session has ended: nobody reads its lanes any more.
+    fn is_over(&self) -> bool {
+        self.over.load(Ordering::SeqCst)
+    }
+}
+
+/// A session's [`SessionWork`], shared with its lanes and runs.
+type InFlight = Arc<SessionWork>;
 
 /// Shortest liveness bound a dispatcher accepts from a shard, so that a misconfigured shard
 /// cannot make it send heartbeats in a busy loop.
@@ -459,11 +495,8 @@ async fn heartbeats(control: mpsc::UnboundedSender<DispatcherToShard>, liveness:
 /// and, for a function placed again, run it twice. Those still waiting never start; running
 /// ones are killed.
 fn abandon_in_flight(shared: &Shared, in_flight: &InFlight) {
-    let abandoned: Vec<(InvocationId, Arc<StartClaim>)> = in_flight
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .drain()
-        .collect();
+    in_flight.over.store(true, Ordering::SeqCst);
+    let abandoned: Vec<(InvocationId, Arc<StartClaim>)> = in_flight.claims().drain().collect();
     if abandoned.is_empty() {
         return;
     }
@@ -528,10 +561,22 @@ async fn serve_lane(
                 let done = done.clone();
                 let context = context.clone();
                 let claim = Arc::new(StartClaim::default());
-                in_flight
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(placement.id, claim.clone());
+                // A keyed invocation runs on if the session ends: its end settles its key
+                // through another shard (`Orphan`), so the caller's resubmission need not run
+                // it again.
+                let keyed = placement.idempotency_key.clone().map(|key| Orphan {
+                    key,
+                    tenant: placement.tenant.clone(),
+                    function: placement.function.name.clone(),
+                    class: placement.class,
+                    completion: Completion {
+                        id: placement.id,
+                        result: Err(tariff_types::InvokeError::Cancelled),
+                    },
+                });
+                if keyed.is_none() {
+                    in_flight.claims().insert(placement.id, claim.clone());
+                }
                 let in_flight = in_flight.clone();
                 tokio::spawn(
                     async move {
@@ -545,12 +590,17 @@ async fn serve_lane(
                             .executor
                             .execute(placement, ticket, &shared.load, run)
                             .await;
-                        in_flight
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .remove(&completion.id);
+                        in_flight.claims().remove(&completion.id);
                         shared.metrics.ran(class, &completion);
-                        let _ = done.send(completion);
+                        match keyed {
+                            Some(orphan) if in_flight.is_over() => shared.hand_over(Orphan {
+                                completion,
+                                ..orphan
+                            }),
+                            _ => {
+                                let _ = done.send(completion);
+                            }
+                        }
                     }
                     .in_current_span(),
                 );

@@ -16,24 +16,24 @@ use std::time::{Duration, Instant};
 
 use tariff_cluster::codec;
 use tariff_cluster::store::{Expect, StoreError};
-use tariff_types::billing::{validate_budget, Cost, Month, Throttle};
+use tariff_types::billing::{validate_budget, Month, Throttle};
 use tariff_types::tenant::{
     validate_tenant_name, AccessError, Principal, Tenant, TenantInfo, TenantRequest, Token,
 };
 use tariff_types::wire::{
-    context_env, Chain, ClientRequest, ClientResponse, InvocationId, InvocationOutcome,
-    InvokeError, InvokeRequest, PeerNotice, SessionRequest, SessionResponse, StreamOpen,
+    context_env, Chain, ClientRequest, ClientResponse, InvocationId, InvokeError, InvokeRequest,
+    PeerNotice, SessionRequest, SessionResponse, StreamOpen,
 };
-use tariff_types::ClassId;
 use tariff_types::FunctionSpec;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::access::tenant_of;
 use crate::chains::{ChainContext, MAX_CHAIN_DEPTH};
+use crate::charge;
 use crate::config::PROTOCOL_VIOLATION;
-use crate::ledger::Entry;
+use crate::keys::{self, Claim};
 use crate::service::Service;
-use crate::state::{Answer, Submission};
+use crate::state::{Answer, ShardState, Submission};
 
 /// Attempts at a deploy or removal that races another writer of the same function.
 const WRITE_ATTEMPTS: usize = 3;
@@ -278,19 +278,52 @@ async fn queue_and_wait(
         ms => Duration::from_millis(ms),
     };
     let deadline = Instant::now() + timeout;
+    let keyed = match &request.idempotency_key {
+        None => None,
+        Some(key) => {
+            let key = keys::store_key(tenant, key)?;
+            match keys::claim(service.store_arc(), key, id, deadline, timeout).await? {
+                Claim::Answered(answer) => return *answer,
+                Claim::Run(key) => Some(key),
+            }
+        }
+    };
+    let submission = Submission {
+        id,
+        class,
+        tenant: tenant.to_owned(),
+        function,
+        payload: request.payload,
+        timeout,
+        deadline,
+        env,
+        nested_in: parent.map(|p| p.id),
+        limits,
+        idempotency_key: keyed.clone(),
+    };
+    let answer = submit_and_wait(state, submission).await;
+    service.crashes().answered(&spec, &answer);
+    let answer = match answer {
+        Ok(mut outcome) => {
+            outcome.cost = charge::bill(service, tenant, &function_name, class, &outcome).await;
+            outcome.chain = chain;
+            Ok(outcome)
+        }
+        Err(error) => Err(error),
+    };
+    if let Some(key) = keyed {
+        // Kept before the caller hears it, so a resubmission anywhere finds it.
+        keys::settle(service.store_arc(), key, id, &answer).await;
+    }
+    answer
+}
+
+/// Queues a checked invocation and waits for its answer: the machine's, or a timeout of the
+/// caller's or of a stage the shard keeps.
+async fn submit_and_wait(state: &ShardState, submission: Submission) -> Answer {
+    let (id, timeout, deadline) = (submission.id, submission.timeout, submission.deadline);
     let mut result = state
-        .submit(Submission {
-            id,
-            class,
-            tenant: tenant.to_owned(),
-            function,
-            payload: request.payload,
-            timeout,
-            deadline,
-            env,
-            nested_in: parent.map(|p| p.id),
-            limits,
-        })
+        .submit(submission)
         .map_err(|overloaded| InvokeError::Overloaded {
             queued: overloaded.queued as u64,
             limit: overloaded.limit as u64,
@@ -317,46 +350,7 @@ async fn queue_and_wait(
         }
     };
     // The sender is dropped unanswered only when the shard itself is torn down.
-    let answer = received.unwrap_or(Err(InvokeError::ShuttingDown));
-    service.crashes().answered(&spec, &answer);
-    let mut outcome = answer?;
-    outcome.cost = bill(service, tenant, &function_name, class, &outcome).await;
-    outcome.chain = chain;
-    Ok(outcome)
-}
-
-/// Prices a successful run, records it in the ledger (the answer waits for the line to be
-/// durable) and adds it to the tenant's spend. A ledger failure is logged, not turned into an
-/// error: the function has run and its caller gets its result.
-async fn bill(
-    service: &Arc<Service>,
-    tenant: &str,
-    function: &str,
-    class: ClassId,
-    outcome: &InvocationOutcome,
-) -> Cost {
-    let classes = &service.options().classes;
-    let cost = Cost::of(
-        &classes.get(class).name,
-        classes.price(class),
-        service.options().memory_price,
-        outcome.run.cpu_time_us,
-        outcome.run.memory_byte_ms,
-    );
-    let at_us = tariff_types::wire::unix_micros();
-    let entry = Entry {
-        invocation: outcome.id.to_string(),
-        tenant: tenant.to_owned(),
-        function: function.to_owned(),
-        at_us,
-        month: Month::of_unix_us(at_us).to_string(),
-        cost: cost.clone(),
-    };
-    if let Err(e) = service.ledger().record(entry).await {
-        tracing::error!(error = %e, "could not record the invocation in the ledger");
-    }
-    service.spend().billed(tenant, cost.total);
-    cost
+    received.unwrap_or(Err(InvokeError::ShuttingDown))
 }
 
 /// Serves a client's session stream: each request is handled in its own task and its

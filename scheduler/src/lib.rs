@@ -6,12 +6,14 @@
 //! each other and nothing imports `server`.
 //!
 //! ```text
-//! server        ──► access, client, machines, metrics, pump, service, spend, state, config
-//! client        ──► access, chains, crashes, ledger, spend, service, state, config, metrics
+//! server        ──► access, client, keys, machines, metrics, pump, service, spend, state, config
+//! client        ──► access, chains, charge, keys, ledger, spend, service, state, config, metrics
 //! access        ──► nothing                     (tokens and peer roles → what they may do)
 //! chains        ──► nothing                     (running invocations' tokens: call chains)
-//! crashes       ──► config                      (crash budgets: who crashes too often to run)
-//! machines      ──► service, state, config      (dispatcher control streams and lanes)
+//! crashes       ──► nothing                     (crash budgets: who crashes too often to run)
+//! charge        ──► ledger, service             (billing one run)
+//! keys          ──► charge, service, state      (idempotency keys in the cluster store)
+//! machines      ──► keys, service, state, config      (dispatcher control streams and lanes)
 //! pump          ──► state                       (the placement task)
 //! service       ──► access, chains, crashes, ledger, spend, state, registry, config, metrics, trace
 //! spend         ──► ledger, state               (spend and budgets; the state's admission)
@@ -29,9 +31,11 @@ pub mod server;
 
 mod access;
 mod chains;
+mod charge;
 mod client;
 mod config;
 mod crashes;
+mod keys;
 pub mod ledger;
 mod machine_table;
 mod machines;

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn, Instrument};
 
 use crate::config::PROTOCOL_VIOLATION;
+use crate::keys;
 use crate::service::Service;
 use crate::state::{LaneRefused, ShardState};
 use tariff_policy::MachineIdx;
@@ -52,6 +53,11 @@ pub(crate) async fn control_session(
         // priority. A read cut short loses a partial frame, but the session ends then.
         let read = codec::read_message::<DispatcherToShard, _>(&mut recv);
         match tokio::time::timeout(liveness, read).await {
+            Ok(Ok(Some(DispatcherToShard::Orphan(orphan)))) => {
+                tokio::spawn(
+                    keys::settle_orphan(service.clone(), name.clone(), orphan).in_current_span(),
+                );
+            }
             Ok(Ok(Some(message))) => handle_control(state, machine, &control, message),
             Ok(Ok(None)) => break,
             Ok(Err(e)) => {
@@ -101,6 +107,8 @@ fn handle_control(
         DispatcherToShard::Warm(functions) => state.warm_update(machine, &functions),
         DispatcherToShard::Load { seq, load } => state.load_reported(machine, seq, load),
         DispatcherToShard::Heartbeat => state.heard(machine),
+        // Handled by the session, which can spawn the store write.
+        DispatcherToShard::Orphan(_) => {}
     }
 }
 

@@ -176,6 +176,8 @@ async fn serve(service: Arc<Service>, shutdown: impl std::future::Future<Output 
     );
     let pump = tokio::spawn(crate::pump::run(service.state().clone()).in_current_span());
     let sweeper = tokio::spawn(sweep(service.state().clone()).in_current_span());
+    let keys =
+        tokio::spawn(crate::keys::purge_forever(service.store_arc().clone()).in_current_span());
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -195,6 +197,7 @@ async fn serve(service: Arc<Service>, shutdown: impl std::future::Future<Output 
     info!("shard shutting down");
     pump.abort();
     sweeper.abort();
+    keys.abort();
     spend.abort();
     service.state().fail_all_queued();
     endpoint.close(0u32.into(), b"shutdown");

@@ -68,6 +68,8 @@ pub(crate) struct Submission {
     pub(crate) nested_in: Option<InvocationId>,
     /// Its stage limits (its own over its function's).
     pub(crate) limits: StageLimits,
+    /// The store key of its idempotency key, if it has one.
+    pub(crate) idempotency_key: Option<String>,
 }
 
 /// A stage the shard enforces, and when it runs out (see [`ShardState::stage_deadline`]).
@@ -104,8 +106,9 @@ pub(crate) enum Placing {
 
 /// A poll in progress: the invocation it is for, and the machines' answers to await.
 pub(crate) struct Poll {
-    /// The invocation, out of its queue while the poll lasts.
-    taken: Taken<Queued>,
+    /// The invocation, out of its queue while the poll lasts (boxed: it is large, and a
+    /// poll is rare next to the other steps).
+    taken: Box<Taken<Queued>>,
     /// One receiver per machine the poll reached.
     waiting: Vec<(MachineIdx, oneshot::Receiver<MachineLoad>)>,
 }
@@ -128,6 +131,7 @@ struct Queued {
     deadline: Instant,
     env: Vec<(String, String)>,
     limits: StageLimits,
+    idempotency_key: Option<String>,
 }
 
 /// A live invocation's entry in the invocation table.
@@ -298,6 +302,7 @@ impl ShardState {
             env,
             nested_in,
             limits,
+            idempotency_key,
         } = submission;
         let key = FunctionKey::of(&function.name);
         let retries = function.retries;
@@ -309,6 +314,7 @@ impl ShardState {
             deadline,
             env,
             limits,
+            idempotency_key,
         };
         let retry = (retries > 0).then(|| Retry {
             item: queued.clone(),
@@ -420,7 +426,7 @@ impl ShardState {
     /// Hands in a poll's answers (machines that did not answer are absent) and sends the
     /// invocation to the machine chosen, if any; otherwise the core has requeued it.
     pub(crate) fn polled(&self, poll: Poll, answers: &[(MachineIdx, MachineLoad)]) {
-        self.book().polled(poll.taken, answers);
+        self.book().polled(*poll.taken, answers);
     }
 
     /// True when some class is waiting for capacity.
@@ -699,7 +705,10 @@ impl Book {
                         link.start_poll().map(|rx| (m, rx))
                     })
                     .collect();
-                Placing::Poll(Poll { taken, waiting })
+                Placing::Poll(Poll {
+                    taken: Box::new(taken),
+                    waiting,
+                })
             }
         }
     }
@@ -762,6 +771,7 @@ impl Book {
             payload: item.payload,
             timeout_ms: remaining.as_millis() as u64,
             limits: item.limits,
+            idempotency_key: item.idempotency_key,
             env: item.env,
         };
         let name = link.name().clone();
@@ -817,6 +827,7 @@ impl Book {
                 // Filled in by the request's handler, which knows the chain.
                 chain: Default::default(),
                 attempts: invocation.attempts,
+                replayed: false,
             })
         })
     }
@@ -1060,6 +1071,7 @@ mod tests {
                 env: Vec::new(),
                 nested_in: None,
                 limits,
+                idempotency_key: None,
             })
             .expect("queues have room");
         (id, rx)
@@ -1490,6 +1502,7 @@ mod tests {
             env: Vec::new(),
             nested_in: None,
             limits: StageLimits::default(),
+            idempotency_key: None,
         });
         let refused = refused.expect_err("refused");
         assert_eq!((refused.queued, refused.limit), (1, 1));

@@ -209,6 +209,10 @@ pub struct InvocationOutcome {
     /// Times it was placed: 1, or more when a lost machine made the shard place it again.
     #[serde(default)]
     pub attempts: u32,
+    /// True when this is the answer of an earlier submission with the same idempotency key,
+    /// given again rather than run again.
+    #[serde(default)]
+    pub replayed: bool,
 }
 
 /// An invocation's place in a call chain: made by a client (depth 0, its own root) or by a
@@ -515,6 +519,25 @@ pub enum DispatcherToShard {
     },
     /// Nothing else to say: the machine is alive.
     Heartbeat,
+    /// The end of a keyed invocation whose shard was lost while it ran: this shard settles
+    /// its idempotency key, so the caller's resubmission gets the answer instead of a second
+    /// run.
+    Orphan(Orphan),
+}
+
+/// A keyed invocation's end, carried to another shard than the one that placed it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Orphan {
+    /// The store key of its idempotency key (tenant and key).
+    pub key: String,
+    /// The tenant that pays for it.
+    pub tenant: String,
+    /// The function.
+    pub function: String,
+    /// The class it ran at.
+    pub class: ClassId,
+    /// How it ended.
+    pub completion: Completion,
 }
 
 /// A dispatcher's entry on a shard's idle list.
@@ -559,6 +582,10 @@ pub struct Placement {
     /// Its start and run limits (the shard's stages are over by now).
     #[serde(default)]
     pub limits: crate::StageLimits,
+    /// The store key of its idempotency key, if it has one: such an invocation runs on when
+    /// its shard is lost, and its end goes to another shard ([`DispatcherToShard::Orphan`]).
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
     /// Environment the function gets besides its spec's: its invocation context
     /// ([`context_env`]).
     #[serde(default)]

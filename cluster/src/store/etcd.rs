@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 
-use super::{ClusterStore, Expect, StoreError};
+use super::{ClusterStore, Expect, KeyedRun, StoreError};
 use tariff_types::function::FunctionSpec;
 use tariff_types::tenant::{Principal, Tenant};
 
@@ -33,6 +33,11 @@ pub const TOKENS_PREFIX: &str = "/tariff/tokens/";
 pub const ADMIN_KEY: &str = "/tariff/admin";
 /// Key prefix of each shard's published spend: `PREFIX/MONTH/TENANT/SHARD`.
 pub const SPEND_PREFIX: &str = "/tariff/spend/";
+/// Key prefix of idempotency keys: `PREFIX/TENANT/KEY`, a [`KeyedRun`] in the codec's
+/// encoding (an answer's output would triple in JSON).
+pub const KEYED_RUNS_PREFIX: &str = "/tariff/keyed/";
+/// Times a conditional write is tried again when a racing writer changed the key first.
+const WRITE_ATTEMPTS: usize = 3;
 /// Longest a call waits for etcd.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -212,6 +217,31 @@ async fn token_keys_of(client: &mut Client, name: &str) -> Result<Vec<Vec<u8>>, 
         }
     }
     Ok(keys)
+}
+
+fn keyed_key(key: &str) -> String {
+    format!("{KEYED_RUNS_PREFIX}{key}")
+}
+
+fn encode_run(run: &KeyedRun) -> Result<Vec<u8>, StoreError> {
+    crate::codec::encode_body(run).map_err(|e| StoreError::Corrupt {
+        name: "keyed run".into(),
+        reason: e.to_string(),
+    })
+}
+
+fn decode_run(key: &[u8], value: &[u8]) -> Result<KeyedRun, StoreError> {
+    crate::codec::decode(value).map_err(|e| corrupt(key, e))
+}
+
+/// The run held under `key` with the key's modification revision, if any.
+async fn get_run(client: &mut Client, key: &str) -> Result<Option<(KeyedRun, i64)>, StoreError> {
+    let response = client.get(key, None).await.map_err(etcd_err)?;
+    response
+        .kvs()
+        .first()
+        .map(|kv| Ok((decode_run(kv.key(), kv.value())?, kv.mod_revision())))
+        .transpose()
 }
 
 async fn commit(client: &mut Client, txn: Txn) -> Result<bool, StoreError> {
@@ -478,6 +508,91 @@ impl ClusterStore for EtcdStore {
                 .collect();
             commit(&mut client, Txn::new().and_then(deletes)).await?;
             Ok(())
+        })
+    }
+
+    fn claim_key(
+        &self,
+        key: &str,
+        run: &KeyedRun,
+        now_us: u64,
+    ) -> Result<Option<KeyedRun>, StoreError> {
+        let key = keyed_key(key);
+        let value = encode_run(run)?;
+        self.call(move |mut client| async move {
+            for _ in 0..WRITE_ATTEMPTS {
+                let held = get_run(&mut client, &key).await?;
+                let when = match &held {
+                    Some((held, _)) if held.until_us >= now_us => return Ok(Some(held.clone())),
+                    Some((_, revision)) => {
+                        Compare::mod_revision(key.as_str(), CompareOp::Equal, *revision)
+                    }
+                    None => Compare::version(key.as_str(), CompareOp::Equal, 0),
+                };
+                let txn = Txn::new().when(vec![when]).and_then(vec![TxnOp::put(
+                    key.as_str(),
+                    value.clone(),
+                    None,
+                )]);
+                if commit(&mut client, txn).await? {
+                    return Ok(None);
+                }
+            }
+            Err(StoreError::Conflict(format!(
+                "idempotency key {key} keeps changing"
+            )))
+        })
+    }
+
+    fn settle_key(
+        &self,
+        key: &str,
+        invocation: u64,
+        answer: &[u8],
+        until_us: u64,
+    ) -> Result<bool, StoreError> {
+        let key = keyed_key(key);
+        let settled = KeyedRun {
+            invocation,
+            until_us,
+            answer: Some(answer.to_vec()),
+        };
+        let value = encode_run(&settled)?;
+        self.call(move |mut client| async move {
+            let Some((held, revision)) = get_run(&mut client, &key).await? else {
+                return Ok(false);
+            };
+            if held.invocation != invocation {
+                return Ok(false);
+            }
+            let txn = Txn::new()
+                .when(vec![Compare::mod_revision(
+                    key.as_str(),
+                    CompareOp::Equal,
+                    revision,
+                )])
+                .and_then(vec![TxnOp::put(key.as_str(), value, None)]);
+            commit(&mut client, txn).await
+        })
+    }
+
+    fn keyed_run(&self, key: &str) -> Result<Option<KeyedRun>, StoreError> {
+        let key = keyed_key(key);
+        self.call(move |mut client| async move {
+            Ok(get_run(&mut client, &key).await?.map(|(run, _)| run))
+        })
+    }
+
+    fn purge_keyed_runs(&self, now_us: u64) -> Result<usize, StoreError> {
+        self.call(move |mut client| async move {
+            let mut purged = 0;
+            for (key, value, _) in scan(&mut client, KEYED_RUNS_PREFIX).await? {
+                if decode_run(&key, &value)?.until_us < now_us {
+                    client.delete(key, None).await.map_err(etcd_err)?;
+                    purged += 1;
+                }
+            }
+            Ok(purged)
         })
     }
 

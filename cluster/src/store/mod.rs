@@ -65,6 +65,24 @@ pub enum Expect {
     Version(u64),
 }
 
+/// What the store keeps for one idempotency key: which invocation it is bound to, until
+/// when, and its answer once there is one.
+///
+/// Shards must agree on it (a caller resubmits to another shard after losing one), so it lives
+/// here. While the invocation runs, the key binds until the caller's deadline: a shard lost
+/// with the invocation running cannot release it, and another may take the key over only once
+/// nobody can be waiting for the first run. Once answered, it binds for the window the shard
+/// chooses (docs/failures.md), then [`ClusterStore::purge_keyed_runs`] forgets it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeyedRun {
+    /// The invocation the key is bound to.
+    pub invocation: u64,
+    /// The key binds until then, µs since the epoch.
+    pub until_us: u64,
+    /// The answer, as the shard encoded it, once there is one.
+    pub answer: Option<Vec<u8>>,
+}
+
 /// State shared by every shard of a cluster.
 pub trait ClusterStore: Send + Sync {
     /// Stores `spec` under its name if the store holds what `expect` says, and returns the
@@ -111,6 +129,29 @@ pub trait ClusterStore: Send + Sync {
     fn spend(&self, month: &str) -> Result<Vec<(String, u16, f64)>, StoreError>;
     /// Forgets everything shard `shard` published (an embedded cluster starting afresh).
     fn clear_spend(&self, shard: u16) -> Result<(), StoreError>;
+
+    /// Binds idempotency key `key` to `run` if it is free (never bound, or bound until before
+    /// `now_us`), and returns `None`; otherwise leaves it and returns what holds it. One of
+    /// several racing callers wins.
+    fn claim_key(
+        &self,
+        key: &str,
+        run: &KeyedRun,
+        now_us: u64,
+    ) -> Result<Option<KeyedRun>, StoreError>;
+    /// Records the answer of `invocation` under `key` and binds the key until `until_us`, if
+    /// the key is still bound to that invocation; says whether it was.
+    fn settle_key(
+        &self,
+        key: &str,
+        invocation: u64,
+        answer: &[u8],
+        until_us: u64,
+    ) -> Result<bool, StoreError>;
+    /// What holds `key`, if anything (expired or not).
+    fn keyed_run(&self, key: &str) -> Result<Option<KeyedRun>, StoreError>;
+    /// Forgets keys bound until before `now_us`; returns how many.
+    fn purge_keyed_runs(&self, now_us: u64) -> Result<usize, StoreError>;
 }
 
 /// The embedded store: a SQLite database file.
@@ -154,7 +195,14 @@ impl SqliteStore {
                  hash   TEXT PRIMARY KEY,
                  tenant TEXT
              );
-             CREATE INDEX IF NOT EXISTS credentials_by_tenant ON credentials(tenant);",
+             CREATE INDEX IF NOT EXISTS credentials_by_tenant ON credentials(tenant);
+             -- Idempotency keys: the invocation each is bound to, until when, its answer.
+             CREATE TABLE IF NOT EXISTS keyed_runs (
+                 key        TEXT PRIMARY KEY,
+                 invocation INTEGER NOT NULL,
+                 until_us   INTEGER NOT NULL,
+                 answer     BLOB
+             );",
         )?;
         Ok(Self {
             conn: Mutex::new(conn),
@@ -183,6 +231,14 @@ fn tenant_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Tenant> {
         name: row.get(0)?,
         created_at_us: row.get::<_, i64>(1)? as u64,
         budget: row.get(2)?,
+    })
+}
+
+fn keyed_run_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyedRun> {
+    Ok(KeyedRun {
+        invocation: row.get::<_, i64>(0)? as u64,
+        until_us: row.get::<_, i64>(1)? as u64,
+        answer: row.get(2)?,
     })
 }
 
@@ -419,6 +475,67 @@ impl ClusterStore for SqliteStore {
         Ok(())
     }
 
+    fn claim_key(
+        &self,
+        key: &str,
+        run: &KeyedRun,
+        now_us: u64,
+    ) -> Result<Option<KeyedRun>, StoreError> {
+        let mut conn = self.lock();
+        // IMMEDIATE takes the write lock at once, so two processes cannot both read "free".
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let held = tx
+            .query_row(
+                "SELECT invocation, until_us, answer FROM keyed_runs WHERE key = ?1",
+                params![key],
+                keyed_run_row,
+            )
+            .optional()?;
+        if let Some(held) = held.filter(|held| held.until_us >= now_us) {
+            return Ok(Some(held));
+        }
+        tx.execute(
+            "INSERT INTO keyed_runs (key, invocation, until_us, answer) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(key) DO UPDATE SET invocation = excluded.invocation,
+                 until_us = excluded.until_us, answer = excluded.answer",
+            params![key, run.invocation as i64, run.until_us as i64, run.answer],
+        )?;
+        tx.commit()?;
+        Ok(None)
+    }
+
+    fn settle_key(
+        &self,
+        key: &str,
+        invocation: u64,
+        answer: &[u8],
+        until_us: u64,
+    ) -> Result<bool, StoreError> {
+        let changed = self.lock().execute(
+            "UPDATE keyed_runs SET answer = ?3, until_us = ?4 WHERE key = ?1 AND invocation = ?2",
+            params![key, invocation as i64, answer, until_us as i64],
+        )?;
+        Ok(changed == 1)
+    }
+
+    fn keyed_run(&self, key: &str) -> Result<Option<KeyedRun>, StoreError> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT invocation, until_us, answer FROM keyed_runs WHERE key = ?1",
+                params![key],
+                keyed_run_row,
+            )
+            .optional()?)
+    }
+
+    fn purge_keyed_runs(&self, now_us: u64) -> Result<usize, StoreError> {
+        Ok(self.lock().execute(
+            "DELETE FROM keyed_runs WHERE until_us < ?1",
+            params![now_us as i64],
+        )?)
+    }
+
     fn spend(&self, month: &str) -> Result<Vec<(String, u16, f64)>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn.prepare("SELECT tenant, shard, amount FROM spend WHERE month = ?1")?;
@@ -471,6 +588,45 @@ pub fn open(
     }
 }
 
+/// Behaviour every [`ClusterStore`] must show, as functions that panic on a violation: the
+/// unit tests run them against SQLite, `tests/etcd.rs` against a real etcd.
+pub mod checks {
+    use super::{ClusterStore, KeyedRun};
+
+    /// Idempotency keys: one claimer wins, the loser sees the holder; only the bound
+    /// invocation settles; an expired key can be claimed again and is purged.
+    pub fn keyed_runs(store: &dyn ClusterStore) {
+        let now = 1_000_000;
+        let first = KeyedRun {
+            invocation: 7,
+            until_us: now + 500,
+            answer: None,
+        };
+        assert_eq!(store.claim_key("t/k", &first, now).unwrap(), None);
+        let second = KeyedRun {
+            invocation: 8,
+            ..first.clone()
+        };
+        assert_eq!(
+            store.claim_key("t/k", &second, now + 10).unwrap(),
+            Some(first.clone()),
+            "a bound key stays with its first invocation"
+        );
+        assert!(!store.settle_key("t/k", 8, b"no", now + 900).unwrap());
+        assert!(store.settle_key("t/k", 7, b"yes", now + 900).unwrap());
+        let settled = store.keyed_run("t/k").unwrap().unwrap();
+        assert_eq!(settled.answer.as_deref(), Some(&b"yes"[..]));
+        assert_eq!(settled.until_us, now + 900);
+        assert_eq!(store.keyed_run("t/other").unwrap(), None);
+        // Past its window the key is free again, and purged.
+        assert_eq!(store.claim_key("t/k", &second, now + 901).unwrap(), None);
+        assert_eq!(store.keyed_run("t/k").unwrap().unwrap().invocation, 8);
+        assert_eq!(store.purge_keyed_runs(now + 400).unwrap(), 0);
+        assert_eq!(store.purge_keyed_runs(now + 2_000).unwrap(), 1);
+        assert_eq!(store.keyed_run("t/k").unwrap(), None);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -487,6 +643,13 @@ mod tests {
             retries: 0,
             limits: Default::default(),
         }
+    }
+
+    #[test]
+    fn idempotency_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.sqlite3")).unwrap();
+        checks::keyed_runs(&store);
     }
 
     #[test]
