@@ -187,6 +187,44 @@ fn a_function_that_hangs_or_waits_too_long_hits_the_limit_of_that_stage() {
 }
 
 #[test]
+fn an_invocation_waiting_on_its_machine_for_a_cpu_hits_its_start_limit() {
+    runtime().block_on(async {
+        let mut cluster = TestCluster::new();
+        cluster.start_shard(&[]);
+        cluster.start_dispatcher("m1", 1, &["--slots", "2"]);
+        cluster.wait_for_machines(1).await;
+        cluster.deploy(example_spec("echo")).await;
+        let client = cluster.client(0).await;
+        // A `batch` spin holds the machine's one CPU for 1.5 s; the cheapest class takes CPUs
+        // in turn, so a second `batch` call placed beside it (two slots) waits on the machine
+        // for the CPU, and its 200 ms start limit passes first.
+        cluster.deploy(example_spec("spin")).await;
+        let spinning = {
+            let client = client.clone();
+            tokio::spawn(async move { invoke(&client, request("spin", "batch", "1500")).await })
+        };
+        wait_running(&cluster, "m1", 1).await;
+        let mut starved = request("echo", "batch", "late");
+        starved.limits.start_ms = 200;
+        let waited = Instant::now();
+        let error = invoke(&client, starved).await.unwrap_err();
+        assert_eq!(
+            error,
+            InvokeError::StageTimedOut {
+                stage: Stage::Start,
+                limit_ms: 200
+            }
+        );
+        assert!(
+            waited.elapsed() < Duration::from_millis(1_400),
+            "{:?}",
+            waited.elapsed()
+        );
+        assert!(spinning.await.unwrap().is_ok());
+    });
+}
+
+#[test]
 fn a_crash_looping_function_is_suspended_until_redeployed_and_others_run_on() {
     runtime().block_on(async {
         let mut cluster = TestCluster::new();

@@ -88,7 +88,7 @@ impl Executor {
     /// function's environment besides the placement's own (where to call back, the CA).
     /// `claim` lets the session give the job up before it starts (its shard was lost).
     ///
-    /// The placement's start limit is kept here: if the job has not been given a CPU when it
+    /// The placement's start limit is kept here: if the job has not been launched when it
     /// passes, the job is given up and answered at once, and its wait for a turn runs on
     /// without it (so its class's arrival order holds). Its run limit caps the process's time.
     pub async fn execute(

@@ -1250,6 +1250,34 @@ mod tests {
     }
 
     #[test]
+    fn the_placement_limit_answers_an_invocation_whose_poll_is_out_too_long() {
+        let state = state();
+        // Not on the idle list: placing means polling it.
+        let _m = connect(&state, "m1", 1, 4, false);
+        let limits = StageLimits {
+            placement_ms: 30,
+            ..StageLimits::default()
+        };
+        let (id, mut rx) = submit_spec(&state, spec("echo"), limits);
+        let Placing::Poll(poll) = state.place_next() else {
+            panic!("an unlisted machine must be polled");
+        };
+        let deadline = state.stage_deadline(id).expect("a placement limit");
+        assert_eq!(deadline.stage, Stage::Placement);
+        state.stage_expired(id, deadline);
+        assert_eq!(
+            error_of(&mut rx),
+            InvokeError::StageTimedOut {
+                stage: Stage::Placement,
+                limit_ms: 30
+            }
+        );
+        // The poll's late answers place nothing.
+        state.polled(poll, &[]);
+        assert_eq!(live(&state), 0);
+    }
+
+    #[test]
     fn completion_after_abandon_sends_nothing_and_frees_the_slot_once() {
         let state = state();
         // Two slots: the idle list places directly while the machine has one free.

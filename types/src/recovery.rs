@@ -10,13 +10,18 @@
 //! |-------------|--------------------------------------------------------|-------------|
 //! | `queue`     | accepted by the shard → taken from its queue for good   | shard       |
 //! | `placement` | taken from the queue → sent to a machine (one attempt) | shard       |
-//! | `start`     | received by the machine → given a CPU to run on        | dispatcher  |
-//! | `run`       | given a CPU → answered                                  | dispatcher  |
+//! | `start`     | received by the machine → launched                     | dispatcher  |
+//! | `run`       | launched → answered                                     | dispatcher  |
 //!
 //! A placement attempt whose polls find no machine with room puts the invocation back in its
 //! queue, and the queue limit counts on from when it was accepted; so `queue` bounds the wait
 //! for room, `placement` one attempt at finding it. The caller's overall timeout still bounds
 //! the whole.
+//!
+//! Launching waits for the invocation's turn in its class and, for the cheapest class, for a
+//! CPU of its own (docs/machine-scheduler.md); a paying class is launched at once and waits
+//! behind dearer ones in the kernel, as a runnable real-time process, so that wait counts as
+//! `run`.
 
 use std::fmt;
 use std::time::Duration;
@@ -30,9 +35,10 @@ pub enum Stage {
     Queue,
     /// Being placed: polling machines until one has room.
     Placement,
-    /// On the machine, waiting for a CPU (behind dearer classes) and being launched.
+    /// On the machine, waiting for its turn (and a CPU, for the cheapest class) and being
+    /// launched.
     Start,
-    /// Running.
+    /// Launched: running, or runnable behind dearer classes.
     Run,
 }
 
@@ -67,9 +73,9 @@ pub struct StageLimits {
     pub queue_ms: u64,
     /// Longest time spent finding a machine.
     pub placement_ms: u64,
-    /// Longest wait on the machine before running.
+    /// Longest wait on the machine before being launched.
     pub start_ms: u64,
-    /// Longest run.
+    /// Longest run, from launch.
     pub run_ms: u64,
 }
 

@@ -392,7 +392,7 @@ fn stage_timeout_message(stage: crate::Stage, limit_ms: u64) -> String {
     let what = match stage {
         crate::Stage::Queue => "waited in the shard's queue",
         crate::Stage::Placement => "waited for a machine with room",
-        crate::Stage::Start => "waited on its machine for a CPU",
+        crate::Stage::Start => "waited on its machine to be launched",
         crate::Stage::Run => "ran",
     };
     format!("timed out: {what} longer than its {stage} limit of {limit_ms} ms")
