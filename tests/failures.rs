@@ -159,6 +159,9 @@ fn a_function_that_hangs_or_waits_too_long_hits_the_limit_of_that_stage() {
             tokio::spawn(async move { invoke(&client, request("sleep", "standard", "1500")).await })
         };
         wait_running(&cluster, "m1", 1).await;
+        // The machine's idle-list entry is a hint it refreshes every 50 ms: one sent before
+        // the busy call arrived could still say it has room. Wait for a fresh one.
+        tokio::time::sleep(Duration::from_millis(300)).await;
         let mut queued = request("echo", "standard", "late");
         queued.limits.queue_ms = 200;
         let waited = Instant::now();
