@@ -6,45 +6,16 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{example_spec, invoke, request, runtime, TestCluster};
-use tariff_types::wire::{ClientRequest, ClientResponse, InvokeError};
+use common::{
+    example_spec, invoke, named_example as named, request, runtime, wait_for_log, TestCluster, DETECTION_SLACK,
+    HEARTBEAT_TIMEOUT,
+};
+use tariff_types::wire::InvokeError;
 use tariff_types::{FunctionSpec, Stage, StageLimits};
 
-/// The shards' default heartbeat timeout; detection must come within it plus scheduling slack.
-const LIVENESS: Duration = Duration::from_secs(1);
-/// Slack on a shared 2-CPU machine for the kill, the shard's timer and the answer's trip.
-const SLACK: Duration = Duration::from_millis(1_200);
-
-fn named(name: &str, example: &str) -> FunctionSpec {
-    FunctionSpec {
-        name: name.into(),
-        ..example_spec(example)
-    }
-}
-
-/// Waits until machine `name` runs at least `at_least` invocations of shard 0's.
-async fn wait_running(cluster: &TestCluster, name: &str, at_least: u32) {
-    let client = cluster.client(0).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(ClientResponse::Status(status)) = client.request(ClientRequest::Status).await {
-            let running: u32 = status
-                .machine_status
-                .iter()
-                .filter(|m| m.name == name)
-                .flat_map(|m| m.running.iter())
-                .sum();
-            if running >= at_least {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} never ran {at_least} invocations"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+/// Detection must come within the heartbeat timeout plus scheduling slack.
+const LIVENESS: Duration = HEARTBEAT_TIMEOUT;
+const SLACK: Duration = DETECTION_SLACK;
 
 #[test]
 fn a_killed_dispatcher_is_lost_within_the_heartbeat_bound_and_retryable_work_finishes_elsewhere() {
@@ -72,8 +43,8 @@ fn a_killed_dispatcher_is_lost_within_the_heartbeat_bound_and_retryable_work_fin
                 (function, answer, Instant::now())
             }));
         }
-        wait_running(&cluster, "m1", 1).await;
-        wait_running(&cluster, "m2", 1).await;
+        cluster.wait_running(0, "m1", 1).await;
+        cluster.wait_running(0, "m2", 1).await;
         let killed = Instant::now();
         cluster.dispatchers[0].kill();
 
@@ -157,7 +128,7 @@ fn a_function_that_hangs_or_waits_too_long_hits_the_limit_of_that_stage() {
             let client = client.clone();
             tokio::spawn(async move { invoke(&client, request("sleep", "standard", "1500")).await })
         };
-        wait_running(&cluster, "m1", 1).await;
+        cluster.wait_running(0, "m1", 1).await;
         let mut queued = request("echo", "standard", "late");
         queued.limits.queue_ms = 200;
         let waited = Instant::now();
@@ -269,26 +240,21 @@ fn a_dispatcher_stops_the_work_of_a_shard_it_lost_and_keeps_serving_the_other() 
             let client = client.clone();
             tokio::spawn(async move { client.invoke(request("sleep", "standard", "20000")).await })
         };
-        wait_running(&cluster, "m1", 1).await;
+        cluster.wait_running(0, "m1", 1).await;
         let killed = Instant::now();
         cluster.shards[0].kill();
         drop(orphan);
 
         // The dispatcher notices the silence and kills what shard 0 placed: its log says so.
         let log = cluster.dispatcher_log("m1");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.contains("stopping invocations of a lost shard session") {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the dispatcher never noticed:\n{text}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let noticed = killed.elapsed();
+        let seen = wait_for_log(
+            &log,
+            "stopping invocations of a lost shard session",
+            1,
+            Duration::from_secs(10),
+        )
+        .await;
+        let noticed = seen - killed;
         eprintln!("the dispatcher stopped the lost shard's work {noticed:?} after the kill");
         assert!(noticed <= LIVENESS + SLACK, "took {noticed:?}");
 
