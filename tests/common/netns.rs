@@ -12,6 +12,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
 
 use super::Host;
 
@@ -79,16 +80,8 @@ impl Lab {
     /// Why network namespaces cannot be used here (not root, no `ip`, no netns support), or
     /// nothing when they can: the tests skip with this reason.
     pub fn unavailable() -> Option<String> {
-        // SAFETY: geteuid has no preconditions and no memory effects.
-        if unsafe { libc::geteuid() } != 0 {
-            return Some("network namespaces need root".into());
-        }
-        let probe = format!("tariff-probe-{}", std::process::id());
-        if let Err(e) = ip(&["netns", "add", &probe]) {
-            return Some(format!("`ip netns` is unavailable: {e}"));
-        }
-        let _ = ip(&["netns", "del", &probe]);
-        None
+        static PROBED: OnceLock<Option<String>> = OnceLock::new();
+        PROBED.get_or_init(probe).clone()
     }
 
     /// A lab with a bridge and no hosts yet.
@@ -160,6 +153,20 @@ impl Lab {
     pub fn restore(&self, host: &Host) {
         must(&["link", "set", &self.lab_host(host).veth, "up"]);
     }
+}
+
+/// Tries to make (and remove) a network namespace; why that failed.
+fn probe() -> Option<String> {
+    // SAFETY: geteuid has no preconditions and no memory effects.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("network namespaces need root".into());
+    }
+    let probe = format!("tariff-probe-{}", std::process::id());
+    if let Err(e) = ip(&["netns", "add", &probe]) {
+        return Some(format!("`ip netns` is unavailable: {e}"));
+    }
+    let _ = ip(&["netns", "del", &probe]);
+    None
 }
 
 /// A /24 under [`SUBNET_PREFIX`] that no interface of this namespace has an address in,
