@@ -150,7 +150,13 @@ fn bench_chaos_kills_a_dispatcher_and_every_call_is_answered() {
         .arg(&workload)
         .arg("--out")
         .arg(&out)
-        .args(["--chaos", "kill-dispatcher@3s", "--quiet", "--connections", "1"])
+        .args([
+            "--chaos",
+            "kill-dispatcher@3s",
+            "--quiet",
+            "--connections",
+            "1",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -172,7 +178,11 @@ fn bench_chaos_kills_a_dispatcher_and_every_call_is_answered() {
     let scheduled = u(&phase["scheduled"]);
     assert_eq!(u(&fates["lost"]), 0, "{fates}");
     assert_eq!(u(&fates["cut_off"]), 0, "{fates}");
-    assert_eq!(u(&fates["answered"]), scheduled, "every call answered: {fates}");
+    assert_eq!(
+        u(&fates["answered"]),
+        scheduled,
+        "every call answered: {fates}"
+    );
     let mut machine_lost = 0;
     for class in phase["classes"].as_array().unwrap() {
         for (kind, n) in class["errors"].as_object().unwrap() {
@@ -185,8 +195,8 @@ fn bench_chaos_kills_a_dispatcher_and_every_call_is_answered() {
         retried > 0 && machine_lost > 0,
         "the killed machine ran both kinds of job: {retried} placed again, {machine_lost} lost"
     );
-    let detected = fates["first_error_s"]["machine_lost"].as_f64().unwrap()
-        - kill["at_s"].as_f64().unwrap();
+    let detected =
+        fates["first_error_s"]["machine_lost"].as_f64().unwrap() - kill["at_s"].as_f64().unwrap();
     eprintln!(
         "chaos smoke: {scheduled} calls, {retried} placed again, {machine_lost} machine lost, \
          first answered {:.0} ms after the kill; whole run {:?}",
@@ -200,7 +210,10 @@ fn bench_chaos_kills_a_dispatcher_and_every_call_is_answered() {
 }
 
 /// Waits for `child` at most `limit` (killing it then); its status and standard output.
-fn wait_bounded(mut child: std::process::Child, limit: Duration) -> (std::process::ExitStatus, String) {
+fn wait_bounded(
+    mut child: std::process::Child,
+    limit: Duration,
+) -> (std::process::ExitStatus, String) {
     let started = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {

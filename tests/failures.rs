@@ -7,8 +7,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    example_spec, invoke, named_example as named, request, runtime, wait_for_log, TestCluster, DETECTION_SLACK,
-    HEARTBEAT_TIMEOUT,
+    example_spec, invoke, named_example as named, request, runtime, wait_for_log, TestCluster,
+    DETECTION_SLACK, HEARTBEAT_TIMEOUT,
 };
 use tariff_types::wire::InvokeError;
 use tariff_types::{FunctionSpec, Stage, StageLimits};

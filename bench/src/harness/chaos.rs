@@ -50,7 +50,9 @@ pub struct ChaosEvent {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ChaosError {
     /// Not `kill-dispatcher@TIME` or `kill-shard@TIME`.
-    #[error("`{0}`: expected kill-dispatcher@TIME or kill-shard@TIME, TIME like 5s, 2.5s or 800ms")]
+    #[error(
+        "`{0}`: expected kill-dispatcher@TIME or kill-shard@TIME, TIME like 5s, 2.5s or 800ms"
+    )]
     Syntax(String),
 }
 
@@ -80,12 +82,7 @@ impl FromStr for ChaosEvent {
 
 impl fmt::Display for ChaosEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "kill-{}@{}ms",
-            self.target.word(),
-            self.at.as_millis()
-        )
+        write!(f, "kill-{}@{}ms", self.target.word(), self.at.as_millis())
     }
 }
 
@@ -159,11 +156,20 @@ mod tests {
         assert_eq!(e.target, ChaosTarget::Dispatcher);
         assert_eq!(e.at, Duration::from_secs(5));
         let e: ChaosEvent = "kill-shard@2.5s".parse().unwrap();
-        assert_eq!((e.target, e.at), (ChaosTarget::Shard, Duration::from_millis(2500)));
+        assert_eq!(
+            (e.target, e.at),
+            (ChaosTarget::Shard, Duration::from_millis(2500))
+        );
         let e: ChaosEvent = "kill-shard@800ms".parse().unwrap();
         assert_eq!(e.at, Duration::from_millis(800));
         assert_eq!(e.to_string(), "kill-shard@800ms");
-        for bad in ["kill-dispatcher", "kill-gateway@1s", "kill-shard@5", "kill-shard@-1s", "kill-shard@xs"] {
+        for bad in [
+            "kill-dispatcher",
+            "kill-gateway@1s",
+            "kill-shard@5",
+            "kill-shard@-1s",
+            "kill-shard@xs",
+        ] {
             assert!(bad.parse::<ChaosEvent>().is_err(), "{bad}");
         }
     }
@@ -176,7 +182,12 @@ mod tests {
             ("high".to_owned(), t0 + Duration::from_secs(10)),
         ];
         let event = "kill-dispatcher@12s".parse().unwrap();
-        let r = record(&event, Some("m1".into()), t0 + Duration::from_secs(12), &phases);
+        let r = record(
+            &event,
+            Some("m1".into()),
+            t0 + Duration::from_secs(12),
+            &phases,
+        );
         assert_eq!(r.phase, "high");
         assert!((r.at_s - 2.0).abs() < 1e-9);
     }

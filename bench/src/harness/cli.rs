@@ -20,9 +20,9 @@ use tariff_types::{Policy, PriceClasses};
 
 use super::chaos::{self, ChaosEvent};
 use super::driver::{self, RunContext};
-use super::processes::{ProcessCluster, Servers};
 use super::output;
 use super::plot;
+use super::processes::{ProcessCluster, Servers};
 use super::record::{self, BenchReport, ClusterInfo, PolicyReport};
 use super::schedule::{self, Plan};
 use super::workload::Workload;

@@ -193,7 +193,9 @@ pub async fn run_phase(
                             outcome.attempts > 1,
                         ),
                         Ok(Ok(Err(e))) => (Answer::Err(e.kind().into()), 0.0, false, false),
-                        Ok(Err(e)) => (Answer::Err(client_error_kind(&e).into()), 0.0, false, false),
+                        Ok(Err(e)) => {
+                            (Answer::Err(client_error_kind(&e).into()), 0.0, false, false)
+                        }
                         Err(_) => (Answer::Err(LOST.into()), 0.0, false, false),
                     };
                     let latency = scheduled.elapsed();

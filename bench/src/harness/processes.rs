@@ -136,7 +136,12 @@ impl ProcessCluster {
                     });
                 }
             }
-            processes.spawn(format!("shard-{}", i + 1), ChaosTarget::Shard, command, &data_dir)?;
+            processes.spawn(
+                format!("shard-{}", i + 1),
+                ChaosTarget::Shard,
+                command,
+                &data_dir,
+            )?;
             let addr = wait_for_address(&addr_file).await?;
             processes.shard_addrs.push(addr);
         }
@@ -230,7 +235,8 @@ impl ProcessCluster {
 /// A `tariff` command for a server keeping its files in `data_dir`, logging to
 /// `data_dir.log`.
 fn server_command(tariff: &Path, cluster: &Cluster, data_dir: &Path) -> anyhow::Result<Command> {
-    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
     let log_path = data_dir.with_extension("log");
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("creating {}", log_path.display()))?;

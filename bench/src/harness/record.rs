@@ -30,7 +30,11 @@ pub const CLIENT_OVERLOAD: &str = "client_overload";
 pub const LOST: &str = "lost";
 /// Error kinds of invocations whose connection to their shard broke before an answer: the
 /// caller knows it has none.
-const CUT_OFF_KINDS: [&str; 3] = ["client_connection", "client_no_answer", "client_unreachable"];
+const CUT_OFF_KINDS: [&str; 3] = [
+    "client_connection",
+    "client_no_answer",
+    "client_unreachable",
+];
 /// Error kinds of invocations never answered before their deadline: the client gave up
 /// waiting, or the harness did.
 const LOST_KINDS: [&str; 2] = ["client_timed_out", LOST];

@@ -670,7 +670,8 @@ cores = "all"
 
     #[test]
     fn an_entry_with_retries_calls_its_own_copy() {
-        let w = Workload::parse(&GOOD.replace("cpu_ms = 20\n", "cpu_ms = 20\nretries = 2\n")).unwrap();
+        let w =
+            Workload::parse(&GOOD.replace("cpu_ms = 20\n", "cpu_ms = 20\nretries = 2\n")).unwrap();
         assert_eq!(w.mix[0].retries, Some(2));
         assert_eq!(w.mix[0].deployed_name(), "counter-retry2");
         let w = Workload::parse(GOOD).unwrap();

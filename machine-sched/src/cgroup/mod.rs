@@ -603,7 +603,10 @@ fn remove_subtree(dir: &Path) -> usize {
     let deadline = Instant::now() + KILL_DEADLINE;
     loop {
         let procs = fs::read_to_string(dir.join(CGROUP_PROCS)).unwrap_or_default();
-        let pids: Vec<i32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        let pids: Vec<i32> = procs
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
         for &pid in &pids {
             let _ = signal_kill(pid);
         }
