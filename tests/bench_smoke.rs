@@ -42,20 +42,7 @@ fn u(v: &Value) -> u64 {
 fn bench_smoke_report_is_complete_and_counts_add_up() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let workload = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/workloads/smoke.toml");
-    let child = Command::new(env!("CARGO_BIN_EXE_tariff"))
-        .arg("--cluster")
-        .arg(dir.path().join("cluster"))
-        .arg("bench")
-        .arg("--workload")
-        .arg(&workload)
-        .arg("--out")
-        .arg(&out)
-        .args(["--compare", "fifo", "--quiet", "--connections", "1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting tariff bench");
+    let child = bench(dir.path(), "smoke.toml", &["--compare", "fifo"]);
     let (status, stdout) = wait_bounded(child, RUN_TIMEOUT);
     assert!(status.success(), "tariff bench failed: {status}\n{stdout}");
     assert!(
@@ -140,27 +127,8 @@ const CHAOS_TIMEOUT: Duration = Duration::from_secs(50);
 fn bench_chaos_kills_a_dispatcher_and_every_call_is_answered() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let workload = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/workloads/chaos.toml");
     let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_tariff"))
-        .arg("--cluster")
-        .arg(dir.path().join("cluster"))
-        .arg("bench")
-        .arg("--workload")
-        .arg(&workload)
-        .arg("--out")
-        .arg(&out)
-        .args([
-            "--chaos",
-            "kill-dispatcher@3s",
-            "--quiet",
-            "--connections",
-            "1",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting tariff bench");
+    let child = bench(dir.path(), "chaos.toml", &["--chaos", "kill-dispatcher@3s"]);
     let (status, stdout) = wait_bounded(child, CHAOS_TIMEOUT);
     eprintln!("{stdout}");
     assert!(status.success(), "tariff bench failed: {status}\n{stdout}");
@@ -207,6 +175,28 @@ fn bench_chaos_kills_a_dispatcher_and_every_call_is_answered() {
         (0.0..=2.2).contains(&detected),
         "machine loss answered {detected} s after the kill"
     );
+}
+
+/// Starts `tariff bench` with `bench/workloads/WORKLOAD` and `extra` flags, quiet, one
+/// connection per shard, in a cluster directory under `dir`, writing to `dir/out`.
+fn bench(dir: &Path, workload: &str, extra: &[&str]) -> std::process::Child {
+    let workload = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("bench/workloads")
+        .join(workload);
+    Command::new(env!("CARGO_BIN_EXE_tariff"))
+        .arg("--cluster")
+        .arg(dir.join("cluster"))
+        .arg("bench")
+        .arg("--workload")
+        .arg(&workload)
+        .arg("--out")
+        .arg(dir.join("out"))
+        .args(["--quiet", "--connections", "1"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting tariff bench")
 }
 
 /// Waits for `child` at most `limit` (killing it then); its status and standard output.

@@ -266,17 +266,23 @@ fn fates_table(report: &BenchReport) -> String {
                     *errors.entry(kind).or_default() += n;
                 }
             }
-            let kill = policy.chaos.iter().find(|c| c.phase == phase.name);
             let kinds: Vec<String> = errors
                 .iter()
                 .map(|(kind, n)| {
                     let first = f.first_error_s.get(*kind).copied().unwrap_or(0.0);
+                    // Timed from the last kill in this phase before it: the failure it shows.
+                    let kill = policy
+                        .chaos
+                        .iter()
+                        .filter(|c| c.phase == phase.name && c.at_s <= first)
+                        .map(|c| c.at_s)
+                        .reduce(f64::max);
                     match kill {
-                        Some(k) if first >= k.at_s => format!(
-                            "{kind}={n} (first at {first:.2} s, {:.0} ms after the kill)",
-                            (first - k.at_s) * MS_PER_S
+                        Some(at) => format!(
+                            "{kind}={n} (first at {first:.2} s, {:.0} ms after the kill before it)",
+                            (first - at) * MS_PER_S
                         ),
-                        _ => format!("{kind}={n} (first at {first:.2} s)"),
+                        None => format!("{kind}={n} (first at {first:.2} s)"),
                     }
                 })
                 .collect();
