@@ -116,10 +116,40 @@ impl ProcessCluster {
             tokens,
             servers: Servers(Arc::default()),
         };
+        let launch = Launch {
+            tariff: &tariff,
+            dir: &dir,
+            shard_ids: &shard_ids,
+            shard_cpus: &shard_cpus,
+        };
+        // What was started before a failure is stopped, not left running.
+        match processes.launch(cluster, config, &launch, &token).await {
+            Ok(()) => Ok(processes),
+            Err(e) => {
+                processes.stop().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts the shards, then the dispatchers, and waits until every shard sees them all.
+    async fn launch(
+        &mut self,
+        cluster: &Cluster,
+        config: &LocalClusterConfig,
+        launch: &Launch<'_>,
+        token: &Token,
+    ) -> anyhow::Result<()> {
+        let Launch {
+            tariff,
+            dir,
+            shard_ids,
+            shard_cpus,
+        } = *launch;
         let policy = config.policy.name();
         for (i, id) in shard_ids.iter().enumerate() {
             let data_dir = dir.join(format!("shard-{i}"));
-            let mut command = server_command(&tariff, cluster, &data_dir)?;
+            let mut command = server_command(tariff, cluster, &data_dir)?;
             let addr_file = data_dir.join("shard.addr");
             let _ = std::fs::remove_file(&addr_file);
             command
@@ -127,7 +157,7 @@ impl ProcessCluster {
                 .args(["--shard-id", &id.to_string(), "--data-dir"])
                 .arg(&data_dir);
             if !shard_cpus.is_empty() {
-                let cpus = shard_cpus.clone();
+                let cpus = shard_cpus.to_vec();
                 // SAFETY: runs in the forked child before exec; set_affinity only fills a
                 // cpu_set_t on the stack and makes one system call.
                 unsafe {
@@ -136,24 +166,20 @@ impl ProcessCluster {
                     });
                 }
             }
-            processes.spawn(
+            self.spawn(
                 format!("shard-{}", i + 1),
                 ChaosTarget::Shard,
                 command,
                 &data_dir,
             )?;
             let addr = wait_for_address(&addr_file).await?;
-            processes.shard_addrs.push(addr);
+            self.shard_addrs.push(addr);
         }
-        let shards: Vec<String> = processes
-            .shard_addrs
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let shards: Vec<String> = self.shard_addrs.iter().map(ToString::to_string).collect();
         for i in 0..config.dispatchers {
             let name = format!("{}-{}", config.dir_name, i + 1);
             let data_dir = dir.join(format!("dispatcher-{i}"));
-            let mut command = server_command(&tariff, cluster, &data_dir)?;
+            let mut command = server_command(tariff, cluster, &data_dir)?;
             command
                 .args(["dispatcher", "--shards", &shards.join(",")])
                 .args(["--cores", &config.cores.to_string()])
@@ -163,10 +189,9 @@ impl ProcessCluster {
             if config.no_rt {
                 command.arg("--no-rt");
             }
-            processes.spawn(name, ChaosTarget::Dispatcher, command, &data_dir)?;
+            self.spawn(name, ChaosTarget::Dispatcher, command, &data_dir)?;
         }
-        wait_for_machines(cluster, &processes.shard_addrs, &token, config.dispatchers).await?;
-        Ok(processes)
+        wait_for_machines(cluster, &self.shard_addrs, token, config.dispatchers).await
     }
 
     fn spawn(
@@ -230,6 +255,18 @@ impl ProcessCluster {
             }
         }
     }
+}
+
+/// What [`ProcessCluster::launch`] starts the servers from.
+struct Launch<'a> {
+    /// The `tariff` binary.
+    tariff: &'a Path,
+    /// The servers' directory.
+    dir: &'a Path,
+    /// Each shard's id.
+    shard_ids: &'a [u16],
+    /// CPUs the shards run on (all when empty).
+    shard_cpus: &'a [usize],
 }
 
 /// A `tariff` command for a server keeping its files in `data_dir`, logging to
