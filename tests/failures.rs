@@ -26,17 +26,12 @@ fn a_killed_dispatcher_is_lost_within_the_heartbeat_bound_and_retryable_work_fin
         cluster.start_dispatcher("m1", 1, &["--slots", "8"]);
         cluster.start_dispatcher("m2", 1, &["--slots", "8"]);
         cluster.wait_for_machines(2).await;
-        cluster
-            .deploy(FunctionSpec {
-                retries: 2,
-                ..named("safe", "sleep")
-            })
-            .await;
-        cluster.deploy(named("unsafe", "sleep")).await;
+        cluster.deploy_safe_and_unsafe("sleep", 2).await;
         let client = cluster.client(0).await;
         let mut calls = Vec::new();
         for i in 0..16 {
-            let function = if i % 2 == 0 { "safe" } else { "unsafe" };
+            // In pairs, so that machines taking every other call still get both kinds.
+            let function = if i % 4 < 2 { "safe" } else { "unsafe" };
             let client = client.clone();
             calls.push(tokio::spawn(async move {
                 let answer = invoke(&client, request(function, "standard", "1500")).await;

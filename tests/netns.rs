@@ -13,12 +13,10 @@ use std::time::{Duration, Instant};
 
 use common::netns::Lab;
 use common::{
-    invoke, named_example, request, runtime, wait_for_log, TestCluster, DETECTION_SLACK,
-    HEARTBEAT_TIMEOUT,
+    invoke, request, runtime, wait_for_log, TestCluster, DETECTION_SLACK, HEARTBEAT_TIMEOUT,
 };
 use tariff_cluster::client::Client;
 use tariff_types::wire::{InvocationOutcome, InvokeError};
-use tariff_types::FunctionSpec;
 
 /// How long the sleeping invocations run: long enough to be running when the cable is
 /// pulled and still running when the loss is noticed.
@@ -107,13 +105,7 @@ fn a_dispatcher_cut_off_is_answered_for_within_the_bound_and_takes_work_again_wh
         cluster.start_dispatcher_on(&m1, "m1", 1, &["--slots", "4"]);
         cluster.start_dispatcher_on(&m2, "m2", 1, &["--slots", "4"]);
         cluster.wait_for_machines(2).await;
-        cluster
-            .deploy(FunctionSpec {
-                retries: 2,
-                ..named_example("safe", "sleep")
-            })
-            .await;
-        cluster.deploy(named_example("unsafe", "sleep")).await;
+        cluster.deploy_safe_and_unsafe("sleep", 2).await;
         cluster.deploy(common::example_spec("sleep")).await;
         let client = cluster.client(0).await;
         let pattern = ["safe", "safe", "unsafe", "unsafe"];

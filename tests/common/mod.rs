@@ -378,6 +378,17 @@ impl TestCluster {
         );
     }
 
+    /// Deploys the example `example` twice through shard 0: as `safe`, with `retries`, and as
+    /// `unsafe`, without, so a test can lose a machine under both kinds of work.
+    pub async fn deploy_safe_and_unsafe(&self, example: &str, retries: u32) {
+        self.deploy(FunctionSpec {
+            retries,
+            ..named_example("safe", example)
+        })
+        .await;
+        self.deploy(named_example("unsafe", example)).await;
+    }
+
     /// A client of shard `i`, as tenant `test`.
     pub async fn client(&self, i: usize) -> Client {
         let token = self.token().await;
