@@ -7,8 +7,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    example_spec, invoke, named_example as named, request, runtime, wait_for_log, TestCluster,
-    DETECTION_SLACK, HEARTBEAT_TIMEOUT,
+    example_spec, invoke, named_example as named, request, runtime, wait_for_log, wait_running,
+    TestCluster, DETECTION_SLACK, HEARTBEAT_TIMEOUT,
 };
 use tariff_types::wire::InvokeError;
 use tariff_types::{FunctionSpec, Stage, StageLimits};
@@ -38,8 +38,8 @@ fn a_killed_dispatcher_is_lost_within_the_heartbeat_bound_and_retryable_work_fin
                 (function, answer, Instant::now())
             }));
         }
-        cluster.wait_running(0, "m1", 1).await;
-        cluster.wait_running(0, "m2", 1).await;
+        wait_running(&cluster, "m1", 1).await;
+        wait_running(&cluster, "m2", 1).await;
         let killed = Instant::now();
         cluster.dispatchers[0].kill();
 
@@ -123,7 +123,7 @@ fn a_function_that_hangs_or_waits_too_long_hits_the_limit_of_that_stage() {
             let client = client.clone();
             tokio::spawn(async move { invoke(&client, request("sleep", "standard", "1500")).await })
         };
-        cluster.wait_running(0, "m1", 1).await;
+        wait_running(&cluster, "m1", 1).await;
         let mut queued = request("echo", "standard", "late");
         queued.limits.queue_ms = 200;
         let waited = Instant::now();
@@ -235,7 +235,7 @@ fn a_dispatcher_stops_the_work_of_a_shard_it_lost_and_keeps_serving_the_other() 
             let client = client.clone();
             tokio::spawn(async move { client.invoke(request("sleep", "standard", "20000")).await })
         };
-        cluster.wait_running(0, "m1", 1).await;
+        wait_running(&cluster, "m1", 1).await;
         let killed = Instant::now();
         cluster.shards[0].kill();
         drop(orphan);

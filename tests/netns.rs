@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use common::netns::Lab;
 use common::{
-    invoke, request, runtime, wait_for_log, TestCluster, DETECTION_SLACK, HEARTBEAT_TIMEOUT,
+    invoke, request, runtime, wait_for_log, wait_running, TestCluster, DETECTION_SLACK,
+    HEARTBEAT_TIMEOUT,
 };
 use tariff_cluster::client::Client;
 use tariff_types::wire::{InvocationOutcome, InvokeError};
@@ -115,8 +116,8 @@ fn a_dispatcher_cut_off_is_answered_for_within_the_bound_and_takes_work_again_wh
             .take(8)
             .map(|&function| spawn_call(&client, function, SLEEP_MS))
             .collect();
-        cluster.wait_running(0, "m1", 4).await;
-        cluster.wait_running(0, "m2", 4).await;
+        wait_running(&cluster, "m1", 4).await;
+        wait_running(&cluster, "m2", 4).await;
 
         let cut = Instant::now();
         lab.cut(&m1);
@@ -204,7 +205,7 @@ fn a_partitioned_shard_is_given_up_within_the_bound_others_serve_on_and_it_serve
         let orphans: Vec<_> = (0..2)
             .map(|_| spawn_call(&client0, "sleep", SLEEP_MS))
             .collect();
-        cluster.wait_running(0, "m1", 2).await;
+        wait_running(&cluster, "m1", 2).await;
 
         let cut = Instant::now();
         lab.cut(&s0);

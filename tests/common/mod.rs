@@ -478,31 +478,6 @@ impl TestCluster {
         }
     }
 
-    /// Waits until machine `name` runs at least `at_least` invocations of shard `i`'s.
-    pub async fn wait_running(&self, i: usize, name: &str, at_least: u32) {
-        let client = self.client(i).await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(ClientResponse::Status(status)) = client.request(ClientRequest::Status).await
-            {
-                let running: u32 = status
-                    .machine_status
-                    .iter()
-                    .filter(|m| m.name == name)
-                    .flat_map(|m| m.running.iter())
-                    .sum();
-                if running >= at_least {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{name} never ran {at_least} invocations of shard {i}'s"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
     /// Deploys the example functions through shard 0.
     pub async fn deploy_examples(&self) {
         let client = self.client(0).await;
@@ -561,6 +536,31 @@ pub fn wait_for_file(path: &Path) -> String {
             path.display()
         );
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits (at most 10 s) until machine `name` runs at least `at_least` invocations of shard
+/// 0's.
+pub async fn wait_running(cluster: &TestCluster, name: &str, at_least: u32) {
+    let client = cluster.client(0).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(ClientResponse::Status(status)) = client.request(ClientRequest::Status).await {
+            let running: u32 = status
+                .machine_status
+                .iter()
+                .filter(|m| m.name == name)
+                .flat_map(|m| m.running.iter())
+                .sum();
+            if running >= at_least {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} never ran {at_least} invocations"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
