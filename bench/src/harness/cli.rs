@@ -531,3 +531,53 @@ async fn run_policy(
         .collect();
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str) -> tariff_types::FunctionSpec {
+        tariff_types::FunctionSpec {
+            name: name.into(),
+            command: vec![format!("/bin/{name}")],
+            env: Vec::new(),
+            version: 0,
+            runtime: tariff_types::function::Runtime::Exec,
+            owner: String::new(),
+            shared_with: Vec::new(),
+            retries: 0,
+            limits: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_retryable_entry_gets_its_own_copy_once() {
+        let workload = Workload::parse(
+            r#"
+name = "t"
+[[mix]]
+function = "sleep"
+payload = "1000"
+retries = 2
+[[mix]]
+function = "sleep"
+payload = "500"
+retries = 2
+[[mix]]
+function = "sleep"
+payload = "1000"
+[[phases]]
+name = "p"
+duration_s = 1
+rate = 1
+"#,
+        )
+        .unwrap();
+        let functions = with_retry_copies(vec![spec("sleep"), spec("echo")], &workload);
+        let names: Vec<&str> = functions.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["sleep", "echo", "sleep-retry2"]);
+        assert_eq!(functions[2].retries, 2);
+        assert_eq!(functions[2].command, ["/bin/sleep"]);
+        assert_eq!(functions[0].retries, 0, "the original keeps none");
+    }
+}

@@ -919,4 +919,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         remove_dir_retrying(&dir.path().join("gone")).unwrap();
     }
+
+    #[test]
+    fn listed_subtrees_are_removed_bottom_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let (memory, pids) = (dir.path().join("memory/base"), dir.path().join("pids/base"));
+        fs::create_dir_all(memory.join("instance-1")).unwrap();
+        fs::create_dir_all(&pids).unwrap();
+        let listing = dir.path().join("cgroups");
+        let missing = dir.path().join("freezer/base");
+        let text = format!(
+            "{}\n{}\n\n{}\n",
+            memory.display(),
+            pids.display(),
+            missing.display()
+        );
+        fs::write(&listing, text).unwrap();
+        assert_eq!(remove_listed_subtrees(&listing), 3);
+        assert!(!memory.exists() && !pids.exists());
+        assert_eq!(remove_listed_subtrees(&dir.path().join("no-listing")), 0);
+    }
 }
