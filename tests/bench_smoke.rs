@@ -42,33 +42,8 @@ fn u(v: &Value) -> u64 {
 fn bench_smoke_report_is_complete_and_counts_add_up() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let workload = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/workloads/smoke.toml");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tariff"))
-        .arg("--cluster")
-        .arg(dir.path().join("cluster"))
-        .arg("bench")
-        .arg("--workload")
-        .arg(&workload)
-        .arg("--out")
-        .arg(&out)
-        .args(["--compare", "fifo", "--quiet", "--connections", "1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting tariff bench");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > RUN_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("tariff bench did not finish within {RUN_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let stdout = std::io::read_to_string(child.stdout.take().unwrap()).unwrap();
+    let child = bench(dir.path(), "smoke.toml", &["--compare", "fifo"]);
+    let (status, stdout) = wait_bounded(child, RUN_TIMEOUT);
     assert!(status.success(), "tariff bench failed: {status}\n{stdout}");
     assert!(
         stdout.contains("fifo / tariff"),
@@ -138,6 +113,111 @@ fn bench_smoke_report_is_complete_and_counts_add_up() {
     }
     let ratios = report["ratios"].as_array().unwrap();
     assert!(!ratios.is_empty(), "--compare gives ratios");
+}
+
+/// Longest the chaos run may take: 1 s of warm-up, 8 s of load, the processes' start and the
+/// drain.
+const CHAOS_TIMEOUT: Duration = Duration::from_secs(50);
+
+/// `--chaos kill-dispatcher@3s` with `bench/workloads/chaos.toml`: a real `tariff dispatcher`
+/// process is killed with SIGKILL under load; every call is answered (none cut off, none
+/// lost), the only failures are "machine lost", the machine held some of each kind of job,
+/// and the kill and the counts are in the report and the table.
+#[test]
+fn bench_chaos_kills_a_dispatcher_and_every_call_is_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let started = Instant::now();
+    let child = bench(dir.path(), "chaos.toml", &["--chaos", "kill-dispatcher@3s"]);
+    let (status, stdout) = wait_bounded(child, CHAOS_TIMEOUT);
+    eprintln!("{stdout}");
+    assert!(status.success(), "tariff bench failed: {status}\n{stdout}");
+    assert!(
+        stdout.contains("chaos: kill-dispatcher@3000ms killed bench-chaos-1"),
+        "{stdout}"
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let policy = &report["policies"][0];
+    let kill = &policy["chaos"][0];
+    assert_eq!(kill["killed"], "bench-chaos-1", "{kill}");
+    let phase = &policy["phases"][0];
+    let fates = &phase["fates"];
+    let scheduled = u(&phase["scheduled"]);
+    assert_eq!(u(&fates["lost"]), 0, "{fates}");
+    assert_eq!(u(&fates["cut_off"]), 0, "{fates}");
+    assert_eq!(
+        u(&fates["answered"]),
+        scheduled,
+        "every call answered: {fates}"
+    );
+    let mut machine_lost = 0;
+    for class in phase["classes"].as_array().unwrap() {
+        for (kind, n) in class["errors"].as_object().unwrap() {
+            assert_eq!(kind, "machine_lost", "{class}");
+            machine_lost += u(n);
+        }
+    }
+    let retried = u(&fates["retried"]);
+    assert!(
+        retried > 0 && machine_lost > 0,
+        "the killed machine ran both kinds of job: {retried} placed again, {machine_lost} lost"
+    );
+    let detected =
+        fates["first_error_s"]["machine_lost"].as_f64().unwrap() - kill["at_s"].as_f64().unwrap();
+    eprintln!(
+        "chaos smoke: {scheduled} calls, {retried} placed again, {machine_lost} machine lost, \
+         first answered {:.0} ms after the kill; whole run {:?}",
+        detected * 1000.0,
+        started.elapsed()
+    );
+    assert!(
+        (0.0..=2.2).contains(&detected),
+        "machine loss answered {detected} s after the kill"
+    );
+}
+
+/// Starts `tariff bench` with `bench/workloads/WORKLOAD` and `extra` flags, quiet, one
+/// connection per shard, in a cluster directory under `dir`, writing to `dir/out`.
+fn bench(dir: &Path, workload: &str, extra: &[&str]) -> std::process::Child {
+    let workload = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("bench/workloads")
+        .join(workload);
+    Command::new(env!("CARGO_BIN_EXE_tariff"))
+        .arg("--cluster")
+        .arg(dir.join("cluster"))
+        .arg("bench")
+        .arg("--workload")
+        .arg(&workload)
+        .arg("--out")
+        .arg(dir.join("out"))
+        .args(["--quiet", "--connections", "1"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting tariff bench")
+}
+
+/// Waits for `child` at most `limit` (killing it then); its status and standard output.
+fn wait_bounded(
+    mut child: std::process::Child,
+    limit: Duration,
+) -> (std::process::ExitStatus, String) {
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tariff bench did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stdout = std::io::read_to_string(child.stdout.take().unwrap()).unwrap();
+    (status, stdout)
 }
 
 /// `tariff bench` is the harness binary behind the `tariff` command: its help comes through.

@@ -7,45 +7,16 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use common::{example_spec, invoke, request, runtime, TestCluster};
-use tariff_types::wire::{ClientRequest, ClientResponse, InvokeError};
+use common::{
+    example_spec, invoke, named_example as named, request, runtime, wait_for_log, wait_running,
+    TestCluster, DETECTION_SLACK, HEARTBEAT_TIMEOUT,
+};
+use tariff_types::wire::InvokeError;
 use tariff_types::{FunctionSpec, Stage, StageLimits};
 
-/// The shards' default heartbeat timeout; detection must come within it plus scheduling slack.
-const LIVENESS: Duration = Duration::from_secs(1);
-/// Slack on a shared 2-CPU machine for the kill, the shard's timer and the answer's trip.
-const SLACK: Duration = Duration::from_millis(1_200);
-
-fn named(name: &str, example: &str) -> FunctionSpec {
-    FunctionSpec {
-        name: name.into(),
-        ..example_spec(example)
-    }
-}
-
-/// Waits until machine `name` runs at least `at_least` invocations of shard 0's.
-async fn wait_running(cluster: &TestCluster, name: &str, at_least: u32) {
-    let client = cluster.client(0).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(ClientResponse::Status(status)) = client.request(ClientRequest::Status).await {
-            let running: u32 = status
-                .machine_status
-                .iter()
-                .filter(|m| m.name == name)
-                .flat_map(|m| m.running.iter())
-                .sum();
-            if running >= at_least {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} never ran {at_least} invocations"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+/// Detection must come within the heartbeat timeout plus scheduling slack.
+const LIVENESS: Duration = HEARTBEAT_TIMEOUT;
+const SLACK: Duration = DETECTION_SLACK;
 
 #[test]
 fn a_killed_dispatcher_is_lost_within_the_heartbeat_bound_and_retryable_work_finishes_elsewhere() {
@@ -56,17 +27,12 @@ fn a_killed_dispatcher_is_lost_within_the_heartbeat_bound_and_retryable_work_fin
         cluster.start_dispatcher("m1", 1, &["--slots", "8"]);
         cluster.start_dispatcher("m2", 1, &["--slots", "8"]);
         cluster.wait_for_machines(2).await;
-        cluster
-            .deploy(FunctionSpec {
-                retries: 2,
-                ..named("safe", "sleep")
-            })
-            .await;
-        cluster.deploy(named("unsafe", "sleep")).await;
+        cluster.deploy_safe_and_unsafe("sleep", 2).await;
         let client = cluster.client(0).await;
         let mut calls = Vec::new();
         for i in 0..16 {
-            let function = if i % 2 == 0 { "safe" } else { "unsafe" };
+            // In pairs, so that machines taking every other call still get both kinds.
+            let function = if i % 4 < 2 { "safe" } else { "unsafe" };
             let client = client.clone();
             calls.push(tokio::spawn(async move {
                 let answer = invoke(&client, request(function, "standard", "1500")).await;
@@ -318,19 +284,14 @@ fn a_dispatcher_stops_the_work_of_a_shard_it_lost_and_keeps_serving_the_other() 
 
         // The dispatcher notices the silence and kills what shard 0 placed: its log says so.
         let log = cluster.dispatcher_log("m1");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.contains("stopping invocations of a lost shard session") {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the dispatcher never noticed:\n{text}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let noticed = killed.elapsed();
+        let seen = wait_for_log(
+            &log,
+            "stopping invocations of a lost shard session",
+            1,
+            Duration::from_secs(10),
+        )
+        .await;
+        let noticed = seen - killed;
         eprintln!("the dispatcher stopped the lost shard's work {noticed:?} after the kill");
         assert!(noticed <= LIVENESS + SLACK, "took {noticed:?}");
 

@@ -96,64 +96,123 @@ pub struct LocalCluster {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// Waits (at most [`REGISTRATION_TIMEOUT`]) until every shard at `shard_addrs` sees
+/// `dispatchers` machines, asking as the tenant of `token`.
+pub async fn wait_for_machines(
+    cluster: &Cluster,
+    shard_addrs: &[SocketAddr],
+    token: &Token,
+    dispatchers: usize,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + REGISTRATION_TIMEOUT;
+    for &addr in shard_addrs {
+        let client = Client::connect(cluster, addr, Some(token.clone())).await?;
+        loop {
+            if let ClientResponse::Status(status) = client.request(ClientRequest::Status).await? {
+                if status.machines.len() >= dispatchers {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("dispatchers did not register with shard {addr} within {REGISTRATION_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(())
+}
+
+/// What [`prepare`] made ready for a cluster's servers.
+pub struct Prepared {
+    /// The cluster store (SQLite in the cluster directory).
+    pub store: Arc<dyn ClusterStore>,
+    /// Where the servers keep their files.
+    pub dir: PathBuf,
+    /// Each shard's id.
+    pub shard_ids: Vec<u16>,
+    /// The token of the configured tenant.
+    pub token: Token,
+    /// The tokens of every tenant made, by name (the configured one included).
+    pub tokens: std::collections::BTreeMap<String, Token>,
+}
+
+/// Everything before the servers start, written straight into the cluster store: the servers'
+/// directory (emptied when `fresh`), the tenants with their budgets, and the functions. Shared
+/// by [`LocalCluster::start`] and the harness's clusters of separate processes, which must
+/// start from the same state.
+pub fn prepare(cluster: &Cluster, config: &LocalClusterConfig) -> anyhow::Result<Prepared> {
+    let store: Arc<dyn ClusterStore> =
+        Arc::new(SqliteStore::open(&cluster.store_path()).context("opening the embedded store")?);
+    let dir = cluster.dir().join(&config.dir_name);
+    let shard_ids: Vec<u16> = (0..config.shards)
+        .map(|i| shard_id(&config.dir_name, i))
+        .collect();
+    if config.fresh {
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+        for &id in &shard_ids {
+            store.clear_spend(id)?;
+        }
+    }
+    let token = ensure_tenant(cluster.dir(), store.as_ref(), &config.tenant)?;
+    store.set_tenant_budget(&config.tenant, config.budget)?;
+    let mut tokens = std::collections::BTreeMap::new();
+    tokens.insert(config.tenant.clone(), token.clone());
+    for (name, budget) in &config.other_tenants {
+        tokens.insert(
+            name.clone(),
+            ensure_tenant(cluster.dir(), store.as_ref(), name)?,
+        );
+        store.set_tenant_budget(name, *budget)?;
+    }
+    for spec in &config.functions {
+        let mut spec = spec.clone();
+        spec.owner = config.tenant.clone();
+        spec.shared_with = config
+            .other_tenants
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect();
+        let expect = match store.function(&spec.name)? {
+            None => Expect::Absent,
+            // An empty owner: deployed before tenants existed; the examples' tenant adopts it.
+            Some(current) if current.owner == config.tenant || current.owner.is_empty() => {
+                Expect::Version(current.version)
+            }
+            Some(current) => {
+                tracing::warn!(
+                    function = %spec.name,
+                    owner = %current.owner,
+                    "not deploying an example function over another tenant's function"
+                );
+                continue;
+            }
+        };
+        store.put_function(&spec, expect)?;
+    }
+    Ok(Prepared {
+        store,
+        dir,
+        shard_ids,
+        token,
+        tokens,
+    })
+}
+
 impl LocalCluster {
     /// Starts the cluster and waits until every shard sees every dispatcher.
     pub async fn start(cluster: &Cluster, config: &LocalClusterConfig) -> anyhow::Result<Self> {
         if config.shards == 0 || config.dispatchers == 0 || config.cores == 0 {
             bail!("a local cluster needs at least one shard, one dispatcher and one core");
         }
-        let store: Arc<dyn ClusterStore> = Arc::new(
-            SqliteStore::open(&cluster.store_path()).context("opening the embedded store")?,
-        );
-        let dir = cluster.dir().join(&config.dir_name);
-        let shard_ids: Vec<u16> = (0..config.shards)
-            .map(|i| shard_id(&config.dir_name, i))
-            .collect();
-        if config.fresh {
-            if dir.exists() {
-                std::fs::remove_dir_all(&dir)
-                    .with_context(|| format!("removing {}", dir.display()))?;
-            }
-            for &id in &shard_ids {
-                store.clear_spend(id)?;
-            }
-        }
-        let token = ensure_tenant(cluster.dir(), store.as_ref(), &config.tenant)?;
-        store.set_tenant_budget(&config.tenant, config.budget)?;
-        let mut tokens = std::collections::BTreeMap::new();
-        tokens.insert(config.tenant.clone(), token.clone());
-        for (name, budget) in &config.other_tenants {
-            tokens.insert(
-                name.clone(),
-                ensure_tenant(cluster.dir(), store.as_ref(), name)?,
-            );
-            store.set_tenant_budget(name, *budget)?;
-        }
-        for spec in &config.functions {
-            let mut spec = spec.clone();
-            spec.owner = config.tenant.clone();
-            spec.shared_with = config
-                .other_tenants
-                .iter()
-                .map(|(n, _)| n.clone())
-                .collect();
-            let expect = match store.function(&spec.name)? {
-                None => Expect::Absent,
-                // An empty owner: deployed before tenants existed; the examples' tenant adopts it.
-                Some(current) if current.owner == config.tenant || current.owner.is_empty() => {
-                    Expect::Version(current.version)
-                }
-                Some(current) => {
-                    tracing::warn!(
-                        function = %spec.name,
-                        owner = %current.owner,
-                        "not deploying an example function over another tenant's function"
-                    );
-                    continue;
-                }
-            };
-            store.put_function(&spec, expect)?;
-        }
+        let Prepared {
+            store,
+            dir,
+            shard_ids,
+            token,
+            tokens,
+        } = prepare(cluster, config)?;
         let (stop, stopped) = watch::channel(false);
         let until_stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|&s| s).await;
@@ -236,24 +295,7 @@ impl LocalCluster {
     /// Waits until every shard sees `dispatchers` machines, so the first invocations are not
     /// refused for want of machines.
     async fn wait_for_machines(&self, cluster: &Cluster, dispatchers: usize) -> anyhow::Result<()> {
-        let deadline = Instant::now() + REGISTRATION_TIMEOUT;
-        for &addr in &self.shard_addrs {
-            let client = Client::connect(cluster, addr, Some(self.token.clone())).await?;
-            loop {
-                if let ClientResponse::Status(status) =
-                    client.request(ClientRequest::Status).await?
-                {
-                    if status.machines.len() >= dispatchers {
-                        break;
-                    }
-                }
-                if Instant::now() > deadline {
-                    bail!("dispatchers did not register with shard {addr} within {REGISTRATION_TIMEOUT:?}");
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-        Ok(())
+        wait_for_machines(cluster, &self.shard_addrs, &self.token, dispatchers).await
     }
 
     /// Stops every server and waits (bounded) for them to finish cleaning up.

@@ -4,7 +4,9 @@
 
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
+pub mod netns;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,6 +22,12 @@ use tariff_types::FunctionSpec;
 
 /// Longest a test waits for a process to come up.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// The shards' default heartbeat timeout (`--heartbeat-timeout`): a lost peer must be noticed
+/// within it plus [`DETECTION_SLACK`].
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Slack on a shared 2-CPU machine for the failure itself, the detecting side's timer and the
+/// answer's trip.
+pub const DETECTION_SLACK: Duration = Duration::from_millis(1_200);
 /// Longest a stopped process gets to exit before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
@@ -68,6 +76,15 @@ pub fn example_spec(name: &str) -> FunctionSpec {
     }
 }
 
+/// The example function `example` deployed under another name (to give one binary two
+/// settings, e.g. with and without retries).
+pub fn named_example(name: &str, example: &str) -> FunctionSpec {
+    FunctionSpec {
+        name: name.into(),
+        ..example_spec(example)
+    }
+}
+
 /// A `tariff` command with no cluster, tenant or token of the caller's environment.
 pub fn tariff_command() -> Command {
     let mut cmd = Command::new(tariff());
@@ -89,6 +106,51 @@ pub fn example(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Where a test's process runs: in the test's own network namespace, listening on loopback,
+/// or in a network namespace of a [`netns::Lab`], at its own address there.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// The network namespace (its name under `/run/netns`); none: the test's own.
+    pub netns: Option<String>,
+    /// The address a shard on this host listens on.
+    pub ip: IpAddr,
+}
+
+impl Host {
+    /// The test's own network namespace, on 127.0.0.1.
+    pub fn local() -> Self {
+        Self {
+            netns: None,
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }
+    }
+
+    /// Makes `command` start in this host's network namespace. The namespace is entered with
+    /// `setns` between fork and exec rather than through `ip netns exec`, which also remounts
+    /// `/sys` for the namespace and so hides `/sys/fs/cgroup`, where a dispatcher makes its
+    /// functions' cgroups. Keep the returned file open until the command has been spawned.
+    pub fn enter(&self, command: &mut Command) -> Option<std::fs::File> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let name = self.netns.as_ref()?;
+        let path = netns::netns_path(name);
+        let file = std::fs::File::open(&path)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+        let fd = file.as_raw_fd();
+        // SAFETY: the closure runs in the forked child before exec and only calls setns on a
+        // descriptor opened before the fork, which the parent keeps open until after spawn.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Some(file)
+    }
 }
 
 /// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
@@ -201,6 +263,24 @@ impl TestCluster {
         extra: &[&str],
         rust_log: &str,
     ) -> SocketAddr {
+        self.spawn_shard(&Host::local(), data_dir, extra, rust_log)
+    }
+
+    /// Starts a shard on `host` (listening on its address), logging at `rust_log` to
+    /// [`TestCluster::shard_log`], and waits for its address.
+    pub fn start_shard_on(&mut self, host: &Host, extra: &[&str], rust_log: &str) -> SocketAddr {
+        let n = self.shards.len();
+        let data_dir = self.dir.path().join(format!("shard-{n}"));
+        self.spawn_shard(host, &data_dir, extra, rust_log)
+    }
+
+    fn spawn_shard(
+        &mut self,
+        host: &Host,
+        data_dir: &Path,
+        extra: &[&str],
+        rust_log: &str,
+    ) -> SocketAddr {
         let n = self.shards.len();
         let log = std::fs::File::create(self.shard_log(n)).expect("log file");
         let data_dir = data_dir.to_owned();
@@ -220,15 +300,19 @@ impl TestCluster {
                 Ok(())
             });
         }
+        let namespace = host.enter(&mut command);
         let child = command
             .env("RUST_LOG", rust_log)
             .stderr(log)
-            .args(["shard", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["shard", "--listen"])
+            .arg(SocketAddr::new(host.ip, 0).to_string())
+            .arg("--data-dir")
             .arg(&data_dir)
             .args(extra)
             .stdout(Stdio::null())
             .spawn()
             .expect("spawning tariff shard");
+        drop(namespace);
         self.shards.push(Proc {
             child,
             name: format!("shard-{n}"),
@@ -243,10 +327,17 @@ impl TestCluster {
     /// Starts a dispatcher serving every shard started so far; its log goes to
     /// [`TestCluster::dispatcher_log`].
     pub fn start_dispatcher(&mut self, name: &str, cores: u32, extra: &[&str]) {
+        self.start_dispatcher_on(&Host::local(), name, cores, extra);
+    }
+
+    /// Starts a dispatcher on `host` serving every shard started so far; its log goes to
+    /// [`TestCluster::dispatcher_log`].
+    pub fn start_dispatcher_on(&mut self, host: &Host, name: &str, cores: u32, extra: &[&str]) {
         let shards: Vec<String> = self.shard_addrs.iter().map(ToString::to_string).collect();
         let log = std::fs::File::create(self.dispatcher_log(name)).expect("log file");
-        let child = self
-            .command()
+        let mut command = self.command();
+        let namespace = host.enter(&mut command);
+        let child = command
             .env("RUST_LOG", "info")
             .stderr(log)
             .args([
@@ -261,6 +352,7 @@ impl TestCluster {
             .args(extra)
             .spawn()
             .expect("spawning tariff dispatcher");
+        drop(namespace);
         self.dispatchers.push(Proc {
             child,
             name: name.into(),
@@ -284,6 +376,17 @@ impl TestCluster {
             matches!(response, ClientResponse::Deployed { .. }),
             "{response:?}"
         );
+    }
+
+    /// Deploys the example `example` twice through shard 0: as `safe`, with `retries`, and as
+    /// `unsafe`, without, so a test can lose a machine under both kinds of work.
+    pub async fn deploy_safe_and_unsafe(&self, example: &str, retries: u32) {
+        self.deploy(FunctionSpec {
+            retries,
+            ..named_example("safe", example)
+        })
+        .await;
+        self.deploy(named_example("unsafe", example)).await;
     }
 
     /// A client of shard `i`, as tenant `test`.
@@ -365,6 +468,16 @@ impl TestCluster {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    /// The machines shard `i` has registered, by name.
+    pub async fn machines(&self, i: usize) -> Vec<String> {
+        match self.client(i).await.request(ClientRequest::Status).await {
+            Ok(ClientResponse::Status(status)) => {
+                status.machine_status.into_iter().map(|m| m.name).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
     /// Deploys the example functions through shard 0.
     pub async fn deploy_examples(&self) {
         let client = self.client(0).await;
@@ -390,40 +503,8 @@ impl Drop for TestCluster {
             .flatten()
             .flatten()
         {
-            let record = entry.path().join("cgroups");
-            let Ok(listing) = std::fs::read_to_string(&record) else {
-                continue;
-            };
-            for base in listing.lines().map(PathBuf::from) {
-                remove_cgroup_tree(&base);
-            }
+            tariff_machine_sched::cgroup::remove_listed_subtrees(&entry.path().join("cgroups"));
         }
-    }
-}
-
-/// Kills everything in a cgroup directory tree and removes it, bottom up (bounded retries).
-fn remove_cgroup_tree(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for child in entries.flatten() {
-        if child.path().is_dir() {
-            remove_cgroup_tree(&child.path());
-        }
-    }
-    for _ in 0..100 {
-        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                // SAFETY: kill has no memory effects; these are the test's own functions.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                }
-            }
-        }
-        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -455,6 +536,49 @@ pub fn wait_for_file(path: &Path) -> String {
             path.display()
         );
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits (at most 10 s) until machine `name` runs at least `at_least` invocations of shard
+/// 0's.
+pub async fn wait_running(cluster: &TestCluster, name: &str, at_least: u32) {
+    let client = cluster.client(0).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(ClientResponse::Status(status)) = client.request(ClientRequest::Status).await {
+            let running: u32 = status
+                .machine_status
+                .iter()
+                .filter(|m| m.name == name)
+                .flat_map(|m| m.running.iter())
+                .sum();
+            if running >= at_least {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} never ran {at_least} invocations"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits (bounded by `within`) until the file `log` contains `text` `times` times or more;
+/// when it first did.
+pub async fn wait_for_log(log: &Path, text: &str, times: usize, within: Duration) -> Instant {
+    let started = Instant::now();
+    loop {
+        let contents = std::fs::read_to_string(log).unwrap_or_default();
+        if contents.matches(text).count() >= times {
+            return Instant::now();
+        }
+        assert!(
+            started.elapsed() < within,
+            "`{text}` did not appear {times} time(s) in {} within {within:?}:\n{contents}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -6,6 +6,7 @@
 //! (both would share the same function CPUs): first with Tariff's policy, then class-blind,
 //! and replays the identical schedule against each.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,9 +18,11 @@ use tariff_types::units::parse_size;
 use tariff_types::wire::{ClientRequest, ClientResponse};
 use tariff_types::{Policy, PriceClasses};
 
+use super::chaos::{self, ChaosEvent};
 use super::driver::{self, RunContext};
 use super::output;
 use super::plot;
+use super::processes::{ProcessCluster, Servers};
 use super::record::{self, BenchReport, ClusterInfo, PolicyReport};
 use super::schedule::{self, Plan};
 use super::workload::Workload;
@@ -123,13 +126,19 @@ pub struct BenchArgs {
     /// the harness off CPUs that real-time functions keep busy, or it measures its own stalls.
     #[arg(long, value_delimiter = ',')]
     pub cpus: Vec<usize>,
+    /// Kill a dispatcher or shard process during the run: `kill-dispatcher@5s`,
+    /// `kill-shard@2.5s` (from the start of the first reported phase; repeat for more). The
+    /// cluster then runs as separate processes, and the report counts answered, placed again,
+    /// failed, cut off and lost calls (docs/bench.md).
+    #[arg(long)]
+    pub chaos: Vec<ChaosEvent>,
 }
 
 impl BenchArgs {
     /// Whether this run starts dispatchers in this process at real-time priority (the
     /// binary then raises its runtime threads above every function).
     pub fn runs_functions(&self) -> bool {
-        self.shards.is_empty() && !self.no_rt
+        self.shards.is_empty() && !self.no_rt && self.chaos.is_empty()
     }
 }
 
@@ -142,6 +151,19 @@ pub async fn run(cluster: &Cluster, args: BenchArgs) -> anyhow::Result<()> {
     let mut workload = Workload::load(&args.workload)?;
     if let Some(seed) = args.seed {
         workload.seed = seed;
+    }
+    if !args.chaos.is_empty() && (!args.shards.is_empty() || args.compare.is_some()) {
+        bail!(
+            "--chaos kills processes the harness started itself: it cannot be combined with \
+             --shards (someone else's cluster) or --compare"
+        );
+    }
+    if !args.shards.is_empty() && workload.mix.iter().any(|e| e.retries.is_some()) {
+        bail!(
+            "a [[mix]] entry sets `retries`, which the harness deploys as a copy of its function \
+             (name-retryN) in clusters it starts; against --shards deploy that copy yourself \
+             (tariff deploy --retries N) and name it in `function`"
+        );
     }
     let (info, classes, policies) = if args.shards.is_empty() {
         run_local(cluster, &args, &workload).await?
@@ -209,7 +231,7 @@ async fn run_local(
         memory_bytes: args.memory,
         no_rt: args.no_rt,
         policy: Policy::Tariff,
-        functions: example_specs()?,
+        functions: with_retry_copies(example_specs()?, workload),
         tenant: workload.tenant.clone(),
         other_tenants: workload
             .tenant_names()
@@ -239,10 +261,21 @@ async fn run_local(
         let policy = cluster_policy.name();
         config.policy = cluster_policy;
         config.dir_name = format!("{BENCH_DIR_PREFIX}{policy}");
-        let local = LocalCluster::start(cluster, &config)
-            .await
-            .with_context(|| format!("starting the {policy} cluster"))?;
-        function_cpus = local.function_cpus.iter().copied().collect();
+        let started = if args.chaos.is_empty() {
+            Started::Embedded(
+                LocalCluster::start(cluster, &config)
+                    .await
+                    .with_context(|| format!("starting the {policy} cluster"))?,
+            )
+        } else {
+            config.dir_name = format!("{BENCH_DIR_PREFIX}chaos");
+            Started::Processes(
+                ProcessCluster::start(cluster, &config)
+                    .await
+                    .with_context(|| format!("starting the {policy} cluster's processes"))?,
+            )
+        };
+        function_cpus = started.function_cpus();
         // The schedule is made once, from the first cluster's CPUs, so every policy gets the
         // very same invocations at the very same times.
         let plan = match &plan {
@@ -250,29 +283,31 @@ async fn run_local(
             None => match schedule::plan(workload, &choice, function_cpus.len()) {
                 Ok(p) => plan.insert(p),
                 Err(e) => {
-                    local.stop().await;
+                    started.stop().await;
                     return Err(e.into());
                 }
             },
         };
+        let (shards, tokens) = started.reach();
         let result = run_policy(
             cluster,
             args,
             workload,
             plan,
             Reach {
-                shards: &local.shard_addrs,
+                shards: &shards,
                 tokens: plan
                     .tenants
                     .iter()
-                    .map(|name| local.tokens.get(name).cloned())
+                    .map(|name| tokens.get(name).cloned())
                     .collect(),
             },
             &classes,
             policy,
+            started.servers(),
         )
         .await;
-        local.stop().await;
+        started.stop().await;
         policies.push(result?);
     }
     let info = ClusterInfo {
@@ -286,6 +321,74 @@ async fn run_local(
         host_cpus: host_cpus(),
     };
     Ok((info, classes, policies))
+}
+
+/// The cluster a local run started: in this process, or (for `--chaos`) as processes.
+enum Started {
+    /// Shards and dispatchers as tasks of the harness.
+    Embedded(LocalCluster),
+    /// Shards and dispatchers as processes the chaos events can kill.
+    Processes(ProcessCluster),
+}
+
+impl Started {
+    fn function_cpus(&self) -> Vec<usize> {
+        match self {
+            Started::Embedded(local) => local.function_cpus.iter().copied().collect(),
+            Started::Processes(processes) => processes.function_cpus.clone(),
+        }
+    }
+
+    /// The shards' addresses and every tenant's token.
+    fn reach(&self) -> (Vec<SocketAddr>, BTreeMap<String, Token>) {
+        match self {
+            Started::Embedded(local) => (local.shard_addrs.clone(), local.tokens.clone()),
+            Started::Processes(p) => (p.shard_addrs.clone(), p.tokens.clone()),
+        }
+    }
+
+    /// The processes chaos events kill (none for an embedded cluster).
+    fn servers(&self) -> Option<Servers> {
+        match self {
+            Started::Embedded(_) => None,
+            Started::Processes(p) => Some(p.servers.clone()),
+        }
+    }
+
+    async fn stop(self) {
+        match self {
+            Started::Embedded(local) => local.stop().await,
+            Started::Processes(processes) => processes.stop().await,
+        }
+    }
+}
+
+/// The example functions, plus a copy with retries of each function a mix entry marks
+/// retryable (`retries = N`: deployed as `NAME-retryN`, [`MixEntry::deployed_name`]).
+///
+/// [`MixEntry::deployed_name`]: super::workload::MixEntry::deployed_name
+fn with_retry_copies(
+    mut functions: Vec<tariff_types::FunctionSpec>,
+    workload: &Workload,
+) -> Vec<tariff_types::FunctionSpec> {
+    for entry in &workload.mix {
+        let Some(retries) = entry.retries.filter(|&n| n > 0) else {
+            continue;
+        };
+        let name = entry.deployed_name();
+        if functions.iter().any(|f| f.name == name) {
+            continue;
+        }
+        if let Some(spec) = functions.iter().find(|f| f.name == entry.function) {
+            let copy = tariff_types::FunctionSpec {
+                name,
+                retries,
+                ..spec.clone()
+            };
+            functions.push(copy);
+        }
+    }
+    functions
 }
 
 /// A running cluster: one run, policy unknown.
@@ -344,6 +447,7 @@ async fn run_remote(
         &classes,
         args.cluster_policy
             .map_or(RUNNING_CLUSTER_POLICY, Policy::name),
+        None,
     )
     .await?;
     let info = ClusterInfo {
@@ -367,7 +471,8 @@ struct Reach<'a> {
     tokens: Vec<Option<Token>>,
 }
 
-/// Every phase of the plan against one cluster.
+/// Every phase of the plan against one cluster; with `servers`, the `--chaos` events too.
+#[allow(clippy::too_many_arguments)]
 async fn run_policy(
     cluster: &Cluster,
     args: &BenchArgs,
@@ -376,6 +481,7 @@ async fn run_policy(
     reach: Reach<'_>,
     classes: &[String],
     policy: &str,
+    servers: Option<Servers>,
 ) -> anyhow::Result<PolicyReport> {
     let shards = reach.shards;
     let mut clients = Vec::new();
@@ -391,12 +497,87 @@ async fn run_policy(
         progress: !args.quiet,
     };
     let mut phases = Vec::new();
+    let mut starts = Vec::new();
+    let mut chaos_task = None;
+    let done = Arc::new(std::sync::Mutex::new(Vec::new()));
     for phase in &plan.phases {
         let label = format!("{policy} {}", phase.name);
+        let start = std::time::Instant::now();
+        starts.push((phase.name.clone(), start));
+        if let (false, None, Some(servers)) = (phase.warmup, &chaos_task, &servers) {
+            let events: Vec<ChaosEvent> = args.chaos.clone();
+            chaos_task = Some(tokio::spawn(chaos::run(
+                events,
+                servers.clone(),
+                start,
+                done.clone(),
+            )));
+        }
         let (recorder, elapsed) = driver::run_phase(&ctx, phase, &label).await;
         if !phase.warmup {
             phases.push(recorder.finish(phase, classes, &plan.tenants, elapsed, shards.len()));
         }
     }
-    Ok(PolicyReport::new(policy, phases))
+    // Events timed past the last phase's end are not carried out.
+    if let Some(task) = chaos_task {
+        task.abort();
+    }
+    let mut report = PolicyReport::new(policy, phases);
+    report.chaos = done
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .map(|(event, killed, at)| chaos::record(event, killed.clone(), *at, &starts))
+        .collect();
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str) -> tariff_types::FunctionSpec {
+        tariff_types::FunctionSpec {
+            name: name.into(),
+            command: vec![format!("/bin/{name}")],
+            env: Vec::new(),
+            version: 0,
+            runtime: tariff_types::function::Runtime::Exec,
+            owner: String::new(),
+            shared_with: Vec::new(),
+            retries: 0,
+            limits: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_retryable_entry_gets_its_own_copy_once() {
+        let workload = Workload::parse(
+            r#"
+name = "t"
+[[mix]]
+function = "sleep"
+payload = "1000"
+retries = 2
+[[mix]]
+function = "sleep"
+payload = "500"
+retries = 2
+[[mix]]
+function = "sleep"
+payload = "1000"
+[[phases]]
+name = "p"
+duration_s = 1
+rate = 1
+"#,
+        )
+        .unwrap();
+        let functions = with_retry_copies(vec![spec("sleep"), spec("echo")], &workload);
+        let names: Vec<&str> = functions.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["sleep", "echo", "sleep-retry2"]);
+        assert_eq!(functions[2].retries, 2);
+        assert_eq!(functions[2].command, ["/bin/sleep"]);
+        assert_eq!(functions[0].retries, 0, "the original keeps none");
+    }
 }

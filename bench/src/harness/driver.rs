@@ -20,11 +20,17 @@ use tokio::sync::mpsc;
 use tariff_types::tenant::Token;
 
 use super::output;
-use super::record::{client_error_kind, Answer, PhaseRecorder, Sample, Stages, CLIENT_OVERLOAD};
+use super::record::{
+    client_error_kind, Answer, PhaseRecorder, Sample, Stages, CLIENT_OVERLOAD, LOST,
+};
 use super::schedule::{PhasePlan, Target};
 
 /// How often the progress line is redrawn.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
+/// How long past an invocation's own timeout the harness waits for the client before it
+/// records the call as [`LOST`]: the client gives up shortly after the timeout itself, so
+/// this only ends a phase that would otherwise wait forever.
+const LOST_GRACE: Duration = Duration::from_secs(10);
 
 /// Opens `per_shard` QUIC connections to each shard, each with a long-lived session stream
 /// (no stream to open per request). Several connections per shard spread the client side's
@@ -150,6 +156,7 @@ pub async fn run_phase(
                         tenant: target.tenant,
                         cost: 0.0,
                         degraded: false,
+                        retried: false,
                         scheduled: planned.at,
                         latency: scheduled.elapsed(),
                         answer: Answer::Err(CLIENT_OVERLOAD.into()),
@@ -170,16 +177,26 @@ pub async fn run_phase(
                 };
                 let (tx, outstanding) = (tx.clone(), outstanding.clone());
                 let tenant = target.tenant;
+                // No timeout (0): the client waits as long as it takes, and so does the harness.
+                let bound = match ctx.timeout_ms {
+                    0 => Duration::MAX,
+                    ms => Duration::from_millis(ms) + LOST_GRACE,
+                };
                 runtime.spawn(async move {
                     let asked = request.class.clone();
-                    let (answer, cost, degraded) = match client.invoke(request).await {
-                        Ok(Ok(outcome)) => (
+                    let answer = tokio::time::timeout(bound, client.invoke(request)).await;
+                    let (answer, cost, degraded, retried) = match answer {
+                        Ok(Ok(Ok(outcome))) => (
                             Answer::Ok(Stages::of(&outcome)),
                             outcome.cost.total,
                             !outcome.cost.class.is_empty() && outcome.cost.class != asked,
+                            outcome.attempts > 1,
                         ),
-                        Ok(Err(e)) => (Answer::Err(e.kind().into()), 0.0, false),
-                        Err(e) => (Answer::Err(client_error_kind(&e).into()), 0.0, false),
+                        Ok(Ok(Err(e))) => (Answer::Err(e.kind().into()), 0.0, false, false),
+                        Ok(Err(e)) => {
+                            (Answer::Err(client_error_kind(&e).into()), 0.0, false, false)
+                        }
+                        Err(_) => (Answer::Err(LOST.into()), 0.0, false, false),
                     };
                     let latency = scheduled.elapsed();
                     outstanding.fetch_sub(1, Ordering::Relaxed);
@@ -188,6 +205,7 @@ pub async fn run_phase(
                         tenant,
                         cost,
                         degraded,
+                        retried,
                         scheduled: planned.at,
                         latency,
                         answer,

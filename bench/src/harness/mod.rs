@@ -3,13 +3,16 @@
 //!
 //! The pieces, one concept each: [`workload`] (the TOML file), [`schedule`] (every send time
 //! and call, from the seed), [`driver`] (the open-loop generator), [`record`] (HDR histograms
-//! and the report), [`plot`] (SVG figures), [`output`] (the terminal) and [`cli`] (the
+//! and the report), [`plot`] (SVG figures), [`output`] (the terminal), [`chaos`] and
+//! [`processes`] (failures injected into a cluster of separate processes) and [`cli`] (the
 //! command).
 
+pub mod chaos;
 pub mod cli;
 pub mod driver;
 pub mod output;
 pub mod plot;
+pub mod processes;
 pub mod record;
 pub mod schedule;
 pub mod workload;

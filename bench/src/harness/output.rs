@@ -11,6 +11,8 @@ use super::record::{BenchReport, STAGE_NAMES};
 
 /// µs per ms.
 const US_PER_MS: f64 = 1000.0;
+/// ms per s.
+const MS_PER_S: f64 = 1000.0;
 
 /// Where a piece of terminal output goes.
 #[derive(Debug, Clone, Copy)]
@@ -134,6 +136,9 @@ pub fn table(report: &BenchReport) -> String {
             }
         }
     }
+    if report.policies.iter().any(|p| !p.chaos.is_empty()) {
+        out.push_str(&fates_table(report));
+    }
     let several_tenants = report
         .policies
         .iter()
@@ -223,6 +228,81 @@ pub fn table(report: &BenchReport) -> String {
                 out,
                 "  {:<10} {:<9} p50 {:>8.2}x   p99 {:>8.2}x",
                 r.phase, r.class, r.p50, r.p99
+            );
+        }
+    }
+    out
+}
+
+/// With `--chaos`: each kill, then per phase what became of every call (answered, of which
+/// ok and placed again, and failed by kind; cut off; lost) and when each error kind was first
+/// answered, which after a kill is how long the cluster took to notice.
+fn fates_table(report: &BenchReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out);
+    for policy in &report.policies {
+        for c in &policy.chaos {
+            let _ = writeln!(
+                out,
+                "chaos: {} killed {} in phase `{}` at {:.2} s",
+                c.event,
+                c.killed.as_deref().unwrap_or("nothing (none left)"),
+                c.phase,
+                c.at_s
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "{:<7} {:<10} {:>7} {:>8} {:>7} {:>7} {:>6} {:>7} {:>5} | failed by kind; first answer of each kind",
+        "policy", "phase", "sent", "answered", "ok", "retried", "failed", "cut off", "lost"
+    );
+    for policy in &report.policies {
+        for phase in &policy.phases {
+            let f = &phase.fates;
+            let mut errors = std::collections::BTreeMap::<&str, u64>::new();
+            for class in &phase.classes {
+                for (kind, n) in &class.errors {
+                    *errors.entry(kind).or_default() += n;
+                }
+            }
+            let kinds: Vec<String> = errors
+                .iter()
+                .map(|(kind, n)| {
+                    let first = f.first_error_s.get(*kind).copied().unwrap_or(0.0);
+                    // Timed from the last kill in this phase before it: the failure it shows.
+                    let kill = policy
+                        .chaos
+                        .iter()
+                        .filter(|c| c.phase == phase.name && c.at_s <= first)
+                        .map(|c| c.at_s)
+                        .reduce(f64::max);
+                    match kill {
+                        Some(at) => format!(
+                            "{kind}={n} (first at {first:.2} s, {:.0} ms after the kill before it)",
+                            (first - at) * MS_PER_S
+                        ),
+                        None => format!("{kind}={n} (first at {first:.2} s)"),
+                    }
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "{:<7} {:<10} {:>7} {:>8} {:>7} {:>7} {:>6} {:>7} {:>5} | {}",
+                policy.policy,
+                phase.name,
+                phase.scheduled,
+                f.answered,
+                phase.ok,
+                f.retried,
+                f.answered.saturating_sub(phase.ok),
+                f.cut_off,
+                f.lost,
+                if kinds.is_empty() {
+                    "-".to_owned()
+                } else {
+                    kinds.join(", ")
+                }
             );
         }
     }

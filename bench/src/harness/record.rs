@@ -25,6 +25,43 @@ const SIGNIFICANT_DIGITS: u8 = 3;
 const OVER_TIME_DIGITS: u8 = 2;
 /// Error kind of an invocation the harness did not send because too many were outstanding.
 pub const CLIENT_OVERLOAD: &str = "client_overload";
+/// Error kind of an invocation the harness stopped waiting for: no answer and no error from
+/// the client well past its deadline.
+pub const LOST: &str = "lost";
+/// Error kinds of invocations whose connection to their shard broke before an answer: the
+/// caller knows it has none.
+const CUT_OFF_KINDS: [&str; 3] = [
+    "client_connection",
+    "client_no_answer",
+    "client_unreachable",
+];
+/// Error kinds of invocations never answered before their deadline: the client gave up
+/// waiting, or the harness did.
+const LOST_KINDS: [&str; 2] = ["client_timed_out", LOST];
+
+/// What became of an invocation that failed, from its error kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// The cluster answered it (with an error).
+    Answered,
+    /// The connection to its shard broke before an answer.
+    CutOff,
+    /// Nobody answered before its deadline.
+    Lost,
+}
+
+impl Fate {
+    /// The fate of a failure of `kind`.
+    pub fn of(kind: &str) -> Self {
+        if LOST_KINDS.contains(&kind) {
+            Fate::Lost
+        } else if CUT_OFF_KINDS.contains(&kind) {
+            Fate::CutOff
+        } else {
+            Fate::Answered
+        }
+    }
+}
 /// Quantiles at which the latency CDF is kept for the plot: dense in the tail, where the
 /// classes differ.
 const CDF_QUANTILES: [f64; 20] = [
@@ -97,6 +134,8 @@ pub struct Sample {
     pub cost: f64,
     /// It ran at another class than it asked for: its tenant's budget degraded it.
     pub degraded: bool,
+    /// It ran, but only after its first machine was lost (it was placed more than once).
+    pub retried: bool,
     /// Scheduled send time from the start of the phase.
     pub scheduled: Duration,
     /// Answer time minus scheduled time.
@@ -127,6 +166,7 @@ fn histogram(digits: u8) -> Histogram<u64> {
 /// Accumulates one class of one phase.
 struct ClassRecorder {
     scheduled: u64,
+    retried: u64,
     latency: Histogram<u64>,
     stages: [Histogram<u64>; 5],
     errors: BTreeMap<String, u64>,
@@ -138,6 +178,7 @@ impl ClassRecorder {
     fn new() -> Self {
         Self {
             scheduled: 0,
+            retried: 0,
             latency: histogram(SIGNIFICANT_DIGITS),
             stages: std::array::from_fn(|_| histogram(SIGNIFICANT_DIGITS)),
             errors: BTreeMap::new(),
@@ -240,6 +281,8 @@ pub struct TenantReport {
 pub struct PhaseRecorder {
     classes: Vec<ClassRecorder>,
     tenants: Vec<TenantRecorder>,
+    /// Per error kind, the earliest answer of that kind from the phase's start.
+    first_error: BTreeMap<String, Duration>,
 }
 
 impl PhaseRecorder {
@@ -248,6 +291,7 @@ impl PhaseRecorder {
         let mut recorder = Self {
             classes: (0..classes).map(|_| ClassRecorder::new()).collect(),
             tenants: (0..tenants.max(1)).map(|_| TenantRecorder::new()).collect(),
+            first_error: BTreeMap::new(),
         };
         for p in &plan.invocations {
             if let Some(c) = recorder.classes.get_mut(p.class as usize) {
@@ -262,6 +306,11 @@ impl PhaseRecorder {
         if let Some(tenant) = self.tenants.get_mut(sample.tenant as usize) {
             tenant.record(sample);
         }
+        if let Answer::Err(kind) = &sample.answer {
+            let at = sample.scheduled + sample.latency;
+            let first = self.first_error.entry(kind.clone()).or_insert(at);
+            *first = (*first).min(at);
+        }
         let Some(class) = self.classes.get_mut(sample.class as usize) else {
             return;
         };
@@ -269,6 +318,7 @@ impl PhaseRecorder {
             Answer::Ok(stages) => {
                 let us = (sample.latency.as_micros() as u64).max(1);
                 class.latency.saturating_record(us);
+                class.retried += u64::from(sample.retried);
                 for (h, v) in class.stages.iter_mut().zip(stages.values()) {
                     h.saturating_record(v.max(1));
                 }
@@ -335,6 +385,7 @@ impl PhaseRecorder {
                     class: name.clone(),
                     scheduled: c.scheduled,
                     ok,
+                    retried: c.retried,
                     failed: c.errors.values().sum(),
                     errors: c.errors,
                     latency_us: Percentiles::of(&c.latency),
@@ -350,6 +401,25 @@ impl PhaseRecorder {
             .collect();
         let ok: u64 = classes.iter().map(|c| c.ok).sum();
         let failed: u64 = classes.iter().map(|c| c.failed).sum();
+        let fate_count = |fate: Fate| -> u64 {
+            classes
+                .iter()
+                .flat_map(|c| &c.errors)
+                .filter(|(kind, _)| Fate::of(kind) == fate)
+                .map(|(_, n)| n)
+                .sum()
+        };
+        let fates = Fates {
+            answered: ok + fate_count(Fate::Answered),
+            retried: classes.iter().map(|c| c.retried).sum(),
+            cut_off: fate_count(Fate::CutOff),
+            lost: fate_count(Fate::Lost),
+            first_error_s: self
+                .first_error
+                .iter()
+                .map(|(kind, at)| (kind.clone(), at.as_secs_f64()))
+                .collect(),
+        };
         PhaseReport {
             name: plan.name.clone(),
             arrival: plan.arrival,
@@ -363,6 +433,7 @@ impl PhaseRecorder {
             failed,
             throughput_per_s: ok as f64 / secs,
             placements_per_s_per_shard: ok as f64 / secs / shards.max(1) as f64,
+            fates,
             classes,
             tenants,
             over_time,
@@ -416,6 +487,8 @@ pub struct ClassReport {
     pub scheduled: u64,
     /// Invocations answered with a result.
     pub ok: u64,
+    /// Of `ok`, those placed more than once (their first machine was lost).
+    pub retried: u64,
     /// Invocations that failed, all kinds; `ok + failed == scheduled`.
     pub failed: u64,
     /// Failures by kind.
@@ -474,6 +547,25 @@ pub struct SecondReport {
     pub classes: Vec<SecondClass>,
 }
 
+/// What became of a phase's invocations, for failure scenarios: every one is answered
+/// (`answered`), cut off or lost, so the three add up to what was scheduled (less any the
+/// harness did not send, `client_overload`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Fates {
+    /// Answered by the cluster, with a result or an error.
+    pub answered: u64,
+    /// Results placed more than once (their first machine was lost).
+    pub retried: u64,
+    /// The connection to their shard broke before an answer (`client_connection`,
+    /// `client_no_answer`, `client_unreachable`).
+    pub cut_off: u64,
+    /// No answer before their deadline (`client_timed_out`, `lost`): what exactly-once
+    /// forbids.
+    pub lost: u64,
+    /// Per error kind, its first answer, s from the phase's start.
+    pub first_error_s: BTreeMap<String, f64>,
+}
+
 /// One phase of one policy.
 #[derive(Debug, Clone, Serialize)]
 pub struct PhaseReport {
@@ -499,6 +591,8 @@ pub struct PhaseReport {
     pub throughput_per_s: f64,
     /// `throughput_per_s` ÷ shards: what each shard placed per second.
     pub placements_per_s_per_shard: f64,
+    /// Answered, placed again, cut off and lost.
+    pub fates: Fates,
     /// Per class, most expensive first.
     pub classes: Vec<ClassReport>,
     /// Per tenant, in the workload's order.
@@ -533,6 +627,8 @@ pub struct PolicyReport {
     pub phases: Vec<PhaseReport>,
     /// With two or more phases.
     pub top_class_p99_ratio: Option<TopClassRatio>,
+    /// The `--chaos` events as they happened.
+    pub chaos: Vec<super::chaos::ChaosRecord>,
 }
 
 impl PolicyReport {
@@ -543,6 +639,7 @@ impl PolicyReport {
             policy: policy.into(),
             phases,
             top_class_p99_ratio,
+            chaos: Vec::new(),
         }
     }
 }
@@ -673,6 +770,7 @@ mod tests {
             tenant: 0,
             cost: 0.0,
             degraded: false,
+            retried: false,
             class,
             scheduled: Duration::from_millis(ms * 100),
             latency: Duration::from_millis(ms),

@@ -168,7 +168,7 @@ pub fn plan(
         .mix
         .iter()
         .map(|e| Target {
-            function: e.function.clone(),
+            function: e.deployed_name(),
             payload: Workload::payload(e),
             tenant: workload.tenant_of(e, &tenants),
         })

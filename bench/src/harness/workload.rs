@@ -104,6 +104,23 @@ pub struct MixEntry {
     /// tenants share one cluster, for budget scenarios.
     #[serde(default)]
     pub tenant: Option<String>,
+    /// Mark this entry's function safe to run again (`deploy --retries N`): a copy of it is
+    /// deployed as [`MixEntry::deployed_name`], so that a lost machine's calls of this entry
+    /// are placed again while the same function without retries is answered "machine lost"
+    /// (chaos scenarios compare the two). Needs a cluster the harness starts.
+    #[serde(default)]
+    pub retries: Option<u32>,
+}
+
+impl MixEntry {
+    /// The function this entry's calls go to: its `function`, or with `retries` the copy
+    /// deployed with them (`counter-retry2`).
+    pub fn deployed_name(&self) -> String {
+        match self.retries {
+            Some(n) if n > 0 => format!("{}-retry{n}", self.function),
+            _ => self.function.clone(),
+        }
+    }
 }
 
 /// A tenant an embedded cluster makes for the run.
@@ -649,6 +666,16 @@ cores = "all"
             e.to_string().contains("cores") || e.to_string().contains("variant"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn an_entry_with_retries_calls_its_own_copy() {
+        let w =
+            Workload::parse(&GOOD.replace("cpu_ms = 20\n", "cpu_ms = 20\nretries = 2\n")).unwrap();
+        assert_eq!(w.mix[0].retries, Some(2));
+        assert_eq!(w.mix[0].deployed_name(), "counter-retry2");
+        let w = Workload::parse(GOOD).unwrap();
+        assert_eq!(w.mix[0].deployed_name(), "counter");
     }
 
     #[test]

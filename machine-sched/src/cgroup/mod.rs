@@ -575,6 +575,52 @@ impl InstanceCgroup {
     }
 }
 
+/// Kills every process in the cgroup subtrees listed in the file `listing` (one directory
+/// per line, as a dispatcher records its own at start) and removes them, bottom up; how many
+/// directories were removed. For a dispatcher that was killed and will not come back to clean
+/// up itself (tests, the harness's chaos runs): a dispatcher started again on the same data
+/// directory cleans its stale groups on its own.
+pub fn remove_listed_subtrees(listing: &Path) -> usize {
+    let Ok(text) = fs::read_to_string(listing) else {
+        return 0;
+    };
+    text.lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|base| remove_subtree(Path::new(base.trim())))
+        .sum()
+}
+
+/// Removes `dir` and every group under it, killing their processes first.
+fn remove_subtree(dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed: usize = entries
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| remove_subtree(&e.path()))
+        .sum();
+    let deadline = Instant::now() + KILL_DEADLINE;
+    loop {
+        let procs = fs::read_to_string(dir.join(CGROUP_PROCS)).unwrap_or_default();
+        let pids: Vec<i32> = procs
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        for &pid in &pids {
+            let _ = signal_kill(pid);
+        }
+        if pids.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        thread::sleep(POLL_STEP);
+    }
+    if remove_dir_retrying(dir).is_ok() {
+        removed += 1;
+    }
+    removed
+}
+
 /// Sends `SIGKILL`; a process that is already gone is not an error.
 fn signal_kill(pid: i32) -> Result<(), CgroupError> {
     match kill(Pid::from_raw(pid), Signal::SIGKILL) {
@@ -872,5 +918,25 @@ mod tests {
     fn remove_tolerates_missing_dirs() {
         let dir = tempfile::tempdir().unwrap();
         remove_dir_retrying(&dir.path().join("gone")).unwrap();
+    }
+
+    #[test]
+    fn listed_subtrees_are_removed_bottom_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let (memory, pids) = (dir.path().join("memory/base"), dir.path().join("pids/base"));
+        fs::create_dir_all(memory.join("instance-1")).unwrap();
+        fs::create_dir_all(&pids).unwrap();
+        let listing = dir.path().join("cgroups");
+        let missing = dir.path().join("freezer/base");
+        let text = format!(
+            "{}\n{}\n\n{}\n",
+            memory.display(),
+            pids.display(),
+            missing.display()
+        );
+        fs::write(&listing, text).unwrap();
+        assert_eq!(remove_listed_subtrees(&listing), 3);
+        assert!(!memory.exists() && !pids.exists());
+        assert_eq!(remove_listed_subtrees(&dir.path().join("no-listing")), 0);
     }
 }
