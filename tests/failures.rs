@@ -11,7 +11,7 @@ use common::{
     example_spec, invoke, named_example as named, request, runtime, wait_for_log, wait_running,
     TestCluster, DETECTION_SLACK, HEARTBEAT_TIMEOUT,
 };
-use tariff_types::wire::InvokeError;
+use tariff_types::wire::{ClientRequest, ClientResponse, InvokeError};
 use tariff_types::{FunctionSpec, Stage, StageLimits};
 
 /// Detection must come within the heartbeat timeout plus scheduling slack.
