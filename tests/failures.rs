@@ -365,7 +365,10 @@ fn a_client_fails_over_when_its_shard_is_killed_and_the_keyed_function_runs_once
         );
         let outcome = failover.answer.expect("the function's answer");
         assert_eq!(outcome.run.output, b"done\n");
-        assert!(outcome.replayed, "the survivor answers with the first run's answer");
+        assert!(
+            outcome.replayed,
+            "the survivor answers with the first run's answer"
+        );
         assert_eq!(failover.lost.len(), 1, "{:?}", failover.lost);
         assert_eq!(failover.lost[0].0, shards[victim]);
         assert_eq!(failover.shard, shards[1 - victim]);
