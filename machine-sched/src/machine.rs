@@ -24,7 +24,7 @@
 //! - [`crate::job`]: the job, its errors, and their way to the wire.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tariff_types::function::Runtime;
@@ -36,6 +36,7 @@ use crate::cgroup::CgroupRoot;
 use crate::exec_run::run_exec;
 use crate::gate::Gate;
 use crate::instance_pool::InstancePool;
+use crate::memory_guard::{GuardStart, MemoryGuard, MemoryGuardError, MemoryOptions};
 use crate::parts::Parts;
 use crate::persistent_run::run_persistent;
 use crate::priority::Priority;
@@ -80,6 +81,8 @@ pub struct MachineScheduler {
     turns: Turns,
     /// Everything a job's run uses, shared with the runs in flight.
     parts: Arc<Parts>,
+    /// The memory guard, once started ([`MachineScheduler::start_memory_guard`]).
+    guard: OnceLock<Arc<MemoryGuard>>,
 }
 
 impl MachineScheduler {
@@ -117,6 +120,7 @@ impl MachineScheduler {
                 pool: InstancePool::default(),
                 running: Running::default(),
             }),
+            guard: OnceLock::new(),
         })
     }
 
@@ -143,6 +147,27 @@ impl MachineScheduler {
         let mut pids = self.parts.running.pids();
         pids.extend(self.parts.pool.pids());
         crate::memory::used_bytes(&pids)
+    }
+
+    /// Enforces `options.limit_bytes` as what the functions may use together and starts the
+    /// memory guard (see `memory_guard`), which swaps out the cheapest classes' stopped work
+    /// under pressure and kills only when swap runs out. Call it once, inside the runtime.
+    pub fn start_memory_guard(
+        &self,
+        options: MemoryOptions,
+    ) -> Result<GuardStart, MemoryGuardError> {
+        let (guard, start) = MemoryGuard::start(Arc::clone(&self.parts), options)?;
+        if self.guard.set(Arc::clone(&guard)).is_ok() {
+            tokio::spawn(guard.run());
+        }
+        Ok(start)
+    }
+
+    /// Free memory for functions as the memory guard last read it (the limit less what the
+    /// functions' cgroups hold, bounded by the machine's available memory); `None` without a
+    /// guard.
+    pub fn guarded_free_memory(&self) -> Option<u64> {
+        self.guard.get().map(|g| g.free_bytes())
     }
 
     /// Stops the job `id` if it is running here; it ends with [`JobError::Cancelled`].
@@ -192,12 +217,18 @@ impl MachineScheduler {
             .gate
             .as_ref()
             .map_or(Duration::ZERO, |g| g.leave(job.id));
-        self.parts.running.remove(job.id);
-        result.map(|mut report| {
-            let held_us = u64::try_from(held.as_micros()).unwrap_or(u64::MAX);
-            report.preempted_us = report.preempted_us.saturating_add(held_us);
-            report
-        })
+        let memory = self.parts.running.remove(job.id);
+        match result {
+            // The guard's kill reaches the run as a cancellation; say why it happened.
+            Err(JobError::Cancelled) if memory.killed => Err(JobError::KilledUnderMemoryPressure),
+            Err(e) => Err(e),
+            Ok(mut report) => {
+                let held_us = u64::try_from(held.as_micros()).unwrap_or(u64::MAX);
+                report.preempted_us = report.preempted_us.saturating_add(held_us);
+                report.memory = memory.pressure;
+                Ok(report)
+            }
+        }
     }
 
     /// Reaps idle instances past their keep-alive, and dead ones. Returns how many.
