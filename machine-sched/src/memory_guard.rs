@@ -201,9 +201,7 @@ impl MemoryGuard {
                 continue;
             };
             self.protect(name, job, &group);
-            if job.swap_at_thaw.is_some() {
-                self.parts.running.swap_now(job.id, stat.swapped);
-            }
+            self.parts.running.swap_now(job.id, stat.swapped);
             instances.push(Instance {
                 id: job.id,
                 class: job.class.0,
@@ -289,7 +287,8 @@ impl MemoryGuard {
             return;
         }
         let paging = job.cgroup.as_ref().and_then(|n| root.open(n).ok());
-        if let Err(group) = self.parts.running.frozen(id, group) {
+        let swapped = group.memory_stat().map_or(0, |s| s.swapped);
+        if let Err(group) = self.parts.running.frozen(id, group, swapped) {
             // It ended between the reading and the freeze.
             let _ = group.thaw();
             return;
@@ -300,17 +299,22 @@ impl MemoryGuard {
         }
     }
 
-    /// Pages out every process of `group` and credits what reached swap to job `id`.
+    /// Pages out every process of `group` (job `id`'s), then has the kernel reclaim the group,
+    /// which frees the pages just written (they stay in RAM as swap cache otherwise). The
+    /// swap figure may still grow after this returns; the next ticks credit it to the job
+    /// (`swap_now`).
     fn page_out_group(&self, id: u64, group: &crate::cgroup::InstanceCgroup) {
-        let before = group.memory_stat().map_or(0, |s| s.swapped);
+        let mut advised = 0;
         for pid in group.processes().unwrap_or_default() {
-            if let Err(e) = page_out(pid, PAGE_OUT_BATCH_BYTES, || true) {
-                debug!(job = id, pid, error = %e, "memory: page-out failed");
+            match page_out(pid, PAGE_OUT_BATCH_BYTES, || true) {
+                Ok(bytes) => advised += bytes,
+                Err(e) => debug!(job = id, pid, error = %e, "memory: page-out failed"),
             }
         }
-        let after = group.memory_stat().map_or(before, |s| s.swapped);
-        let moved = after.saturating_sub(before);
-        self.parts.running.swapped_out(id, moved);
-        debug!(job = id, bytes = moved, "memory: paged out");
+        // The written pages stay in RAM as swap cache until reclaimed: free them now.
+        if let Err(e) = group.reclaim() {
+            debug!(job = id, error = %e, "memory: reclaim after page-out failed");
+        }
+        debug!(job = id, advised, "memory: paged out");
     }
 }

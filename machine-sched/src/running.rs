@@ -42,8 +42,14 @@ struct MemoryState {
     frozen_at: Option<Instant>,
     /// Time held frozen so far (earlier holds).
     held: Duration,
-    /// Bytes paged out of it.
+    /// Bytes paged out of it in earlier holds.
     swapped_out: u64,
+    /// Bytes of it in swap when it was frozen, while it is: what swap holds beyond this was
+    /// paged out of it. (Swap writes finish after `MADV_PAGEOUT` returns, so the figure is
+    /// followed tick by tick rather than read once.)
+    swap_at_freeze: Option<u64>,
+    /// Bytes paged out of it in this hold.
+    swapped_out_this_hold: u64,
     /// Bytes of it in swap when it was last thawed; what has left swap since came back in.
     swap_at_thaw: Option<u64>,
     /// Bytes brought back in from swap after earlier thaws.
@@ -79,8 +85,6 @@ pub(crate) struct RunningJob {
     pub(crate) cgroup: Option<String>,
     /// Whether the guard holds it frozen.
     pub(crate) frozen: bool,
-    /// Bytes of it in swap when it was last thawed.
-    pub(crate) swap_at_thaw: Option<u64>,
     /// The guard has killed it; it has not ended yet.
     pub(crate) killed: bool,
 }
@@ -147,7 +151,7 @@ impl Running {
         }
         MemoryOutcome {
             pressure: MemoryPressure {
-                swapped_out_bytes: memory.swapped_out,
+                swapped_out_bytes: memory.swapped_out + memory.swapped_out_this_hold,
                 swapped_in_bytes: memory.swapped_in + memory.swapped_in_since_thaw,
                 held_us: u64::try_from(memory.held.as_micros()).unwrap_or(u64::MAX),
             },
@@ -209,29 +213,27 @@ impl Running {
                 arrival: entry.arrival,
                 cgroup: entry.cgroup.clone(),
                 frozen: entry.memory.frozen.is_some(),
-                swap_at_thaw: entry.memory.swap_at_thaw,
                 killed: entry.memory.killed,
             })
             .collect()
     }
 
-    /// Records that job `id` is now frozen in `group`. Gives the group back if the job has
-    /// ended meanwhile, so the caller can thaw it.
-    pub(crate) fn frozen(&self, id: u64, group: InstanceCgroup) -> Result<(), InstanceCgroup> {
+    /// Records that job `id`, with `swapped` bytes in swap, is now frozen in `group`. Gives
+    /// the group back if the job has ended meanwhile, so the caller can thaw it.
+    pub(crate) fn frozen(
+        &self,
+        id: u64,
+        group: InstanceCgroup,
+        swapped: u64,
+    ) -> Result<(), InstanceCgroup> {
         let mut jobs = self.jobs();
         let Some(entry) = jobs.get_mut(&id) else {
             return Err(group);
         };
         entry.memory.frozen = Some(group);
         entry.memory.frozen_at = Some(Instant::now());
+        entry.memory.swap_at_freeze = Some(swapped);
         Ok(())
-    }
-
-    /// Adds `bytes` paged out of job `id`.
-    pub(crate) fn swapped_out(&self, id: u64, bytes: u64) {
-        if let Some(entry) = self.jobs().get_mut(&id) {
-            entry.memory.swapped_out += bytes;
-        }
     }
 
     /// Takes job `id`'s frozen group for thawing, and notes the time held and its bytes in
@@ -243,15 +245,23 @@ impl Running {
             entry.memory.held += at.elapsed();
         }
         entry.memory.swap_at_thaw = Some(swapped);
+        entry.memory.swap_at_freeze = None;
+        entry.memory.swapped_out += std::mem::take(&mut entry.memory.swapped_out_this_hold);
         entry.memory.swapped_in += std::mem::take(&mut entry.memory.swapped_in_since_thaw);
         entry.memory.frozen.take()
     }
 
-    /// Notes that job `id`, thawed with `swap_at_thaw` bytes in swap, has `swapped` there now:
-    /// the difference came back in.
+    /// Notes that job `id` has `swapped` bytes in swap now: while frozen, what is beyond the
+    /// figure at the freeze went out; once thawed, what is below the figure at the thaw came
+    /// back in.
     pub(crate) fn swap_now(&self, id: u64, swapped: u64) {
         if let Some(entry) = self.jobs().get_mut(&id) {
-            if let Some(at_thaw) = entry.memory.swap_at_thaw {
+            if let Some(at_freeze) = entry.memory.swap_at_freeze {
+                entry.memory.swapped_out_this_hold = entry
+                    .memory
+                    .swapped_out_this_hold
+                    .max(swapped.saturating_sub(at_freeze));
+            } else if let Some(at_thaw) = entry.memory.swap_at_thaw {
                 entry.memory.swapped_in_since_thaw = entry
                     .memory
                     .swapped_in_since_thaw

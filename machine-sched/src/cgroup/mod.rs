@@ -64,6 +64,9 @@ const KILL_DEADLINE: Duration = Duration::from_secs(2);
 /// How long [`InstanceCgroup::remove`] retries `rmdir` while the kernel finishes tearing down
 /// the last exited tasks (`EBUSY`).
 const REMOVE_DEADLINE: Duration = Duration::from_secs(2);
+/// What [`InstanceCgroup::reclaim`] squeezes a v1 group's limit to: the kernel refuses a
+/// limit below what it cannot reclaim, and a frozen group's pages can all go.
+pub const RECLAIM_FLOOR_BYTES: u64 = 1 << 20;
 /// How long freezing may take before [`InstanceCgroup::freeze`] reports it.
 const FREEZE_DEADLINE: Duration = Duration::from_secs(1);
 /// Poll interval of the bounded waits above.
@@ -357,6 +360,9 @@ pub(crate) trait GroupOps: fmt::Debug + Send + Sync {
     /// Keeps the kernel's own reclaim from swapping the group's anonymous memory (`true`), or
     /// lets it (`false`).
     fn protect_from_swap(&self, protect: bool) -> Result<(), CgroupError>;
+    /// Asks the kernel to reclaim what it can of the group's memory now, and returns when it
+    /// has tried.
+    fn reclaim(&self) -> Result<(), CgroupError>;
 }
 
 /// Memory a group holds, by kind, read from the kernel's `memory.stat` (and, on v2,
@@ -602,6 +608,15 @@ impl InstanceCgroup {
     /// What the group holds now: anonymous, file-backed and swapped bytes.
     pub fn memory_stat(&self) -> Result<MemoryStat, CgroupError> {
         self.ops.memory_stat()
+    }
+
+    /// Has the kernel reclaim what it can of this group's memory now (v1: its limit squeezed
+    /// to [`RECLAIM_FLOOR_BYTES`] and lifted again; v2: `memory.reclaim`). After
+    /// `MADV_PAGEOUT`, the group's pages are written to swap but still in RAM as swap cache;
+    /// this frees them (measured: 17 ms for 64 MiB, docs/memory.md). Call it on a frozen group,
+    /// or its pages come straight back.
+    pub fn reclaim(&self) -> Result<(), CgroupError> {
+        self.ops.reclaim()
     }
 
     /// Keeps the kernel's own reclaim (at the machine's limit) from swapping this group's

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use super::{
     create_dir, read_file, read_ids, read_optional, read_u64, stat_value, subdir_names,
     wait_until, write_file, CgroupError, GroupOps, MemoryLimit, MemoryStat, V1Controller,
-    CGROUP_PROCS, FREEZE_DEADLINE,
+    CGROUP_PROCS, FREEZE_DEADLINE, RECLAIM_FLOOR_BYTES,
 };
 
 /// Every thread id of the group.
@@ -296,6 +296,19 @@ impl GroupOps for V1Group {
             DEFAULT_SWAPPINESS
         };
         write_file(&self.memory_dir().join(SWAPPINESS), value)
+    }
+
+    fn reclaim(&self) -> Result<(), CgroupError> {
+        let limit = self.memory_dir().join(MEMORY_LIMIT);
+        // EBUSY only says the kernel could not get all the way down: what it freed is freed.
+        let squeezed = write_file(&limit, &RECLAIM_FLOOR_BYTES.to_string());
+        write_file(&limit, UNLIMITED)?;
+        match squeezed {
+            Err(CgroupError::Write { source, .. }) if source.raw_os_error() == Some(libc::EBUSY) => {
+                Ok(())
+            }
+            other => other,
+        }
     }
 }
 

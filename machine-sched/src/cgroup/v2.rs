@@ -54,6 +54,8 @@ const STAT_FILE: &str = "file";
 const MEMORY_SWAP_CURRENT: &str = "memory.swap.current";
 /// The limit on swap; `0` keeps the group out of swap, `max` lifts the limit.
 const MEMORY_SWAP_MAX: &str = "memory.swap.max";
+/// Writing a byte count asks the kernel to reclaim that much from the group (5.19+).
+const MEMORY_RECLAIM: &str = "memory.reclaim";
 /// The hard limit on RAM.
 const MEMORY_MAX: &str = "memory.max";
 /// No limit, as v2 limit files take it.
@@ -341,6 +343,23 @@ impl GroupOps for V2Group {
             return Ok(());
         }
         write_file(&path, if protect { "0" } else { MAX })
+    }
+
+    fn reclaim(&self) -> Result<(), CgroupError> {
+        let path = self.file(MEMORY_RECLAIM);
+        if !path.exists() {
+            return Err(CgroupError::Unsupported {
+                what: "memory.reclaim (Linux 5.19 and later)",
+            });
+        }
+        let current = self.memory_current()?;
+        match write_file(&path, &current.to_string()) {
+            // EAGAIN: less than asked could be reclaimed; what was, was.
+            Err(CgroupError::Write { source, .. }) if source.raw_os_error() == Some(libc::EAGAIN) => {
+                Ok(())
+            }
+            other => other,
+        }
     }
 }
 
