@@ -12,6 +12,8 @@ use std::io;
 
 /// `MADV_PAGEOUT` (Linux 5.4): reclaim these pages now, to swap for anonymous memory.
 const MADV_PAGEOUT: libc::c_int = 21;
+/// `MADV_WILLNEED`: start reading these pages back now.
+const MADV_WILLNEED: libc::c_int = 3;
 /// Most bytes one `process_madvise` call is asked to page out: at the measured ~1.6 GB/s
 /// one batch takes about 10 ms, so a caller between batches is never held up longer.
 pub const PAGE_OUT_BATCH_BYTES: usize = 16 << 20;
@@ -106,6 +108,25 @@ fn batches(ranges: &[(usize, usize)], batch: usize) -> Vec<Vec<(usize, usize)>> 
 pub fn page_out(
     pid: i32,
     batch: usize,
+    between: impl FnMut() -> bool,
+) -> Result<u64, PageOutError> {
+    advise(pid, MADV_PAGEOUT, batch, between)
+}
+
+/// Asks the kernel to read the swapped memory of `pid` back now (`MADV_WILLNEED`), before it
+/// runs: a resume does this just before the thaw. Measured: a swapped 64 MiB working set was
+/// back and touched in 125 ms with it against 311 ms faulting page by page (docs/memory.md);
+/// the reads go out together instead of one readahead window per fault.
+pub fn prefetch(pid: i32) -> Result<u64, PageOutError> {
+    advise(pid, MADV_WILLNEED, usize::MAX, || true)
+}
+
+/// `process_madvise(advice)` over the swappable memory of `pid`, in calls of at most `batch`
+/// bytes, calling `between()` after each (`false` stops).
+fn advise(
+    pid: i32,
+    advice: libc::c_int,
+    batch: usize,
     mut between: impl FnMut() -> bool,
 ) -> Result<u64, PageOutError> {
     let ranges = swappable_ranges(pid)?;
@@ -136,7 +157,7 @@ pub fn page_out(
                 fd,
                 iov.as_ptr(),
                 iov.len(),
-                MADV_PAGEOUT,
+                advice,
                 0,
             )
         };

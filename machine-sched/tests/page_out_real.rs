@@ -13,7 +13,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tariff_machine_sched::cgroup::{CgroupRoot, CgroupVersion, InstanceCgroup};
-use tariff_machine_sched::page_out::{page_out, PAGE_OUT_BATCH_BYTES};
+use tariff_machine_sched::page_out::{page_out, prefetch, PAGE_OUT_BATCH_BYTES};
 
 /// The working set swapped out and back in.
 const WORKING_SET: usize = 64 << 20;
@@ -130,9 +130,9 @@ fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// Pages 64 MiB of this process's own memory out and times touching it back: the bare
-/// swap-in a resume cannot beat.
-fn bare_swap_in() -> f64 {
+/// Pages 64 MiB of this process's own memory out and times touching it back before anything
+/// reclaimed it: the pages come back from the swap cache, not the disk.
+fn swap_cache_hit() -> f64 {
     let mut backing = vec![1u8; WORKING_SET + PAGE];
     // madvise wants a page-aligned start.
     let offset = backing.as_ptr().align_offset(PAGE);
@@ -178,7 +178,10 @@ fn page_out_mechanisms_and_resume_cost_are_measured() {
         }
     };
     let _swap = match swap::SwapFile::create() {
-        Ok(swap) => swap,
+        Ok(swap) => {
+            eprintln!("swap file of {} MiB on", swap.bytes >> 20);
+            swap
+        }
         Err(reason) => {
             eprintln!("skipped: cannot make a swap file: {reason}");
             return;
@@ -193,6 +196,7 @@ fn page_out_mechanisms_and_resume_cost_are_measured() {
         .join("holder/memory.limit_in_bytes");
     let (mut madvise_out, mut then_squeeze, mut squeeze_out) = (Vec::new(), Vec::new(), Vec::new());
     let (mut resume, mut untouched, mut bare) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut cached, mut prefetched) = (Vec::new(), Vec::new());
     for _ in 0..RUNS {
         // Resume cost without swap: the holder's own touching loop.
         let mut holder = Holder::start(&group);
@@ -223,14 +227,33 @@ fn page_out_mechanisms_and_resume_cost_are_measured() {
         let swapped = group.memory_stat().unwrap().swapped;
         assert!(swapped >= (WORKING_SET as u64) / 2, "squeeze: only {swapped} bytes reached swap");
         drop(holder);
-        bare.push(bare_swap_in());
+        cached.push(swap_cache_hit());
+        // A bare swap-in of the same memory: the same page-out, no freezer, then touch.
+        let mut holder = Holder::start(&group);
+        page_out_fully(&holder);
+        group.reclaim().unwrap();
+        bare.push(holder.ask("touch").parse::<f64>().unwrap() / 1e3);
+        drop(holder);
+        // A resume that prefetches (MADV_WILLNEED) before thawing.
+        let mut holder = Holder::start(&group);
+        group.freeze().unwrap();
+        page_out_fully(&holder);
+        group.reclaim().unwrap();
+        let started = Instant::now();
+        prefetch(holder.pid()).unwrap();
+        group.thaw().unwrap();
+        let touch = holder.ask("touch").parse::<f64>().unwrap() / 1e3;
+        prefetched.push(millis(started.elapsed()).max(touch));
+        drop(holder);
     }
     eprintln!("page-out of 64 MiB, freeze + process_madvise: {}", summary(&mut madvise_out));
     eprintln!("then squeezing the limit to free the written pages: {}", summary(&mut then_squeeze));
     eprintln!("page-out of 64 MiB, squeezing memory.limit_in_bytes alone: {}", summary(&mut squeeze_out));
     eprintln!("resume of a swapped 64 MiB function (touch every page): {}", summary(&mut resume));
     eprintln!("same touch, nothing swapped: {}", summary(&mut untouched));
-    eprintln!("bare swap-in of 64 MiB in one process: {}", summary(&mut bare));
+    eprintln!("bare swap-in of the same 64 MiB (no freezer): {}", summary(&mut bare));
+    eprintln!("resume with MADV_WILLNEED prefetch before the thaw (prefetch to touched): {}", summary(&mut prefetched));
+    eprintln!("64 MiB faulted back from the swap cache (paged out, not reclaimed): {}", summary(&mut cached));
     let _ = group.remove();
     for dir in root.base_dirs() {
         let _ = std::fs::remove_dir(dir);
