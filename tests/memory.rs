@@ -72,7 +72,9 @@ fn alloc(
     step_ms: u64,
 ) -> tokio::task::JoinHandle<Result<InvocationOutcome, InvokeError>> {
     let client = client.clone();
-    tokio::spawn(async move { invoke(&client, request("alloc", class, &format!("{mb} {step_ms}"))).await })
+    tokio::spawn(async move {
+        invoke(&client, request("alloc", class, &format!("{mb} {step_ms}"))).await
+    })
 }
 
 /// With swap, `batch` calls oversubscribing the machine are swapped out and resumed and all
@@ -113,31 +115,57 @@ fn oversubscribed_batch_is_swapped_out_and_resumed_while_critical_is_untouched()
                 batch_done.push(task.await.unwrap());
             }
             let log = log_of(&cluster);
-            assert!(log.contains("memory: swap present"), "start-up says swap exists:\n{log}");
+            assert!(
+                log.contains("memory: swap present"),
+                "start-up says swap exists:\n{log}"
+            );
             for outcome in &critical {
                 let outcome = outcome.as_ref().unwrap_or_else(|e| {
                     panic!("critical call failed: {e}\ndispatcher log:\n{log}")
                 });
-                assert_eq!(outcome.run.output, format!("allocated {CRITICAL_MB} MB\n").as_bytes());
-                assert_eq!(outcome.run.memory.swapped_out_bytes, 0, "{:?}", outcome.run.memory);
+                assert_eq!(
+                    outcome.run.output,
+                    format!("allocated {CRITICAL_MB} MB\n").as_bytes()
+                );
+                assert_eq!(
+                    outcome.run.memory.swapped_out_bytes, 0,
+                    "{:?}",
+                    outcome.run.memory
+                );
                 assert_eq!(outcome.run.memory.held_us, 0, "{:?}", outcome.run.memory);
             }
             let mut swapped = 0;
             for outcome in &batch_done {
-                let outcome = outcome.as_ref().unwrap_or_else(|e| {
-                    panic!("batch call failed: {e}\ndispatcher log:\n{log}")
-                });
-                assert_eq!(outcome.run.output, format!("allocated {BATCH_MB} MB\n").as_bytes());
-                eprintln!("batch: {:?} peak {} MiB", outcome.run.memory, outcome.run.peak_memory_bytes >> 20);
+                let outcome = outcome
+                    .as_ref()
+                    .unwrap_or_else(|e| panic!("batch call failed: {e}\ndispatcher log:\n{log}"));
+                assert_eq!(
+                    outcome.run.output,
+                    format!("allocated {BATCH_MB} MB\n").as_bytes()
+                );
+                eprintln!(
+                    "batch: {:?} peak {} MiB",
+                    outcome.run.memory,
+                    outcome.run.peak_memory_bytes >> 20
+                );
                 if outcome.run.memory.swapped_out_bytes > 0 {
                     swapped += 1;
                     assert!(outcome.run.memory.held_us > 0, "{:?}", outcome.run.memory);
                 }
             }
-            assert!(swapped > 0, "no batch call was swapped out: the machine was not under pressure?\n{log}");
-            eprintln!("{} batch calls swapped; all done in {:?}", swapped, started.elapsed());
+            assert!(
+                swapped > 0,
+                "no batch call was swapped out: the machine was not under pressure?\n{log}"
+            );
+            eprintln!(
+                "{} batch calls swapped; all done in {:?}",
+                swapped,
+                started.elapsed()
+            );
             // The dispatcher survived: it still answers.
-            let echo = invoke(&client, request("echo", "critical", "still here")).await.unwrap();
+            let echo = invoke(&client, request("echo", "critical", "still here"))
+                .await
+                .unwrap();
             assert_eq!(echo.run.output, b"still here");
         })
         .await
@@ -156,7 +184,10 @@ fn without_swap_the_cheapest_class_is_killed_first() {
     }
     let swap_total = MachineMemory::read().map_or(0, |m| m.swap_total_bytes);
     if swap_total > 0 {
-        eprintln!("skipped: this machine has {} MiB of swap: no kill-only case to see", swap_total >> 20);
+        eprintln!(
+            "skipped: this machine has {} MiB of swap: no kill-only case to see",
+            swap_total >> 20
+        );
         return;
     }
     runtime().block_on(async {
@@ -172,7 +203,10 @@ fn without_swap_the_cheapest_class_is_killed_first() {
             let first_batch = first_batch.await.unwrap();
             let last_batch = last_batch.await.unwrap();
             let log = log_of(&cluster);
-            assert!(log.contains("memory: no swap on this machine"), "start-up says there is no swap:\n{log}");
+            assert!(
+                log.contains("memory: no swap on this machine"),
+                "start-up says there is no swap:\n{log}"
+            );
             let high = high.unwrap_or_else(|e| panic!("the high call failed: {e}\n{log}"));
             assert_eq!(high.run.output, b"allocated 50 MB\n");
             assert_eq!(
@@ -180,12 +214,17 @@ fn without_swap_the_cheapest_class_is_killed_first() {
                 Some(&InvokeError::KilledUnderMemoryPressure),
                 "the latest batch call goes first: {last_batch:?}\n{log}"
             );
-            assert!(
-                InvokeError::KilledUnderMemoryPressure.to_string().contains("killed under memory pressure")
+            assert!(InvokeError::KilledUnderMemoryPressure
+                .to_string()
+                .contains("killed under memory pressure"));
+            eprintln!(
+                "first batch call: {:?}",
+                first_batch.as_ref().map(|o| &o.run.memory)
             );
-            eprintln!("first batch call: {:?}", first_batch.as_ref().map(|o| &o.run.memory));
             // The dispatcher survived: it still answers.
-            let echo = invoke(&client, request("echo", "critical", "still here")).await.unwrap();
+            let echo = invoke(&client, request("echo", "critical", "still here"))
+                .await
+                .unwrap();
             assert_eq!(echo.run.output, b"still here");
         })
         .await

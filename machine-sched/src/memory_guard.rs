@@ -226,7 +226,10 @@ impl MemoryGuard {
         }
         let class_of = |id: u64| jobs.iter().find(|j| j.id == id).map(|j| j.class.0);
         for &id in &actions.kill {
-            let held = instances.iter().find(|i| i.id == id).map(|i| i.resident_bytes + i.swapped_bytes);
+            let held = instances
+                .iter()
+                .find(|i| i.id == id)
+                .map(|i| i.resident_bytes + i.swapped_bytes);
             if self.parts.running.kill_for_memory(id) {
                 warn!(job = id, class = ?class_of(id), held_bytes = ?held, free, swap_free = machine.swap_free_bytes, "memory exhausted: killed the cheapest class's latest arrival");
             }
@@ -258,7 +261,13 @@ impl MemoryGuard {
                     }
                 }
                 match group.thaw() {
-                    Ok(()) => debug!(job = id, class = job.class.0, swapped, free, "memory: resumed"),
+                    Ok(()) => debug!(
+                        job = id,
+                        class = job.class.0,
+                        swapped,
+                        free,
+                        "memory: resumed"
+                    ),
                     Err(e) => warn!(job = id, error = %e, "memory: could not thaw"),
                 }
             }
@@ -269,7 +278,10 @@ impl MemoryGuard {
     /// class's in (a pooled group may have served the top class before).
     fn protect(&self, name: &str, job: &RunningJob, group: &crate::cgroup::InstanceCgroup) {
         let protect = job.class.0 == 0;
-        let mut protected = self.protected.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut protected = self
+            .protected
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if protected.get(name) != Some(&protect) {
             if let Err(e) = group.protect_from_swap(protect) {
                 debug!(group = name, error = %e, "could not set the group's swap protection");

@@ -249,7 +249,9 @@ mod tests {
 
     #[test]
     fn meminfo_fields_are_read_in_bytes() {
-        let m = MachineMemory::parse("MemTotal: 100 kB\nMemAvailable: 50 kB\nSwapTotal: 0 kB\nSwapFree: 0 kB\n");
+        let m = MachineMemory::parse(
+            "MemTotal: 100 kB\nMemAvailable: 50 kB\nSwapTotal: 0 kB\nSwapFree: 0 kB\n",
+        );
         assert_eq!(m.available_bytes, 50 * 1024);
         assert_eq!(m.swap_total_bytes, 0);
     }
@@ -259,7 +261,10 @@ mod tests {
     fn a_real_process_is_paged_out_when_swap_exists() {
         let memory = MachineMemory::read().unwrap();
         let mut child = std::process::Command::new("/bin/sh")
-            .args(["-c", "x=$(head -c 8388608 /dev/zero | tr '\\0' a); sleep 5; echo ${#x}"])
+            .args([
+                "-c",
+                "x=$(head -c 8388608 /dev/zero | tr '\\0' a); sleep 5; echo ${#x}",
+            ])
             .spawn()
             .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(500));

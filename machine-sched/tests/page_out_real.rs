@@ -58,7 +58,9 @@ impl<'a> Holder<'a> {
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3");
-        group.add_process(child.id() as i32).expect("joining the group");
+        group
+            .add_process(child.id() as i32)
+            .expect("joining the group");
         let stdin = child.stdin.take().unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap());
         let mut holder = Holder {
@@ -142,13 +144,8 @@ fn swap_cache_hit() -> f64 {
     }
     // SAFETY: the range is inside this Vec's own allocation, alive across the call, and page
     // aligned; MADV_PAGEOUT only moves pages, it never changes their contents.
-    let done = unsafe {
-        libc::madvise(
-            memory.as_mut_ptr().cast(),
-            WORKING_SET,
-            libc::MADV_PAGEOUT,
-        )
-    };
+    let done =
+        unsafe { libc::madvise(memory.as_mut_ptr().cast(), WORKING_SET, libc::MADV_PAGEOUT) };
     assert_eq!(done, 0, "{}", std::io::Error::last_os_error());
     let started = Instant::now();
     for byte in memory.iter_mut().step_by(PAGE) {
@@ -211,7 +208,10 @@ fn page_out_mechanisms_and_resume_cost_are_measured() {
         std::fs::write(&limit_file, "-1").unwrap();
         then_squeeze.push(millis(started.elapsed()));
         let swapped = group.memory_stat().unwrap().swapped;
-        assert!(swapped >= (WORKING_SET as u64) / 2, "only {swapped} bytes reached swap");
+        assert!(
+            swapped >= (WORKING_SET as u64) / 2,
+            "only {swapped} bytes reached swap"
+        );
         group.thaw().unwrap();
         resume.push(holder.ask("touch").parse::<f64>().unwrap() / 1e3);
         drop(holder);
@@ -225,7 +225,10 @@ fn page_out_mechanisms_and_resume_cost_are_measured() {
         group.thaw().unwrap();
         squeezed.expect("squeezing the limit");
         let swapped = group.memory_stat().unwrap().swapped;
-        assert!(swapped >= (WORKING_SET as u64) / 2, "squeeze: only {swapped} bytes reached swap");
+        assert!(
+            swapped >= (WORKING_SET as u64) / 2,
+            "squeeze: only {swapped} bytes reached swap"
+        );
         drop(holder);
         cached.push(swap_cache_hit());
         // A bare swap-in of the same memory: the same page-out, no freezer, then touch.
@@ -246,14 +249,35 @@ fn page_out_mechanisms_and_resume_cost_are_measured() {
         prefetched.push(millis(started.elapsed()).max(touch));
         drop(holder);
     }
-    eprintln!("page-out of 64 MiB, freeze + process_madvise: {}", summary(&mut madvise_out));
-    eprintln!("then squeezing the limit to free the written pages: {}", summary(&mut then_squeeze));
-    eprintln!("page-out of 64 MiB, squeezing memory.limit_in_bytes alone: {}", summary(&mut squeeze_out));
-    eprintln!("resume of a swapped 64 MiB function (touch every page): {}", summary(&mut resume));
+    eprintln!(
+        "page-out of 64 MiB, freeze + process_madvise: {}",
+        summary(&mut madvise_out)
+    );
+    eprintln!(
+        "then squeezing the limit to free the written pages: {}",
+        summary(&mut then_squeeze)
+    );
+    eprintln!(
+        "page-out of 64 MiB, squeezing memory.limit_in_bytes alone: {}",
+        summary(&mut squeeze_out)
+    );
+    eprintln!(
+        "resume of a swapped 64 MiB function (touch every page): {}",
+        summary(&mut resume)
+    );
     eprintln!("same touch, nothing swapped: {}", summary(&mut untouched));
-    eprintln!("bare swap-in of the same 64 MiB (no freezer): {}", summary(&mut bare));
-    eprintln!("resume with MADV_WILLNEED prefetch before the thaw (prefetch to touched): {}", summary(&mut prefetched));
-    eprintln!("64 MiB faulted back from the swap cache (paged out, not reclaimed): {}", summary(&mut cached));
+    eprintln!(
+        "bare swap-in of the same 64 MiB (no freezer): {}",
+        summary(&mut bare)
+    );
+    eprintln!(
+        "resume with MADV_WILLNEED prefetch before the thaw (prefetch to touched): {}",
+        summary(&mut prefetched)
+    );
+    eprintln!(
+        "64 MiB faulted back from the swap cache (paged out, not reclaimed): {}",
+        summary(&mut cached)
+    );
     let _ = group.remove();
     for dir in root.base_dirs() {
         let _ = std::fs::remove_dir(dir);

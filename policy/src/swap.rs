@@ -411,14 +411,21 @@ mod tests {
             inst(3, 3, 2, 100, true),
         ];
         let actions = decide(&instances, &pressure(80, 1000));
-        assert_eq!(actions.suspend, vec![3, 2], "120 MB needed: both batch, critical spared");
+        assert_eq!(
+            actions.suspend,
+            vec![3, 2],
+            "120 MB needed: both batch, critical spared"
+        );
         assert!(actions.kill.is_empty() && actions.resume.is_empty());
     }
 
     #[test]
     fn decide_without_swap_kills_only_below_the_kill_watermark_and_never_suspends() {
         let instances = [inst(1, 0, 0, 300, true), inst(2, 3, 1, 100, true)];
-        assert_eq!(decide(&instances, &pressure(80, 0)), MemoryActions::default());
+        assert_eq!(
+            decide(&instances, &pressure(80, 0)),
+            MemoryActions::default()
+        );
         let actions = decide(&instances, &pressure(40, 0));
         assert_eq!(actions.kill, vec![2]);
         assert!(actions.suspend.is_empty());
@@ -429,7 +436,10 @@ mod tests {
         let instances = [inst(1, 0, 0, 300, true), inst(2, 3, 1, 100, true)];
         let actions = decide(&instances, &pressure(40, 10));
         assert_eq!(actions.kill, vec![2]);
-        assert!(!actions.suspend.contains(&2), "a killed instance is not also swapped");
+        assert!(
+            !actions.suspend.contains(&2),
+            "a killed instance is not also swapped"
+        );
     }
 
     #[test]
@@ -439,8 +449,13 @@ mod tests {
         let mut b = inst(2, 3, 2, 0, false);
         b.swapped_bytes = 50 * MB;
         let running = inst(3, 0, 0, 10, true);
-        assert!(decide(&[a, b, running], &pressure(200, 1000)).resume.is_empty());
-        assert_eq!(decide(&[a, b, running], &pressure(300, 1000)).resume, vec![1, 2]);
+        assert!(decide(&[a, b, running], &pressure(200, 1000))
+            .resume
+            .is_empty());
+        assert_eq!(
+            decide(&[a, b, running], &pressure(300, 1000)).resume,
+            vec![1, 2]
+        );
         assert_eq!(decide(&[a, b], &pressure(150, 1000)).resume, vec![1]);
     }
 

@@ -761,7 +761,11 @@ pub(crate) fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
 /// Parses a file holding one unsigned number.
 /// The value of `key` in a flat-keyed file such as `memory.stat` (`key value` per line), or
 /// `None` when the key is absent.
-pub(crate) fn stat_value(path: &Path, content: &str, key: &str) -> Result<Option<u64>, CgroupError> {
+pub(crate) fn stat_value(
+    path: &Path,
+    content: &str,
+    key: &str,
+) -> Result<Option<u64>, CgroupError> {
     content
         .lines()
         .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))

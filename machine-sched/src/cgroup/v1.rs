@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::{
-    create_dir, read_file, read_ids, read_optional, read_u64, stat_value, subdir_names,
-    wait_until, write_file, CgroupError, GroupOps, MemoryLimit, MemoryStat, V1Controller,
-    CGROUP_PROCS, FREEZE_DEADLINE, RECLAIM_FLOOR_BYTES,
+    create_dir, read_file, read_ids, read_optional, read_u64, stat_value, subdir_names, wait_until,
+    write_file, CgroupError, GroupOps, MemoryLimit, MemoryStat, V1Controller, CGROUP_PROCS,
+    FREEZE_DEADLINE, RECLAIM_FLOOR_BYTES,
 };
 
 /// Every thread id of the group.
@@ -304,7 +304,9 @@ impl GroupOps for V1Group {
         let squeezed = write_file(&limit, &RECLAIM_FLOOR_BYTES.to_string());
         write_file(&limit, UNLIMITED)?;
         match squeezed {
-            Err(CgroupError::Write { source, .. }) if source.raw_os_error() == Some(libc::EBUSY) => {
+            Err(CgroupError::Write { source, .. })
+                if source.raw_os_error() == Some(libc::EBUSY) =>
+            {
                 Ok(())
             }
             other => other,

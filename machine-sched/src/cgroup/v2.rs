@@ -355,7 +355,9 @@ impl GroupOps for V2Group {
         let current = self.memory_current()?;
         match write_file(&path, &current.to_string()) {
             // EAGAIN: less than asked could be reclaimed; what was, was.
-            Err(CgroupError::Write { source, .. }) if source.raw_os_error() == Some(libc::EAGAIN) => {
+            Err(CgroupError::Write { source, .. })
+                if source.raw_os_error() == Some(libc::EAGAIN) =>
+            {
                 Ok(())
             }
             other => other,
