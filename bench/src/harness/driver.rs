@@ -14,7 +14,7 @@ use std::time::Duration;
 use std::time::Instant;
 use tariff_cluster::client::{Client, ClientError};
 use tariff_cluster::cluster::Cluster;
-use tariff_types::wire::InvokeRequest;
+use tariff_types::wire::{InvokeRequest, MemoryPressure};
 use tokio::sync::mpsc;
 
 use tariff_types::tenant::Token;
@@ -153,6 +153,7 @@ pub async fn run_phase(
                         scheduled: planned.at,
                         latency: scheduled.elapsed(),
                         answer: Answer::Err(CLIENT_OVERLOAD.into()),
+                        memory: MemoryPressure::default(),
                     });
                     continue;
                 }
@@ -170,12 +171,16 @@ pub async fn run_phase(
                 let tenant = target.tenant;
                 runtime.spawn(async move {
                     let asked = request.class.clone();
+                    let mut memory = MemoryPressure::default();
                     let (answer, cost, degraded) = match client.invoke(request).await {
-                        Ok(Ok(outcome)) => (
-                            Answer::Ok(Stages::of(&outcome)),
-                            outcome.cost.total,
-                            !outcome.cost.class.is_empty() && outcome.cost.class != asked,
-                        ),
+                        Ok(Ok(outcome)) => {
+                            memory = outcome.run.memory;
+                            (
+                                Answer::Ok(Stages::of(&outcome)),
+                                outcome.cost.total,
+                                !outcome.cost.class.is_empty() && outcome.cost.class != asked,
+                            )
+                        }
                         Ok(Err(e)) => (Answer::Err(e.kind().into()), 0.0, false),
                         Err(e) => (Answer::Err(client_error_kind(&e).into()), 0.0, false),
                     };
@@ -189,6 +194,7 @@ pub async fn run_phase(
                         scheduled: planned.at,
                         latency,
                         answer,
+                        memory,
                     });
                 });
             }
