@@ -24,6 +24,7 @@
 //! - [`crate::job`]: the job, its errors, and their way to the wire.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -81,8 +82,9 @@ pub struct MachineScheduler {
     turns: Turns,
     /// Everything a job's run uses, shared with the runs in flight.
     parts: Arc<Parts>,
-    /// The memory guard, once started ([`MachineScheduler::start_memory_guard`]).
-    guard: OnceLock<Arc<MemoryGuard>>,
+    /// The memory guard and the flag that stops its thread at shutdown, once started
+    /// ([`MachineScheduler::start_memory_guard`]).
+    guard: OnceLock<(Arc<MemoryGuard>, Arc<AtomicBool>)>,
 }
 
 impl MachineScheduler {
@@ -151,15 +153,18 @@ impl MachineScheduler {
 
     /// Enforces `options.limit_bytes` as what the functions may use together and starts the
     /// memory guard (see `memory_guard`), which swaps out the cheapest classes' stopped work
-    /// under pressure and kills only when swap runs out. Call it once, inside the runtime.
+    /// under pressure and kills only when swap runs out. Once: a second call is an error.
     pub fn start_memory_guard(
         &self,
         options: MemoryOptions,
     ) -> Result<GuardStart, MemoryGuardError> {
-        let (guard, start) = MemoryGuard::start(Arc::clone(&self.parts), options)?;
-        if self.guard.set(Arc::clone(&guard)).is_ok() {
-            tokio::spawn(guard.run());
+        if self.guard.get().is_some() {
+            return Err(MemoryGuardError::AlreadyStarted);
         }
+        let (guard, start) = MemoryGuard::start(Arc::clone(&self.parts), options)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        Arc::clone(&guard).spawn(Arc::clone(&stop))?;
+        let _ = self.guard.set((guard, stop));
         Ok(start)
     }
 
@@ -167,7 +172,7 @@ impl MachineScheduler {
     /// functions' cgroups hold, bounded by the machine's available memory); `None` without a
     /// guard.
     pub fn guarded_free_memory(&self) -> Option<u64> {
-        self.guard.get().map(|g| g.free_bytes())
+        self.guard.get().map(|(g, _)| g.free_bytes())
     }
 
     /// Stops the job `id` if it is running here; it ends with [`JobError::Cancelled`].
@@ -257,6 +262,9 @@ impl MachineScheduler {
     /// Kills every running job and idle instance and removes their cgroups, directories and
     /// the dispatcher's cgroup subtree, so nothing outlives the dispatcher.
     pub async fn shutdown(&self) {
+        if let Some((_, stop)) = self.guard.get() {
+            stop.store(true, Ordering::Relaxed);
+        }
         self.parts.running.cancel_all();
         let deadline = Instant::now() + SHUTDOWN_DRAIN;
         while !self.parts.running.is_empty() && Instant::now() < deadline {

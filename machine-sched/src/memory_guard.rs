@@ -22,11 +22,11 @@
 //! class's groups are kept out of the kernel's own reclaim at the limit (swappiness 0), so only
 //! the guard, which chooses by class, ever swaps them.
 //!
-//! The guard's work runs on a blocking thread at normal priority on the CPUs kept free of
+//! The guard's work runs on a thread of its own at normal priority on the CPUs kept free of
 //! real-time functions, never on the top class's path.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -48,6 +48,9 @@ pub const DEFAULT_KILL_WATERMARK: f64 = 0.05;
 /// Default interval between two readings: a function allocating at the measured ~1.6 GB/s
 /// page-out rate takes about 30 ms to cross a 5 % band of 1 GiB.
 pub const DEFAULT_TICK: Duration = Duration::from_millis(20);
+
+/// Name of the guard's thread.
+const GUARD_THREAD: &str = "memory-guard";
 
 /// What the guard enforces, and how often it looks.
 #[derive(Debug, Clone, Copy)]
@@ -90,6 +93,12 @@ pub enum MemoryGuardError {
     /// The limit could not be set.
     #[error("setting the functions' memory limit: {0}")]
     Limit(#[from] CgroupError),
+    /// The guard runs already.
+    #[error("the memory guard runs already")]
+    AlreadyStarted,
+    /// The guard's thread could not be started.
+    #[error("starting the memory guard's thread: {0}")]
+    Thread(#[from] std::io::Error),
 }
 
 /// How the guard started, for the dispatcher's log and status.
@@ -155,24 +164,20 @@ impl MemoryGuard {
         self.free.load(Ordering::Relaxed)
     }
 
-    /// Reads, decides and acts every tick, forever, on a blocking thread off the function
-    /// CPUs.
-    pub async fn run(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(self.options.tick);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let guard = Arc::clone(&self);
-            let spawn_cpus = self.parts.provision.spawn_cpus().to_vec();
-            let done = tokio::task::spawn_blocking(move || {
-                leave_function_cpus(&spawn_cpus);
-                guard.tick_once();
+    /// Reads, decides and acts every tick until `stop` is set, on a thread of its own at
+    /// normal priority off the function CPUs: not on the runtime's threads, which run at
+    /// real-time priority, and not on its blocking pool, which the launches share.
+    pub fn spawn(self: Arc<Self>, stop: Arc<AtomicBool>) -> std::io::Result<()> {
+        std::thread::Builder::new()
+            .name(GUARD_THREAD.into())
+            .spawn(move || {
+                leave_function_cpus(self.parts.provision.spawn_cpus());
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(self.options.tick);
+                    self.tick_once();
+                }
             })
-            .await;
-            if let Err(e) = done {
-                warn!(error = %e, "memory guard tick failed");
-            }
-        }
+            .map(drop)
     }
 
     /// One reading, decision and action.
