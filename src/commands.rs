@@ -126,6 +126,25 @@ pub struct DispatcherArgs {
     /// unless given.
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// Do not enforce --memory (no limit on the functions' cgroups, no swapping by class):
+    /// functions may then meet the kernel's OOM killer.
+    #[arg(long)]
+    no_memory_limit: bool,
+    /// Share of --memory that must be free for the machine to list itself idle.
+    #[arg(long, default_value_t = tariff_policy::idle_advert::DEFAULT_IDLE_THRESHOLD)]
+    idle_threshold: f64,
+    /// Share of --memory free memory must move by to update the idle-list entry.
+    #[arg(long, default_value_t = tariff_policy::idle_advert::DEFAULT_SIGNIFICANT_CHANGE)]
+    idle_delta: f64,
+    /// Share of --memory free below which the cheapest classes' stopped work is swapped out.
+    #[arg(long, default_value_t = tariff_machine_sched::memory_guard::DEFAULT_LOW_WATERMARK)]
+    swap_low: f64,
+    /// Share of --memory free that swapping out restores.
+    #[arg(long, default_value_t = tariff_machine_sched::memory_guard::DEFAULT_HIGH_WATERMARK)]
+    swap_high: f64,
+    /// Share of --memory free below which, with swap exhausted, the cheapest class is killed.
+    #[arg(long, default_value_t = tariff_machine_sched::memory_guard::DEFAULT_KILL_WATERMARK)]
+    kill_below: f64,
 }
 
 /// A shard to talk to.
@@ -369,6 +388,14 @@ pub async fn dispatcher(global: &Global, args: DispatcherArgs) -> anyhow::Result
         k: args.k,
         policy: args.policy,
         metrics: args.metrics,
+        memory: tariff_dispatcher::service::MemorySettings {
+            enforce: !args.no_memory_limit,
+            idle_threshold: args.idle_threshold,
+            idle_significant: args.idle_delta,
+            low_watermark: args.swap_low,
+            high_watermark: args.swap_high,
+            kill_watermark: args.kill_below,
+        },
     };
     let stop = crate::shutdown_signal();
     let scheduler = tariff_machine_sched::machine::MachineScheduler::new(machine_options);

@@ -275,6 +275,8 @@ pub fn exit_code(error: &tariff_types::InvokeError) -> i32 {
         // machine shut down mid-run: the function did not fail, its time ran out.
         E::TimedOut(_) | E::StageTimedOut { .. } | E::Cancelled => 7,
         E::MachineLost(_) => 8,
+        // Like a lost machine: the function had started and was stopped by the machine.
+        E::KilledUnderMemoryPressure => 8,
         E::FunctionFailed { .. } | E::StartFailed(_) => 9,
         E::Protocol(_) => 11,
         E::Unauthenticated(_) => EXIT_UNAUTHENTICATED,

@@ -7,6 +7,7 @@
 //! use, so a scrape never disagrees with what the shards are told. Labels are bounded: the
 //! class, the outcome (`ok` or an error kind), the start kind and the instance state.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -61,6 +62,10 @@ pub(crate) struct DispatcherMetrics {
     instances: Family<StateLabel, Gauge>,
     idle_listed: Gauge,
     shards: Gauge,
+    /// Memory pressure's cost by class (kills are `runs{outcome="killed_memory_pressure"}`).
+    swapped_out: Family<ClassLabel, Counter>,
+    swapped_in: Family<ClassLabel, Counter>,
+    held_for_memory: Family<ClassLabel, Counter<f64, AtomicU64>>,
 }
 
 impl DispatcherMetrics {
@@ -76,6 +81,24 @@ impl DispatcherMetrics {
         let instances = Family::<StateLabel, Gauge>::default();
         let idle_listed = Gauge::default();
         let shards = Gauge::default();
+        let swapped_out = Family::<ClassLabel, Counter>::default();
+        let swapped_in = Family::<ClassLabel, Counter>::default();
+        let held_for_memory = Family::<ClassLabel, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "tariff_dispatcher_swapped_out_bytes",
+            "Bytes of finished runs' memory paged out to swap under memory pressure, by class",
+            swapped_out.clone(),
+        );
+        registry.register(
+            "tariff_dispatcher_swapped_in_bytes",
+            "Bytes of finished runs' memory brought back from swap, by class",
+            swapped_in.clone(),
+        );
+        registry.register(
+            "tariff_dispatcher_held_for_memory_seconds",
+            "Time finished runs were held stopped waiting for memory, by class",
+            held_for_memory.clone(),
+        );
         let cores_gauge = Gauge::<i64>::default();
         cores_gauge.set(i64::from(cores));
         let memory_gauge = Gauge::<i64>::default();
@@ -140,6 +163,9 @@ impl DispatcherMetrics {
             instances,
             idle_listed,
             shards,
+            swapped_out,
+            swapped_in,
+            held_for_memory,
         }
     }
 
@@ -158,6 +184,21 @@ impl DispatcherMetrics {
         let Ok(report) = &completion.result else {
             return;
         };
+        let label = ClassLabel {
+            class: class_name.clone(),
+        };
+        let memory = report.memory;
+        if memory != Default::default() {
+            self.swapped_out
+                .get_or_create(&label)
+                .inc_by(memory.swapped_out_bytes);
+            self.swapped_in
+                .get_or_create(&label)
+                .inc_by(memory.swapped_in_bytes);
+            self.held_for_memory
+                .get_or_create(&label)
+                .inc_by(memory.held_us as f64 / 1e6);
+        }
         let run_us = report.finished_at_us.saturating_sub(report.started_at_us);
         self.run_seconds
             .get_or_create(&ClassLabel {

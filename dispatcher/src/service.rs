@@ -29,6 +29,7 @@ use tracing::{debug, info, warn, Instrument};
 use crate::executor::{Executor, MachineLoad, Run};
 use crate::metrics::{DispatcherExposition, DispatcherMetrics, LevelSource, Levels};
 use tariff_machine_sched::machine::{MachineScheduler, StartClaim};
+use tariff_machine_sched::memory_guard::{self, MemoryOptions};
 use tariff_policy::idle_advert::{
     least_crowded, shards_to_poll, IdleAction, IdleAdvertiser, IdlePolicy,
 };
@@ -67,6 +68,60 @@ pub struct DispatcherOptions {
     pub policy: Policy,
     /// Where to serve Prometheus metrics (`GET /metrics`); none when `None`.
     pub metrics: Option<SocketAddr>,
+    /// How memory is enforced and when the machine lists itself idle.
+    pub memory: MemorySettings,
+}
+
+/// How a dispatcher keeps its functions inside `--memory` and advertises free memory (issue
+/// 15). Shares are of `memory_bytes`.
+#[derive(Debug, Clone, Copy)]
+pub struct MemorySettings {
+    /// Enforce the limit and swap or kill by class (`false`: only measure, as before).
+    pub enforce: bool,
+    /// The machine is on an idle list while at least this share is free.
+    pub idle_threshold: f64,
+    /// Free memory must move by this share to update the idle-list entry.
+    pub idle_significant: f64,
+    /// Below this share free, the cheapest classes' stopped work is swapped out.
+    pub low_watermark: f64,
+    /// Swapping out goes on until this share is free.
+    pub high_watermark: f64,
+    /// Below this share free, with swap exhausted, the cheapest class is killed.
+    pub kill_watermark: f64,
+}
+
+impl Default for MemorySettings {
+    fn default() -> Self {
+        Self {
+            enforce: true,
+            idle_threshold: tariff_policy::idle_advert::DEFAULT_IDLE_THRESHOLD,
+            idle_significant: tariff_policy::idle_advert::DEFAULT_SIGNIFICANT_CHANGE,
+            low_watermark: memory_guard::DEFAULT_LOW_WATERMARK,
+            high_watermark: memory_guard::DEFAULT_HIGH_WATERMARK,
+            kill_watermark: memory_guard::DEFAULT_KILL_WATERMARK,
+        }
+    }
+}
+
+impl MemorySettings {
+    /// The memory guard's options for a machine whose functions may use `limit_bytes`.
+    pub fn guard_options(&self, limit_bytes: u64) -> MemoryOptions {
+        MemoryOptions {
+            low_watermark: self.low_watermark,
+            high_watermark: self.high_watermark,
+            kill_watermark: self.kill_watermark,
+            ..MemoryOptions::new(limit_bytes)
+        }
+    }
+
+    /// The idle-list policy for a machine whose functions may use `limit_bytes`.
+    pub fn idle_policy(&self, limit_bytes: u64) -> IdlePolicy {
+        IdlePolicy {
+            memory_bytes: limit_bytes,
+            threshold: self.idle_threshold,
+            significant: self.idle_significant,
+        }
+    }
 }
 
 /// Why a dispatcher could not start.
@@ -168,10 +223,18 @@ impl Shared {
         self.advertiser.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Measures free memory (reading `/proc` for every function process) and remembers it.
+    /// Measures free memory and remembers it: the memory guard's last reading (the functions'
+    /// cgroups, bounded by the machine's available memory) where it runs, else the resident
+    /// memory of every function process read from `/proc`.
     fn measure_free_memory(&self) -> u64 {
-        let used = self.executor.machine.used_memory();
-        let free = self.options.memory_bytes.saturating_sub(used);
+        let free = self
+            .executor
+            .machine
+            .guarded_free_memory()
+            .unwrap_or_else(|| {
+                let used = self.executor.machine.used_memory();
+                self.options.memory_bytes.saturating_sub(used)
+            });
         self.free_memory.store(free, Ordering::Relaxed);
         free
     }
@@ -225,7 +288,9 @@ impl Dispatcher {
         let shared = Arc::new(Shared {
             class_names: std::sync::OnceLock::new(),
             metrics: Arc::new(DispatcherMetrics::new(options.cores, options.memory_bytes)),
-            advertiser: Mutex::new(IdleAdvertiser::new(IdlePolicy::new(options.memory_bytes))),
+            advertiser: Mutex::new(IdleAdvertiser::new(
+                options.memory.idle_policy(options.memory_bytes),
+            )),
             executor: Executor {
                 machine,
                 class_blind: options.policy.is_class_blind(),
@@ -278,6 +343,7 @@ async fn serve(shared: Arc<Shared>, shutdown: impl std::future::Future<Output = 
         shards = shared.options.shards.len(),
         "dispatcher starting"
     );
+    start_memory_guard(&shared);
     let mut tasks = Vec::new();
     for (index, &addr) in shared.options.shards.iter().enumerate() {
         tasks.push(tokio::spawn(
@@ -300,6 +366,33 @@ async fn serve(shared: Arc<Shared>, shutdown: impl std::future::Future<Output = 
     }
     shared.executor.machine.shutdown().await;
     shared.endpoint.close(0u32.into(), b"shutdown");
+}
+
+/// Enforces `--memory` and starts swapping by class, or says plainly why not: without it the
+/// functions meet the kernel's OOM killer, which knows nothing of classes.
+fn start_memory_guard(shared: &Shared) {
+    let settings = shared.options.memory;
+    if !settings.enforce {
+        info!("memory: not enforced (asked not to): --memory only shapes idle-list membership");
+        return;
+    }
+    let options = settings.guard_options(shared.options.memory_bytes);
+    match shared.executor.machine.start_memory_guard(options) {
+        Ok(start) => info!(
+            limit_bytes = start.limit.limit_bytes,
+            oom_killer_disabled = start.limit.oom_killer_disabled,
+            swap_total_bytes = start.machine.swap_total_bytes,
+            low_watermark = settings.low_watermark,
+            high_watermark = settings.high_watermark,
+            kill_watermark = settings.kill_watermark,
+            "memory: functions limited to --memory together; swapped out by class under pressure"
+        ),
+        Err(error) => warn!(
+            %error,
+            "memory: --memory is NOT enforced: functions may outgrow it and meet the kernel's \
+             OOM killer, which does not know price classes"
+        ),
+    }
 }
 
 /// Keeps a session with one shard, reconnecting with backoff.

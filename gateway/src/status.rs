@@ -104,6 +104,11 @@ pub fn for_invoke_error(error: &InvokeError) -> Failure {
             StatusCode::BAD_GATEWAY,
             "the machine running the function was lost".into(),
         ),
+        // The function had started; the machine stopped it to free memory. Retrying later may
+        // succeed once the pressure is gone.
+        E::KilledUnderMemoryPressure => {
+            f(StatusCode::SERVICE_UNAVAILABLE, error.to_string()).with_retry()
+        }
         E::Protocol(_) => f(StatusCode::BAD_GATEWAY, error.to_string()),
     }
 }

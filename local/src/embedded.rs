@@ -259,6 +259,7 @@ impl LocalCluster {
                 k: tariff_dispatcher::service::DEFAULT_K,
                 policy: config.policy,
                 metrics: metrics_addr(),
+                memory: Default::default(),
             };
             let machine = tariff_dispatcher::machine_setup::machine_options(
                 config.cores,

@@ -84,9 +84,13 @@ pub(crate) async fn run_exec(
                 spawn_us = launch.spawn_us,
                 "exec function started"
             );
-            machine
-                .running
-                .insert(job.id, pid, Cancel::Exec(process.handle()));
+            machine.running.insert(
+                job.id,
+                pid,
+                Cancel::Exec(process.handle()),
+                job.class,
+                cgroup.as_ref().map(|cg| cg.name().to_owned()),
+            );
             // Memory is billed by its integral over the run (`meter`), read from the
             // instance's cgroup, else from the process's resident set.
             let (outcome, memory_byte_ms) =

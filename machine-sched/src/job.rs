@@ -126,6 +126,10 @@ pub enum JobError {
     /// It was cancelled: killed on request, not failed.
     #[error("cancelled")]
     Cancelled,
+    /// The memory guard killed it: memory and swap ran out, and it was the cheapest class's
+    /// latest arrival holding memory (`memory_guard`).
+    #[error("killed under memory pressure")]
+    KilledUnderMemoryPressure,
 }
 
 impl From<RunError> for JobError {
@@ -194,6 +198,7 @@ impl From<JobError> for InvokeError {
                 stderr_tail: String::new(),
             },
             JobError::Cancelled => InvokeError::Cancelled,
+            JobError::KilledUnderMemoryPressure => InvokeError::KilledUnderMemoryPressure,
         }
     }
 }

@@ -24,7 +24,8 @@
 //! - [`crate::job`]: the job, its errors, and their way to the wire.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tariff_types::function::Runtime;
@@ -36,6 +37,7 @@ use crate::cgroup::CgroupRoot;
 use crate::exec_run::run_exec;
 use crate::gate::Gate;
 use crate::instance_pool::InstancePool;
+use crate::memory_guard::{GuardStart, MemoryGuard, MemoryGuardError, MemoryOptions};
 use crate::parts::Parts;
 use crate::persistent_run::run_persistent;
 use crate::priority::Priority;
@@ -80,6 +82,9 @@ pub struct MachineScheduler {
     turns: Turns,
     /// Everything a job's run uses, shared with the runs in flight.
     parts: Arc<Parts>,
+    /// The memory guard and the flag that stops its thread at shutdown, once started
+    /// ([`MachineScheduler::start_memory_guard`]).
+    guard: OnceLock<(Arc<MemoryGuard>, Arc<AtomicBool>)>,
 }
 
 impl MachineScheduler {
@@ -117,6 +122,7 @@ impl MachineScheduler {
                 pool: InstancePool::default(),
                 running: Running::default(),
             }),
+            guard: OnceLock::new(),
         })
     }
 
@@ -143,6 +149,30 @@ impl MachineScheduler {
         let mut pids = self.parts.running.pids();
         pids.extend(self.parts.pool.pids());
         crate::memory::used_bytes(&pids)
+    }
+
+    /// Enforces `options.limit_bytes` as what the functions may use together and starts the
+    /// memory guard (see `memory_guard`), which swaps out the cheapest classes' stopped work
+    /// under pressure and kills only when swap runs out. Once: a second call is an error.
+    pub fn start_memory_guard(
+        &self,
+        options: MemoryOptions,
+    ) -> Result<GuardStart, MemoryGuardError> {
+        if self.guard.get().is_some() {
+            return Err(MemoryGuardError::AlreadyStarted);
+        }
+        let (guard, start) = MemoryGuard::start(Arc::clone(&self.parts), options)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        Arc::clone(&guard).spawn(Arc::clone(&stop))?;
+        let _ = self.guard.set((guard, stop));
+        Ok(start)
+    }
+
+    /// Free memory for functions as the memory guard last read it (the limit less what the
+    /// functions' cgroups hold, bounded by the machine's available memory); `None` without a
+    /// guard.
+    pub fn guarded_free_memory(&self) -> Option<u64> {
+        self.guard.get().map(|(g, _)| g.free_bytes())
     }
 
     /// Stops the job `id` if it is running here; it ends with [`JobError::Cancelled`].
@@ -195,12 +225,18 @@ impl MachineScheduler {
             .gate
             .as_ref()
             .map_or(Duration::ZERO, |g| g.leave(job.id));
-        self.parts.running.remove(job.id);
-        result.map(|mut report| {
-            let held_us = u64::try_from(held.as_micros()).unwrap_or(u64::MAX);
-            report.preempted_us = report.preempted_us.saturating_add(held_us);
-            report
-        })
+        let memory = self.parts.running.remove(job.id);
+        match result {
+            // The guard's kill reaches the run as a cancellation; say why it happened.
+            Err(JobError::Cancelled) if memory.killed => Err(JobError::KilledUnderMemoryPressure),
+            Err(e) => Err(e),
+            Ok(mut report) => {
+                let held_us = u64::try_from(held.as_micros()).unwrap_or(u64::MAX);
+                report.preempted_us = report.preempted_us.saturating_add(held_us);
+                report.memory = memory.pressure;
+                Ok(report)
+            }
+        }
     }
 
     /// Reaps idle instances past their keep-alive, and dead ones. Returns how many.
@@ -229,6 +265,9 @@ impl MachineScheduler {
     /// Kills every running job and idle instance and removes their cgroups, directories and
     /// the dispatcher's cgroup subtree, so nothing outlives the dispatcher.
     pub async fn shutdown(&self) {
+        if let Some((_, stop)) = self.guard.get() {
+            stop.store(true, Ordering::Relaxed);
+        }
         self.parts.running.cancel_all();
         let deadline = Instant::now() + SHUTDOWN_DRAIN;
         while !self.parts.running.is_empty() && Instant::now() < deadline {

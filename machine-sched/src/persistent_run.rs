@@ -63,9 +63,13 @@ pub(crate) async fn run_persistent(
     let wait_before = crate::rt::process_runqueue_wait_us(pid);
     let start_us = micros_since(arrived);
     let started_at_us = unix_micros();
-    machine
-        .running
-        .insert(job.id, pid, Cancel::Persistent(instance.process.handle()));
+    machine.running.insert(
+        job.id,
+        pid,
+        Cancel::Persistent(instance.process.handle()),
+        job.class,
+        instance.cgroup.as_ref().map(|cg| cg.name().to_owned()),
+    );
     if !job.env.is_empty() {
         if let Err(e) = crate::context_file::write(&instance.work_dir, &job.env) {
             debug!(instance = %instance.name, error = %e, "could not write the invocation context");
@@ -114,6 +118,8 @@ pub(crate) async fn run_persistent(
             cold_start,
             start_us,
             preempted_us,
+            // Filled in by the machine scheduler, which saw the memory pressure.
+            memory: Default::default(),
         }),
         // The instance is still at hand to say what it last logged.
         Err(CallError::Protocol(reason)) => Err(JobError::Failed {

@@ -349,6 +349,8 @@ impl RunningProcess {
             // Time the main thread was runnable but waited for a CPU (preempted or queued
             // behind others), read from its schedstat before it was reaped.
             preempted_us: exit.runqueue_wait_us,
+            // Known only to the machine scheduler, which swaps stopped functions out.
+            memory: Default::default(),
         };
         match describe_failure(exit.status) {
             None => Ok(output),

@@ -100,6 +100,11 @@ impl Provisioner {
         self.pool().extend(made);
     }
 
+    /// The instance cgroups' root, when the machine has cgroups.
+    pub(crate) fn cgroups(&self) -> Option<&CgroupRoot> {
+        self.cgroups.as_ref()
+    }
+
     /// The CPUs kept free of functions, where launch and housing work runs.
     pub(crate) fn spawn_cpus(&self) -> &[usize] {
         &self.spawn_cpus

@@ -21,9 +21,11 @@
 //!   already in swap and killed running top-class ones; the simulator's memory experiment
 //!   showed it, docs/simulator.md.)
 //!
-//! This module is pure (no I/O, no clock). Today only the simulator calls it; the live
-//! dispatcher does not swap yet (that is the memory issue's work), so a dispatcher whose
-//! functions outgrow its memory still meets the kernel's OOM killer.
+//! [`decide`] puts these together into one tick's decision for a live machine: the
+//! dispatcher's memory guard (`tariff_machine_sched::memory_guard`) calls it with what the
+//! kernel reports, and acts on the answer; the simulator calls the same choosers.
+//!
+//! This module is pure (no I/O, no clock).
 
 /// A function instance on the machine, as the swap policy sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +159,91 @@ pub fn choose_swap_in(instances: &[Instance], free_bytes: u64) -> Vec<u64> {
         chosen.push(instance.id);
     }
     chosen
+}
+
+/// Free memory and swap as one tick of a live machine sees them, and the watermarks that turn
+/// them into action. All in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pressure {
+    /// Memory the functions may still take before the machine's limit.
+    pub free_bytes: u64,
+    /// Below this much free memory, swap out (or, without swap, kill below
+    /// `kill_watermark`).
+    pub low_watermark: u64,
+    /// Swapping out goes on until this much is free; resuming a swapped function leaves at
+    /// least `low_watermark` free.
+    pub high_watermark: u64,
+    /// Below this much free memory, with swap unable to take what is needed, kill.
+    pub kill_watermark: u64,
+    /// Swap space left on the machine.
+    pub swap_free_bytes: u64,
+}
+
+/// What one tick should do. Instances not `running` in the input are the ones the machine
+/// holds stopped (swapped, or being swapped).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemoryActions {
+    /// Running instances to stop and swap out, in order.
+    pub suspend: Vec<u64>,
+    /// Stopped instances whose remaining resident memory should be paged out too.
+    pub swap_out: Vec<u64>,
+    /// Stopped instances to let run again, in order.
+    pub resume: Vec<u64>,
+    /// Instances to kill, in order.
+    pub kill: Vec<u64>,
+}
+
+/// One tick's decision for a live machine.
+///
+/// * Below the low watermark, with swap space left, free memory up to the high watermark: the
+///   resident memory of stopped instances first ([`choose_swap_out`]), then by stopping
+///   running ones ([`choose_suspensions`]), cheapest class and latest arrival first. Swap
+///   space bounds what can be asked of it.
+/// * Below the kill watermark, when swap cannot take what is needed to get back above the low
+///   watermark (none left, or none at all), kill just enough for that ([`choose_kills`]): the
+///   cheapest class's latest arrival holding memory first.
+///   Stopping an instance frees nothing without swap, so without swap nothing is suspended.
+/// * Otherwise resume stopped instances in run order while they fit above the low watermark
+///   ([`choose_swap_in`]), and when nothing runs at all, resume the next to run whatever it
+///   holds in swap: something must run for memory to free.
+pub fn decide(instances: &[Instance], pressure: &Pressure) -> MemoryActions {
+    let mut actions = MemoryActions::default();
+    let free = pressure.free_bytes;
+    if free < pressure.low_watermark {
+        let need = pressure.high_watermark.saturating_sub(free);
+        let swappable = need.min(pressure.swap_free_bytes);
+        if swappable > 0 {
+            let stopped = choose_swap_out(instances, swappable);
+            actions.swap_out = stopped.victims;
+            actions.suspend = choose_suspensions(instances, stopped.shortfall_bytes).victims;
+        }
+        // Killing loses work: free only what gets the machine back above the low watermark.
+        let kill_need = pressure.low_watermark - free;
+        if free < pressure.kill_watermark && pressure.swap_free_bytes < kill_need {
+            let kills = choose_kills(instances, kill_need - pressure.swap_free_bytes);
+            actions.suspend.retain(|id| !kills.victims.contains(id));
+            actions.swap_out.retain(|id| !kills.victims.contains(id));
+            actions.kill = kills.victims;
+        }
+        return actions;
+    }
+    let stopped: Vec<Instance> = instances
+        .iter()
+        .filter(|i| !i.running)
+        .map(|i| Instance {
+            // Stopped with nothing in swap (paged out to nothing, or never paged): it still
+            // waits to be resumed.
+            swapped_bytes: i.swapped_bytes.max(1),
+            ..*i
+        })
+        .collect();
+    actions.resume = choose_swap_in(&stopped, free - pressure.low_watermark);
+    if actions.resume.is_empty() && !instances.iter().any(|i| i.running) {
+        let mut next: Vec<&Instance> = stopped.iter().collect();
+        next.sort_by(|a, b| a.class.cmp(&b.class).then(a.arrival.cmp(&b.arrival)));
+        actions.resume.extend(next.first().map(|i| i.id));
+    }
+    actions
 }
 
 #[cfg(test)]
@@ -304,6 +391,72 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn pressure(free_mb: u64, swap_mb: u64) -> Pressure {
+        Pressure {
+            free_bytes: free_mb * MB,
+            low_watermark: 100 * MB,
+            high_watermark: 200 * MB,
+            kill_watermark: 50 * MB,
+            swap_free_bytes: swap_mb * MB,
+        }
+    }
+
+    #[test]
+    fn decide_suspends_the_cheapest_running_until_the_high_watermark() {
+        let instances = [
+            inst(1, 0, 0, 300, true),
+            inst(2, 3, 1, 100, true),
+            inst(3, 3, 2, 100, true),
+        ];
+        let actions = decide(&instances, &pressure(80, 1000));
+        assert_eq!(
+            actions.suspend,
+            vec![3, 2],
+            "120 MB needed: both batch, critical spared"
+        );
+        assert!(actions.kill.is_empty() && actions.resume.is_empty());
+    }
+
+    #[test]
+    fn decide_without_swap_kills_only_below_the_kill_watermark_and_never_suspends() {
+        let instances = [inst(1, 0, 0, 300, true), inst(2, 3, 1, 100, true)];
+        assert_eq!(
+            decide(&instances, &pressure(80, 0)),
+            MemoryActions::default()
+        );
+        let actions = decide(&instances, &pressure(40, 0));
+        assert_eq!(actions.kill, vec![2]);
+        assert!(actions.suspend.is_empty());
+    }
+
+    #[test]
+    fn decide_kills_when_swap_runs_out() {
+        let instances = [inst(1, 0, 0, 300, true), inst(2, 3, 1, 100, true)];
+        let actions = decide(&instances, &pressure(40, 10));
+        assert_eq!(actions.kill, vec![2]);
+        assert!(
+            !actions.suspend.contains(&2),
+            "a killed instance is not also swapped"
+        );
+    }
+
+    #[test]
+    fn decide_resumes_in_run_order_what_fits_and_the_next_when_nothing_runs() {
+        let mut a = inst(1, 3, 1, 0, false);
+        a.swapped_bytes = 150 * MB;
+        let mut b = inst(2, 3, 2, 0, false);
+        b.swapped_bytes = 50 * MB;
+        let running = inst(3, 0, 0, 10, true);
+        assert!(decide(&[a, b, running], &pressure(200, 1000))
+            .resume
+            .is_empty());
+        assert_eq!(
+            decide(&[a, b, running], &pressure(300, 1000)).resume,
+            vec![1, 2]
+        );
+        assert_eq!(decide(&[a, b], &pressure(150, 1000)).resume, vec![1]);
     }
 
     #[test]

@@ -1094,6 +1094,7 @@ mod tests {
             cold_start: true,
             start_us: 3,
             preempted_us: 0,
+            memory: Default::default(),
         }
     }
 

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod netns;
+pub mod swap;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -335,18 +336,19 @@ impl TestCluster {
     pub fn start_dispatcher_on(&mut self, host: &Host, name: &str, cores: u32, extra: &[&str]) {
         let shards: Vec<String> = self.shard_addrs.iter().map(ToString::to_string).collect();
         let log = std::fs::File::create(self.dispatcher_log(name)).expect("log file");
+        // 2G unless the test gives its own.
+        let memory: &[&str] = if extra.contains(&"--memory") {
+            &[]
+        } else {
+            &["--memory", "2G"]
+        };
         let mut command = self.command();
         let namespace = host.enter(&mut command);
         let child = command
             .env("RUST_LOG", "info")
             .stderr(log)
-            .args([
-                "dispatcher",
-                "--shards",
-                &shards.join(","),
-                "--memory",
-                "2G",
-            ])
+            .args(["dispatcher", "--shards", &shards.join(",")])
+            .args(memory)
             .args(["--cores", &cores.to_string(), "--name", name, "--data-dir"])
             .arg(self.dir.path().join(format!("dispatcher-{name}")))
             .args(extra)

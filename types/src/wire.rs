@@ -346,6 +346,11 @@ pub enum InvokeError {
     /// before it finished: not a failure of the function.
     #[error("cancelled")]
     Cancelled,
+    /// The machine ran out of memory and swap, and killed this invocation's function to
+    /// free memory: the cheapest class and the latest arrival go first, so a dearer class is
+    /// killed only once no cheaper one holds any memory on the machine.
+    #[error("killed under memory pressure: the machine's memory and swap were exhausted and this call's class was the cheapest holding memory")]
+    KilledUnderMemoryPressure,
     /// A function called a function beyond the chain depth limit.
     #[error("call chain too deep: depth {depth} is over the limit of {limit}")]
     ChainTooDeep {
@@ -383,6 +388,7 @@ impl InvokeError {
             Self::ShuttingDown => "shutting_down",
             Self::Cancelled => "cancelled",
             Self::ChainTooDeep { .. } => "chain_too_deep",
+            Self::KilledUnderMemoryPressure => "killed_memory_pressure",
         }
     }
 }
@@ -630,6 +636,23 @@ pub struct RunReport {
     pub start_us: u64,
     /// µs the function was runnable but held back by dearer work (preempted or queued).
     pub preempted_us: u64,
+    /// What memory pressure cost this run: bytes swapped out and back in, and time held
+    /// stopped for memory. Zero when the machine had memory to spare.
+    #[serde(default)]
+    pub memory: MemoryPressure,
+}
+
+/// What memory pressure on its machine cost one run (issue 15): the machine swaps out the
+/// memory of cheaper classes' stopped functions rather than kill them, and a caller should see
+/// what that cost its call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryPressure {
+    /// Bytes of the function's memory the machine paged out to swap while it was stopped.
+    pub swapped_out_bytes: u64,
+    /// Bytes of the function's memory brought back from swap after it resumed.
+    pub swapped_in_bytes: u64,
+    /// µs the function was held stopped, waiting for memory.
+    pub held_us: u64,
 }
 
 /// A change one shard wrote to the store, passed on so peers refresh their caches now rather

@@ -45,6 +45,8 @@ const DEFAULT_LOCAL_SHARDS: usize = 2;
 const DEFAULT_DISPATCHERS: usize = 2;
 /// Default cores per local dispatcher (as `tariff local`).
 const DEFAULT_CORES: u32 = 1;
+/// Memory per dispatcher when neither the command line nor the workload says.
+const DEFAULT_MEMORY_BYTES: u64 = 2 << 30;
 /// Default QUIC connections per shard: quinn handles one connection on one task, so a few
 /// spread the client's work over the runtime's threads.
 const DEFAULT_CONNECTIONS: usize = 4;
@@ -91,9 +93,9 @@ pub struct BenchArgs {
     /// Embedded cluster: cores per dispatcher (default: the workload's, else 1).
     #[arg(long)]
     pub cores: Option<u32>,
-    /// Embedded cluster: memory per dispatcher.
-    #[arg(long, value_parser = parse_size, default_value = "2G")]
-    pub memory: u64,
+    /// Embedded cluster: memory per dispatcher (default: the workload's, else 2G).
+    #[arg(long, value_parser = parse_size)]
+    pub memory: Option<u64>,
     /// Embedded cluster: enforce class order in user space instead of SCHED_FIFO.
     #[arg(long)]
     pub no_rt: bool,
@@ -228,7 +230,10 @@ async fn run_local(
             .cores
             .or(shape.cores.map(|c| c.resolve(host_cpus())))
             .unwrap_or(DEFAULT_CORES),
-        memory_bytes: args.memory,
+        memory_bytes: args
+            .memory
+            .or(shape.memory_mb.map(|mb| mb << 20))
+            .unwrap_or(DEFAULT_MEMORY_BYTES),
         no_rt: args.no_rt,
         policy: Policy::Tariff,
         functions: with_retry_copies(example_specs()?, workload),

@@ -14,7 +14,7 @@ use std::time::Duration;
 use std::time::Instant;
 use tariff_cluster::client::{Client, ClientError};
 use tariff_cluster::cluster::Cluster;
-use tariff_types::wire::InvokeRequest;
+use tariff_types::wire::{InvokeRequest, MemoryPressure};
 use tokio::sync::mpsc;
 
 use tariff_types::tenant::Token;
@@ -160,6 +160,7 @@ pub async fn run_phase(
                         scheduled: planned.at,
                         latency: scheduled.elapsed(),
                         answer: Answer::Err(CLIENT_OVERLOAD.into()),
+                        memory: MemoryPressure::default(),
                     });
                     continue;
                 }
@@ -184,14 +185,18 @@ pub async fn run_phase(
                 };
                 runtime.spawn(async move {
                     let asked = request.class.clone();
+                    let mut memory = MemoryPressure::default();
                     let answer = tokio::time::timeout(bound, client.invoke(request)).await;
                     let (answer, cost, degraded, retried) = match answer {
-                        Ok(Ok(Ok(outcome))) => (
-                            Answer::Ok(Stages::of(&outcome)),
-                            outcome.cost.total,
-                            !outcome.cost.class.is_empty() && outcome.cost.class != asked,
-                            outcome.attempts > 1,
-                        ),
+                        Ok(Ok(Ok(outcome))) => {
+                            memory = outcome.run.memory;
+                            (
+                                Answer::Ok(Stages::of(&outcome)),
+                                outcome.cost.total,
+                                !outcome.cost.class.is_empty() && outcome.cost.class != asked,
+                                outcome.attempts > 1,
+                            )
+                        }
                         Ok(Ok(Err(e))) => (Answer::Err(e.kind().into()), 0.0, false, false),
                         Ok(Err(e)) => {
                             (Answer::Err(client_error_kind(&e).into()), 0.0, false, false)
@@ -209,6 +214,7 @@ pub async fn run_phase(
                         scheduled: planned.at,
                         latency,
                         answer,
+                        memory,
                     });
                 });
             }

@@ -107,11 +107,20 @@ pub fn table(report: &BenchReport) -> String {
             for class in phase.classes.iter().filter(|c| c.scheduled > 0) {
                 let l = &class.latency_us;
                 let stage = |name: &str| ms(class.stages_us.get(name).map_or(0, |p| p.p50));
-                let errors: Vec<String> = class
+                let mut errors: Vec<String> = class
                     .errors
                     .iter()
                     .map(|(k, v)| format!("{k}={v}"))
                     .collect();
+                let memory = class.memory;
+                if memory != Default::default() {
+                    errors.push(format!(
+                        "swapped out {} MB, in {} MB, held {:.2} s",
+                        memory.swapped_out_bytes >> 20,
+                        memory.swapped_in_bytes >> 20,
+                        memory.held_us as f64 / 1e6
+                    ));
+                }
                 let _ = writeln!(
                     out,
                     "{:<7} {:<10} {:<9} {:>7} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} |         {:>7} {:>7} {:>7} {:>7} {:>7} | {}",

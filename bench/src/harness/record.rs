@@ -11,7 +11,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tariff_cluster::client::ClientError;
-use tariff_types::wire::InvocationOutcome;
+use tariff_types::wire::{InvocationOutcome, MemoryPressure};
 
 use super::schedule::PhasePlan;
 use super::workload::{ArrivalKind, Workload};
@@ -142,6 +142,8 @@ pub struct Sample {
     pub latency: Duration,
     /// The result.
     pub answer: Answer,
+    /// What memory pressure cost it (zero unless it ran on a machine short of memory).
+    pub memory: MemoryPressure,
 }
 
 /// The report's name for a request that got no answer.
@@ -172,6 +174,8 @@ struct ClassRecorder {
     errors: BTreeMap<String, u64>,
     /// Latency by second of scheduled send time.
     per_second: Vec<Histogram<u64>>,
+    /// Memory pressure's cost, summed.
+    memory: MemoryTotals,
 }
 
 impl ClassRecorder {
@@ -183,6 +187,7 @@ impl ClassRecorder {
             stages: std::array::from_fn(|_| histogram(SIGNIFICANT_DIGITS)),
             errors: BTreeMap::new(),
             per_second: Vec::new(),
+            memory: MemoryTotals::default(),
         }
     }
 }
@@ -314,6 +319,9 @@ impl PhaseRecorder {
         let Some(class) = self.classes.get_mut(sample.class as usize) else {
             return;
         };
+        class.memory.swapped_out_bytes += sample.memory.swapped_out_bytes;
+        class.memory.swapped_in_bytes += sample.memory.swapped_in_bytes;
+        class.memory.held_us += sample.memory.held_us;
         match &sample.answer {
             Answer::Ok(stages) => {
                 let us = (sample.latency.as_micros() as u64).max(1);
@@ -396,6 +404,7 @@ impl PhaseRecorder {
                         .collect(),
                     throughput_per_s: ok as f64 / secs,
                     cdf: cdf(&c.latency),
+                    memory: c.memory,
                 }
             })
             .collect();
@@ -501,6 +510,20 @@ pub struct ClassReport {
     pub throughput_per_s: f64,
     /// Points of the latency CDF (empty without answers).
     pub cdf: Vec<CdfPoint>,
+    /// What memory pressure cost the class's successful calls, summed (kills are the
+    /// `killed_memory_pressure` errors).
+    pub memory: MemoryTotals,
+}
+
+/// Bytes swapped out and in and time held for memory, summed over a class's answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct MemoryTotals {
+    /// Bytes paged out to swap.
+    pub swapped_out_bytes: u64,
+    /// Bytes brought back from swap.
+    pub swapped_in_bytes: u64,
+    /// µs held stopped waiting for memory.
+    pub held_us: u64,
 }
 
 /// One point of a latency CDF.
@@ -775,6 +798,7 @@ mod tests {
             scheduled: Duration::from_millis(ms * 100),
             latency: Duration::from_millis(ms),
             answer,
+            memory: MemoryPressure::default(),
         }
     }
 

@@ -168,6 +168,9 @@ pub struct ClusterShape {
     /// Cores per dispatcher: a number, or `"all"` for every CPU this process may use, so a
     /// scenario about the whole machine measures the whole machine wherever it runs.
     pub cores: Option<Cores>,
+    /// Memory per dispatcher in MiB: what its functions may use together (a memory-pressure
+    /// scenario sizes it below what its functions ask for).
+    pub memory_mb: Option<u64>,
 }
 
 /// Cores of the embedded cluster's dispatchers in a workload's `[cluster]` section.

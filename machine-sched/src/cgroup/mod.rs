@@ -64,6 +64,9 @@ const KILL_DEADLINE: Duration = Duration::from_secs(2);
 /// How long [`InstanceCgroup::remove`] retries `rmdir` while the kernel finishes tearing down
 /// the last exited tasks (`EBUSY`).
 const REMOVE_DEADLINE: Duration = Duration::from_secs(2);
+/// What [`InstanceCgroup::reclaim`] squeezes a v1 group's limit to: the kernel refuses a
+/// limit below what it cannot reclaim, and a frozen group's pages can all go.
+pub const RECLAIM_FLOOR_BYTES: u64 = 1 << 20;
 /// How long freezing may take before [`InstanceCgroup::freeze`] reports it.
 const FREEZE_DEADLINE: Duration = Duration::from_secs(1);
 /// Poll interval of the bounded waits above.
@@ -352,6 +355,44 @@ pub(crate) trait GroupOps: fmt::Debug + Send + Sync {
     /// Asks the kernel to kill the whole group at once; `false` when it cannot (no
     /// `cgroup.kill`), and the caller signals each process itself.
     fn kill_by_kernel(&self) -> Result<bool, CgroupError>;
+    /// What the group holds now: anonymous, file-backed and swapped bytes.
+    fn memory_stat(&self) -> Result<MemoryStat, CgroupError>;
+    /// Keeps the kernel's own reclaim from swapping the group's anonymous memory (`true`), or
+    /// lets it (`false`).
+    fn protect_from_swap(&self, protect: bool) -> Result<(), CgroupError>;
+    /// Asks the kernel to reclaim what it can of the group's memory now, and returns when it
+    /// has tried.
+    fn reclaim(&self) -> Result<(), CgroupError>;
+}
+
+/// Memory a group holds, by kind, read from the kernel's `memory.stat` (and, on v2,
+/// `memory.swap.current`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryStat {
+    /// Anonymous memory in RAM (heaps, stacks): what swapping can move out.
+    pub anon: u64,
+    /// Page cache charged to the group: reclaimable without swap.
+    pub file: u64,
+    /// Bytes of the group's memory in swap now.
+    pub swapped: u64,
+}
+
+impl MemoryStat {
+    /// Bytes in RAM.
+    pub fn resident(&self) -> u64 {
+        self.anon + self.file
+    }
+}
+
+/// How [`CgroupRoot::limit_memory`] left the functions' memory limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryLimit {
+    /// The limit on RAM the functions together may use, in bytes.
+    pub limit_bytes: u64,
+    /// Whether the kernel's OOM killer is off for the functions' subtree (v1
+    /// `memory.oom_control`): at the limit their allocations wait, and the dispatcher chooses
+    /// whom to kill. v2 has no such switch: there the dispatcher must act before the limit.
+    pub oom_killer_disabled: bool,
 }
 
 /// The version-specific half of the dispatcher's subtree.
@@ -435,6 +476,39 @@ impl CgroupRoot {
             name: name.to_owned(),
             ops,
         })
+    }
+
+    /// The existing instance group `name`, without creating anything: for reading what a
+    /// running instance holds and freezing it, where its owner keeps the group itself.
+    pub fn open(&self, name: &str) -> Result<InstanceCgroup, CgroupError> {
+        check_name(name)?;
+        let ops: Box<dyn GroupOps> = match &self.inner {
+            RootImpl::V1(r) => Box::new(r.open(name)),
+            RootImpl::V2(r) => Box::new(r.open(name)),
+        };
+        Ok(InstanceCgroup {
+            name: name.to_owned(),
+            ops,
+        })
+    }
+
+    /// Enforces `limit_bytes` as what every function on the machine may hold in RAM together,
+    /// on the base group, with swap beyond it unlimited, and (v1) the kernel's OOM killer off
+    /// for the subtree so that the dispatcher, which knows the price classes, chooses whom to
+    /// kill. The dispatcher itself is not in the subtree, so it survives whatever happens in it.
+    pub fn limit_memory(&self, limit_bytes: u64) -> Result<MemoryLimit, CgroupError> {
+        match &self.inner {
+            RootImpl::V1(r) => r.limit_memory(limit_bytes),
+            RootImpl::V2(r) => r.limit_memory(limit_bytes),
+        }
+    }
+
+    /// What every function on the machine holds together now (the base group's figures).
+    pub fn memory_stat(&self) -> Result<MemoryStat, CgroupError> {
+        match &self.inner {
+            RootImpl::V1(r) => r.memory_stat(),
+            RootImpl::V2(r) => r.memory_stat(),
+        }
     }
 
     /// Kills the processes of, and removes, every instance group left under the base by a
@@ -529,6 +603,29 @@ impl InstanceCgroup {
     /// Lets a frozen group run again.
     pub fn thaw(&self) -> Result<(), CgroupError> {
         self.ops.set_frozen(false)
+    }
+
+    /// What the group holds now: anonymous, file-backed and swapped bytes.
+    pub fn memory_stat(&self) -> Result<MemoryStat, CgroupError> {
+        self.ops.memory_stat()
+    }
+
+    /// Has the kernel reclaim what it can of this group's memory now (v1: its limit squeezed
+    /// to [`RECLAIM_FLOOR_BYTES`] and lifted again; v2: `memory.reclaim`). After
+    /// `MADV_PAGEOUT`, the group's pages are written to swap but still in RAM as swap cache;
+    /// this frees them (measured: 17 ms for 64 MiB, docs/memory.md). Call it on a frozen group,
+    /// or its pages come straight back.
+    pub fn reclaim(&self) -> Result<(), CgroupError> {
+        self.ops.reclaim()
+    }
+
+    /// Keeps the kernel's own reclaim (at the machine's limit) from swapping this group's
+    /// anonymous memory, or lets it again: the top class's memory is never swapped while a
+    /// cheaper class has some (v1 `memory.swappiness` 0, v2 `memory.swap.max` 0). The
+    /// dispatcher's own page-out ignores this, and never chooses the top class while a
+    /// cheaper one has swappable memory.
+    pub fn protect_from_swap(&self, protect: bool) -> Result<(), CgroupError> {
+        self.ops.protect_from_swap(protect)
     }
 
     /// Kills every process in the group: with `cgroup.kill` where the kernel has it (v2, 5.14+),
@@ -708,6 +805,20 @@ pub(crate) fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
 }
 
 /// Parses a file holding one unsigned number.
+/// The value of `key` in a flat-keyed file such as `memory.stat` (`key value` per line), or
+/// `None` when the key is absent.
+pub(crate) fn stat_value(
+    path: &Path,
+    content: &str,
+    key: &str,
+) -> Result<Option<u64>, CgroupError> {
+    content
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
+        .map(|v| parse_u64(path, v))
+        .transpose()
+}
+
 pub(crate) fn read_u64(path: &Path) -> Result<u64, CgroupError> {
     let content = read_file(path)?;
     parse_u64(path, &content)

@@ -10,8 +10,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::{
-    create_dir, read_file, read_ids, read_optional, read_u64, subdir_names, wait_until, write_file,
-    CgroupError, GroupOps, V1Controller, CGROUP_PROCS, FREEZE_DEADLINE,
+    create_dir, read_file, read_ids, read_optional, read_u64, stat_value, subdir_names, wait_until,
+    write_file, CgroupError, GroupOps, MemoryLimit, MemoryStat, V1Controller, CGROUP_PROCS,
+    FREEZE_DEADLINE, RECLAIM_FLOOR_BYTES,
 };
 
 /// Every thread id of the group.
@@ -36,6 +37,26 @@ const CLONE_CHILDREN: &str = "cgroup.clone_children";
 const RESET_PEAK: &str = "0";
 /// Nanoseconds per microsecond, for `cpuacct.usage`.
 const NS_PER_US: u64 = 1_000;
+/// Memory by kind, this group and its descendants (`total_*` keys).
+const MEMORY_STAT: &str = "memory.stat";
+const STAT_ANON: &str = "total_rss";
+const STAT_FILE: &str = "total_cache";
+/// Present only with swap accounting (`memory.memsw.*`).
+const STAT_SWAP: &str = "total_swap";
+/// The limit on RAM the group and its descendants may hold.
+const MEMORY_LIMIT: &str = "memory.limit_in_bytes";
+/// The limit on RAM plus swap; must stay at or above `memory.limit_in_bytes`.
+const MEMSW_LIMIT: &str = "memory.memsw.limit_in_bytes";
+/// No limit, as v1 limit files take it.
+const UNLIMITED: &str = "-1";
+/// `oom_kill_disable 0|1` (and `under_oom`); writing `1` turns the OOM killer off.
+const OOM_CONTROL: &str = "memory.oom_control";
+const OOM_KILL_DISABLE: &str = "1";
+/// How readily the kernel's reclaim swaps the group's anonymous memory; 0 never at its limit.
+const SWAPPINESS: &str = "memory.swappiness";
+/// The kernel's default swappiness, restored when a group is no longer protected.
+const DEFAULT_SWAPPINESS: &str = "60";
+const NO_SWAPPINESS: &str = "0";
 
 /// The dispatcher's base group in each v1 hierarchy it uses.
 #[derive(Debug)]
@@ -80,6 +101,32 @@ impl V1Root {
             tracing::warn!("no separate cpuacct hierarchy: instance CPU time is unavailable");
         }
         Ok(V1Root { bases })
+    }
+
+    /// The base's memory directory; `memory` is required by [`V1Root::new`].
+    fn memory_base(&self) -> &Path {
+        &self.bases[&V1Controller::Memory]
+    }
+
+    /// Limits the base's RAM to `limit_bytes`, leaves swap unlimited (`memsw` first, so it
+    /// never falls below the RAM limit) and turns the OOM killer off for the subtree.
+    pub(crate) fn limit_memory(&self, limit_bytes: u64) -> Result<MemoryLimit, CgroupError> {
+        let base = self.memory_base();
+        let memsw = base.join(MEMSW_LIMIT);
+        if memsw.exists() {
+            write_file(&memsw, UNLIMITED)?;
+        }
+        write_file(&base.join(MEMORY_LIMIT), &limit_bytes.to_string())?;
+        let oom_killer_disabled = write_file(&base.join(OOM_CONTROL), OOM_KILL_DISABLE).is_ok();
+        Ok(MemoryLimit {
+            limit_bytes,
+            oom_killer_disabled,
+        })
+    }
+
+    /// What the whole subtree holds.
+    pub(crate) fn memory_stat(&self) -> Result<MemoryStat, CgroupError> {
+        read_memory_stat(self.memory_base())
     }
 
     /// `<mount>/<base>` of every hierarchy.
@@ -237,6 +284,45 @@ impl GroupOps for V1Group {
     fn kill_by_kernel(&self) -> Result<bool, CgroupError> {
         Ok(false)
     }
+
+    fn memory_stat(&self) -> Result<MemoryStat, CgroupError> {
+        read_memory_stat(self.memory_dir())
+    }
+
+    fn protect_from_swap(&self, protect: bool) -> Result<(), CgroupError> {
+        let value = if protect {
+            NO_SWAPPINESS
+        } else {
+            DEFAULT_SWAPPINESS
+        };
+        write_file(&self.memory_dir().join(SWAPPINESS), value)
+    }
+
+    fn reclaim(&self) -> Result<(), CgroupError> {
+        let limit = self.memory_dir().join(MEMORY_LIMIT);
+        // EBUSY only says the kernel could not get all the way down: what it freed is freed.
+        let squeezed = write_file(&limit, &RECLAIM_FLOOR_BYTES.to_string());
+        write_file(&limit, UNLIMITED)?;
+        match squeezed {
+            Err(CgroupError::Write { source, .. })
+                if source.raw_os_error() == Some(libc::EBUSY) =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
+    }
+}
+
+/// Reads a v1 group's `memory.stat`; without swap accounting its swap is 0.
+fn read_memory_stat(dir: &Path) -> Result<MemoryStat, CgroupError> {
+    let path = dir.join(MEMORY_STAT);
+    let content = read_file(&path)?;
+    Ok(MemoryStat {
+        anon: stat_value(&path, &content, STAT_ANON)?.unwrap_or(0),
+        file: stat_value(&path, &content, STAT_FILE)?.unwrap_or(0),
+        swapped: stat_value(&path, &content, STAT_SWAP)?.unwrap_or(0),
+    })
 }
 
 #[cfg(test)]

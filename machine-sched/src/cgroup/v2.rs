@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
 use super::{
-    create_dir, parse_u64, read_file, read_ids, read_optional, read_u64, subdir_names, wait_until,
-    write_file, CgroupError, GroupOps, CGROUP_PROCS, CPU_CONTROLLER, FREEZE_DEADLINE,
+    create_dir, parse_u64, read_file, read_ids, read_optional, read_u64, stat_value, subdir_names,
+    wait_until, write_file, CgroupError, GroupOps, MemoryLimit, MemoryStat, CGROUP_PROCS,
+    CPU_CONTROLLER, FREEZE_DEADLINE,
 };
 
 /// Controllers a group may delegate to its children.
@@ -45,6 +46,20 @@ const FROZEN_KEY: &str = "frozen";
 
 /// Required controller, also what [`super::Layout`] looks for to prefer v2.
 pub(crate) const MEMORY_CONTROLLER: &str = "memory";
+/// Memory by kind (`anon`, `file`, ...), this group and its descendants.
+const MEMORY_STAT: &str = "memory.stat";
+const STAT_ANON: &str = "anon";
+const STAT_FILE: &str = "file";
+/// Bytes in swap now.
+const MEMORY_SWAP_CURRENT: &str = "memory.swap.current";
+/// The limit on swap; `0` keeps the group out of swap, `max` lifts the limit.
+const MEMORY_SWAP_MAX: &str = "memory.swap.max";
+/// Writing a byte count asks the kernel to reclaim that much from the group (5.19+).
+const MEMORY_RECLAIM: &str = "memory.reclaim";
+/// The hard limit on RAM.
+const MEMORY_MAX: &str = "memory.max";
+/// No limit, as v2 limit files take it.
+const MAX: &str = "max";
 const PIDS_CONTROLLER: &str = "pids";
 const CPUSET_CONTROLLER: &str = "cpuset";
 
@@ -113,6 +128,25 @@ impl V2Root {
             base: dir,
             cpuset: wanted.contains(&CPUSET_CONTROLLER),
         })
+    }
+
+    /// Limits the base's RAM to `limit_bytes` with swap unlimited. v2 cannot turn the OOM
+    /// killer off, so the dispatcher must act before the limit.
+    pub(crate) fn limit_memory(&self, limit_bytes: u64) -> Result<MemoryLimit, CgroupError> {
+        write_file(&self.base.join(MEMORY_MAX), &limit_bytes.to_string())?;
+        let swap_max = self.base.join(MEMORY_SWAP_MAX);
+        if swap_max.exists() {
+            write_file(&swap_max, MAX)?;
+        }
+        Ok(MemoryLimit {
+            limit_bytes,
+            oom_killer_disabled: false,
+        })
+    }
+
+    /// What the whole subtree holds.
+    pub(crate) fn memory_stat(&self) -> Result<MemoryStat, CgroupError> {
+        read_memory_stat(&self.base)
     }
 
     /// `<mount>/<base>`.
@@ -297,6 +331,53 @@ impl GroupOps for V2Group {
         write_file(&path, "1")?;
         Ok(true)
     }
+
+    fn memory_stat(&self) -> Result<MemoryStat, CgroupError> {
+        read_memory_stat(&self.dir)
+    }
+
+    fn protect_from_swap(&self, protect: bool) -> Result<(), CgroupError> {
+        let path = self.file(MEMORY_SWAP_MAX);
+        if !path.exists() {
+            // No swap controller (kernel without swap accounting): nothing to protect from.
+            return Ok(());
+        }
+        write_file(&path, if protect { "0" } else { MAX })
+    }
+
+    fn reclaim(&self) -> Result<(), CgroupError> {
+        let path = self.file(MEMORY_RECLAIM);
+        if !path.exists() {
+            return Err(CgroupError::Unsupported {
+                what: "memory.reclaim (Linux 5.19 and later)",
+            });
+        }
+        let current = self.memory_current()?;
+        match write_file(&path, &current.to_string()) {
+            // EAGAIN: less than asked could be reclaimed; what was, was.
+            Err(CgroupError::Write { source, .. })
+                if source.raw_os_error() == Some(libc::EAGAIN) =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
+    }
+}
+
+/// Reads a v2 group's `memory.stat` and `memory.swap.current` (0 without swap accounting).
+fn read_memory_stat(dir: &Path) -> Result<MemoryStat, CgroupError> {
+    let path = dir.join(MEMORY_STAT);
+    let content = read_file(&path)?;
+    let swapped = match read_optional(&dir.join(MEMORY_SWAP_CURRENT))? {
+        Some(text) => parse_u64(&dir.join(MEMORY_SWAP_CURRENT), &text)?,
+        None => 0,
+    };
+    Ok(MemoryStat {
+        anon: stat_value(&path, &content, STAT_ANON)?.unwrap_or(0),
+        file: stat_value(&path, &content, STAT_FILE)?.unwrap_or(0),
+        swapped,
+    })
 }
 
 #[cfg(test)]

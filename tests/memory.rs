@@ -1,0 +1,233 @@
+//! Memory without reservations, against the real kernel (issue 15): a real `tariff dispatcher`
+//! whose `--memory` its functions outgrow, real allocating processes, a real swap file made by
+//! the test. With swap, the cheapest class is frozen and swapped out and resumes and finishes
+//! with its memory intact while `critical` calls run untouched; without swap, the cheapest
+//! class's latest arrival is killed with a clear error, nothing dearer is, and the dispatcher
+//! goes on serving. Skipped, with the reason printed, where cgroups or swap files are not
+//! available (they need root).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::swap::SwapFile;
+use common::{invoke, request, runtime, TestCluster};
+use tariff_machine_sched::page_out::MachineMemory;
+use tariff_types::wire::{InvocationOutcome, InvokeError};
+
+/// Swap is machine-wide: these tests must not see each other's swap file. One at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// Longest either test may take; a hang fails instead of blocking the suite.
+const TEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// The dispatcher's `--memory` in the swap test.
+const SWAP_MEMORY: &str = "192M";
+/// Each `batch` call makes this many MiB resident, 1 MiB every `BATCH_STEP_MS`: two run at
+/// once (one per CPU), 2 × 112 = 224 MiB plus the `critical` calls' 24 MiB is 1.3× the
+/// machine's memory at once, and the four calls together ask for 448 MiB, 2.3× of it.
+const BATCH_MB: u64 = 112;
+const BATCH_STEP_MS: u64 = 8;
+const BATCH_CALLS: usize = 4;
+/// Each `critical` call makes this many MiB resident.
+const CRITICAL_MB: u64 = 24;
+const CRITICAL_CALLS: usize = 6;
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Why cgroup memory limits cannot be tested here, if they cannot.
+fn cannot_limit_memory() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("memory limits and freezing need root".into());
+    }
+    if let Err(e) = tariff_machine_sched::cgroup::Layout::detect() {
+        return Some(format!("no usable cgroup hierarchy: {e}"));
+    }
+    None
+}
+
+/// One shard and one two-CPU dispatcher whose functions may use `memory`, with the examples
+/// deployed; four calls of a class may be placed on it at once.
+async fn machine(memory: &str) -> TestCluster {
+    let mut cluster = TestCluster::new();
+    cluster.start_shard(&[]);
+    cluster.start_dispatcher("m1", 2, &["--memory", memory, "--slots", "4"]);
+    cluster.wait_for_machines(1).await;
+    cluster.deploy_examples().await;
+    cluster
+}
+
+fn log_of(cluster: &TestCluster) -> String {
+    std::fs::read_to_string(cluster.dispatcher_log("m1")).unwrap_or_default()
+}
+
+/// Sends an `alloc` call of `mb` MiB at `class`, as a task.
+fn alloc(
+    client: &tariff_cluster::client::Client,
+    class: &'static str,
+    mb: u64,
+    step_ms: u64,
+) -> tokio::task::JoinHandle<Result<InvocationOutcome, InvokeError>> {
+    let client = client.clone();
+    tokio::spawn(async move {
+        invoke(&client, request("alloc", class, &format!("{mb} {step_ms}"))).await
+    })
+}
+
+/// With swap, `batch` calls oversubscribing the machine are swapped out and resumed and all
+/// answer correctly; no `critical` call is killed or has any memory swapped.
+#[test]
+fn oversubscribed_batch_is_swapped_out_and_resumed_while_critical_is_untouched() {
+    let _serial = serial();
+    if let Some(reason) = cannot_limit_memory() {
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let swap = match SwapFile::create() {
+        Ok(swap) => swap,
+        Err(reason) => {
+            eprintln!("skipped: cannot make a swap file: {reason}");
+            return;
+        }
+    };
+    eprintln!("swap file of {} MiB on", swap.bytes >> 20);
+    runtime().block_on(async {
+        tokio::time::timeout(TEST_TIMEOUT, async {
+            let cluster = machine(SWAP_MEMORY).await;
+            let client = cluster.client(0).await;
+            let started = Instant::now();
+            let mut batch = Vec::new();
+            for _ in 0..BATCH_CALLS {
+                batch.push(alloc(&client, "batch", BATCH_MB, BATCH_STEP_MS));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let mut critical = Vec::new();
+            for _ in 0..CRITICAL_CALLS {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let outcome = alloc(&client, "critical", CRITICAL_MB, 1).await.unwrap();
+                critical.push(outcome);
+            }
+            let mut batch_done = Vec::new();
+            for task in batch {
+                batch_done.push(task.await.unwrap());
+            }
+            let log = log_of(&cluster);
+            assert!(
+                log.contains("memory: swap present"),
+                "start-up says swap exists:\n{log}"
+            );
+            for outcome in &critical {
+                let outcome = outcome.as_ref().unwrap_or_else(|e| {
+                    panic!("critical call failed: {e}\ndispatcher log:\n{log}")
+                });
+                assert_eq!(
+                    outcome.run.output,
+                    format!("allocated {CRITICAL_MB} MB\n").as_bytes()
+                );
+                assert_eq!(
+                    outcome.run.memory.swapped_out_bytes, 0,
+                    "{:?}",
+                    outcome.run.memory
+                );
+                assert_eq!(outcome.run.memory.held_us, 0, "{:?}", outcome.run.memory);
+            }
+            let mut swapped = 0;
+            for outcome in &batch_done {
+                let outcome = outcome
+                    .as_ref()
+                    .unwrap_or_else(|e| panic!("batch call failed: {e}\ndispatcher log:\n{log}"));
+                assert_eq!(
+                    outcome.run.output,
+                    format!("allocated {BATCH_MB} MB\n").as_bytes()
+                );
+                eprintln!(
+                    "batch: {:?} peak {} MiB",
+                    outcome.run.memory,
+                    outcome.run.peak_memory_bytes >> 20
+                );
+                if outcome.run.memory.swapped_out_bytes > 0 {
+                    swapped += 1;
+                    assert!(outcome.run.memory.held_us > 0, "{:?}", outcome.run.memory);
+                }
+            }
+            assert!(
+                swapped > 0,
+                "no batch call was swapped out: the machine was not under pressure?\n{log}"
+            );
+            eprintln!(
+                "{} batch calls swapped; all done in {:?}",
+                swapped,
+                started.elapsed()
+            );
+            // The dispatcher survived: it still answers.
+            let echo = invoke(&client, request("echo", "critical", "still here"))
+                .await
+                .unwrap();
+            assert_eq!(echo.run.output, b"still here");
+        })
+        .await
+        .expect("the test finished in time");
+    });
+}
+
+/// Without swap, the cheapest class's latest arrival is killed first with the clear error,
+/// the dearer call finishes, and the dispatcher goes on serving.
+#[test]
+fn without_swap_the_cheapest_class_is_killed_first() {
+    let _serial = serial();
+    if let Some(reason) = cannot_limit_memory() {
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let swap_total = MachineMemory::read().map_or(0, |m| m.swap_total_bytes);
+    if swap_total > 0 {
+        eprintln!(
+            "skipped: this machine has {} MiB of swap: no kill-only case to see",
+            swap_total >> 20
+        );
+        return;
+    }
+    runtime().block_on(async {
+        tokio::time::timeout(TEST_TIMEOUT, async {
+            let cluster = machine("160M").await;
+            let client = cluster.client(0).await;
+            let high = alloc(&client, "high", 50, 12);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let first_batch = alloc(&client, "batch", 100, 6);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let last_batch = alloc(&client, "batch", 100, 6);
+            let high = high.await.unwrap();
+            let first_batch = first_batch.await.unwrap();
+            let last_batch = last_batch.await.unwrap();
+            let log = log_of(&cluster);
+            assert!(
+                log.contains("memory: no swap on this machine"),
+                "start-up says there is no swap:\n{log}"
+            );
+            let high = high.unwrap_or_else(|e| panic!("the high call failed: {e}\n{log}"));
+            assert_eq!(high.run.output, b"allocated 50 MB\n");
+            assert_eq!(
+                last_batch.as_ref().err(),
+                Some(&InvokeError::KilledUnderMemoryPressure),
+                "the latest batch call goes first: {last_batch:?}\n{log}"
+            );
+            assert!(InvokeError::KilledUnderMemoryPressure
+                .to_string()
+                .contains("killed under memory pressure"));
+            eprintln!(
+                "first batch call: {:?}",
+                first_batch.as_ref().map(|o| &o.run.memory)
+            );
+            // The dispatcher survived: it still answers.
+            let echo = invoke(&client, request("echo", "critical", "still here"))
+                .await
+                .unwrap();
+            assert_eq!(echo.run.output, b"still here");
+        })
+        .await
+        .expect("the test finished in time");
+    });
+}
