@@ -152,7 +152,9 @@ fn ran(answer: &Answer) -> Option<bool> {
                 stage: Stage::Run, ..
             },
         ) => Some(true),
-        Err(E::MachineLost(_) | E::TimedOut(_) | E::Cancelled) => None,
+        Err(E::MachineLost(_) | E::TimedOut(_) | E::Cancelled | E::KilledUnderMemoryPressure) => {
+            None
+        }
         Err(_) => Some(false),
     }
 }

@@ -530,8 +530,12 @@ impl ShardState {
     /// A machine reported an invocation's end: answers its caller, unless answered already.
     /// Ignored unless `machine` is where the invocation runs now: a completion from a machine
     /// it was taken from (lost, and the invocation placed again) is stale.
+    ///
+    /// A run the machine killed to free memory is placed again, like a lost machine's, when
+    /// its function has retries left.
     pub(crate) fn complete(&self, machine: MachineIdx, completion: Completion) {
-        if self.book().complete(machine, completion) {
+        let now = self.now();
+        if self.book().complete(machine, completion, now) {
             self.wake.notify_one();
         }
     }
@@ -793,7 +797,7 @@ impl Book {
     }
 
     /// See [`ShardState::complete`]; returns whether a caller was answered.
-    fn complete(&mut self, machine: MachineIdx, completion: Completion) -> bool {
+    fn complete(&mut self, machine: MachineIdx, completion: Completion, now: Duration) -> bool {
         let placed = self
             .invocations
             .get(&completion.id)
@@ -803,6 +807,13 @@ impl Book {
             return false;
         }
         let Completion { id, result } = completion;
+        if matches!(result, Err(InvokeError::KilledUnderMemoryPressure))
+            && self.place_again(id, now)
+        {
+            // Queued again; the machine that killed it has its slot back.
+            self.core.completed(machine);
+            return true;
+        }
         self.answer(id, |invocation| {
             let (machine, placed_at_us) = invocation
                 .running
@@ -1154,7 +1165,7 @@ mod tests {
             id,
             result: Ok(report()),
         };
-        assert!(!state.book().complete(m.idx, late));
+        assert!(!state.book().complete(m.idx, late, Duration::ZERO));
         assert!(state.book().lose_machine(m.idx, Duration::ZERO).is_none());
         let status = state.status();
         assert_eq!(status.in_flight, 0);
@@ -1187,7 +1198,7 @@ mod tests {
             id,
             result: Ok(report()),
         };
-        assert!(!state.book().complete(m1.idx, stale));
+        assert!(!state.book().complete(m1.idx, stale, Duration::ZERO));
         state.complete(
             m2.idx,
             Completion {
@@ -1197,6 +1208,30 @@ mod tests {
         );
         let outcome = rx.try_recv().expect("answered").expect("succeeded");
         assert_eq!((outcome.machine.as_str(), outcome.attempts), ("m2", 2));
+        assert_eq!(live(&state), 0);
+    }
+
+    #[test]
+    fn a_run_killed_for_memory_is_placed_again_when_its_function_allows() {
+        let state = state();
+        let mut m = connect(&state, "m1", 1, 1, true);
+        let (id, mut rx) = submit_spec(&state, retrying("safe", 1), StageLimits::default());
+        expect_placed(&state);
+        assert_eq!(m.placements().len(), 1);
+        let killed = || Completion {
+            id,
+            result: Err(InvokeError::KilledUnderMemoryPressure),
+        };
+        state.complete(m.idx, killed());
+        assert!(
+            matches!(rx.try_recv(), Err(TryRecvError::Empty)),
+            "not answered"
+        );
+        // The machine's one slot is free again, so it takes the invocation back.
+        expect_placed(&state);
+        assert_eq!(m.placements()[0].id, id);
+        state.complete(m.idx, killed());
+        assert_eq!(error_of(&mut rx), InvokeError::KilledUnderMemoryPressure);
         assert_eq!(live(&state), 0);
     }
 
@@ -1301,7 +1336,7 @@ mod tests {
             id: a,
             result: Err(InvokeError::TimedOut(1)),
         };
-        assert!(!state.book().complete(m.idx, late));
+        assert!(!state.book().complete(m.idx, late, Duration::ZERO));
         // One slot is free (a's), so one more goes straight to the machine, and the next
         // needs a poll. Had the late completion freed a's slot again, both would be placed.
         let (_c, _rx_c) = submit(&state);
