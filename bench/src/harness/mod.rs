@@ -3,8 +3,8 @@
 //!
 //! The pieces, one concept each: [`workload`] (the TOML file), [`schedule`] (every send time
 //! and call, from the seed), [`driver`] (the open-loop generator), [`record`] (HDR histograms
-//! and the report), [`plot`] (SVG figures), [`output`] (the terminal) and [`cli`] (the
-//! command).
+//! and the report), [`plot`] (SVG figures), [`output`] (the terminal), [`vs_sim`]
+//! (the same schedule through the simulator) and [`cli`] (the command).
 
 pub mod cli;
 pub mod driver;
@@ -12,6 +12,7 @@ pub mod output;
 pub mod plot;
 pub mod record;
 pub mod schedule;
+pub mod vs_sim;
 pub mod workload;
 
 pub use cli::{run, BenchArgs};
