@@ -19,11 +19,14 @@
 //!   stage;
 //! * **the cheapest class's share of a core** (real-time mode only): it runs as a normal
 //!   task, so on a shared host it also shares the CPUs with everything else there (another
-//!   engineer's compiler took two thirds of it in one run). Measured on the same phase: its
-//!   calls' mean CPU time ÷ the mean of their `run` stage (≤ 1; the paying classes' share of
-//!   that phase is small, and the model charges it again, so this errs on the slow side).
+//!   engineer's compiler took two thirds of it in one run, and a build starting between two
+//!   phases halved it). That is the host, not Tariff, so it is measured per phase: the
+//!   class's mean CPU time per call ÷ the mean of its `run` stage (at most 1). The run stage
+//!   also holds the time the paying classes preempted it, which the model charges again, so
+//!   the share errs on the slow side by up to the paying classes' share of a core.
 //!
-//! The later phases (the overload) are then a prediction, not a fit.
+//! Latency itself is never fitted: the later phases' latencies (the overload) are predicted
+//! from the first phase's path and each phase's CPU share.
 
 use serde::Serialize;
 use tariff_machine_sched::rt;
@@ -72,6 +75,9 @@ pub struct ClassVsSim {
 pub struct PhaseVsSim {
     /// Phase name.
     pub phase: String,
+    /// The cheapest class's share of a core measured in this phase and given to the
+    /// simulator (1 when not measured).
+    pub shared_speed: f64,
     /// Per class, most expensive first (classes with no call on either side left out).
     pub classes: Vec<ClassVsSim>,
 }
@@ -86,9 +92,9 @@ pub struct VsSimReport {
     pub dispatch_overhead_ms: f64,
     /// Where it was measured: phase and class.
     pub calibrated_on: String,
-    /// The cheapest class's measured share of a core given to the simulator (1 when not in
-    /// real-time mode or not measurable).
-    pub shared_speed: f64,
+    /// Whether the cheapest class's share of a core was measured and given to the simulator
+    /// (real-time mode; per phase in [`PhaseVsSim::shared_speed`]).
+    pub shared_speed_measured: bool,
     /// Per reported phase.
     pub phases: Vec<PhaseVsSim>,
 }
@@ -119,25 +125,38 @@ impl VsSimReport {
     /// The side-by-side table.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "\nlive vs simulated (tariff sim: {}, dispatch overhead {:.3} ms and cheapest class's \
-             share of a core {:.2} measured on {}):\n",
+            "\nlive vs simulated (tariff sim: {}; dispatch overhead {:.3} ms measured on {}{}):\n",
             match self.rt_cpus {
                 Some(rt) => format!("live machine model, paying classes on {rt} core(s)"),
                 None => "one run queue per machine".to_owned(),
             },
             self.dispatch_overhead_ms,
-            self.shared_speed,
             self.calibrated_on,
+            if self.shared_speed_measured {
+                "; share: the cheapest class's measured share of a core in each phase"
+            } else {
+                ""
+            },
         );
         out.push_str(&format!(
-            "{:<12} {:<10} {:>7} {:>10} {:>10} {:>7} {:>10} {:>10} {:>7}\n",
-            "phase", "class", "ok", "live p50", "sim p50", "err", "live p99", "sim p99", "err"
+            "{:<12} {:>5} {:<10} {:>7} {:>10} {:>10} {:>7} {:>10} {:>10} {:>7}\n",
+            "phase",
+            "share",
+            "class",
+            "ok",
+            "live p50",
+            "sim p50",
+            "err",
+            "live p99",
+            "sim p99",
+            "err"
         ));
         for phase in &self.phases {
             for c in &phase.classes {
                 out.push_str(&format!(
-                    "{:<12} {:<10} {:>7} {:>10.1} {:>10.1} {:>6.0}% {:>10.1} {:>10.1} {:>6.0}%\n",
+                    "{:<12} {:>5.2} {:<10} {:>7} {:>10.1} {:>10.1} {:>6.0}% {:>10.1} {:>10.1} {:>6.0}%\n",
                     phase.phase,
+                    phase.shared_speed,
                     c.class,
                     c.live_ok,
                     c.live_p50_ms,
@@ -233,12 +252,6 @@ pub fn compare(
         .and_then(|p| dispatch_overhead_us(p).map(|(us, class)| (us, format!("{} {class}", p.name))))
         .unwrap_or((0, "nothing (no answers)".to_owned()));
     let mut config = sim_config(info, classes.len());
-    if config.rt_cpus.is_some() {
-        let first = plan.phases.iter().find(|p| !p.warmup);
-        if let (Some(phase), Some(live_phase)) = (first, live.phases.first()) {
-            config.shared_speed = shared_speed(plan, phase, live_phase).unwrap_or(1.0);
-        }
-    }
     config.overheads = Overheads {
         dispatch: Some(from_secs(overhead_us as f64 / 1e6)),
         ..Overheads::default()
@@ -259,8 +272,13 @@ pub fn compare(
             .collect();
         let work_s: f64 = invocations.iter().map(|i| i.runtime as f64 / 1e9).sum();
         let last_s = invocations.last().map_or(0.0, |i| i.arrival as f64 / 1e9);
+        let speed = match config.rt_cpus {
+            Some(_) => shared_speed(plan, phase, live_phase).unwrap_or(1.0),
+            None => 1.0,
+        };
         let phase_config = SimConfig {
-            duration_s: last_s + work_s + DRAIN_MARGIN_S,
+            duration_s: last_s + work_s / speed + DRAIN_MARGIN_S,
+            shared_speed: speed,
             ..config.clone()
         };
         let experiment = tariff_sim::run_invocations(&phase_config, &invocations)?;
@@ -288,12 +306,13 @@ pub fn compare(
             .collect();
         phases.push(PhaseVsSim {
             phase: phase.name.clone(),
+            shared_speed: speed,
             classes,
         });
     }
     Ok(VsSimReport {
         rt_cpus: config.rt_cpus,
-        shared_speed: config.shared_speed,
+        shared_speed_measured: config.rt_cpus.is_some(),
         dispatch_overhead_ms: overhead_us as f64 / US_PER_MS,
         calibrated_on,
         phases,
