@@ -1,6 +1,6 @@
 //! `tariff bench --vs-sim` for real: the small overload workload on the embedded cluster
 //! (the whole machine, real-time mode), its schedule replayed through the simulator, and the
-//! two sides compared per class. About 45 s on the 2-CPU development machine.
+//! two sides compared per class. 40–60 s on the 2-CPU development machine, shared.
 //!
 //! Needs the example functions beside the harness (`cargo build --release` at the workspace
 //! root, then `cargo test --release -p tariff-bench --test vs_sim`).
@@ -15,12 +15,15 @@ const PHASES: [&str; 2] = ["unloaded", "overload"];
 /// Its classes, most expensive first.
 const CLASSES: [&str; 2] = ["critical", "batch"];
 /// Agreement required of the top class's median in every phase. Measured (docs/simulator.md,
-/// "Live against simulated"): −3 % to 0 % in five runs on the shared 2-CPU machine; its path
-/// (measured and given to the simulator) and its 20 ms of CPU are all there is to it.
+/// "Live against simulated"): −16 % to −2 % over the phases of four runs on the shared 2-CPU
+/// machine; its path (measured in the run and given to the simulator) and its CPU are all
+/// there is to it. Its p99 is not checked: the model misses it (−13 % to −56 %), as that
+/// section explains.
 const CRITICAL_P50_TOLERANCE: f64 = 0.25;
-/// Agreement required of the cheapest class's median in the overload. Measured: −19 % to
-/// +8 % in the runs of docs/simulator.md; another engineer's build starting or stopping during
-/// the run changes its CPU share after it was measured, which is what the slack is for.
+/// Agreement required of the cheapest class's median in the overload. Measured with the
+/// per-phase CPU share: −8 % to +16 % in the same runs. A build starting or ending on the
+/// host *within* the phase moves its CPU share after and before it was measured (one run with
+/// the share measured a phase earlier was off by 51 %), which is what the slack is for.
 const BATCH_P50_TOLERANCE: f64 = 0.5;
 
 fn f(v: &Value) -> f64 {
@@ -53,15 +56,25 @@ fn live_and_simulated_agree_on_a_small_overload() {
     let report: Value = serde_json::from_str(&text).unwrap();
     eprintln!("{stdout}");
     assert!(f(&report["dispatch_overhead_ms"]) > 0.0, "{report}");
-    assert_eq!(report["shared_speed_measured"], Value::Bool(true), "{report}");
+    assert_eq!(
+        report["shared_speed_measured"],
+        Value::Bool(true),
+        "{report}"
+    );
     let phases = report["phases"].as_array().unwrap();
-    let names: Vec<&str> = phases.iter().map(|p| p["phase"].as_str().unwrap()).collect();
+    let names: Vec<&str> = phases
+        .iter()
+        .map(|p| p["phase"].as_str().unwrap())
+        .collect();
     assert_eq!(names, PHASES);
     for phase in phases {
         let speed = f(&phase["shared_speed"]);
         assert!(speed > 0.0 && speed <= 1.0, "{phase}");
         let classes = phase["classes"].as_array().unwrap();
-        let names: Vec<&str> = classes.iter().map(|c| c["class"].as_str().unwrap()).collect();
+        let names: Vec<&str> = classes
+            .iter()
+            .map(|c| c["class"].as_str().unwrap())
+            .collect();
         assert_eq!(names, CLASSES, "{phase}");
         for class in classes {
             // The same calls on both sides, every one answered and every one simulated.

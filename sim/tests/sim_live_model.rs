@@ -69,9 +69,15 @@ fn the_cheapest_class_shares_what_paying_classes_leave() {
     let (p50, p99) = latency(&machine(Some(1)), &calls, 1);
     assert!(close(p50, 150.0) && close(p99, 150.0), "live: {p50}, {p99}");
     let (p50, p99) = latency(&machine(None), &calls, 1);
-    assert!(close(p50, 100.0) && close(p99, 200.0), "paper: {p50}, {p99}");
+    assert!(
+        close(p50, 100.0) && close(p99, 200.0),
+        "paper: {p50}, {p99}"
+    );
     let (paid, _) = latency(&machine(Some(1)), &calls, 0);
-    assert!(close(paid, 100.0), "the paying call waits for nothing: {paid}");
+    assert!(
+        close(paid, 100.0),
+        "the paying call waits for nothing: {paid}"
+    );
 }
 
 #[test]
@@ -83,6 +89,20 @@ fn a_late_paying_call_slows_running_cheap_ones_down() {
     let calls = [call(0, 1), call(0, 1), call(20, 0)];
     let (p50, p99) = latency(&machine(Some(1)), &calls, 1);
     assert!(close(p50, 150.0) && close(p99, 150.0), "{p50}, {p99}");
+}
+
+#[test]
+fn a_host_shared_with_other_work_slows_only_the_cheapest_class() {
+    // Half of its fair share (another engineer's build on the same CPUs): the cheap call
+    // alone takes 200 ms; the paying call, real-time, still 100 ms.
+    let config = SimConfig {
+        shared_speed: 0.5,
+        ..machine(Some(1))
+    };
+    let calls = [call(0, 1), call(0, 0)];
+    let (cheap, _) = latency(&config, &calls, 1);
+    let (paid, _) = latency(&config, &calls, 0);
+    assert!(close(cheap, 200.0) && close(paid, 100.0), "{cheap}, {paid}");
 }
 
 #[test]

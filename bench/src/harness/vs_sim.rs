@@ -249,7 +249,9 @@ pub fn compare(
     let (overhead_us, calibrated_on) = live
         .phases
         .first()
-        .and_then(|p| dispatch_overhead_us(p).map(|(us, class)| (us, format!("{} {class}", p.name))))
+        .and_then(|p| {
+            dispatch_overhead_us(p).map(|(us, class)| (us, format!("{} {class}", p.name)))
+        })
         .unwrap_or((0, "nothing (no answers)".to_owned()));
     let mut config = sim_config(info, classes.len());
     config.overheads = Overheads {
