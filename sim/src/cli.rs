@@ -77,6 +77,20 @@ pub struct SimArgs {
     /// How long a function's instance stays warm after it finishes, with --cold-start-ms.
     #[arg(long, default_value_t = super::DEFAULT_KEEP_ALIVE_S)]
     pub keep_alive_s: f64,
+    /// Model communication (Tariff only): this many ms every invocation spends outside a
+    /// core (caller to shard to machine and back); `tariff bench --vs-sim` measures it.
+    #[arg(long)]
+    pub dispatch_overhead_ms: Option<f64>,
+    /// Model a live machine in real-time mode (Tariff only): the paying classes run in
+    /// class order on this many cores, the cheapest class on every core, sharing what they
+    /// leave (the live dispatcher uses cores − 1; see docs/simulator.md).
+    #[arg(long)]
+    pub rt_cpus: Option<usize>,
+    /// With --rt-cpus: the fraction of its fair share of a core the cheapest class gets
+    /// (below 1 on a host where other normal-priority work runs; `tariff bench --vs-sim`
+    /// measures it).
+    #[arg(long, default_value_t = 1.0)]
+    pub shared_speed: f64,
     /// Run the paper's memory experiment (Fig. 5): 32 GB per machine, idle list on.
     #[arg(long)]
     pub memory_experiment: bool,
@@ -145,6 +159,15 @@ impl SimArgs {
             config.overheads.cold_start = Some(from_secs(ms / 1e3));
         }
         config.overheads.keep_alive = from_secs(self.keep_alive_s.max(0.0));
+        if let Some(ms) = self.dispatch_overhead_ms {
+            anyhow::ensure!(
+                ms >= 0.0 && ms.is_finite(),
+                "--dispatch-overhead-ms must be a non-negative number"
+            );
+            config.overheads.dispatch = Some(from_secs(ms / 1e3));
+        }
+        config.rt_cpus = self.rt_cpus;
+        config.shared_speed = self.shared_speed;
         if let Some(gb) = self.swap_gb {
             anyhow::ensure!(
                 gb >= 0.0 && gb.is_finite(),

@@ -34,7 +34,7 @@ pub use report::{ExperimentReport, SchedulerReport, SweepReport};
 use events::{from_secs, Event, EventQueue, Nanos};
 use stats::Stats;
 use workload::{
-    FunctionTable, Generator, Invocation, TraceReader, WorkloadConfig, WorkloadError, MB,
+    secs, FunctionTable, Generator, Invocation, TraceReader, WorkloadConfig, WorkloadError, MB,
 };
 
 /// Price of the most expensive class; class i of n costs `MAX_PRICE × (n − i) / n`, which for
@@ -133,6 +133,19 @@ pub struct Overheads {
     pub cold_start: Option<Nanos>,
     /// How long a finished function's instance stays warm on its machine.
     pub keep_alive: Nanos,
+    /// Time every invocation spends outside a core on its way through a live cluster: the
+    /// caller to the shard, the shard to the machine, the answer back (QUIC on loopback, the
+    /// shard's and the dispatcher's handling). It is added to each latency and holds no core.
+    /// `None`: communication is instant (paper assumption 2).
+    pub dispatch: Option<Nanos>,
+}
+
+impl Overheads {
+    /// Whether any overhead is modelled (the paper's set-ups have none, and their reports
+    /// say nothing about overheads).
+    pub fn any(&self) -> bool {
+        self.swap_in_bytes_per_s.is_some() || self.cold_start.is_some() || self.dispatch.is_some()
+    }
 }
 
 /// A set-up that cannot run.
@@ -161,6 +174,17 @@ pub enum ConfigError {
     /// No scheduler to run.
     #[error("no scheduler to run")]
     NoSchedulers,
+    /// A cheapest-class speed outside (0, 1].
+    #[error("the cheapest class's share of a core, {0}, must be in (0, 1]")]
+    SharedSpeed(f64),
+    /// Real-time cores outside 1..=cores.
+    #[error("{rt} real-time cores must be between 1 and the machine's cores ({cores})")]
+    RtCpus {
+        /// The real-time cores asked for.
+        rt: usize,
+        /// Cores per machine.
+        cores: usize,
+    },
 }
 
 /// Why a simulation could not run.
@@ -208,6 +232,19 @@ pub struct SimConfig {
     pub overheads: Overheads,
     /// Whether Tariff's shards place from the idle list (off in the latency experiment).
     pub idle_list: bool,
+    /// Tariff only: model a live machine in real-time mode instead of the paper's (and the
+    /// dispatcher's user-space mode's) one run queue over every core. The paying classes run
+    /// in price-class order on this many cores (their `SCHED_FIFO` CPUs; the live dispatcher
+    /// keeps at least one CPU out, so `cores − 1` on a machine of two or more), while the
+    /// cheapest class runs outside real time on every core: one turn per core in arrival
+    /// order, the turns sharing fairly what the running paying tasks leave
+    /// (docs/machine-scheduler.md, "Every CPU works"). `None`: the paper's model.
+    pub rt_cpus: Option<usize>,
+    /// Live machine model only: the fraction of its fair share of a core the cheapest class
+    /// actually gets. It is a normal task, so on a host where other normal work runs (other
+    /// builds, the load generator) it shares the CPUs with that too; 1 on a dedicated
+    /// machine. `tariff bench --vs-sim` measures it on the live run.
+    pub shared_speed: f64,
     /// The synthetic workload (ignored when replaying a trace).
     pub workload: WorkloadConfig,
     /// A trace CSV to replay instead of the synthetic workload.
@@ -238,6 +275,8 @@ impl SimConfig {
             swap_bytes: None,
             overheads: Overheads::default(),
             idle_list: false,
+            rt_cpus: None,
+            shared_speed: 1.0,
             workload: WorkloadConfig::paper(DEFAULT_CLASSES),
             trace: None,
             whole_trace: false,
@@ -297,6 +336,17 @@ impl SimConfig {
         if self.schedulers.is_empty() {
             return Err(ConfigError::NoSchedulers);
         }
+        if !(self.shared_speed > 0.0 && self.shared_speed <= 1.0) {
+            return Err(ConfigError::SharedSpeed(self.shared_speed));
+        }
+        if let Some(rt) = self.rt_cpus {
+            if !(1..=self.cores).contains(&rt) {
+                return Err(ConfigError::RtCpus {
+                    rt,
+                    cores: self.cores,
+                });
+            }
+        }
         Ok(())
     }
 
@@ -317,6 +367,8 @@ enum Source {
     Synthetic(Box<Generator>),
     /// A trace being replayed.
     Trace(Box<TraceReader>),
+    /// A list given by the caller ([`run_invocations`]).
+    List(std::vec::IntoIter<Invocation>),
 }
 
 impl Iterator for Source {
@@ -326,6 +378,7 @@ impl Iterator for Source {
         match self {
             Self::Synthetic(g) => g.next(),
             Self::Trace(t) => t.next(),
+            Self::List(l) => l.next(),
         }
     }
 }
@@ -460,7 +513,11 @@ fn run_one(
     workload: &Workload,
     kind: SchedulerKind,
 ) -> Result<SchedulerReport, WorkloadError> {
-    let source = workload.source(config)?;
+    Ok(run_source(config, workload.source(config)?, kind))
+}
+
+/// Runs one scheduler on `source`.
+fn run_source(config: &SimConfig, source: Source, kind: SchedulerKind) -> SchedulerReport {
     let stats_machines = match kind {
         SchedulerKind::Edf => 1,
         _ => config.machines,
@@ -473,7 +530,27 @@ fn run_one(
         SchedulerKind::FIFO => Box::new(fifo::Fifo::new(config)),
     };
     let (stats, events) = simulate(policy.as_mut(), source, config.end(), stats);
-    Ok(report::scheduler_report(config, kind, &stats, events))
+    report::scheduler_report(config, kind, &stats, events)
+}
+
+/// Runs every scheduler of `config` on exactly these invocations (sorted by arrival) instead
+/// of a generated workload or a trace file, until `config.duration_s`; `config.load` is only
+/// a label. This is how the load harness replays the very schedule it sent to a live cluster
+/// (`tariff bench --vs-sim`), so the two sides see the same arrivals, not the same statistics.
+pub fn run_invocations(
+    config: &SimConfig,
+    invocations: &[Invocation],
+) -> Result<ExperimentReport, SimError> {
+    config.validate()?;
+    let runtime_s: f64 = invocations.iter().map(|i| secs(i.runtime)).sum();
+    let mean_runtime_s = runtime_s / invocations.len().max(1) as f64;
+    let mut experiment = report::experiment_report(config, mean_runtime_s, 0.0);
+    experiment.schedulers = config
+        .schedulers
+        .iter()
+        .map(|&kind| run_source(config, Source::List(invocations.to_vec().into_iter()), kind))
+        .collect();
+    Ok(experiment)
 }
 
 /// Runs `jobs` on up to the machine's parallelism in threads, keeping results in job order so

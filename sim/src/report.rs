@@ -130,9 +130,7 @@ pub(crate) fn experiment_report(
             .and(config.swap_bytes)
             .map(|b| b as f64 / GB),
         idle_list: config.idle_list,
-        overheads: (config.overheads.swap_in_bytes_per_s.is_some()
-            || config.overheads.cold_start.is_some())
-        .then_some(config.overheads),
+        overheads: config.overheads.any().then_some(config.overheads),
         edf_absolute_deadlines: config.edf_absolute_deadlines,
         trace: config.trace.as_ref().map(|p| p.display().to_string()),
         mean_runtime_s,

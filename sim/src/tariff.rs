@@ -79,6 +79,10 @@ struct Task {
     parked: bool,
     /// Whether it has had a core yet (a cold start is charged once).
     started: bool,
+    /// Share of a core it gets while running: 1 except for the cheapest class under the
+    /// live machine model ([`SimConfig::rt_cpus`]), which shares what the paying classes
+    /// leave; 0 until that share is first set.
+    rate: f64,
 }
 
 impl Task {
@@ -88,12 +92,19 @@ impl Task {
             return 0;
         }
         let base = (INITIAL_MEMORY_MB * MB).min(self.inv.memory);
-        let mut remaining = self.remaining;
-        if self.running {
-            remaining = remaining.saturating_sub(now.saturating_sub(self.since));
-        }
+        let remaining = self.remaining_at(now);
         let done = self.inv.runtime.saturating_sub(remaining) as f64 / self.inv.runtime as f64;
         base + ((self.inv.memory - base) as f64 * done) as u64
+    }
+
+    /// Work left at `now`: what it had when it last got a core or a new share of one, less
+    /// the work done since at its share.
+    fn remaining_at(&self, now: Nanos) -> Nanos {
+        if !self.running {
+            return self.remaining;
+        }
+        let done = (now.saturating_sub(self.since) as f64 * self.rate).round() as Nanos;
+        self.remaining.saturating_sub(done)
     }
 }
 
@@ -113,6 +124,15 @@ struct Machine {
     advert: IdleAdvertiser,
     /// When each function last finished here (cold-start model only).
     warm: HashMap<u32, Nanos>,
+    /// Live machine model only: the cheapest class's own queue, FCFS with one turn per core
+    /// (the dispatcher's `hold_cpu`); `rq` then orders the paying classes on the real-time
+    /// CPUs alone.
+    cheap: Option<RunQueue>,
+    /// Live machine model only: cheapest-class tasks holding a turn, sharing what the
+    /// running paying tasks leave of the cores.
+    cheap_running: Vec<u32>,
+    /// Live machine model only: paying tasks running on the real-time CPUs.
+    paid_running: u32,
 }
 
 /// Tariff's policy code wired to the event loop.
@@ -151,6 +171,12 @@ pub struct Tariff {
     busy: BusyTally,
     /// Overheads charged to invocations.
     overheads: Overheads,
+    /// Cores per machine.
+    cores: usize,
+    /// Live machine model only: the cheapest class, which runs outside real time.
+    cheapest: Option<u8>,
+    /// Live machine model only: the share of its fair share the cheapest class gets.
+    shared_speed: f64,
 }
 
 impl Tariff {
@@ -178,9 +204,13 @@ impl Tariff {
                 shard.add_machine(MachineIdx(m as u32), config.slots);
             }
         }
+        let live = config.rt_cpus.map(|rt| rt.clamp(1, config.cores));
         let machines = (0..config.machines)
             .map(|_| Machine {
-                rq: RunQueue::new(config.cores, config.classes),
+                rq: RunQueue::new(live.unwrap_or(config.cores), config.classes),
+                cheap: live.map(|_| RunQueue::new(config.cores, config.classes)),
+                cheap_running: Vec::new(),
+                paid_running: 0,
                 counts: vec![0; config.classes],
                 running: 0,
                 tasks: Vec::new(),
@@ -209,6 +239,56 @@ impl Tariff {
             instances: Vec::new(),
             busy: BusyTally::new(config.machines, config.cores),
             overheads: config.overheads,
+            cores: config.cores,
+            cheapest: live.map(|_| (config.classes - 1) as u8),
+            shared_speed: config.shared_speed,
+        }
+    }
+
+    /// The run queue that orders `class` on machine `m`: its own for the cheapest class
+    /// under the live machine model, else the machine's.
+    fn queue(&mut self, m: usize, class: u8) -> &mut RunQueue {
+        let machine = &mut self.machines[m];
+        match (&mut machine.cheap, self.cheapest == Some(class)) {
+            (Some(cheap), true) => cheap,
+            _ => &mut machine.rq,
+        }
+    }
+
+    /// Whether task `id` runs outside real time, sharing cores (live machine model only).
+    fn is_shared(&self, id: u32) -> bool {
+        self.cheapest == Some(self.tasks[id as usize].inv.class)
+    }
+
+    /// Live machine model: gives every cheapest-class task holding a turn on machine `m` its
+    /// share of the cores the running paying tasks leave (the kernel's fair share among
+    /// `SCHED_BATCH` tasks), and moves its completion to match.
+    fn reshare(&mut self, m: usize, now: Nanos, ctx: &mut Ctx) {
+        let machine = &self.machines[m];
+        if machine.cheap_running.is_empty() {
+            return;
+        }
+        let free = self.cores.saturating_sub(machine.paid_running as usize) as f64;
+        let rate = (free / machine.cheap_running.len() as f64).min(1.0) * self.shared_speed;
+        for &id in &machine.cheap_running {
+            let task = &mut self.tasks[id as usize];
+            if task.rate == rate {
+                continue;
+            }
+            task.remaining = task.remaining_at(now);
+            task.since = now;
+            task.rate = rate;
+            task.generation = task.generation.wrapping_add(1);
+            if rate > 0.0 {
+                let left = (task.remaining as f64 / rate).ceil() as Nanos;
+                ctx.events.push(
+                    now + left,
+                    Event::Completion {
+                        id,
+                        generation: task.generation,
+                    },
+                );
+            }
         }
     }
 
@@ -262,7 +342,7 @@ impl Tariff {
         if self.capacity.is_some() {
             machine.tasks.push(id);
         }
-        let decisions = machine.rq.arrive(u64::from(id), class);
+        let decisions = self.queue(m, class).arrive(u64::from(id), class);
         self.apply(m, &decisions, now, ctx);
         self.after_machine_event(m, now, ctx);
     }
@@ -294,19 +374,34 @@ impl Tariff {
                             }
                         }
                     }
-                    ctx.events.push(
-                        now + task.remaining,
-                        Event::Completion {
-                            id: id as u32,
-                            generation: task.generation,
-                        },
-                    );
-                    let running = &mut self.machines[m].running;
-                    self.busy.moved(*running as usize, *running as usize + 1);
-                    *running += 1;
+                    let (id, shared) = (id as u32, self.is_shared(id as u32));
+                    let live = self.cheapest.is_some();
+                    let task = &mut self.tasks[id as usize];
+                    let machine = &mut self.machines[m];
+                    if shared {
+                        // Its share, and so its completion, is set by `reshare` below.
+                        task.rate = 0.0;
+                        machine.cheap_running.push(id);
+                    } else {
+                        task.rate = 1.0;
+                        machine.paid_running += u32::from(live);
+                        ctx.events.push(
+                            now + task.remaining,
+                            Event::Completion {
+                                id,
+                                generation: task.generation,
+                            },
+                        );
+                    }
+                    self.busy
+                        .moved(machine.running as usize, machine.running as usize + 1);
+                    machine.running += 1;
                 }
                 Decision::Preempt(id) => self.off_core(m, id as u32, now),
             }
+        }
+        if self.cheapest.is_some() {
+            self.reshare(m, now, ctx);
         }
     }
 
@@ -316,15 +411,13 @@ impl Tariff {
         let m = task.machine as usize;
         let machine = &mut self.machines[m];
         machine.counts[usize::from(task.inv.class)] -= 1;
-        if task.running {
-            self.busy
-                .moved(machine.running as usize, machine.running as usize - 1);
-            machine.running -= 1;
-        }
         if let Some(pos) = machine.tasks.iter().position(|&t| t == id) {
             machine.tasks.swap_remove(pos);
         }
-        let decisions = machine.rq.finish(u64::from(id));
+        if task.running {
+            self.off_core(m, id, now);
+        }
+        let decisions = self.queue(m, task.inv.class).finish(u64::from(id));
         let slot = &mut self.tasks[id as usize];
         slot.running = false;
         slot.generation = slot.generation.wrapping_add(1);
@@ -430,7 +523,8 @@ impl Tariff {
     /// gives the core to the next task; it comes back through [`Self::swap_in`].
     fn suspend(&mut self, m: usize, id: u32, now: Nanos, ctx: &mut Ctx) {
         let bytes = self.tasks[id as usize].resident(now);
-        let decisions = self.machines[m].rq.finish(u64::from(id));
+        let class = self.tasks[id as usize].inv.class;
+        let decisions = self.queue(m, class).finish(u64::from(id));
         self.off_core(m, id, now);
         let task = &mut self.tasks[id as usize];
         task.parked = true;
@@ -442,15 +536,21 @@ impl Tariff {
     /// Takes running task `id` off its core on machine `m` (preempted or suspended): it keeps
     /// the work it has left, and its pending completion event goes stale.
     fn off_core(&mut self, m: usize, id: u32, now: Nanos) {
+        let shared = self.is_shared(id);
+        let live = self.cheapest.is_some();
         let task = &mut self.tasks[id as usize];
-        task.remaining = task
-            .remaining
-            .saturating_sub(now.saturating_sub(task.since));
+        task.remaining = task.remaining_at(now);
         task.running = false;
         task.generation = task.generation.wrapping_add(1);
-        let running = &mut self.machines[m].running;
-        self.busy.moved(*running as usize, *running as usize - 1);
-        *running -= 1;
+        let machine = &mut self.machines[m];
+        if shared {
+            machine.cheap_running.retain(|&t| t != id);
+        } else if live {
+            machine.paid_running -= 1;
+        }
+        self.busy
+            .moved(machine.running as usize, machine.running as usize - 1);
+        machine.running -= 1;
     }
 
     /// Brings swapped instances of machine `m` back in while more than the headroom is free;
@@ -468,7 +568,7 @@ impl Tariff {
             if task.parked {
                 task.parked = false;
                 let class = task.inv.class;
-                let decisions = self.machines[m].rq.arrive(id, class);
+                let decisions = self.queue(m, class).arrive(id, class);
                 self.apply(m, &decisions, now, ctx);
             }
         }
@@ -480,7 +580,7 @@ impl Tariff {
         let capacity = self.capacity.unwrap_or(UNLIMITED_MEMORY);
         let machine = &mut self.machines[m];
         let free = capacity.saturating_sub(machine.resident);
-        let len = machine.rq.len() as u32;
+        let len = (machine.rq.len() + machine.cheap.as_ref().map_or(0, RunQueue::len)) as u32;
         let machine_idx = MachineIdx(m as u32);
         match machine.advert.observe(free, len) {
             IdleAction::Nothing => {}
@@ -534,6 +634,7 @@ impl SimScheduler for Tariff {
             swapped: 0,
             parked: false,
             started: false,
+            rate: 1.0,
         };
         let id = super::slots::store(&mut self.tasks, &mut self.free, task, |old, new| Task {
             generation: old.generation,
@@ -561,8 +662,9 @@ impl SimScheduler for Tariff {
         if task.generation != generation || !task.running {
             return;
         }
+        let answered = now + self.overheads.dispatch.unwrap_or(0);
         ctx.stats
-            .completed(task.inv.class, task.inv.arrival, task.inv.runtime, now);
+            .completed(task.inv.class, task.inv.arrival, task.inv.runtime, answered);
         if self.overheads.cold_start.is_some() {
             self.machines[task.machine as usize]
                 .warm

@@ -25,6 +25,7 @@ use super::plot;
 use super::processes::{ProcessCluster, Servers};
 use super::record::{self, BenchReport, ClusterInfo, PolicyReport};
 use super::schedule::{self, Plan};
+use super::vs_sim;
 use super::workload::Workload;
 use tariff_cluster::tenancy::resolve_token;
 use tariff_local::examples::example_specs;
@@ -37,6 +38,8 @@ pub const REPORT_FILE: &str = "report.json";
 pub const CDF_FILE: &str = "cdf.svg";
 /// File name of the latency-over-time figure.
 pub const OVER_TIME_FILE: &str = "over_time.svg";
+/// File name of the live-vs-simulated comparison (`--vs-sim`).
+pub const VS_SIM_FILE: &str = "vs_sim.json";
 /// Default output directory.
 pub const DEFAULT_OUT: &str = "bench-results";
 /// Default local shards (as `tariff local`).
@@ -134,6 +137,11 @@ pub struct BenchArgs {
     /// failed, cut off and lost calls (docs/bench.md).
     #[arg(long)]
     pub chaos: Vec<ChaosEvent>,
+    /// Embedded cluster: also replay the schedule through the simulator (`tariff sim`'s
+    /// Tariff, on a model of this cluster, with the dispatch overhead measured in this run)
+    /// and print live and simulated p50/p99 per class side by side; writes vs_sim.json.
+    #[arg(long)]
+    pub vs_sim: bool,
 }
 
 impl BenchArgs {
@@ -167,7 +175,13 @@ pub async fn run(cluster: &Cluster, args: BenchArgs) -> anyhow::Result<()> {
              (tariff deploy --retries N) and name it in `function`"
         );
     }
-    let (info, classes, policies) = if args.shards.is_empty() {
+    if args.vs_sim && (!args.shards.is_empty() || !args.chaos.is_empty()) {
+        bail!(
+            "--vs-sim needs the embedded cluster: the simulator is told the cluster's shape, \
+             which the harness knows only of a cluster it started (and --chaos runs processes)"
+        );
+    }
+    let (info, classes, policies, plan) = if args.shards.is_empty() {
         run_local(cluster, &args, &workload).await?
     } else {
         run_remote(cluster, &args, &workload).await?
@@ -179,6 +193,13 @@ pub async fn run(cluster: &Cluster, args: BenchArgs) -> anyhow::Result<()> {
     let scheduled = policies
         .first()
         .map_or(0, |p| p.phases.iter().map(|ph| ph.scheduled).sum());
+    let vs_sim = match (args.vs_sim, policies.first()) {
+        (true, Some(tariff)) => Some(
+            vs_sim::compare(&plan, tariff, &info, &classes)
+                .context("replaying the schedule through the simulator")?,
+        ),
+        _ => None,
+    };
     let report = BenchReport {
         workload,
         cluster: info,
@@ -195,16 +216,22 @@ pub async fn run(cluster: &Cluster, args: BenchArgs) -> anyhow::Result<()> {
         (OVER_TIME_FILE, plot::over_time_svg(&report)),
     ];
     let mut written = Vec::new();
-    for (name, text) in files {
+    let vs_sim_file = vs_sim.as_ref().map(|v| (VS_SIM_FILE, v.to_json()));
+    for (name, text) in files.into_iter().chain(vs_sim_file) {
         let path = args.out.join(name);
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         written.push(path);
     }
     output::print_report(&report, &written);
+    if let Some(vs_sim) = &vs_sim {
+        output::print_results(&vs_sim.table());
+    }
     Ok(())
 }
 
-type Runs = (ClusterInfo, Vec<String>, Vec<PolicyReport>);
+/// What the runs against one cluster set-up produce: the cluster, its class names, one
+/// report per policy, and the schedule they all replayed.
+type Runs = (ClusterInfo, Vec<String>, Vec<PolicyReport>, Plan);
 
 fn host_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
@@ -325,7 +352,8 @@ async fn run_local(
         connections_per_shard: args.connections,
         host_cpus: host_cpus(),
     };
-    Ok((info, classes, policies))
+    let plan = plan.context("no cluster ran")?;
+    Ok((info, classes, policies, plan))
 }
 
 /// The cluster a local run started: in this process, or (for `--chaos`) as processes.
@@ -465,7 +493,7 @@ async fn run_remote(
         connections_per_shard: args.connections,
         host_cpus: host_cpus(),
     };
-    Ok((info, classes, vec![policy]))
+    Ok((info, classes, vec![policy], plan))
 }
 
 /// Where a run's load goes and as whom.

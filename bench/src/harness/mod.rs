@@ -4,8 +4,8 @@
 //! The pieces, one concept each: [`workload`] (the TOML file), [`schedule`] (every send time
 //! and call, from the seed), [`driver`] (the open-loop generator), [`record`] (HDR histograms
 //! and the report), [`plot`] (SVG figures), [`output`] (the terminal), [`chaos`] and
-//! [`processes`] (failures injected into a cluster of separate processes) and [`cli`] (the
-//! command).
+//! [`processes`] (failures injected into a cluster of separate processes), [`vs_sim`] (the
+//! same schedule through the simulator) and [`cli`] (the command).
 
 pub mod chaos;
 pub mod cli;
@@ -15,6 +15,7 @@ pub mod plot;
 pub mod processes;
 pub mod record;
 pub mod schedule;
+pub mod vs_sim;
 pub mod workload;
 
 pub use cli::{run, BenchArgs};

@@ -59,6 +59,11 @@ pub fn print_report(report: &BenchReport, files: &[std::path::PathBuf]) {
     write_terminal(Stream::Stdout, &text);
 }
 
+/// Prints more results (a table made elsewhere, such as `--vs-sim`'s) on stdout.
+pub fn print_results(text: &str) {
+    write_terminal(Stream::Stdout, text);
+}
+
 /// Milliseconds with a precision that suits the size: 0.213, 21.3, 1234.
 fn ms(us: u64) -> String {
     let ms = us as f64 / US_PER_MS;

@@ -35,6 +35,9 @@ pub struct Target {
     pub payload: Vec<u8>,
     /// The tenant making the call: an index into [`Plan::tenants`].
     pub tenant: u8,
+    /// CPU time the call needs (the mix entry's `cpu_ms`, a trace row's spin), which is what
+    /// the simulator is told it runs for (`--vs-sim`).
+    pub cpu: Duration,
 }
 
 /// One scheduled invocation.
@@ -171,6 +174,7 @@ pub fn plan(
             function: e.deployed_name(),
             payload: Workload::payload(e),
             tenant: workload.tenant_of(e, &tenants),
+            cpu: Duration::from_secs_f64(e.cpu_ms / 1e3),
         })
         .collect();
     let capacity = function_cpus.max(1) as f64 * 1000.0 / workload.mean_cpu_ms().max(f64::EPSILON);
@@ -262,6 +266,7 @@ fn plan_trace(workload: &Workload, trace: &Path, classes: usize) -> Result<Plan,
                 function: TRACE_FUNCTION.into(),
                 payload: format!("spin {spin_ms}").into_bytes(),
                 tenant: 0,
+                cpu: Duration::from_millis(spin_ms),
             });
             targets.len() as u32 - 1
         });
