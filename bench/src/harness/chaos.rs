@@ -3,7 +3,7 @@
 //! `--chaos kill-dispatcher@5s` kills (`SIGKILL`) a dispatcher process 5 s after the first
 //! reported phase starts; `kill-shard@Ns` a shard. The flag repeats: each kill takes the next
 //! live process of its kind. The run is against separate processes
-//! ([`super::processes::ProcessCluster`]), so the cluster must find out by itself, through its
+//! (`processes::ProcessCluster`), so the cluster must find out by itself, through its
 //! heartbeats. The report then counts, next to the latency table, what became of every call:
 //! answered (ok, of which placed again, or an error by kind), cut off (the connection to its
 //! shard broke) and lost (no answer at all before its deadline; exactly-once forbids any).
@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::processes::Servers;
 
 /// What a chaos event kills.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -102,11 +101,12 @@ pub struct ChaosRecord {
 /// A chaos event carried out: the event, what it killed, when.
 pub type Done = (ChaosEvent, Option<String>, Instant);
 
-/// Carries out `events` against `servers`, timed from `start`, adding each to `done` as it
+/// Carries out `events` with `kill` (which kills the next live server of a role and names
+/// it: `processes::Servers::kill_next`), timed from `start`, adding each to `done` as it
 /// happens (so a run that ends before the last event keeps the earlier ones).
 pub async fn run(
     events: Vec<ChaosEvent>,
-    servers: Servers,
+    kill: impl Fn(ChaosTarget) -> Option<String> + Clone + Send + 'static,
     start: Instant,
     done: Arc<Mutex<Vec<Done>>>,
 ) {
@@ -114,8 +114,8 @@ pub async fn run(
     events.sort_by_key(|e| e.at);
     for event in events {
         tokio::time::sleep_until((start + event.at).into()).await;
-        let servers = servers.clone();
-        let killed = tokio::task::spawn_blocking(move || servers.kill_next(event.target))
+        let kill = kill.clone();
+        let killed = tokio::task::spawn_blocking(move || kill(event.target))
             .await
             .unwrap_or(None);
         done.lock()

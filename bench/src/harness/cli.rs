@@ -539,9 +539,10 @@ async fn run_policy(
         starts.push((phase.name.clone(), start));
         if let (false, None, Some(servers)) = (phase.warmup, &chaos_task, &servers) {
             let events: Vec<ChaosEvent> = args.chaos.clone();
+            let servers = servers.clone();
             chaos_task = Some(tokio::spawn(chaos::run(
                 events,
-                servers.clone(),
+                move |target| servers.kill_next(target),
                 start,
                 done.clone(),
             )));
