@@ -362,16 +362,16 @@ impl SimConfig {
 }
 
 /// The invocation stream of a run.
-enum Source {
+enum Source<'a> {
     /// The synthetic generator.
     Synthetic(Box<Generator>),
     /// A trace being replayed.
     Trace(Box<TraceReader>),
     /// A list given by the caller ([`run_invocations`]).
-    List(std::vec::IntoIter<Invocation>),
+    List(std::iter::Copied<std::slice::Iter<'a, Invocation>>),
 }
 
-impl Iterator for Source {
+impl Iterator for Source<'_> {
     type Item = Invocation;
 
     fn next(&mut self) -> Option<Invocation> {
@@ -429,7 +429,7 @@ impl Workload {
     }
 
     /// A fresh, identical stream of invocations.
-    fn source(&self, config: &SimConfig) -> Result<Source, WorkloadError> {
+    fn source(&self, config: &SimConfig) -> Result<Source<'static>, WorkloadError> {
         match (&config.trace, &self.table) {
             (Some(path), _) => Ok(Source::Trace(Box::new(TraceReader::open(
                 path,
@@ -467,7 +467,7 @@ pub(crate) trait SimScheduler {
 /// Runs `policy` over `source` until `end`; returns the measurements and the event count.
 fn simulate(
     policy: &mut dyn SimScheduler,
-    mut source: Source,
+    mut source: Source<'_>,
     end: Nanos,
     stats: Stats,
 ) -> (Stats, u64) {
@@ -517,7 +517,7 @@ fn run_one(
 }
 
 /// Runs one scheduler on `source`.
-fn run_source(config: &SimConfig, source: Source, kind: SchedulerKind) -> SchedulerReport {
+fn run_source(config: &SimConfig, source: Source<'_>, kind: SchedulerKind) -> SchedulerReport {
     let stats_machines = match kind {
         SchedulerKind::Edf => 1,
         _ => config.machines,
@@ -548,7 +548,7 @@ pub fn run_invocations(
     experiment.schedulers = config
         .schedulers
         .iter()
-        .map(|&kind| run_source(config, Source::List(invocations.to_vec().into_iter()), kind))
+        .map(|&kind| run_source(config, Source::List(invocations.iter().copied()), kind))
         .collect();
     Ok(experiment)
 }
