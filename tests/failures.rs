@@ -79,6 +79,43 @@ fn a_killed_dispatcher_is_lost_within_the_heartbeat_bound_and_retryable_work_fin
     });
 }
 
+/// Runs `busy` on machine m1 (its one slot or CPU), then `late`, whose 200 ms limit of
+/// `stage` must pass first; `busy` is not disturbed.
+async fn times_out_behind(
+    cluster: &TestCluster,
+    client: &tariff_cluster::client::Client,
+    busy: tariff_types::wire::InvokeRequest,
+    late: tariff_types::wire::InvokeRequest,
+    stage: Stage,
+) {
+    let busy = {
+        let client = client.clone();
+        tokio::spawn(async move { invoke(&client, busy).await })
+    };
+    wait_running(cluster, "m1", 1).await;
+    // The machine's idle-list entry is a hint it refreshes every 50 ms: one sent before the
+    // busy call arrived could still say it has room. Wait for a fresh one.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let waited = Instant::now();
+    let error = invoke(client, late).await.unwrap_err();
+    assert_eq!(
+        error,
+        InvokeError::StageTimedOut {
+            stage,
+            limit_ms: 200
+        }
+    );
+    assert!(
+        waited.elapsed() < Duration::from_millis(1_400),
+        "{:?}",
+        waited.elapsed()
+    );
+    assert!(
+        busy.await.unwrap().is_ok(),
+        "the busy call is not disturbed"
+    );
+}
+
 #[test]
 fn a_function_that_hangs_or_waits_too_long_hits_the_limit_of_that_stage() {
     runtime().block_on(async {
@@ -120,34 +157,16 @@ fn a_function_that_hangs_or_waits_too_long_hits_the_limit_of_that_stage() {
 
         // The queue: the one slot is busy for 1.5 s, so the next call waits in the shard's
         // queue and its 200 ms queue limit passes first.
-        let busy = {
-            let client = client.clone();
-            tokio::spawn(async move { invoke(&client, request("sleep", "standard", "1500")).await })
-        };
-        wait_running(&cluster, "m1", 1).await;
-        // The machine's idle-list entry is a hint it refreshes every 50 ms: one sent before
-        // the busy call arrived could still say it has room. Wait for a fresh one.
-        tokio::time::sleep(Duration::from_millis(300)).await;
         let mut queued = request("echo", "standard", "late");
         queued.limits.queue_ms = 200;
-        let waited = Instant::now();
-        let error = invoke(&client, queued).await.unwrap_err();
-        assert_eq!(
-            error,
-            InvokeError::StageTimedOut {
-                stage: Stage::Queue,
-                limit_ms: 200
-            }
-        );
-        assert!(
-            waited.elapsed() < Duration::from_millis(1_400),
-            "{:?}",
-            waited.elapsed()
-        );
-        assert!(
-            busy.await.unwrap().is_ok(),
-            "the busy call is not disturbed"
-        );
+        times_out_behind(
+            &cluster,
+            &client,
+            request("sleep", "standard", "1500"),
+            queued,
+            Stage::Queue,
+        )
+        .await;
 
         // The shard still serves after all that.
         let after = invoke(&client, request("echo", "standard", "after")).await;
@@ -168,28 +187,16 @@ fn an_invocation_waiting_on_its_machine_for_a_cpu_hits_its_start_limit() {
         // in turn, so a second `batch` call placed beside it (two slots) waits on the machine
         // for the CPU, and its 200 ms start limit passes first.
         cluster.deploy(example_spec("spin")).await;
-        let spinning = {
-            let client = client.clone();
-            tokio::spawn(async move { invoke(&client, request("spin", "batch", "1500")).await })
-        };
-        wait_running(&cluster, "m1", 1).await;
         let mut starved = request("echo", "batch", "late");
         starved.limits.start_ms = 200;
-        let waited = Instant::now();
-        let error = invoke(&client, starved).await.unwrap_err();
-        assert_eq!(
-            error,
-            InvokeError::StageTimedOut {
-                stage: Stage::Start,
-                limit_ms: 200
-            }
-        );
-        assert!(
-            waited.elapsed() < Duration::from_millis(1_400),
-            "{:?}",
-            waited.elapsed()
-        );
-        assert!(spinning.await.unwrap().is_ok());
+        times_out_behind(
+            &cluster,
+            &client,
+            request("spin", "batch", "1500"),
+            starved,
+            Stage::Start,
+        )
+        .await;
     });
 }
 

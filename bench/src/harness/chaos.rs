@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-
 /// What a chaos event kills.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
