@@ -45,10 +45,7 @@ fn spec(name: &str, command: Vec<String>, runtime: Runtime) -> FunctionSpec {
         env: vec![],
         version: 0,
         runtime,
-        owner: String::new(),
-        shared_with: Vec::new(),
-        retries: 0,
-        limits: Default::default(),
+        ..Default::default()
     }
 }
 

@@ -224,9 +224,7 @@ fn counter(keep_alive_ms: u64) -> FunctionSpec {
         version: 0,
         runtime: Runtime::Persistent { keep_alive_ms },
         owner: "test".into(),
-        shared_with: Vec::new(),
-        retries: 0,
-        limits: Default::default(),
+        ..Default::default()
     }
 }
 
@@ -295,9 +293,7 @@ fn functions_run_isolated_and_accounted() {
             version: 0,
             runtime: Runtime::Exec,
             owner: "test".into(),
-            shared_with: Vec::new(),
-            retries: 0,
-            limits: Default::default(),
+            ..Default::default()
         };
         cluster
             .deploy(shell(

@@ -43,9 +43,7 @@ fn function(name: &str, runtime: Runtime, version: u64) -> FunctionSpec {
         version,
         runtime,
         owner: "bench".into(),
-        shared_with: Vec::new(),
-        retries: 0,
-        limits: Default::default(),
+        ..Default::default()
     }
 }
 

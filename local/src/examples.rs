@@ -58,10 +58,7 @@ pub fn web_specs() -> anyhow::Result<Vec<FunctionSpec>> {
             } else {
                 Runtime::Exec
             },
-            owner: String::new(),
-            shared_with: Vec::new(),
-            retries: 0,
-            limits: Default::default(),
+            ..Default::default()
         })
         .collect())
 }
@@ -98,10 +95,7 @@ pub fn example_specs() -> anyhow::Result<Vec<FunctionSpec>> {
                 env: Vec::new(),
                 version: 0,
                 runtime,
-                owner: String::new(),
-                shared_with: Vec::new(),
-                retries: 0,
-                limits: Default::default(),
+                ..Default::default()
             })
         })
         .collect()

@@ -60,9 +60,7 @@ fn shell_job(id: u64, class: u8, script: &str) -> Job {
             version: 0,
             runtime: Runtime::Exec,
             owner: "test".into(),
-            shared_with: Vec::new(),
-            retries: 0,
-            limits: Default::default(),
+            ..Default::default()
         },
         tenant: "test".into(),
         env: Vec::new(),

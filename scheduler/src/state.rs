@@ -1054,9 +1054,7 @@ mod tests {
             version: 1,
             runtime: Default::default(),
             owner: "tenant".into(),
-            shared_with: Vec::new(),
-            retries: 0,
-            limits: Default::default(),
+            ..Default::default()
         })
     }
 

@@ -70,10 +70,7 @@ pub fn example_spec(name: &str) -> FunctionSpec {
         env: vec![],
         version: 0,
         runtime: tariff_types::function::Runtime::Exec,
-        owner: String::new(),
-        shared_with: Vec::new(),
-        retries: 0,
-        limits: Default::default(),
+        ..Default::default()
     }
 }
 

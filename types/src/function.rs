@@ -7,7 +7,9 @@ pub const MAX_FUNCTION_NAME: usize = 128;
 
 /// A registered function. The spec travels with every placement, so dispatchers need no copy
 /// of the registry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `Default` is an empty spec (no name, no command) that `validate` refuses: a base for
+/// literals that set what they need.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FunctionSpec {
     /// Unique name.
     pub name: String,
@@ -105,10 +107,7 @@ mod tests {
             env: vec![],
             version: 0,
             runtime: Runtime::Exec,
-            owner: String::new(),
-            shared_with: Vec::new(),
-            retries: 0,
-            limits: Default::default(),
+            ..Default::default()
         }
     }
 

@@ -577,10 +577,7 @@ mod tests {
             env: Vec::new(),
             version: 0,
             runtime: tariff_types::function::Runtime::Exec,
-            owner: String::new(),
-            shared_with: Vec::new(),
-            retries: 0,
-            limits: Default::default(),
+            ..Default::default()
         }
     }
 

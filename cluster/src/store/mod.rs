@@ -639,9 +639,7 @@ mod tests {
             version: 0,
             runtime: tariff_types::function::Runtime::Exec,
             owner: "acme".into(),
-            shared_with: Vec::new(),
-            retries: 0,
-            limits: Default::default(),
+            ..Default::default()
         }
     }
 
