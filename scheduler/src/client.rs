@@ -322,6 +322,9 @@ async fn queue_and_wait(
 /// caller's or of a stage the shard keeps.
 async fn submit_and_wait(state: &ShardState, submission: Submission) -> Answer {
     let (id, timeout, deadline) = (submission.id, submission.timeout, submission.deadline);
+    // Most invocations have no limit the shard keeps: they skip the state's lock below.
+    let limits = submission.limits;
+    let shard_limits = limits.queue_ms > 0 || limits.placement_ms > 0;
     let mut result = state
         .submit(submission)
         .map_err(|overloaded| InvokeError::Overloaded {
@@ -332,7 +335,10 @@ async fn submit_and_wait(state: &ShardState, submission: Submission) -> Answer {
     debug!("queued");
     let received = loop {
         // Wakes for the caller's deadline, or the limit of the stage the shard keeps now.
-        let stage = state.stage_deadline(id).filter(|stage| stage.at < deadline);
+        let stage = shard_limits
+            .then(|| state.stage_deadline(id))
+            .flatten()
+            .filter(|stage| stage.at < deadline);
         let until = stage.map_or(deadline, |stage| stage.at);
         match tokio::time::timeout_at(until.into(), &mut result).await {
             Ok(received) => break received,
