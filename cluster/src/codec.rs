@@ -169,6 +169,24 @@ pub async fn write_message<T: Serialize, W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// Sends `beat()` on `outbox` four times per `liveness` until the channel closes: the
+/// heartbeat of a control stream (shard and dispatcher each send one), so a healthy peer is
+/// never silent for `liveness`, however quiet it is.
+pub async fn heartbeats<T>(
+    outbox: tokio::sync::mpsc::UnboundedSender<T>,
+    liveness: std::time::Duration,
+    beat: impl Fn() -> T,
+) {
+    let mut tick = tokio::time::interval(liveness / 4);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if outbox.send(beat()).is_err() {
+            return;
+        }
+    }
+}
+
 /// Writes every message that arrives on `outbox` to `writer`, in order, until the channel
 /// closes or a write fails. Long-lived streams use one such task each, so that many tasks can
 /// send on a stream without sharing its writer.

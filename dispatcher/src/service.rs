@@ -516,7 +516,9 @@ async fn session(shared: &Arc<Shared>, index: usize, addr: SocketAddr) -> Result
     ));
     let writer = tokio::spawn(codec::forward(outbox, send).in_current_span());
     let liveness = Duration::from_millis(liveness_ms.max(MIN_LIVENESS_MS));
-    let heartbeat = tokio::spawn(heartbeats(control.clone(), liveness));
+    let heartbeat = tokio::spawn(codec::heartbeats(control.clone(), liveness, || {
+        DispatcherToShard::Heartbeat
+    }));
     let result = loop {
         // A read cut short by the timeout loses a partial frame, but the session ends then.
         match tokio::time::timeout(
@@ -569,19 +571,6 @@ type InFlight = Arc<SessionWork>;
 /// Shortest liveness bound a dispatcher accepts from a shard, so that a misconfigured shard
 /// cannot make it send heartbeats in a busy loop.
 const MIN_LIVENESS_MS: u64 = 40;
-
-/// Sends a heartbeat four times per `liveness` for as long as the session lasts, so the
-/// shard hears from a healthy machine however quiet it is.
-async fn heartbeats(control: mpsc::UnboundedSender<DispatcherToShard>, liveness: Duration) {
-    let mut tick = tokio::time::interval(liveness / 4);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if control.send(DispatcherToShard::Heartbeat).is_err() {
-            return;
-        }
-    }
-}
 
 /// The session with the shard that placed these is over: the shard has answered them (as
 /// lost, or placed them again elsewhere), so running them on would only waste the machine

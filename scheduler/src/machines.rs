@@ -9,7 +9,6 @@
 //! and writes streams; every change it causes is an operation of [`ShardState`].
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tariff_cluster::codec;
 use tariff_types::wire::{
@@ -46,7 +45,9 @@ pub(crate) async fn control_session(
         liveness_ms: u64::try_from(liveness.as_millis()).unwrap_or(u64::MAX),
     });
     let writer = tokio::spawn(codec::forward(outbox, send).in_current_span());
-    let heartbeat = tokio::spawn(heartbeats(control.clone(), liveness));
+    let heartbeat = tokio::spawn(codec::heartbeats(control.clone(), liveness, || {
+        ShardToDispatcher::Heartbeat
+    }));
     loop {
         // Silence for `liveness` means the machine is dead or cut off: a healthy dispatcher
         // sends a heartbeat four times within it, from a thread above every function's
@@ -77,19 +78,6 @@ pub(crate) async fn control_session(
     writer.abort();
     state.lose_machine(machine);
     conn.close(0u32.into(), b"control stream ended");
-}
-
-/// Sends a heartbeat four times per `liveness` for as long as the session lasts, so a
-/// dispatcher hears from a healthy shard however quiet it is.
-async fn heartbeats(control: mpsc::UnboundedSender<ShardToDispatcher>, liveness: Duration) {
-    let mut tick = tokio::time::interval(liveness / 4);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if control.send(ShardToDispatcher::Heartbeat).is_err() {
-            return;
-        }
-    }
 }
 
 fn handle_control(
