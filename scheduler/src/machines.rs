@@ -16,7 +16,7 @@ use tariff_types::wire::{
 };
 use tariff_types::ClassId;
 use tokio::sync::mpsc;
-use tracing::{info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::config::PROTOCOL_VIOLATION;
 use crate::keys;
@@ -114,7 +114,13 @@ pub(crate) async fn lane_session(
     let machine = match state.open_lane(&name, conn.stable_id(), class, lane) {
         Ok(machine) => machine,
         Err(LaneRefused::Unregistered) => {
-            warn!(machine = %name, "lane from an unregistered machine");
+            // A machine that left (its connection closing) while its lanes were still opening
+            // is not an error; a lane that comes before any registration is.
+            if conn.close_reason().is_some() {
+                debug!(machine = %name, "lane from a machine that has left");
+            } else {
+                warn!(machine = %name, "lane from an unregistered machine");
+            }
             conn.close(PROTOCOL_VIOLATION.into(), b"lane before registration");
             return;
         }
