@@ -60,14 +60,10 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TenancyError + '_ {
     }
 }
 
+/// Lower-case hex, as tokens and token hashes are written (once per request on a shard's
+/// hot path, so not through `fmt`).
 fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    data_encoding::HEXLOWER.encode(bytes)
 }
 
 /// A new random token.

@@ -8,8 +8,14 @@
 //! function started: process creation or machine queueing), `run_us` (start to finish),
 //! `preempted_us` (runnable but held back by dearer work), and `total_us` (request in to
 //! answer out, on the shard's clock). Payloads and outputs are never logged.
+//!
+//! Failed and slow lines are capped at [`MAX_LINES_PER_SECOND`]: under overload every call
+//! is slow, and a line per call made a saturated shard spend its CPU formatting logs (and fill
+//! its disk) just when it could least afford it. What the cap holds back is counted and the
+//! count logged once the second is over.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tracing::info;
@@ -21,6 +27,19 @@ pub const DEFAULT_SLOW_THRESHOLD: Duration = Duration::from_secs(1);
 /// Default spacing of sampled invocations: at most one a second, whatever the load.
 pub const DEFAULT_SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
+/// Most failed or slow invocations logged in one second; the rest are counted.
+pub const MAX_LINES_PER_SECOND: u32 = 100;
+
+/// The current second's line budget.
+struct Window {
+    /// When the second began.
+    began: Instant,
+    /// Lines logged in it.
+    logged: u32,
+    /// Lines held back in it.
+    held_back: u64,
+}
+
 /// Decides which answered invocations to log, and logs them.
 pub(crate) struct InvocationLog {
     /// Successful invocations at least this slow are logged.
@@ -31,6 +50,8 @@ pub(crate) struct InvocationLog {
     started: Instant,
     /// µs since `started` before which no sample is taken.
     next_sample_us: AtomicU64,
+    /// Failed and slow lines this second (taken only for those, never on the common path).
+    window: Mutex<Window>,
 }
 
 impl InvocationLog {
@@ -41,6 +62,39 @@ impl InvocationLog {
             sample_every,
             started: Instant::now(),
             next_sample_us: AtomicU64::new(0),
+            window: Mutex::new(Window {
+                began: Instant::now(),
+                logged: 0,
+                held_back: 0,
+            }),
+        }
+    }
+
+    /// Takes a line from this second's budget; when a new second begins, first logs how many
+    /// lines the last one held back.
+    fn line_allowed(&self) -> bool {
+        let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if now.duration_since(window.began) >= Duration::from_secs(1) {
+            if window.held_back > 0 {
+                info!(
+                    held_back = window.held_back,
+                    limit = MAX_LINES_PER_SECOND,
+                    "failed or slow invocations not logged: over the log's limit per second"
+                );
+            }
+            *window = Window {
+                began: now,
+                logged: 0,
+                held_back: 0,
+            };
+        }
+        if window.logged < MAX_LINES_PER_SECOND {
+            window.logged += 1;
+            true
+        } else {
+            window.held_back += 1;
+            false
         }
     }
 
@@ -68,6 +122,7 @@ impl InvocationLog {
     pub(crate) fn answered(&self, answer: &Answer, elapsed: Duration) {
         let total_us = elapsed.as_micros() as u64;
         match answer {
+            Err(_) if !self.line_allowed() => {}
             Err(error) => info!(
                 error = %error,
                 kind = error.kind(),
@@ -76,6 +131,9 @@ impl InvocationLog {
             ),
             Ok(outcome) => {
                 let why = if elapsed >= self.slow {
+                    if !self.line_allowed() {
+                        return;
+                    }
                     "slow invocation"
                 } else if self.sample_due() {
                     "sampled invocation"
@@ -109,5 +167,16 @@ mod tests {
         assert!(!log.sample_due(), "a second sample within the interval");
         let off = InvocationLog::new(DEFAULT_SLOW_THRESHOLD, None);
         assert!(!off.sample_due());
+    }
+
+    #[test]
+    fn failed_and_slow_lines_are_capped_per_second() {
+        let log = InvocationLog::new(DEFAULT_SLOW_THRESHOLD, None);
+        let allowed = (0..MAX_LINES_PER_SECOND + 50)
+            .filter(|_| log.line_allowed())
+            .count();
+        assert_eq!(allowed, MAX_LINES_PER_SECOND as usize);
+        let held_back = log.window.lock().unwrap().held_back;
+        assert_eq!(held_back, 50);
     }
 }
