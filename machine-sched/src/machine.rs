@@ -207,10 +207,6 @@ impl MachineScheduler {
         ticket: Ticket,
     ) -> Result<RunReport, JobError> {
         let arrived = Instant::now();
-        // The top class's room is made from the moment it arrives, before its turn.
-        let _top = (job.class.0 == 0)
-            .then(|| self.guard.get().map(|(g, _)| g.top_class_arrives()))
-            .flatten();
         let mut turn = Some(self.turns.turn(ticket).await);
         // Taken while the turn is held, so the cheapest class keeps its arrival order.
         let _cpu = self.parts.priority.hold_cpu(&job).await;

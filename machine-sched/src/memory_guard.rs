@@ -25,9 +25,9 @@
 //! The guard's work runs on a thread of its own at normal priority on the CPUs kept free of
 //! real-time functions, never on the top class's path.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tariff_policy::swap::{decide, Instance, Pressure};
@@ -48,9 +48,6 @@ pub const DEFAULT_KILL_WATERMARK: f64 = 0.05;
 /// Default interval between two readings: a function allocating at the measured ~1.6 GB/s
 /// page-out rate takes about 30 ms to cross a 5 % band of 1 GiB.
 pub const DEFAULT_TICK: Duration = Duration::from_millis(20);
-
-/// How many finished top-class runs' peaks the guard remembers.
-const TOP_PEAKS_KEPT: usize = 32;
 
 /// Name of the guard's thread.
 const GUARD_THREAD: &str = "memory-guard";
@@ -139,71 +136,6 @@ pub struct MemoryGuard {
     swap_free: AtomicU64,
     /// Instance groups last set protected (`true`) or not, so each is written once per change.
     protected: Mutex<HashMap<String, bool>>,
-    /// Top-class jobs on the machine (arrived, not yet ended): while there are any, the guard
-    /// keeps room for them ([`Pressure::reserve_bytes`]).
-    top_active: AtomicU64,
-    /// What top-class runs grow to, learned from the readings.
-    top_peaks: Mutex<TopPeaks>,
-    /// Set, and notified, to read and decide now rather than at the next tick: a top-class
-    /// job arrived, and its room is best made before it allocates.
-    wake: (Mutex<bool>, Condvar),
-}
-
-/// How much memory one top-class run holds at its peak: the largest of the last
-/// [`TOP_PEAKS_KEPT`] finished runs' peaks and of those running now, as the guard read them.
-#[derive(Default)]
-struct TopPeaks {
-    /// Largest reading of each top-class job running now, by job id.
-    running: HashMap<u64, u64>,
-    /// Peaks of the last finished runs, oldest first.
-    finished: VecDeque<u64>,
-}
-
-impl TopPeaks {
-    /// Notes this tick's readings of the top-class jobs (`id`, resident bytes) and forgets
-    /// the ones gone, keeping their peaks.
-    fn observe(&mut self, now: &[(u64, u64)]) {
-        let gone: Vec<u64> = self
-            .running
-            .keys()
-            .filter(|id| !now.iter().any(|(n, _)| n == *id))
-            .copied()
-            .collect();
-        for id in gone {
-            if let Some(peak) = self.running.remove(&id) {
-                if self.finished.len() == TOP_PEAKS_KEPT {
-                    self.finished.pop_front();
-                }
-                self.finished.push_back(peak);
-            }
-        }
-        for &(id, bytes) in now {
-            let peak = self.running.entry(id).or_default();
-            *peak = (*peak).max(bytes);
-        }
-    }
-
-    /// What one top-class run is expected to hold at its peak (0 before any was seen).
-    fn expected(&self) -> u64 {
-        self.finished
-            .iter()
-            .chain(self.running.values())
-            .copied()
-            .max()
-            .unwrap_or(0)
-    }
-}
-
-/// A top-class job on the machine, from its arrival to its end (see
-/// [`MemoryGuard::top_class_arrives`]).
-pub struct TopClassPresence {
-    guard: Arc<MemoryGuard>,
-}
-
-impl Drop for TopClassPresence {
-    fn drop(&mut self) {
-        self.guard.top_active.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 impl MemoryGuard {
@@ -240,9 +172,6 @@ impl MemoryGuard {
             parts,
             options,
             free: AtomicU64::new(options.limit_bytes),
-            top_active: AtomicU64::new(0),
-            top_peaks: Mutex::default(),
-            wake: (Mutex::new(false), Condvar::new()),
             used: AtomicU64::new(0),
             swap_total: AtomicU64::new(machine.swap_total_bytes),
             swap_free: AtomicU64::new(machine.swap_free_bytes),
@@ -254,33 +183,6 @@ impl MemoryGuard {
     /// Free memory for functions as last read.
     pub fn free_bytes(&self) -> u64 {
         self.free.load(Ordering::Relaxed)
-    }
-
-    /// A top-class job arrived on the machine: until the returned token is dropped (when it
-    /// ends), the guard keeps room for what top-class runs grow to, made from cheaper classes;
-    /// and it reads and decides now rather than at its next tick, so that the room is made
-    /// while the job is still starting (a process start takes milliseconds; a tick is 20).
-    pub fn top_class_arrives(self: &Arc<Self>) -> TopClassPresence {
-        self.top_active.fetch_add(1, Ordering::Relaxed);
-        let (woken, ready) = &self.wake;
-        *woken.lock().unwrap_or_else(PoisonError::into_inner) = true;
-        ready.notify_one();
-        TopClassPresence {
-            guard: Arc::clone(self),
-        }
-    }
-
-    /// Waits one tick, or less if woken.
-    fn wait_tick(&self) {
-        let (woken, ready) = &self.wake;
-        let mut woken = woken.lock().unwrap_or_else(PoisonError::into_inner);
-        if !*woken {
-            woken = ready
-                .wait_timeout(woken, self.options.tick)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
-        *woken = false;
     }
 
     /// The last reading, for the dispatcher's status report.
@@ -302,7 +204,7 @@ impl MemoryGuard {
             .spawn(move || {
                 leave_function_cpus(self.parts.provision.spawn_cpus());
                 while !stop.load(Ordering::Relaxed) {
-                    self.wait_tick();
+                    std::thread::sleep(self.options.tick);
                     self.tick_once();
                 }
             })
@@ -349,9 +251,7 @@ impl MemoryGuard {
                 running: !job.frozen,
             });
         }
-        let reserve = self.reserve(&instances);
         let pressure = Pressure {
-            reserve_bytes: reserve,
             free_bytes: free,
             low_watermark: self.options.share(self.options.low_watermark),
             high_watermark: self.options.share(self.options.high_watermark),
@@ -414,29 +314,6 @@ impl MemoryGuard {
         }
     }
 
-    /// Room to keep for the top-class jobs on the machine: what each is expected to grow to,
-    /// less what the running ones already hold (and what the kill watermark keeps anyway).
-    fn reserve(&self, instances: &[Instance]) -> u64 {
-        let top: Vec<(u64, u64)> = instances
-            .iter()
-            .filter(|i| i.class == 0)
-            .map(|i| (i.id, i.resident_bytes))
-            .collect();
-        let mut peaks = self.top_peaks.lock().unwrap_or_else(PoisonError::into_inner);
-        peaks.observe(&top);
-        let active = self.top_active.load(Ordering::Relaxed);
-        if active == 0 {
-            return 0;
-        }
-        let held: u64 = top.iter().map(|(_, bytes)| bytes).sum();
-        let room = (active * peaks.expected()).saturating_sub(held);
-        if room == 0 {
-            0
-        } else {
-            room + self.options.share(self.options.kill_watermark)
-        }
-    }
-
     /// Keeps the top class's group out of the kernel's own reclaim, and lets every other
     /// class's in (a pooled group may have served the top class before).
     fn protect(&self, name: &str, job: &RunningJob, group: &crate::cgroup::InstanceCgroup) {
@@ -496,25 +373,5 @@ impl MemoryGuard {
             debug!(job = id, error = %e, "memory: reclaim after page-out failed");
         }
         debug!(job = id, advised, "memory: paged out");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn top_peaks_keep_the_largest_of_recent_runs() {
-        let mut peaks = TopPeaks::default();
-        assert_eq!(peaks.expected(), 0);
-        peaks.observe(&[(1, 10), (2, 30)]);
-        peaks.observe(&[(1, 20)]);
-        assert_eq!(peaks.expected(), 30, "job 2 ended at 30");
-        peaks.observe(&[]);
-        for id in 3..3 + TOP_PEAKS_KEPT as u64 {
-            peaks.observe(&[(id, 5)]);
-        }
-        peaks.observe(&[]);
-        assert_eq!(peaks.expected(), 5, "older peaks are forgotten");
     }
 }

@@ -177,11 +177,6 @@ pub struct Pressure {
     pub kill_watermark: u64,
     /// Swap space left on the machine.
     pub swap_free_bytes: u64,
-    /// Room to keep free for top-class work that has arrived on the machine and may still
-    /// grow (0 when none has): while it is above `low_watermark` it takes its place, and the
-    /// high watermark rises with it. Only cheaper classes make this room: the top class is
-    /// never swapped for its own headroom.
-    pub reserve_bytes: u64,
 }
 
 /// What one tick should do. Instances not `running` in the input are the ones the machine
@@ -211,38 +206,19 @@ pub struct MemoryActions {
 /// * Otherwise resume stopped instances in run order while they fit above the low watermark
 ///   ([`choose_swap_in`]), and when nothing runs at all, resume the next to run whatever it
 ///   holds in swap: something must run for memory to free.
-///
-/// While top-class work is on the machine, the low watermark is at least its
-/// [`Pressure::reserve_bytes`]: a top-class allocation that finds the functions at their
-/// limit waits while the kernel reclaims cheaper classes' memory in its own context (the
-/// top class's p99 under pressure was 1.7–2.1× the same load without, docs/memory.md), so
-/// the room is made beforehand, from cheaper classes only, and cheaper work is not resumed
-/// into it.
 pub fn decide(instances: &[Instance], pressure: &Pressure) -> MemoryActions {
     let mut actions = MemoryActions::default();
     let free = pressure.free_bytes;
-    let low = pressure.low_watermark.max(pressure.reserve_bytes);
-    let high = pressure.high_watermark + (low - pressure.low_watermark);
-    if free < low {
-        let need = high.saturating_sub(free);
+    if free < pressure.low_watermark {
+        let need = pressure.high_watermark.saturating_sub(free);
         let swappable = need.min(pressure.swap_free_bytes);
         if swappable > 0 {
-            // Above the plain low watermark only the reserve is short: cheaper classes make
-            // it, never the top class for itself.
-            let cheaper: Vec<Instance>;
-            let candidates = if free < pressure.low_watermark {
-                instances
-            } else {
-                cheaper = instances.iter().filter(|i| i.class > 0).copied().collect();
-                &cheaper
-            };
-            let stopped = choose_swap_out(candidates, swappable);
+            let stopped = choose_swap_out(instances, swappable);
             actions.swap_out = stopped.victims;
-            actions.suspend = choose_suspensions(candidates, stopped.shortfall_bytes).victims;
+            actions.suspend = choose_suspensions(instances, stopped.shortfall_bytes).victims;
         }
-        // Killing loses work: free only what gets the machine back above the (plain) low
-        // watermark.
-        let kill_need = pressure.low_watermark.saturating_sub(free);
+        // Killing loses work: free only what gets the machine back above the low watermark.
+        let kill_need = pressure.low_watermark - free;
         if free < pressure.kill_watermark && pressure.swap_free_bytes < kill_need {
             let kills = choose_kills(instances, kill_need - pressure.swap_free_bytes);
             actions.suspend.retain(|id| !kills.victims.contains(id));
@@ -261,7 +237,7 @@ pub fn decide(instances: &[Instance], pressure: &Pressure) -> MemoryActions {
             ..*i
         })
         .collect();
-    actions.resume = choose_swap_in(&stopped, free - low);
+    actions.resume = choose_swap_in(&stopped, free - pressure.low_watermark);
     if actions.resume.is_empty() && !instances.iter().any(|i| i.running) {
         let mut next: Vec<&Instance> = stopped.iter().collect();
         next.sort_by(|a, b| a.class.cmp(&b.class).then(a.arrival.cmp(&b.arrival)));
@@ -424,33 +400,7 @@ mod tests {
             high_watermark: 200 * MB,
             kill_watermark: 50 * MB,
             swap_free_bytes: swap_mb * MB,
-            reserve_bytes: 0,
         }
-    }
-
-    #[test]
-    fn a_top_class_reserve_is_made_by_cheaper_classes_only_and_holds_resumes_back() {
-        let instances = [inst(1, 0, 0, 300, true), inst(2, 3, 1, 100, true)];
-        let mut reserved = pressure(120, 1000);
-        assert_eq!(decide(&instances, &reserved), MemoryActions::default());
-        reserved.reserve_bytes = 150 * MB;
-        let actions = decide(&instances, &reserved);
-        assert_eq!(actions.suspend, vec![2], "the batch call makes the room");
-        let top_only = [inst(1, 0, 0, 300, true)];
-        assert_eq!(
-            decide(&top_only, &reserved),
-            MemoryActions::default(),
-            "the top class is not swapped for its own headroom"
-        );
-        let mut stopped = inst(2, 3, 1, 0, false);
-        stopped.swapped_bytes = 50 * MB;
-        let mut room = pressure(180, 1000);
-        assert_eq!(decide(&[instances[0], stopped], &room).resume, vec![2]);
-        room.reserve_bytes = 150 * MB;
-        assert!(
-            decide(&[instances[0], stopped], &room).resume.is_empty(),
-            "not resumed into the reserve"
-        );
     }
 
     #[test]
