@@ -95,12 +95,11 @@ pub(crate) async fn run_exec(
             // instance's cgroup, else from the process's resident set.
             let deadline = process.deadline();
             let wait = thawed_at_deadline(&machine.running, job.id, deadline, process.wait());
-            let (outcome, memory_byte_ms) =
-                crate::meter::metered(wait, || match &cgroup {
-                    Some(cg) => cg.memory_current().ok(),
-                    None => Some(crate::memory::resident_bytes(pid)),
-                })
-                .await;
+            let (outcome, memory_byte_ms) = crate::meter::metered(wait, || match &cgroup {
+                Some(cg) => cg.memory_current().ok(),
+                None => Some(crate::memory::resident_bytes(pid)),
+            })
+            .await;
             if let Some(gate) = &machine.gate {
                 gate.detach(job.id);
             }

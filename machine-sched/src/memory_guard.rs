@@ -229,7 +229,8 @@ impl MemoryGuard {
         self.used.store(total.resident(), Ordering::Relaxed);
         self.swap_total
             .store(machine.swap_total_bytes, Ordering::Relaxed);
-        self.swap_free.store(machine.swap_free_bytes, Ordering::Relaxed);
+        self.swap_free
+            .store(machine.swap_free_bytes, Ordering::Relaxed);
         let jobs = self.parts.running.snapshot();
         let mut instances = Vec::with_capacity(jobs.len());
         let mut kill_pending = false;
