@@ -216,11 +216,14 @@ async fn status_memory_once(
 }
 
 /// A `batch` call frozen for memory whose timeout passes while a `critical` call holds the
-/// memory is answered at its timeout, not when the guard would next thaw it (after the
-/// `critical` call): a frozen process takes its `SIGKILL` only once thawed (cgroup v1), so the
-/// timeout thaws it.
+/// memory ends at its timeout, on the machine's own timer, not when the guard would next thaw
+/// it (after the `critical` call): a frozen process takes its `SIGKILL` only once thawed
+/// (cgroup v1), so the timeout thaws it. (The shard answers its caller at the caller's
+/// deadline anyway and cancels the run; the machine's own timeout, a little earlier, is what
+/// ends runs no shard cancels, such as a keyed invocation whose shard was lost. The log line
+/// shows the machine's timeout did it.)
 #[test]
-fn a_call_frozen_past_its_timeout_is_answered_at_its_timeout() {
+fn a_run_frozen_past_its_timeout_ends_at_its_timeout() {
     let _serial = serial();
     if let Some(reason) = cannot_limit_memory() {
         eprintln!("skipped: {reason}");
