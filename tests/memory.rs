@@ -14,6 +14,7 @@ use common::swap::SwapFile;
 use common::{invoke, request, runtime, TestCluster};
 use tariff_machine_sched::page_out::MachineMemory;
 use tariff_types::wire::{InvocationOutcome, InvokeError};
+use tariff_types::Stage;
 
 /// Swap is machine-wide: these tests must not see each other's swap file. One at a time.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -215,13 +216,11 @@ async fn status_memory_once(
     }
 }
 
-/// A `batch` call frozen for memory whose timeout passes while a `critical` call holds the
-/// memory ends at its timeout, on the machine's own timer, not when the guard would next thaw
-/// it (after the `critical` call): a frozen process takes its `SIGKILL` only once thawed
-/// (cgroup v1), so the timeout thaws it. (The shard answers its caller at the caller's
-/// deadline anyway and cancels the run; the machine's own timeout, a little earlier, is what
-/// ends runs no shard cancels, such as a keyed invocation whose shard was lost. The log line
-/// shows the machine's timeout did it.)
+/// A `batch` call frozen for memory whose run limit passes while a `critical` call holds the
+/// memory is answered at its limit, not when the guard would next thaw it (after the
+/// `critical` call): a frozen process takes its `SIGKILL` only once thawed (cgroup v1), so
+/// the timeout thaws it. The run limit is the machine's alone to keep (the shard keeps the
+/// caller's deadline, and cancels at it, which thaws too), so it shows the machine's timer.
 #[test]
 fn a_run_frozen_past_its_timeout_ends_at_its_timeout() {
     let _serial = serial();
@@ -244,9 +243,9 @@ fn a_run_frozen_past_its_timeout_ends_at_its_timeout() {
             // The batch call grows to 120 MiB over 3 s; from 0.5 s the critical one grows to
             // 150 MiB over 4.5 s. Together they pass the low watermark (85 % of 192 MiB) at
             // about 2.5 s: the batch call is frozen and swapped out, and cannot come back
-            // before the critical call ends (about 5 s), long after its 3.5 s timeout.
+            // before the critical call ends (about 5 s), long after its 3.5 s run limit.
             let mut timing_out = request("alloc", "batch", "120 25");
-            timing_out.timeout_ms = 3_500;
+            timing_out.limits.run_ms = 3_500;
             let batch = {
                 let client = client.clone();
                 tokio::spawn(async move { invoke(&client, timing_out).await })
@@ -263,7 +262,10 @@ fn a_run_frozen_past_its_timeout_ends_at_its_timeout() {
             );
             assert_eq!(
                 batch.as_ref().err(),
-                Some(&InvokeError::TimedOut(3_500)),
+                Some(&InvokeError::StageTimedOut {
+                    stage: Stage::Run,
+                    limit_ms: 3_500
+                }),
                 "{batch:?}\n{log}"
             );
             assert!(
