@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use serde_json::json;
 use tariff_cluster::client::{Client, ClientError, DISCOVERY_TIMEOUT};
 use tariff_cluster::cluster::Cluster;
-use tariff_types::wire::{ClientRequest, ClientResponse, MachineStatus, ShardStatus};
+use tariff_types::wire::{ClientRequest, ClientResponse, MachineStatus, MemoryReport, ShardStatus};
 
 /// What one shard answered, or why it did not.
 pub struct ShardView {
@@ -113,10 +113,17 @@ impl ClusterView {
                     // Free memory reaches only the shards a machine lists with or is polled
                     // by: keep a report from another shard rather than show none.
                     let known = view.latest.free_memory_bytes;
+                    let known_memory = view.latest.memory.take();
                     view.latest = machine.clone();
                     view.latest.free_memory_bytes = machine.free_memory_bytes.or(known);
-                } else if view.latest.free_memory_bytes.is_none() {
-                    view.latest.free_memory_bytes = machine.free_memory_bytes;
+                    view.latest.memory = machine.memory.clone().or(known_memory);
+                } else {
+                    if view.latest.free_memory_bytes.is_none() {
+                        view.latest.free_memory_bytes = machine.free_memory_bytes;
+                    }
+                    if view.latest.memory.is_none() {
+                        view.latest.memory = machine.memory.clone();
+                    }
                 }
                 if view.running.len() < machine.running.len() {
                     view.running.resize(machine.running.len(), 0);
@@ -185,6 +192,7 @@ impl ClusterView {
                     "shards": d.shards,
                     "idle_listed_on": d.listed_on,
                     "last_heard_ms": d.latest.last_heard_ms,
+                    "memory": d.latest.memory.as_ref().map(|m| self.memory_json(m)),
                 })
             })
             .collect();
@@ -194,6 +202,34 @@ impl ClusterView {
             "answered_per_s": self.answered_per_s(),
             "shards": shards,
             "dispatchers": dispatchers,
+        })
+    }
+
+    /// A machine's memory report in the `--json` form: its readings and, per class, what
+    /// memory pressure has cost it.
+    fn memory_json(&self, memory: &MemoryReport) -> serde_json::Value {
+        let per_class: serde_json::Map<_, _> = self
+            .classes
+            .iter()
+            .zip(&memory.per_class)
+            .map(|(class, c)| {
+                (
+                    class.clone(),
+                    json!({
+                        "swapped_out_bytes": c.pressure.swapped_out_bytes,
+                        "swapped_in_bytes": c.pressure.swapped_in_bytes,
+                        "held_for_memory_ms": c.pressure.held_us / 1000,
+                        "killed_memory_pressure": c.kills,
+                    }),
+                )
+            })
+            .collect();
+        json!({
+            "used_bytes": memory.used_bytes,
+            "free_bytes": memory.free_bytes,
+            "swap_total_bytes": memory.swap_total_bytes,
+            "swap_free_bytes": memory.swap_free_bytes,
+            "per_class": per_class,
         })
     }
 
@@ -297,7 +333,60 @@ impl ClusterView {
                 format!("{:.1}s ago", d.latest.last_heard_ms as f64 / 1000.0),
             );
         }
+        self.memory_table(&mut out);
         out
+    }
+
+    /// Each machine's memory and, per class, what memory pressure has cost it since its
+    /// dispatcher started: bytes swapped out and back in, time held frozen, kills.
+    fn memory_table(&self, out: &mut String) {
+        let reporting: Vec<(&String, &MemoryReport)> = self
+            .dispatchers
+            .iter()
+            .filter_map(|(name, d)| d.latest.memory.as_ref().map(|m| (name, m)))
+            .collect();
+        if reporting.is_empty() {
+            return;
+        }
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "{:<18} {:<10} {:>9} {:>9} {:>12} {:>12} {:>9} {:>6}",
+            "MEMORY", "CLASS", "USED", "FREE", "SWAPPED OUT", "SWAPPED IN", "HELD", "KILLS"
+        );
+        for (name, memory) in reporting {
+            let swap = if memory.swap_total_bytes == 0 {
+                "no swap".to_owned()
+            } else {
+                format!(
+                    "swap {} free of {}",
+                    mib(Some(memory.swap_free_bytes)),
+                    mib(Some(memory.swap_total_bytes))
+                )
+            };
+            let _ = writeln!(
+                out,
+                "{:<18} {:<10} {:>9} {:>9}  {swap}",
+                name,
+                "",
+                mib(Some(memory.used_bytes)),
+                mib(Some(memory.free_bytes)),
+            );
+            for (class, c) in self.classes.iter().zip(&memory.per_class) {
+                let _ = writeln!(
+                    out,
+                    "{:<18} {:<10} {:>9} {:>9} {:>12} {:>12} {:>9} {:>6}",
+                    "",
+                    class,
+                    "",
+                    "",
+                    mib(Some(c.pressure.swapped_out_bytes)),
+                    mib(Some(c.pressure.swapped_in_bytes)),
+                    format!("{:.1}s", c.pressure.held_us as f64 / 1e6),
+                    c.kills,
+                );
+            }
+        }
     }
 }
 

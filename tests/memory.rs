@@ -14,6 +14,7 @@ use common::swap::SwapFile;
 use common::{invoke, request, runtime, TestCluster};
 use tariff_machine_sched::page_out::MachineMemory;
 use tariff_types::wire::{InvocationOutcome, InvokeError};
+use tariff_types::Stage;
 
 /// Swap is machine-wide: these tests must not see each other's swap file. One at a time.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -162,6 +163,119 @@ fn oversubscribed_batch_is_swapped_out_and_resumed_while_critical_is_untouched()
                 swapped,
                 started.elapsed()
             );
+            // The dispatcher survived: it still answers.
+            let echo = invoke(&client, request("echo", "critical", "still here"))
+                .await
+                .unwrap();
+            assert_eq!(echo.run.output, b"still here");
+            // `tariff status` shows what the pressure cost each class on the machine.
+            let memory = status_memory_once(&cluster, |m| {
+                m["per_class"]["batch"]["swapped_out_bytes"].as_u64() > Some(0)
+            })
+            .await;
+            assert_eq!(memory["per_class"]["critical"]["swapped_out_bytes"], 0);
+            assert_eq!(memory["per_class"]["critical"]["held_for_memory_ms"], 0);
+            assert_eq!(memory["per_class"]["batch"]["killed_memory_pressure"], 0);
+            assert!(memory["swap_total_bytes"].as_u64() > Some(0), "{memory:#}");
+            let table = cluster.command().args(["status"]).output().unwrap();
+            let table = String::from_utf8_lossy(&table.stdout);
+            assert!(
+                table.contains("SWAPPED OUT") && table.contains("swap "),
+                "{table}"
+            );
+        })
+        .await
+        .expect("the test finished in time");
+    });
+}
+
+/// `m1`'s memory as `tariff status --json` shows it, once `ready` holds for it (its
+/// dispatcher reports memory with every heartbeat, so a run's figures reach the shard within
+/// a heartbeat of its end).
+async fn status_memory_once(
+    cluster: &TestCluster,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    loop {
+        let out = cluster
+            .command()
+            .args(["status", "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let memory = json["dispatchers"]
+            .as_array()
+            .and_then(|d| d.iter().find(|d| d["name"] == "m1"))
+            .map(|d| d["memory"].clone())
+            .unwrap_or_default();
+        if ready(&memory) {
+            return memory;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A `batch` call frozen for memory whose run limit passes while a `critical` call holds the
+/// memory is answered at its limit, not when the guard would next thaw it (after the
+/// `critical` call): a frozen process takes its `SIGKILL` only once thawed (cgroup v1), so
+/// the timeout thaws it. The run limit is the machine's alone to keep (the shard keeps the
+/// caller's deadline, and cancels at it, which thaws too), so it shows the machine's timer.
+#[test]
+fn a_run_frozen_past_its_timeout_ends_at_its_timeout() {
+    let _serial = serial();
+    if let Some(reason) = cannot_limit_memory() {
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let swap = match SwapFile::create() {
+        Ok(swap) => swap,
+        Err(reason) => {
+            eprintln!("skipped: cannot make a swap file: {reason}");
+            return;
+        }
+    };
+    eprintln!("swap file of {} MiB on", swap.bytes >> 20);
+    runtime().block_on(async {
+        tokio::time::timeout(TEST_TIMEOUT, async {
+            let cluster = machine(SWAP_MEMORY).await;
+            let client = cluster.client(0).await;
+            // The batch call grows to 120 MiB over 3 s; from 0.5 s the critical one grows to
+            // 150 MiB over 4.5 s. Together they pass the low watermark (85 % of 192 MiB) at
+            // about 2.5 s: the batch call is frozen and swapped out, and cannot come back
+            // before the critical call ends (about 5 s), long after its 3.5 s run limit.
+            let mut timing_out = request("alloc", "batch", "120 25");
+            timing_out.limits.run_ms = 3_500;
+            let batch = {
+                let client = client.clone();
+                tokio::spawn(async move { invoke(&client, timing_out).await })
+            };
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let critical = alloc(&client, "critical", 150, 30);
+            let batch = batch.await.unwrap();
+            let critical_still_running = !critical.is_finished();
+            let critical = critical.await.unwrap();
+            let log = log_of(&cluster);
+            assert!(
+                log.contains("memory: timeout passed while frozen"),
+                "the batch call was frozen when its timeout passed:\n{log}"
+            );
+            assert_eq!(
+                batch.as_ref().err(),
+                Some(&InvokeError::StageTimedOut {
+                    stage: Stage::Run,
+                    limit_ms: 3_500
+                }),
+                "{batch:?}\n{log}"
+            );
+            assert!(
+                critical_still_running,
+                "the timed-out call was answered only after the critical call ended\n{log}"
+            );
+            let critical =
+                critical.unwrap_or_else(|e| panic!("the critical call failed: {e}\n{log}"));
+            assert_eq!(critical.run.output, b"allocated 150 MB\n");
+            assert_eq!(critical.run.memory.held_us, 0, "{:?}", critical.run.memory);
             // The dispatcher survived: it still answers.
             let echo = invoke(&client, request("echo", "critical", "still here"))
                 .await

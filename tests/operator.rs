@@ -332,12 +332,20 @@ fn status_lists_every_process_of_a_two_shard_two_dispatcher_cluster() {
         for d in dispatchers {
             assert_eq!(d["shards"].as_array().unwrap().len(), 2, "{json:#}");
             assert_eq!(d["cores"], 1);
+            // Every heartbeat carries the machine's memory, from the first one on.
+            let memory = &d["memory"];
+            assert!(memory["free_bytes"].as_u64().unwrap() > 0, "{json:#}");
+            assert!(memory["used_bytes"].is_u64(), "{json:#}");
+            assert_eq!(
+                memory["per_class"]["batch"]["killed_memory_pressure"], 0,
+                "{json:#}"
+            );
         }
 
         let table = cluster.command().args(["status"]).output().unwrap();
         assert!(table.status.success(), "{table:?}");
         let text = String::from_utf8_lossy(&table.stdout);
-        for name in ["m1", "m2", "DISPATCHER", "SHARD"] {
+        for name in ["m1", "m2", "DISPATCHER", "SHARD", "MEMORY", "SWAPPED OUT"] {
             assert!(text.contains(name), "{text}");
         }
         for addr in &expected {

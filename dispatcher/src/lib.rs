@@ -7,6 +7,7 @@
 
 pub mod executor;
 pub mod machine_setup;
+mod memory_report;
 mod metrics;
 pub mod service;
 

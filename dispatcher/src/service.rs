@@ -20,16 +20,17 @@ use tariff_types::class::MAX_CLASSES;
 use tariff_types::policy::Policy;
 use tariff_types::wire::{
     context_env, Completion, DispatcherHello, DispatcherToShard, IdleEntry, InvocationId,
-    MachineLoad as LoadReport, Orphan, Placement, ShardToDispatcher, StreamOpen,
+    MachineLoad as LoadReport, MemoryReport, Orphan, Placement, ShardToDispatcher, StreamOpen,
 };
 use tariff_types::ClassId;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::executor::{Executor, MachineLoad, Run};
+use crate::memory_report::MemoryTotals;
 use crate::metrics::{DispatcherExposition, DispatcherMetrics, LevelSource, Levels};
 use tariff_machine_sched::machine::{MachineScheduler, StartClaim};
-use tariff_machine_sched::memory_guard::{self, MemoryOptions};
+use tariff_machine_sched::memory_guard::{self, GuardReading, MemoryOptions};
 use tariff_policy::idle_advert::{
     least_crowded, shards_to_poll, IdleAction, IdleAdvertiser, IdlePolicy,
 };
@@ -172,6 +173,8 @@ struct Shared {
     class_names: std::sync::OnceLock<Vec<String>>,
     /// The Prometheus series.
     metrics: Arc<DispatcherMetrics>,
+    /// What memory pressure has cost each class, for the heartbeats' memory report.
+    memory_totals: MemoryTotals,
 }
 
 impl LevelSource for Shared {
@@ -239,6 +242,27 @@ impl Shared {
         free
     }
 
+    /// How the machine's memory stands, for a heartbeat: the memory guard's last reading
+    /// where it runs, else the idle tick's free memory and the function processes' resident
+    /// sets; and what memory pressure has cost each class.
+    fn memory_report(&self) -> MemoryReport {
+        let machine = &self.executor.machine;
+        let reading = machine.memory_reading().unwrap_or_else(|| GuardReading {
+            used_bytes: machine.used_memory(),
+            free_bytes: self.free_memory.load(Ordering::Relaxed),
+            ..GuardReading::default()
+        });
+        MemoryReport {
+            used_bytes: reading.used_bytes,
+            free_bytes: reading.free_bytes,
+            swap_total_bytes: reading.swap_total_bytes,
+            swap_free_bytes: reading.swap_free_bytes,
+            per_class: self
+                .memory_totals
+                .snapshot(self.classes.load(Ordering::Relaxed)),
+        }
+    }
+
     fn load_report(&self) -> LoadReport {
         LoadReport {
             per_class: self.load.snapshot()[..self.classes.load(Ordering::Relaxed)].to_vec(),
@@ -288,6 +312,7 @@ impl Dispatcher {
         let shared = Arc::new(Shared {
             class_names: std::sync::OnceLock::new(),
             metrics: Arc::new(DispatcherMetrics::new(options.cores, options.memory_bytes)),
+            memory_totals: MemoryTotals::default(),
             advertiser: Mutex::new(IdleAdvertiser::new(
                 options.memory.idle_policy(options.memory_bytes),
             )),
@@ -516,8 +541,9 @@ async fn session(shared: &Arc<Shared>, index: usize, addr: SocketAddr) -> Result
     ));
     let writer = tokio::spawn(codec::forward(outbox, send).in_current_span());
     let liveness = Duration::from_millis(liveness_ms.max(MIN_LIVENESS_MS));
-    let heartbeat = tokio::spawn(codec::heartbeats(control.clone(), liveness, || {
-        DispatcherToShard::Heartbeat
+    let beating = Arc::clone(shared);
+    let heartbeat = tokio::spawn(codec::heartbeats(control.clone(), liveness, move || {
+        DispatcherToShard::Memory(beating.memory_report())
     }));
     let result = loop {
         // A read cut short by the timeout loses a partial frame, but the session ends then.
@@ -662,7 +688,8 @@ async fn serve_lane(
                 let in_flight = in_flight.clone();
                 tokio::spawn(
                     async move {
-                        let class = shared.class_name(placement.class.index());
+                        let placement_class = placement.class.index();
+                        let class = shared.class_name(placement_class);
                         let run = Run {
                             classes,
                             context: &context,
@@ -673,6 +700,7 @@ async fn serve_lane(
                             .execute(placement, ticket, &shared.load, run)
                             .await;
                         in_flight.claims().remove(&completion.id);
+                        shared.memory_totals.ran(placement_class, &completion);
                         shared.metrics.ran(class, &completion);
                         match keyed {
                             Some(orphan) if in_flight.is_over() => shared.hand_over(Orphan {

@@ -13,7 +13,7 @@ use crate::parts::Parts;
 use crate::priority::off_real_time;
 use crate::process::RunRequest;
 use crate::provision::Prepared;
-use crate::running::Cancel;
+use crate::running::{thawed_at_deadline, Cancel};
 use crate::turns::Turn;
 
 /// Runs `job` in a new process, which is raised (and `turn` passed on) as soon as it has
@@ -93,12 +93,13 @@ pub(crate) async fn run_exec(
             );
             // Memory is billed by its integral over the run (`meter`), read from the
             // instance's cgroup, else from the process's resident set.
-            let (outcome, memory_byte_ms) =
-                crate::meter::metered(process.wait(), || match &cgroup {
-                    Some(cg) => cg.memory_current().ok(),
-                    None => Some(crate::memory::resident_bytes(pid)),
-                })
-                .await;
+            let deadline = process.deadline();
+            let wait = thawed_at_deadline(&machine.running, job.id, deadline, process.wait());
+            let (outcome, memory_byte_ms) = crate::meter::metered(wait, || match &cgroup {
+                Some(cg) => cg.memory_current().ok(),
+                None => Some(crate::memory::resident_bytes(pid)),
+            })
+            .await;
             if let Some(gate) = &machine.gate {
                 gate.detach(job.id);
             }

@@ -37,7 +37,7 @@ use crate::cgroup::CgroupRoot;
 use crate::exec_run::run_exec;
 use crate::gate::Gate;
 use crate::instance_pool::InstancePool;
-use crate::memory_guard::{GuardStart, MemoryGuard, MemoryGuardError, MemoryOptions};
+use crate::memory_guard::{GuardReading, GuardStart, MemoryGuard, MemoryGuardError, MemoryOptions};
 use crate::parts::Parts;
 use crate::persistent_run::run_persistent;
 use crate::priority::Priority;
@@ -173,6 +173,12 @@ impl MachineScheduler {
     /// guard.
     pub fn guarded_free_memory(&self) -> Option<u64> {
         self.guard.get().map(|(g, _)| g.free_bytes())
+    }
+
+    /// The memory guard's last reading (what the functions hold, what is free, swap), if
+    /// the guard runs.
+    pub fn memory_reading(&self) -> Option<GuardReading> {
+        self.guard.get().map(|(g, _)| g.reading())
     }
 
     /// Stops the job `id` if it is running here; it ends with [`JobError::Cancelled`].

@@ -110,12 +110,30 @@ pub struct GuardStart {
     pub machine: MachineMemory,
 }
 
+/// What the guard last read, in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GuardReading {
+    /// What the functions hold in memory.
+    pub used_bytes: u64,
+    /// What they may still take (`--memory` less what they hold, bounded by the machine).
+    pub free_bytes: u64,
+    /// The machine's swap space.
+    pub swap_total_bytes: u64,
+    /// What is left of it.
+    pub swap_free_bytes: u64,
+}
+
 /// The guard of one machine.
 pub struct MemoryGuard {
     parts: Arc<Parts>,
     options: MemoryOptions,
     /// Free memory for functions as last read, in bytes.
     free: AtomicU64,
+    /// What the functions held in memory as last read, in bytes.
+    used: AtomicU64,
+    /// The machine's swap space and what was left of it as last read, in bytes.
+    swap_total: AtomicU64,
+    swap_free: AtomicU64,
     /// Instance groups last set protected (`true`) or not, so each is written once per change.
     protected: Mutex<HashMap<String, bool>>,
 }
@@ -154,6 +172,9 @@ impl MemoryGuard {
             parts,
             options,
             free: AtomicU64::new(options.limit_bytes),
+            used: AtomicU64::new(0),
+            swap_total: AtomicU64::new(machine.swap_total_bytes),
+            swap_free: AtomicU64::new(machine.swap_free_bytes),
             protected: Mutex::default(),
         });
         Ok((guard, GuardStart { limit, machine }))
@@ -162,6 +183,16 @@ impl MemoryGuard {
     /// Free memory for functions as last read.
     pub fn free_bytes(&self) -> u64 {
         self.free.load(Ordering::Relaxed)
+    }
+
+    /// The last reading, for the dispatcher's status report.
+    pub fn reading(&self) -> GuardReading {
+        GuardReading {
+            used_bytes: self.used.load(Ordering::Relaxed),
+            free_bytes: self.free.load(Ordering::Relaxed),
+            swap_total_bytes: self.swap_total.load(Ordering::Relaxed),
+            swap_free_bytes: self.swap_free.load(Ordering::Relaxed),
+        }
     }
 
     /// Reads, decides and acts every tick until `stop` is set, on a thread of its own at
@@ -195,6 +226,11 @@ impl MemoryGuard {
             .saturating_sub(total.resident())
             .min(machine.available_bytes);
         self.free.store(free, Ordering::Relaxed);
+        self.used.store(total.resident(), Ordering::Relaxed);
+        self.swap_total
+            .store(machine.swap_total_bytes, Ordering::Relaxed);
+        self.swap_free
+            .store(machine.swap_free_bytes, Ordering::Relaxed);
         let jobs = self.parts.running.snapshot();
         let mut instances = Vec::with_capacity(jobs.len());
         let mut kill_pending = false;

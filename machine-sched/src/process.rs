@@ -274,6 +274,11 @@ impl RunningProcess {
         self.shared.pid.as_raw()
     }
 
+    /// When its timeout expires (counted from [`spawn`]).
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
     /// A handle that can kill this process from another task.
     pub fn handle(&self) -> ProcessHandle {
         ProcessHandle {

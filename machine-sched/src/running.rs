@@ -3,6 +3,7 @@
 //! (`memory_guard`) need to know about running work.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -58,6 +59,9 @@ struct MemoryState {
     swapped_in_since_thaw: u64,
     /// The guard killed it to free memory.
     killed: bool,
+    /// Its timeout has passed: the guard must not freeze it again, or the kill that ends it
+    /// would wait for the next thaw.
+    expired: bool,
 }
 
 /// One running job.
@@ -219,7 +223,8 @@ impl Running {
     }
 
     /// Records that job `id`, with `swapped` bytes in swap, is now frozen in `group`. Gives
-    /// the group back if the job has ended meanwhile, so the caller can thaw it.
+    /// the group back if the job has ended, or its timeout passed, meanwhile, so the caller
+    /// can thaw it.
     pub(crate) fn frozen(
         &self,
         id: u64,
@@ -227,7 +232,7 @@ impl Running {
         swapped: u64,
     ) -> Result<(), InstanceCgroup> {
         let mut jobs = self.jobs();
-        let Some(entry) = jobs.get_mut(&id) else {
+        let Some(entry) = jobs.get_mut(&id).filter(|e| !e.memory.expired) else {
             return Err(group);
         };
         entry.memory.frozen = Some(group);
@@ -251,6 +256,32 @@ impl Running {
         entry.memory.frozen.take()
     }
 
+    /// Job `id`'s timeout has passed: if the guard holds it frozen, thaw it now, so that the
+    /// `SIGKILL` its timeout sends (which a frozen task takes only once thawed, cgroup v1)
+    /// lands and the call is answered at its timeout rather than at the guard's next thaw;
+    /// and never freeze it again. The time held ends here; nothing is counted as swapped
+    /// back in, since the process dies with its swap. `true` if it was frozen.
+    pub(crate) fn expire(&self, id: u64) -> bool {
+        let mut jobs = self.jobs();
+        let Some(entry) = jobs.get_mut(&id) else {
+            return false;
+        };
+        let memory = &mut entry.memory;
+        memory.expired = true;
+        let Some(group) = memory.frozen.take() else {
+            return false;
+        };
+        if let Some(at) = memory.frozen_at.take() {
+            memory.held += at.elapsed();
+        }
+        memory.swap_at_freeze = None;
+        memory.swap_at_thaw = None;
+        memory.swapped_out += std::mem::take(&mut memory.swapped_out_this_hold);
+        memory.swapped_in += std::mem::take(&mut memory.swapped_in_since_thaw);
+        let _ = group.thaw();
+        true
+    }
+
     /// Notes that job `id` has `swapped` bytes in swap now: while frozen, what is beyond the
     /// figure at the freeze went out; once thawed, what is below the figure at the thaw came
     /// back in.
@@ -267,6 +298,31 @@ impl Running {
                     .swapped_in_since_thaw
                     .max(at_thaw.saturating_sub(swapped));
             }
+        }
+    }
+}
+
+/// Runs `run`, job `id`'s wait for its end, and at `deadline` (its timeout, which the run
+/// enforces itself by killing the process) thaws the job if the memory guard holds it frozen
+/// ([`Running::expire`]): otherwise the kill would land, and the call be answered, only at the
+/// guard's next thaw, which a long hold by a dearer class can put off indefinitely.
+pub(crate) async fn thawed_at_deadline<F: Future>(
+    running: &Running,
+    id: u64,
+    deadline: tokio::time::Instant,
+    run: F,
+) -> F::Output {
+    tokio::pin!(run);
+    tokio::select! {
+        // The run's own timer fires at the same instant: polled first, it sends the kill
+        // before the thaw, so the process does not run on past its timeout.
+        biased;
+        done = &mut run => done,
+        () = tokio::time::sleep_until(deadline) => {
+            if running.expire(id) {
+                tracing::info!(job = id, "memory: timeout passed while frozen for memory: thawed so that the kill lands");
+            }
+            run.await
         }
     }
 }

@@ -13,7 +13,8 @@ use std::time::Instant;
 
 use tariff_policy::MachineIdx;
 use tariff_types::wire::{
-    DispatcherHello, InvocationId, MachineLoad, MachineStatus, Placement, ShardToDispatcher,
+    DispatcherHello, InvocationId, MachineLoad, MachineStatus, MemoryReport, Placement,
+    ShardToDispatcher,
 };
 use tariff_types::ClassId;
 use tokio::sync::{mpsc, oneshot};
@@ -31,6 +32,8 @@ pub(crate) struct MachineLink {
     free_memory_bytes: Option<u64>,
     /// Functions with an idle warm instance, as last reported, for status.
     warm: u32,
+    /// Its memory and per-class memory pressure, as its last heartbeat said, for status.
+    memory: Option<MemoryReport>,
     /// When the shard last heard from it, for status.
     last_heard: Instant,
     /// The QUIC connection its control stream came on; its lanes must come on the same one.
@@ -69,6 +72,11 @@ impl MachineLink {
         self.warm = warm as u32;
     }
 
+    /// The machine reported how its memory stands.
+    pub(crate) fn set_memory(&mut self, report: MemoryReport) {
+        self.memory = Some(report);
+    }
+
     /// The machine as `tariff status` shows it; `running` and `listed` are the shard's.
     pub(crate) fn status(&self, running: Vec<u32>, listed: bool) -> MachineStatus {
         MachineStatus {
@@ -81,6 +89,7 @@ impl MachineLink {
             warm: self.warm,
             listed,
             last_heard_ms: self.last_heard.elapsed().as_millis() as u64,
+            memory: self.memory.clone(),
         }
     }
 
@@ -170,6 +179,7 @@ impl MachineTable {
                 memory_bytes: hello.memory_bytes,
                 free_memory_bytes: None,
                 warm: 0,
+                memory: None,
                 last_heard: Instant::now(),
                 connection_id,
                 control,

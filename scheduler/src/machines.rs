@@ -95,6 +95,7 @@ fn handle_control(
         DispatcherToShard::Warm(functions) => state.warm_update(machine, &functions),
         DispatcherToShard::Load { seq, load } => state.load_reported(machine, seq, load),
         DispatcherToShard::Heartbeat => state.heard(machine),
+        DispatcherToShard::Memory(report) => state.memory_reported(machine, report),
         // Handled by the session, which can spawn the store write.
         DispatcherToShard::Orphan(_) => {}
     }

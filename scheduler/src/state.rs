@@ -33,7 +33,8 @@ use tariff_policy::shard::{Overloaded, PlacePath, ShardConfig, ShardCore};
 use tariff_policy::{FunctionKey, MachineIdx, Step, Taken};
 use tariff_types::wire::{
     unix_micros, Completion, DispatcherHello, IdleEntry, InvocationId, InvocationOutcome,
-    InvokeError, MachineLoad, MachineStatus, Placement, ShardStatus, ShardToDispatcher,
+    InvokeError, MachineLoad, MachineStatus, MemoryReport, Placement, ShardStatus,
+    ShardToDispatcher,
 };
 use tariff_types::{ClassId, FunctionSpec, PriceClasses, Stage, StageLimits};
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -413,6 +414,14 @@ impl ShardState {
     pub(crate) fn heard(&self, machine: MachineIdx) {
         if let Some(link) = self.book().machines.get_mut(machine) {
             link.heard(None);
+        }
+    }
+
+    /// A machine's heartbeat said how its memory stands.
+    pub(crate) fn memory_reported(&self, machine: MachineIdx, report: MemoryReport) {
+        if let Some(link) = self.book().machines.get_mut(machine) {
+            link.heard(Some(report.free_bytes));
+            link.set_memory(report);
         }
     }
 

@@ -457,6 +457,38 @@ pub struct MachineStatus {
     pub listed: bool,
     /// Milliseconds since the shard last heard from it (any control message).
     pub last_heard_ms: u64,
+    /// Its memory and what memory pressure has cost each class there, as its last heartbeat
+    /// said; `None` until one has (or from a dispatcher that does not report it).
+    #[serde(default)]
+    pub memory: Option<MemoryReport>,
+}
+
+/// A machine's memory as its dispatcher reports it with every heartbeat (issue 15), for
+/// `tariff status`: memory is not reserved, so an operator needs to see what the functions
+/// hold, what is left, and what oversubscription is costing each class.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryReport {
+    /// Bytes the machine's functions hold in memory now (their cgroups' resident memory
+    /// where the memory guard runs, else their processes' resident sets).
+    pub used_bytes: u64,
+    /// Bytes they may still take before `--memory` (bounded by what the machine has).
+    pub free_bytes: u64,
+    /// Swap space on the machine, bytes (0: none, so memory pressure kills).
+    pub swap_total_bytes: u64,
+    /// Swap space left, bytes.
+    pub swap_free_bytes: u64,
+    /// What memory pressure has cost each class since the dispatcher started, most
+    /// expensive first.
+    pub per_class: Vec<ClassMemory>,
+}
+
+/// What memory pressure has cost one class on one machine since its dispatcher started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClassMemory {
+    /// Swapped bytes and time held, summed over the class's finished runs.
+    pub pressure: MemoryPressure,
+    /// The class's runs killed under memory pressure.
+    pub kills: u64,
 }
 
 /// First frame of a dispatcher's control stream.
@@ -525,6 +557,9 @@ pub enum DispatcherToShard {
     },
     /// Nothing else to say: the machine is alive.
     Heartbeat,
+    /// A heartbeat that also says how the machine's memory stands (sent in place of
+    /// [`DispatcherToShard::Heartbeat`]).
+    Memory(MemoryReport),
     /// The end of a keyed invocation whose shard was lost while it ran: this shard settles
     /// its idempotency key, so the caller's resubmission gets the answer instead of a second
     /// run.
