@@ -506,6 +506,7 @@ fn simulate(
         }
     }
     let popped = ctx.events.popped();
+    ctx.stats.close();
     (ctx.stats, popped)
 }
 

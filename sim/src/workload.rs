@@ -474,7 +474,13 @@ pub fn summarize_trace(path: &Path) -> Result<TraceSummary, WorkloadError> {
         let row = parse_row(line).map_err(|reason| WorkloadError::Parse {
             path: path.to_owned(),
             line: i + 1,
-            reason,
+            // A first line that is neither a row nor the header is most likely another
+            // layout's header (the Azure 2021 trace's `app,func,end_timestamp,duration`).
+            reason: if i == 0 {
+                format!("{reason}; a trace starts with the header {TRACE_HEADER} (other layouts: convert them first)")
+            } else {
+                reason
+            },
         })?;
         if row.arrival_s < last {
             return Err(WorkloadError::Parse {
