@@ -12,6 +12,7 @@
 //! the table) and [`cli`] (the `tariff sim` arguments).
 
 pub mod cli;
+mod decimal;
 pub mod edf;
 pub mod events;
 pub mod fifo;
@@ -34,7 +35,8 @@ pub use report::{ExperimentReport, SchedulerReport, SweepReport};
 use events::{from_secs, Event, EventQueue, Nanos};
 use stats::Stats;
 use workload::{
-    secs, FunctionTable, Generator, Invocation, TraceReader, WorkloadConfig, WorkloadError, MB,
+    secs, FunctionTable, Generator, Invocation, TraceReader, TraceSummary, WorkloadConfig,
+    WorkloadError, MB,
 };
 
 /// Price of the most expensive class; class i of n costs `MAX_PRICE × (n − i) / n`, which for
@@ -399,31 +401,31 @@ struct Workload {
 }
 
 impl Workload {
-    /// Prepares the workload of `config`.
-    fn new(config: &SimConfig) -> Result<Self, WorkloadError> {
-        match &config.trace {
-            Some(path) => {
-                let summary = workload::summarize_trace(path)?;
+    /// Prepares the workload of `config`; `trace` is the summary of its trace, if it replays
+    /// one (read once for every load of a sweep).
+    fn new(config: &SimConfig, trace: Option<&TraceSummary>) -> Self {
+        match trace {
+            Some(summary) => {
                 let time_scale =
-                    workload::trace_time_scale(&summary, config.capacity(), config.load);
-                Ok(Self {
+                    workload::trace_time_scale(summary, config.capacity(), config.load);
+                Self {
                     table: None,
                     rate: 0.0,
                     mean_runtime_s: summary.mean_runtime_s(),
                     time_scale,
                     trace_end_s: Some(summary.last_arrival_s * time_scale + TRACE_END_MARGIN_S),
-                })
+                }
             }
             None => {
                 let table = FunctionTable::new(&config.workload, config.seed);
                 let mean = table.mean_runtime_s();
-                Ok(Self {
+                Self {
                     table: Some(table),
                     rate: config.load * config.capacity() as f64 / mean,
                     mean_runtime_s: mean,
                     time_scale: 1.0,
                     trace_end_s: None,
-                })
+                }
             }
         }
     }
@@ -504,6 +506,7 @@ fn simulate(
         }
     }
     let popped = ctx.events.popped();
+    ctx.stats.close();
     (ctx.stats, popped)
 }
 
@@ -609,10 +612,15 @@ pub fn run_sweep_with_progress(
     for config in &configs {
         config.validate()?;
     }
-    let workloads = configs
+    let summary = config
+        .trace
+        .as_deref()
+        .map(workload::summarize_trace)
+        .transpose()?;
+    let workloads: Vec<Workload> = configs
         .iter()
-        .map(Workload::new)
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|c| Workload::new(c, summary.as_ref()))
+        .collect();
     for (config, workload) in configs.iter_mut().zip(&workloads) {
         if let (true, Some(end)) = (config.whole_trace, workload.trace_end_s) {
             config.duration_s = end;

@@ -50,6 +50,16 @@ const UNLIMITED_MEMORY: u64 = u64::MAX / 2;
 pub const SWAP_IN_HEADROOM_FRACTION: f64 = DEFAULT_IDLE_THRESHOLD;
 /// Salt separating the dispatchers' random stream from the shards'.
 const DISPATCHER_SALT: u64 = 0xD15_BA7C;
+/// Poll answers kept on the stack (more candidates than this are collected in a `Vec`): the
+/// paper's k is 3, and a poll adds at most two warm machines.
+const INLINE_POLL: usize = 8;
+/// Filler for the unused part of the stack's poll answers.
+const NO_ANSWER: PolledLoad<'static> = PolledLoad {
+    machine: MachineIdx(0),
+    per_class: &[],
+    slots: 0,
+    warm: false,
+};
 /// Rounds of swap/kill per memory check; a kill can start a swapped task which needs room in
 /// turn, but each round removes an instance, so a handful always suffices in practice.
 const MAX_MEMORY_ROUNDS: usize = 8;
@@ -300,17 +310,26 @@ impl Tariff {
             let placed = match step {
                 Step::Place(taken, machine, _) => Some((taken.item, machine)),
                 Step::Poll(taken, candidates) => {
-                    let answers: Vec<PolledLoad<'_>> = candidates
-                        .iter()
-                        .map(|&machine| PolledLoad {
-                            machine,
-                            per_class: &self.machines[machine.0 as usize].counts,
-                            slots: self.slots,
-                            warm: false,
-                        })
-                        .collect();
+                    let answer = |&machine: &MachineIdx| PolledLoad {
+                        machine,
+                        per_class: &self.machines[machine.0 as usize].counts,
+                        slots: self.slots,
+                        warm: false,
+                    };
+                    // A poll per placement: answered on the stack, not the heap, for a usual k.
+                    let mut inline = [NO_ANSWER; INLINE_POLL];
+                    let collected: Vec<PolledLoad<'_>>;
+                    let answers: &[PolledLoad<'_>] = if candidates.len() <= INLINE_POLL {
+                        for (slot, machine) in inline.iter_mut().zip(&candidates) {
+                            *slot = answer(machine);
+                        }
+                        &inline[..candidates.len()]
+                    } else {
+                        collected = candidates.iter().map(answer).collect();
+                        &collected
+                    };
                     self.shards[s]
-                        .polled(taken, &answers)
+                        .polled(taken, answers)
                         .ok()
                         .map(|(taken, machine)| (taken.item, machine))
                 }

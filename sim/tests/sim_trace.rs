@@ -68,6 +68,10 @@ fn malformed_traces_are_rejected_with_the_line() {
     assert!(err.to_string().contains(":3:"), "{err}");
     std::fs::write(&path, "0.5,f,ten,100,0\n").expect("written");
     assert!(summarize_trace(&path).is_err());
+    // Another layout's header is named as the problem, with the header expected.
+    std::fs::write(&path, "app,func,end_timestamp,duration\na,f,0.5,0.1\n").expect("written");
+    let err = summarize_trace(&path).expect_err("another layout");
+    assert!(err.to_string().contains(TRACE_HEADER), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
 
