@@ -575,6 +575,47 @@ fn shedding_is_503_with_retry_after() {
     });
 }
 
+/// Calls the over-budget test makes before its tenant's first spend is on the books.
+const BUDGET_PROBES: usize = 20;
+
+#[test]
+fn over_budget_is_429_with_retry_after() {
+    runtime().block_on(async {
+        let (cluster, routes) = site(&[]).await;
+        // A tenant whose budget its first call spends, on the profile page shared with it.
+        let mut profile = web("profile", "profile", true);
+        profile.shared_with = vec!["thrifty".into()];
+        cluster.deploy(profile).await;
+        let thrifty = cluster.add_tenant_with_budget("thrifty", Some(1e-12)).await;
+        let gateway = GatewayProc::start(&cluster, &routes, &[]);
+        let auth = bearer(&thrifty);
+        // `/profile/{id}` is not public, so the caller's token decides who pays.
+        let mut answer = curl(&["-H", &auth, &gateway.url("/profile/7")]);
+        let mut calls = 1;
+        while answer.status != 429 && calls < BUDGET_PROBES {
+            assert_eq!(answer.status, 200, "before the budget runs out: {answer:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            answer = curl(&["-H", &auth, &gateway.url("/profile/7")]);
+            calls += 1;
+        }
+        assert_eq!(answer.status, 429, "after {calls} calls: {answer:?}");
+        assert_eq!(answer.header("tariff-error"), Some("over_budget"));
+        let retry_after: u64 = answer
+            .header("retry-after")
+            .and_then(|v| v.parse().ok())
+            .expect("Retry-After in whole seconds");
+        assert!(retry_after >= 1, "{answer:?}");
+        assert!(
+            answer.text().contains("budget"),
+            "the body says why: {answer:?}"
+        );
+        // Another tenant is still served.
+        let token = cluster.token().await;
+        let other = curl(&["-H", &bearer(&token), &gateway.url("/profile/7")]);
+        assert_eq!(other.status, 200, "{other:?}");
+    });
+}
+
 #[test]
 fn a_slow_client_cannot_hold_the_gateway() {
     runtime().block_on(async {
