@@ -215,7 +215,7 @@ async fn sweep(state: Arc<ShardState>) {
     loop {
         tick.tick().await;
         round = round.wrapping_add(1);
-        if round % FULL_SWEEP_EVERY == 0 {
+        if round.is_multiple_of(FULL_SWEEP_EVERY) {
             state.sweep_all();
         } else {
             state.sweep();
