@@ -754,6 +754,9 @@ pub struct ClusterInfo {
     pub function_cpus: Vec<usize>,
     /// Real-time machine scheduling asked for (local only; the dispatcher log says if it got it).
     pub rt: Option<bool>,
+    /// CPUs the paying classes ran on in real-time mode (local only): all the function CPUs
+    /// under a real-time budget, else all but one.
+    pub real_time_cpus: Vec<usize>,
     /// QUIC connections per shard the harness used.
     pub connections_per_shard: usize,
     /// Host CPUs.
