@@ -144,7 +144,12 @@ pub async fn run_phase(
         let invocations = plan.invocations.clone();
         let counters = counters.clone();
         let runtime = tokio::runtime::Handle::current();
+        // The pool's thread may come back from other work (an embedded dispatcher's launch
+        // runs as a normal task on other CPUs): the generator runs as the runtime's own
+        // threads do, above every function in an embedded cluster in real-time mode.
+        let scheduling = tariff_machine_sched::rt::ThreadScheduling::current();
         tokio::task::spawn_blocking(move || {
+            scheduling.apply();
             for (i, planned) in invocations.into_iter().enumerate() {
                 let scheduled = start + planned.at;
                 let now = Instant::now();
