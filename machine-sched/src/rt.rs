@@ -19,8 +19,9 @@
 //! - **Priority inversion in fork/exec/exit**: these take memory-management locks without
 //!   priority inheritance, and kernel threads starved by real-time load may hold them for
 //!   seconds. So processes are spawned at normal priority and raised only after `exec`, warm
-//!   instances are preferred, and at least one CPU is kept from real-time functions (the
-//!   cheapest class, a normal task, still uses it).
+//!   instances are preferred, and real-time functions never have a CPU to themselves: either
+//!   one CPU is kept from them (the cheapest class, a normal task, still uses it) or a
+//!   real-time group budget keeps a share of every CPU for normal tasks.
 //! - **CONFIG_RT_GROUP_SCHED**: a task in a `cpu` cgroup without an RT budget cannot become
 //!   real-time (EPERM). Instances are never put in `cpu` cgroups (see `cgroup`), and
 //!   [`probe`] reports such a dispatcher cgroup as the reason for falling back.
