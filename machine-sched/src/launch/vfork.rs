@@ -82,6 +82,23 @@ enum Step {
     Exec,
 }
 
+/// The kernel's `struct sigaction` on x86-64 and aarch64 (handler, flags, restorer, mask),
+/// for the raw `rt_sigaction` call.
+#[repr(C)]
+struct KernelSigaction {
+    /// `SIG_DFL` here.
+    handler: libc::sighandler_t,
+    /// `SA_*` flags.
+    flags: libc::c_ulong,
+    /// Unused without `SA_RESTORER`.
+    restorer: usize,
+    /// Signals blocked while the handler runs.
+    mask: u64,
+}
+
+/// Size of the kernel's signal set, as `rt_sigaction` takes it.
+const KERNEL_SIGSET_BYTES: usize = 8;
+
 /// What the child reports to the parent through their shared memory.
 #[derive(Debug, Clone, Copy)]
 #[repr(C)]
@@ -278,9 +295,23 @@ unsafe fn child_steps(args: &ChildArgs<'_>) -> Step {
                 return Step::Privileges;
             }
         }
+        // The raw call: glibc's refuses its internal signals (32, 33), whose ignored state
+        // would otherwise pass to the function.
+        let default = KernelSigaction {
+            handler: libc::SIG_DFL,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        };
         for signal in 1..=MAX_SIGNAL {
             if signal != libc::SIGKILL && signal != libc::SIGSTOP {
-                libc::signal(signal, libc::SIG_DFL);
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    signal,
+                    &default,
+                    std::ptr::null_mut::<KernelSigaction>(),
+                    KERNEL_SIGSET_BYTES,
+                );
             }
         }
         let mut none: libc::sigset_t = std::mem::zeroed();
