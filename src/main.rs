@@ -203,6 +203,11 @@ fn main() {
                 });
             }
             let runtime = builder.build().expect("starting the tokio runtime");
+            if runs_functions {
+                // `block_on` runs the command on this thread, and threads started from it (a
+                // shard's ledger) take its scheduling: above every function too.
+                let _ = tariff_machine_sched::rt::raise_current_thread();
+            }
             runtime.block_on(run(cli.global, command))
         }
     };

@@ -30,7 +30,15 @@ const CLASS_FIELDS: [&str; 9] = [
     "cdf",
 ];
 /// Stages every class report breaks latency into.
-const STAGES: [&str; 5] = ["queued", "placement", "start", "run", "preempted"];
+const STAGES: [&str; 7] = [
+    "queued",
+    "placement",
+    "start",
+    "run",
+    "preempted",
+    "inbound",
+    "outbound",
+];
 /// Percentiles every latency summary carries.
 const PERCENTILES: [&str; 7] = ["count", "mean", "p50", "p90", "p99", "p999", "max"];
 

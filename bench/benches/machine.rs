@@ -107,6 +107,7 @@ fn scheduler(work: &std::path::Path) -> Arc<MachineScheduler> {
         mode,
         cpus,
         cgroups,
+        rt_budget: None,
         user: tariff_machine_sched::isolation::function_user(),
         work_root: work.to_owned(),
     })

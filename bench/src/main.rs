@@ -52,6 +52,11 @@ fn main() {
         });
     }
     let runtime = builder.build().expect("starting the tokio runtime");
+    if cli.args.runs_functions() {
+        // `block_on` runs the harness and the embedded cluster's start on this thread, and
+        // threads started from it (the shard's ledger) take its scheduling.
+        let _ = tariff_machine_sched::rt::raise_current_thread();
+    }
     let result = runtime.block_on(async {
         let dir = cli.cluster.clone().unwrap_or_else(default_cluster_dir);
         // An embedded cluster may be the first in the directory; a running one must be there.

@@ -3,8 +3,9 @@
 //! an operator must be able to tell from the log whether class priority is enforced by the
 //! kernel and why not if it is not.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use tariff_machine_sched::cgroup::rt_budget::RtBudget;
 use tariff_machine_sched::cgroup::CgroupRoot;
 use tariff_machine_sched::machine::MachineOptions;
 use tariff_machine_sched::rt::{self, SchedMode};
@@ -37,8 +38,19 @@ pub fn machine_options(
         rt::probe()
     };
     let real_time = mode == SchedMode::RealTime;
-    let (cpus, note) = rt::function_cpus(&rt::allowed_cpus(), cores as usize, real_time);
-    if let Some(note) = note {
+    let (mut cpus, note) = rt::function_cpus(&rt::allowed_cpus(), cores as usize, real_time);
+    // One subtree per dispatcher: the machine name, plus a digest of the data directory so two
+    // dispatchers on one host (tests, or a misconfiguration) never clean up each other's
+    // instances as stale.
+    let base = format!("tariff/{}-{:08x}", sanitize(machine), digest(data_dir));
+    let rt_budget = if real_time && cpus.real_time_confined() {
+        real_time_budget(&base, cpus.functions.len())
+    } else {
+        None
+    };
+    if rt_budget.is_some() {
+        cpus = cpus.with_real_time_everywhere();
+    } else if let Some(note) = note {
         warn!("{note}");
     }
     match &mode {
@@ -72,10 +84,6 @@ pub fn machine_options(
             "machine scheduler: user-space ordering (at most one function per CPU, cheaper classes stopped with SIGSTOP while dearer ones run)"
         ),
     }
-    // One subtree per dispatcher: the machine name, plus a digest of the data directory so two
-    // dispatchers on one host (tests, or a misconfiguration) never clean up each other's
-    // instances as stale.
-    let base = format!("tariff/{}-{:08x}", sanitize(machine), digest(data_dir));
     let cgroups = match CgroupRoot::detect(&base) {
         Ok(root) => {
             match root.clean_stale() {
@@ -98,6 +106,8 @@ pub fn machine_options(
             let listing: String = root
                 .base_dirs()
                 .iter()
+                .map(PathBuf::as_path)
+                .chain(rt_budget.as_ref().map(RtBudget::dir))
                 .map(|d| format!("{}\n", d.display()))
                 .collect();
             let record = data_dir.join(CGROUPS_FILE);
@@ -128,9 +138,36 @@ pub fn machine_options(
         mode,
         cpus,
         cgroups,
+        rt_budget,
         user,
         work_root,
     })
+}
+
+/// The paying classes' real-time budget on every function CPU, or `None` (logged) where the
+/// kernel has none to give: then they are confined to all CPUs but one instead (see
+/// `tariff_machine_sched::cgroup::rt_budget`).
+fn real_time_budget(base: &str, cpus: usize) -> Option<RtBudget> {
+    match RtBudget::detect(base, rt::real_time_share(cpus), cpus) {
+        Ok(budget) => {
+            info!(
+                group = %budget.dir().display(),
+                runtime_us = budget.runtime_us(),
+                period_us = tariff_machine_sched::cgroup::rt_budget::BUDGET_PERIOD_US,
+                share = budget.share(),
+                "real-time budget: the paying classes run on every function CPU, at most this \
+                 share of each; the kernel keeps the rest of every CPU for normal tasks"
+            );
+            Some(budget)
+        }
+        Err(e) => {
+            info!(
+                error = %e,
+                "no real-time group budget: the paying classes keep off one CPU instead"
+            );
+            None
+        }
+    }
 }
 
 /// Makes cgroup joins cheap on this host (the `favordynmods` mount option, see

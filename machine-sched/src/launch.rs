@@ -6,6 +6,12 @@
 //! process group (one `kill(-pgid)` reaches everything it starts), its working directory, the
 //! unprivileged user when the dispatcher runs as root, and is moved into its instance's
 //! cgroups *before* `exec`, so that every page and CPU-second it ever uses is accounted.
+//!
+//! The process is made with `clone(CLONE_VM | CLONE_VFORK)` ([`vfork`]), not `fork`: the
+//! child borrows the dispatcher's memory until it execs instead of copying its page tables.
+//! Measured here (a 200 MB process, 2 vCPUs under a concurrent build, launch at nice −20):
+//! fork to exec p50 11–20 ms, `vfork` 0.7–0.9 ms; with four cgroup joins 15–33 ms against
+//! 0.8–1.5 ms.
 
 use std::ffi::CString;
 use std::io;
@@ -16,6 +22,8 @@ use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
 
 use nix::unistd::Pid;
 use tracing::debug;
+
+mod vfork;
 
 /// What to launch and under which identity.
 #[derive(Debug, Clone, Default)]
@@ -72,38 +80,24 @@ pub(crate) struct StartFailure {
 }
 
 impl LaunchSpec {
-    /// Builds the command and spawns it: the one launch sequence of one-shot runs and
-    /// persistent instances.
+    /// Spawns the function process: the one launch sequence of one-shot runs and persistent
+    /// instances ([`vfork`]: the same steps as [`LaunchSpec::command`]'s, without copying the
+    /// dispatcher's address space).
     ///
     /// Children start at normal priority: the machine scheduler raises them after exec, which
     /// keeps fork and exec (and their memory-management locks) out of the real-time path.
     pub(crate) fn start(&self) -> Result<Started, StartFailure> {
         let program = self.program().to_owned();
-        let mut cmd = match self.command() {
-            Ok(cmd) => cmd,
-            Err(e) => {
-                let source = io::Error::new(io::ErrorKind::InvalidInput, e.to_string());
-                return Err(StartFailure { program, source });
-            }
-        };
-        let child = match cmd.spawn() {
-            Ok(child) => child,
+        let plan = match vfork::Plan::new(self) {
+            Ok(plan) => plan,
             Err(source) => return Err(StartFailure { program, source }),
         };
-        let pid =
-            Pid::from_raw(libc::pid_t::try_from(child.id()).expect("Linux pids fit in pid_t"));
-        debug!(pid = pid.as_raw(), program = %program, "spawned function process");
-        let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin, child.stdout, child.stderr)
-        else {
-            // All three are requested as pipes by `LaunchSpec::command`, so std provides them.
-            unreachable!("std::process::Command returned a child without the requested pipes");
+        let spawned = match plan.spawn() {
+            Ok(spawned) => spawned,
+            Err(source) => return Err(StartFailure { program, source }),
         };
-        Ok(Started {
-            pid,
-            stdin,
-            stdout,
-            stderr,
-        })
+        debug!(pid = spawned.pid.as_raw(), program = %program, "spawned function process");
+        Ok(spawned)
     }
 
     /// The program name, for error messages.
@@ -111,7 +105,9 @@ impl LaunchSpec {
         self.command.first().map_or("", String::as_str)
     }
 
-    /// A command with stdin, stdout and stderr piped, ready to spawn.
+    /// A `std::process::Command` with stdin, stdout and stderr piped, ready to spawn: the same
+    /// process as [`LaunchSpec::start`] makes, for callers that want std's `Child`. It `fork`s
+    /// (std cannot `vfork` with pre-exec steps), which copies the caller's page tables.
     pub fn command(&self) -> Result<Command, LaunchError> {
         let (program, args) = self
             .command

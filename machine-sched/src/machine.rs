@@ -33,6 +33,7 @@ use tariff_types::wire::RunReport;
 use tariff_types::ClassId;
 use tracing::debug;
 
+use crate::cgroup::rt_budget::RtBudget;
 use crate::cgroup::CgroupRoot;
 use crate::exec_run::run_exec;
 use crate::gate::Gate;
@@ -70,6 +71,9 @@ pub struct MachineOptions {
     pub cpus: FunctionCpus,
     /// Per-instance cgroups, when available.
     pub cgroups: Option<CgroupRoot>,
+    /// The real-time budget group every function joins, when the paying classes may use every
+    /// function CPU under a kernel-enforced budget ([`crate::cgroup::rt_budget`]).
+    pub rt_budget: Option<RtBudget>,
     /// `(uid, gid)` functions run as, when the dispatcher is root.
     pub user: Option<(u32, u32)>,
     /// Parent of the instances' private working directories.
@@ -95,6 +99,7 @@ impl MachineScheduler {
             mode,
             cpus,
             cgroups,
+            rt_budget,
             user,
             work_root,
         } = options;
@@ -104,7 +109,9 @@ impl MachineScheduler {
         };
         // Launches run where no real-time function does: the cheapest class may share those
         // CPUs, but at the launch threads' strong nice value (rt::LAUNCH_NICE) a launch is
-        // barely delayed by it.
+        // barely delayed by it. Under a real-time budget there is no such CPU (the list is
+        // empty: launches run anywhere), and the budget guarantees normal tasks their share
+        // of every CPU instead.
         let spawn_cpus: Vec<usize> = rt::allowed_cpus()
             .into_iter()
             .filter(|cpu| !cpus.real_time.contains(cpu))
@@ -115,7 +122,8 @@ impl MachineScheduler {
                 gate,
                 priority: Priority::new(mode, cpus),
                 provision: {
-                    let provision = Provisioner::new(cgroups, user, work_root, spawn_cpus);
+                    let provision =
+                        Provisioner::new(cgroups, rt_budget, user, work_root, spawn_cpus);
                     provision.prewarm(crate::provision::PREWARMED_CGROUPS);
                     Arc::new(provision)
                 },

@@ -141,7 +141,8 @@ fn threads(pid: i32, cgroup: Option<&InstanceCgroup>) -> Vec<i32> {
         .unwrap_or_else(|| rt::threads_of(pid))
 }
 
-/// Runs `work` on a blocking thread at normal (CFS) priority and waits for it.
+/// Runs `work` on a blocking thread at normal (CFS) priority and waits for it; the thread gets
+/// its own scheduling back afterwards ([`rt::ThreadScheduling`]).
 ///
 /// The dispatcher's async threads run at real-time priority, but file-system and cgroup work
 /// (directories, cgroup files) and `fork` wait on kernel threads and locks with no priority
@@ -153,13 +154,25 @@ pub(crate) async fn off_real_time<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, JobError> + Send + 'static,
 ) -> Result<T, JobError> {
     tokio::task::spawn_blocking(move || {
-        leave_function_cpus(&cpus);
-        // A launch is on a call's path: ahead of the host's ordinary work (see LAUNCH_NICE).
-        rt::set_nice(rt::LAUNCH_NICE);
-        work()
+        off_function_cpus(&cpus, || {
+            // A launch is on a call's path: ahead of the host's ordinary work (see LAUNCH_NICE).
+            rt::set_nice(rt::LAUNCH_NICE);
+            work()
+        })
     })
     .await
     .map_err(StartError::from)?
+}
+
+/// Runs `work` on the calling (blocking-pool) thread at normal priority on `cpus` (see
+/// [`leave_function_cpus`]), then gives the thread its scheduling back, so that the pool's
+/// next user finds the thread as the runtime made it.
+pub(crate) fn off_function_cpus<T>(cpus: &[usize], work: impl FnOnce() -> T) -> T {
+    let own = rt::ThreadScheduling::current();
+    leave_function_cpus(cpus);
+    let result = work();
+    own.apply();
+    result
 }
 
 /// Puts the calling (blocking-pool) thread at normal priority on `cpus`, the CPUs kept free of

@@ -12,10 +12,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tariff_types::FunctionSpec;
 use tracing::{debug, warn};
 
+use crate::cgroup::rt_budget::RtBudget;
 use crate::cgroup::{CgroupRoot, CgroupVersion, InstanceCgroup};
 use crate::job::{JobError, StartError};
 use crate::launch::LaunchSpec;
-use crate::priority::leave_function_cpus;
+use crate::priority::off_function_cpus;
 
 /// Most empty instance cgroups kept for reuse.
 const MAX_POOLED_CGROUPS: usize = 64;
@@ -49,6 +50,8 @@ pub(crate) struct Prepared {
 pub(crate) struct Provisioner {
     /// Per-instance cgroups, when available.
     cgroups: Option<CgroupRoot>,
+    /// The real-time budget group every new process joins before `exec`, when there is one.
+    rt_budget: Option<RtBudget>,
     /// `(uid, gid)` functions run as, when the dispatcher is root.
     user: Option<(u32, u32)>,
     /// Parent of the instances' private working directories.
@@ -65,16 +68,18 @@ pub(crate) struct Provisioner {
 }
 
 impl Provisioner {
-    /// Housing under `work_root` (and `cgroups`), for functions run as `user`, launched on
-    /// `spawn_cpus`.
+    /// Housing under `work_root` (and `cgroups`, and `rt_budget`'s group), for functions run
+    /// as `user`, launched on `spawn_cpus`.
     pub(crate) fn new(
         cgroups: Option<CgroupRoot>,
+        rt_budget: Option<RtBudget>,
         user: Option<(u32, u32)>,
         work_root: PathBuf,
         spawn_cpus: Vec<usize>,
     ) -> Self {
         Self {
             cgroups,
+            rt_budget,
             user,
             work_root,
             spawn_cpus,
@@ -128,7 +133,9 @@ impl Provisioner {
     /// CPUs (v1 `cpuset`; the whole group in v2, where one directory holds every controller):
     /// a child confined there before it is raised would be a normal task on CPUs busy with
     /// real-time functions, and could wait for the RT throttle to start at all. Those are
-    /// joined by [`crate::priority::Priority::confine`] right after the raise.
+    /// joined by [`crate::priority::Priority::confine`] right after the raise. The real-time
+    /// budget group is joined before `exec` too: only there may it become real-time on every
+    /// CPU, and a normal task there competes as it would outside.
     pub(crate) fn prepare(
         &self,
         name: &str,
@@ -148,7 +155,7 @@ impl Provisioner {
         };
         let work_dir = crate::isolation::private_work_dir(&self.work_root, name, self.user)
             .map_err(StartError::WorkDir)?;
-        let (confining, joined_early): (Vec<PathBuf>, Vec<PathBuf>) = cgroup
+        let (confining, mut joined_early): (Vec<PathBuf>, Vec<PathBuf>) = cgroup
             .as_ref()
             .map(InstanceCgroup::procs_files)
             .unwrap_or_default()
@@ -159,6 +166,7 @@ impl Provisioner {
                     .is_some_and(|root| root.version() == CgroupVersion::V2)
                     || file.components().any(|c| c.as_os_str() == CPUSET_MOUNT)
             });
+        joined_early.extend(self.rt_budget.as_ref().map(RtBudget::procs_file));
         let spec = LaunchSpec {
             command: function.command.clone(),
             env: function.env.clone(),
@@ -181,18 +189,19 @@ impl Provisioner {
         let pool = Arc::clone(&self.cgroup_pool);
         let cpus = self.spawn_cpus.clone();
         tokio::task::spawn_blocking(move || {
-            leave_function_cpus(&cpus);
-            let _ = crate::isolation::remove_work_dir(&work_dir);
-            let Some(cg) = cgroup else { return };
-            let _ = cg.kill_all();
-            let empty = cg.processes().is_ok_and(|p| p.is_empty());
-            let mut pool = pool.lock().unwrap_or_else(PoisonError::into_inner);
-            if empty && pool.len() < MAX_POOLED_CGROUPS && cg.reset_memory_peak().is_ok() {
-                pool.push(cg);
-            } else {
-                drop(pool);
-                remove_cgroup(cg);
-            }
+            off_function_cpus(&cpus, || {
+                let _ = crate::isolation::remove_work_dir(&work_dir);
+                let Some(cg) = cgroup else { return };
+                let _ = cg.kill_all();
+                let empty = cg.processes().is_ok_and(|p| p.is_empty());
+                let mut pool = pool.lock().unwrap_or_else(PoisonError::into_inner);
+                if empty && pool.len() < MAX_POOLED_CGROUPS && cg.reset_memory_peak().is_ok() {
+                    pool.push(cg);
+                } else {
+                    drop(pool);
+                    remove_cgroup(cg);
+                }
+            });
         });
     }
 
@@ -218,6 +227,11 @@ impl Provisioner {
             }
             for dir in root.base_dirs() {
                 let _ = std::fs::remove_dir(&dir);
+            }
+        }
+        if let Some(budget) = &self.rt_budget {
+            if let Err(e) = budget.remove() {
+                debug!(error = %e, "removing the real-time budget group at shutdown");
             }
         }
     }

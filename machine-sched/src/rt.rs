@@ -13,12 +13,15 @@
 //! - **RT throttling** (`kernel.sched_rt_runtime_us` = 950000 of 1000000): once real-time
 //!   tasks use 95 % of a period, *all* of them wait, the top class included. Confining
 //!   real-time functions to fewer CPUs than the host has ([`function_cpus`]) keeps the rest of
-//!   the machine, and the throttle's budget, out of their reach.
+//!   the machine, and the throttle's budget, out of their reach; where the kernel has group
+//!   budgets, a budget of [`real_time_share`] of every CPU does the same without taking a CPU
+//!   from the paying classes ([`crate::cgroup::rt_budget`]).
 //! - **Priority inversion in fork/exec/exit**: these take memory-management locks without
 //!   priority inheritance, and kernel threads starved by real-time load may hold them for
 //!   seconds. So processes are spawned at normal priority and raised only after `exec`, warm
-//!   instances are preferred, and at least one CPU is kept from real-time functions (the
-//!   cheapest class, a normal task, still uses it).
+//!   instances are preferred, and real-time functions never have a CPU to themselves: either
+//!   one CPU is kept from them (the cheapest class, a normal task, still uses it) or a
+//!   real-time group budget keeps a share of every CPU for normal tasks.
 //! - **CONFIG_RT_GROUP_SCHED**: a task in a `cpu` cgroup without an RT budget cannot become
 //!   real-time (EPERM). Instances are never put in `cpu` cgroups (see `cgroup`), and
 //!   [`probe`] reports such a dispatcher cgroup as the reason for falling back.
@@ -83,6 +86,55 @@ pub fn set_fifo(tid: i32, priority: i32) -> io::Result<()> {
 /// Returns thread `tid` to normal (CFS) scheduling.
 pub fn set_normal(tid: i32) -> io::Result<()> {
     set_scheduler(tid, libc::SCHED_OTHER, 0)
+}
+
+/// A thread's scheduling (policy with its reset-on-fork flag, real-time priority, nice value
+/// and CPUs), to put back after work that had to change it.
+///
+/// Why: the runtime's blocking threads are a pool shared by everything in the process. A
+/// launch leaves real-time priority and the function CPUs ([`crate::priority`]); if the thread
+/// went back to the pool that way, the next user (in `tariff local` or the load harness: a
+/// shard's ledger call, the harness's send schedule) would run as a normal task on the launch
+/// CPUs, behind the cheapest class's functions, without anyone having decided so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadScheduling {
+    /// `sched_getscheduler`'s answer, with `SCHED_RESET_ON_FORK` if set.
+    policy: libc::c_int,
+    /// The real-time priority (0 for normal policies).
+    priority: i32,
+    /// The nice value.
+    nice: i32,
+    /// The CPUs the thread may run on.
+    cpus: Vec<usize>,
+}
+
+impl ThreadScheduling {
+    /// The calling thread's scheduling.
+    pub fn current() -> ThreadScheduling {
+        let mut param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: queries about the calling thread; `param` is a valid out-pointer.
+        let (policy, nice) = unsafe {
+            let policy = libc::sched_getscheduler(0);
+            libc::sched_getparam(0, &mut param);
+            (policy, libc::getpriority(libc::PRIO_PROCESS, 0))
+        };
+        ThreadScheduling {
+            policy: policy.max(libc::SCHED_OTHER),
+            priority: param.sched_priority,
+            nice,
+            cpus: allowed_cpus(),
+        }
+    }
+
+    /// Gives the calling thread this scheduling (best effort: what the thread may not do, it
+    /// keeps).
+    pub fn apply(&self) {
+        if !self.cpus.is_empty() {
+            let _ = set_affinity(0, &self.cpus);
+        }
+        let _ = set_scheduler(0, self.policy, self.priority);
+        set_nice(self.nice);
+    }
 }
 
 /// Nice value of the dispatcher's launch threads (working directory, cgroups, `fork`): the
@@ -283,6 +335,35 @@ pub fn function_cpus(
     )
 }
 
+/// The share of each CPU the paying classes may take when a real-time group budget lets them
+/// onto every CPU ([`crate::cgroup::rt_budget`]): the real-time capacity that confinement to
+/// all CPUs but one gave, `cpus − 1` CPUs' worth, spread over all `cpus`, so that every CPU
+/// keeps `1/cpus` of its time for kernel threads and normal tasks whatever the paying classes
+/// do. Zero for one CPU: there a budget would only take from the kernel.
+pub fn real_time_share(cpus: usize) -> f64 {
+    if cpus < 2 {
+        return 0.0;
+    }
+    (cpus - 1) as f64 / cpus as f64
+}
+
+impl FunctionCpus {
+    /// Whether the real-time classes are kept off some function CPU, so that a real-time
+    /// budget ([`real_time_share`]) would let them onto more.
+    pub fn real_time_confined(&self) -> bool {
+        self.real_time.len() < self.functions.len()
+    }
+
+    /// The real-time classes on every function CPU: under a real-time group budget the kernel,
+    /// not confinement, keeps a share of every CPU for normal tasks.
+    pub fn with_real_time_everywhere(self) -> FunctionCpus {
+        FunctionCpus {
+            real_time: self.functions.clone(),
+            functions: self.functions,
+        }
+    }
+}
+
 /// Whether a `class` function runs under `SCHED_FIFO` in real-time mode. Every class but the
 /// cheapest does; the cheapest runs as a normal task (`SCHED_BATCH`) on every function CPU.
 ///
@@ -376,10 +457,36 @@ mod tests {
     }
 
     #[test]
+    fn a_budget_spreads_all_cpus_but_one_over_every_cpu() {
+        assert_eq!(real_time_share(1), 0.0);
+        assert_eq!(real_time_share(2), 0.5);
+        assert_eq!(real_time_share(4), 0.75);
+        let (chosen, _) = function_cpus(&[0, 1], 2, true);
+        assert!(chosen.real_time_confined());
+        let everywhere = chosen.with_real_time_everywhere();
+        assert_eq!(everywhere, cpus(&[0, 1], &[0, 1]));
+        assert!(!everywhere.real_time_confined());
+    }
+
+    #[test]
     fn only_the_cheapest_class_runs_outside_real_time() {
         let real_time: Vec<bool> = (0..4).map(|c| runs_real_time(ClassId(c), 4)).collect();
         assert_eq!(real_time, [true, true, true, false]);
         assert!(!runs_real_time(ClassId(0), 1));
+    }
+
+    #[test]
+    fn a_thread_gets_its_scheduling_back() {
+        std::thread::spawn(|| {
+            let before = ThreadScheduling::current();
+            set_nice(5);
+            let _ = set_affinity(0, &before.cpus[..1]);
+            assert_ne!(ThreadScheduling::current(), before);
+            before.apply();
+            assert_eq!(ThreadScheduling::current(), before);
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! The whole machine at work, against the real kernel: in real-time mode the paying classes
 //! run under `SCHED_FIFO` on the real-time CPUs, the cheapest class under `SCHED_BATCH` on every
-//! function CPU, and the cheapest class still runs first come, first served. Skipped (with a
-//! note) where `SCHED_FIFO` is refused or the host has one CPU.
+//! function CPU, and the cheapest class still runs first come, first served; under a real-time
+//! group budget the paying classes run on every CPU inside the budget group. Skipped (with a
+//! note) where `SCHED_FIFO` is refused, the host has one CPU, or (for the budget) the kernel
+//! has no real-time group budgets.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use tariff_machine_sched::cgroup::rt_budget::RtBudget;
 use tariff_machine_sched::machine::{Job, MachineOptions, MachineScheduler};
 use tariff_machine_sched::rt::{self, FunctionCpus, SchedMode};
 use tariff_types::function::Runtime;
@@ -23,7 +26,8 @@ const POLICY_BATCH: &str = "3";
 /// Reports the policy and the allowed CPUs of a process the function forks after its raise
 /// (the sleep leaves the dispatcher time to raise it after `exec`, as it does every function).
 const REPORT_SCHEDULING: &str = "sleep 0.3; cut -d' ' -f41 /proc/self/stat; \
-                                 grep Cpus_allowed_list /proc/self/status | cut -f2";
+                                 grep Cpus_allowed_list /proc/self/status | cut -f2; \
+                                 grep -E '^[0-9]+:cpu:' /proc/self/cgroup | cut -d: -f3";
 
 /// A real-time machine with every allowed CPU for functions, or `None` (with a note) where
 /// this host cannot show the split.
@@ -42,10 +46,32 @@ fn machine(work: &std::path::Path) -> Option<(Arc<MachineScheduler>, FunctionCpu
         mode,
         cpus: cpus.clone(),
         cgroups: None,
+        rt_budget: None,
         user: None,
         work_root: work.to_owned(),
     });
     Some((scheduler, cpus))
+}
+
+/// A real-time budget group made for one test and removed when dropped, also when the test
+/// fails (the machine's shutdown removes it first when it can).
+struct BudgetGroup(RtBudget);
+
+impl Drop for BudgetGroup {
+    fn drop(&mut self) {
+        if let Ok(procs) = std::fs::read_to_string(self.0.procs_file()) {
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                // SAFETY: a plain syscall; the pids are the test's own function processes.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        for _ in 0..100 {
+            if self.0.remove().is_ok() || !self.0.dir().exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 fn shell_job(id: u64, class: u8, script: &str) -> Job {
@@ -83,12 +109,68 @@ fn cpu_list(text: &str) -> Vec<usize> {
 }
 
 async fn scheduling_of(machine: &Arc<MachineScheduler>, job: Job) -> (String, Vec<usize>) {
+    let (policy, cpus, _) = scheduling_and_group_of(machine, job).await;
+    (policy, cpus)
+}
+
+/// A function's policy, CPUs and `cpu` cgroup, as it reports them.
+async fn scheduling_and_group_of(
+    machine: &Arc<MachineScheduler>,
+    job: Job,
+) -> (String, Vec<usize>, String) {
     let report = machine.run(job).await.expect("the shell function runs");
     let output = String::from_utf8(report.output).unwrap();
     let mut lines = output.lines();
     let policy = lines.next().unwrap_or_default().to_owned();
     let cpus = cpu_list(lines.next().unwrap_or_default());
-    (policy, cpus)
+    let group = lines.next().unwrap_or_default().to_owned();
+    (policy, cpus, group)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_budget_paying_classes_run_real_time_on_every_cpu_inside_it() {
+    let work = tempfile::tempdir().unwrap();
+    let mode = rt::probe();
+    let allowed = rt::allowed_cpus();
+    if mode != SchedMode::RealTime || allowed.len() < 2 {
+        eprintln!("real-time mode unavailable or one CPU ({mode:?}, {allowed:?}): nothing to check");
+        return;
+    }
+    let base = format!("tariff-test/budget-{}", std::process::id());
+    let budget = match RtBudget::detect(&base, rt::real_time_share(allowed.len()), allowed.len())
+    {
+        Ok(budget) => BudgetGroup(budget),
+        Err(e) => {
+            eprintln!("no real-time group budget here ({e}): nothing to check");
+            return;
+        }
+    };
+    let (cpus, _) = rt::function_cpus(&allowed, allowed.len(), true);
+    let cpus = cpus.with_real_time_everywhere();
+    let machine = MachineScheduler::new(MachineOptions {
+        cores: cpus.functions.len(),
+        mode,
+        cpus: cpus.clone(),
+        cgroups: None,
+        rt_budget: Some(budget.0.clone()),
+        user: None,
+        work_root: work.path().to_owned(),
+    });
+    let check = async {
+        let critical =
+            scheduling_and_group_of(&machine, shell_job(1, 0, REPORT_SCHEDULING)).await;
+        let batch = scheduling_and_group_of(&machine, shell_job(2, 3, REPORT_SCHEDULING)).await;
+        (critical, batch)
+    };
+    let (critical, batch) = tokio::time::timeout(TEST_TIMEOUT, check)
+        .await
+        .expect("bounded");
+    machine.shutdown().await;
+    let group = format!("/{base}");
+    assert_eq!(critical, (POLICY_FIFO.to_owned(), allowed.clone(), group.clone()));
+    assert_eq!(batch, (POLICY_BATCH.to_owned(), allowed, group));
+    // Dropping `budget` removes what shutdown may have left.
+    drop(budget);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -288,6 +288,7 @@ async fn run_local(
     let runs = std::iter::once(Policy::Tariff).chain(args.compare);
     let mut plan: Option<Plan> = None;
     let mut function_cpus = Vec::new();
+    let mut real_time_cpus = None;
     let mut policies = Vec::new();
     for cluster_policy in runs {
         let policy = cluster_policy.name();
@@ -308,6 +309,7 @@ async fn run_local(
             )
         };
         function_cpus = started.function_cpus();
+        real_time_cpus.get_or_insert_with(|| started.real_time_cpus());
         // The schedule is made once, from the first cluster's CPUs, so every policy gets the
         // very same invocations at the very same times.
         let plan = match &plan {
@@ -349,6 +351,7 @@ async fn run_local(
         cores: Some(config.cores),
         function_cpus,
         rt: Some(!args.no_rt),
+        real_time_cpus: real_time_cpus.unwrap_or_default(),
         connections_per_shard: args.connections,
         host_cpus: host_cpus(),
     };
@@ -369,6 +372,14 @@ impl Started {
         match self {
             Started::Embedded(local) => local.function_cpus.iter().copied().collect(),
             Started::Processes(processes) => processes.function_cpus.clone(),
+        }
+    }
+
+    /// The CPUs its dispatchers gave the paying classes.
+    fn real_time_cpus(&self) -> Vec<usize> {
+        match self {
+            Started::Embedded(local) => local.real_time_cpus.iter().copied().collect(),
+            Started::Processes(processes) => processes.real_time_cpus.clone(),
         }
     }
 
@@ -490,6 +501,7 @@ async fn run_remote(
         cores: None,
         function_cpus: Vec::new(),
         rt: None,
+        real_time_cpus: Vec::new(),
         connections_per_shard: args.connections,
         host_cpus: host_cpus(),
     };

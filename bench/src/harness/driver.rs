@@ -89,6 +89,9 @@ pub async fn run_phase(
     let outstanding = Arc::new(AtomicUsize::new(0));
     let (tx, mut rx) = mpsc::unbounded_channel::<Sample>();
     let start = Instant::now();
+    // The same instant on the wall clock the answers' timings use, for the inbound and
+    // outbound stages.
+    let start_unix_us = tariff_types::wire::unix_micros();
 
     let collector = {
         let counters = counters.clone();
@@ -141,7 +144,12 @@ pub async fn run_phase(
         let invocations = plan.invocations.clone();
         let counters = counters.clone();
         let runtime = tokio::runtime::Handle::current();
+        // The pool's thread may come back from other work (an embedded dispatcher's launch
+        // runs as a normal task on other CPUs): the generator runs as the runtime's own
+        // threads do, above every function in an embedded cluster in real-time mode.
+        let scheduling = tariff_machine_sched::rt::ThreadScheduling::current();
         tokio::task::spawn_blocking(move || {
+            scheduling.apply();
             for (i, planned) in invocations.into_iter().enumerate() {
                 let scheduled = start + planned.at;
                 let now = Instant::now();
@@ -177,6 +185,7 @@ pub async fn run_phase(
                     idempotency_key: None,
                 };
                 let (tx, outstanding) = (tx.clone(), outstanding.clone());
+                let sent_at_us = start_unix_us + planned.at.as_micros() as u64;
                 let tenant = target.tenant;
                 // No timeout (0): the client waits as long as it takes, and so does the harness.
                 let bound = match ctx.timeout_ms {
@@ -191,7 +200,11 @@ pub async fn run_phase(
                         Ok(Ok(Ok(outcome))) => {
                             memory = outcome.run.memory;
                             (
-                                Answer::Ok(Stages::of(&outcome)),
+                                Answer::Ok(Stages::of(
+                                    &outcome,
+                                    sent_at_us,
+                                    tariff_types::wire::unix_micros(),
+                                )),
                                 outcome.cost.total,
                                 !outcome.cost.class.is_empty() && outcome.cost.class != asked,
                                 outcome.attempts > 1,

@@ -103,9 +103,9 @@ pub fn table(report: &BenchReport) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<7} {:<10} {:<9} {:>7} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} | p50 ms: {:>7} {:>7} {:>7} {:>7} {:>7} | errors",
+        "{:<7} {:<10} {:<9} {:>7} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} | p50 ms: {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} | errors",
         "policy", "phase", "class", "sent", "ok", "failed", "p50 ms", "p90 ms", "p99 ms", "p99.9", "max ms",
-        STAGE_NAMES[0], "place", STAGE_NAMES[2], STAGE_NAMES[3], "preempt"
+        STAGE_NAMES[0], "place", STAGE_NAMES[2], STAGE_NAMES[3], "preempt", "in", "out"
     );
     for policy in &report.policies {
         for phase in &policy.phases {
@@ -128,7 +128,7 @@ pub fn table(report: &BenchReport) -> String {
                 }
                 let _ = writeln!(
                     out,
-                    "{:<7} {:<10} {:<9} {:>7} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} |         {:>7} {:>7} {:>7} {:>7} {:>7} | {}",
+                    "{:<7} {:<10} {:<9} {:>7} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} |         {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} | {}",
                     policy.policy,
                     phase.name,
                     class.class,
@@ -145,6 +145,8 @@ pub fn table(report: &BenchReport) -> String {
                     stage(STAGE_NAMES[2]),
                     stage(STAGE_NAMES[3]),
                     stage(STAGE_NAMES[4]),
+                    stage(STAGE_NAMES[5]),
+                    stage(STAGE_NAMES[6]),
                     if errors.is_empty() { "-".into() } else { errors.join(" ") }
                 );
             }

@@ -73,6 +73,9 @@ pub struct ProcessCluster {
     pub shard_addrs: Vec<SocketAddr>,
     /// CPUs the dispatchers run functions on.
     pub function_cpus: Vec<usize>,
+    /// CPUs the paying classes run on, by the dispatcher's rule without a budget (the
+    /// dispatchers' logs say what they chose).
+    pub real_time_cpus: Vec<usize>,
     /// Every tenant's token, by name.
     pub tokens: BTreeMap<String, Token>,
     /// The processes.
@@ -113,6 +116,7 @@ impl ProcessCluster {
         let mut processes = ProcessCluster {
             shard_addrs: Vec::new(),
             function_cpus: cpus.functions.clone(),
+            real_time_cpus: cpus.real_time.clone(),
             tokens,
             servers: Servers(Arc::default()),
         };

@@ -69,7 +69,15 @@ const CDF_QUANTILES: [f64; 20] = [
     0.999, 0.9999, 1.0,
 ];
 /// Names of the stages, in the order of [`Stages::values`].
-pub const STAGE_NAMES: [&str; 5] = ["queued", "placement", "start", "run", "preempted"];
+pub const STAGE_NAMES: [&str; 7] = [
+    "queued",
+    "placement",
+    "start",
+    "run",
+    "preempted",
+    "inbound",
+    "outbound",
+];
 
 /// Where an invocation's time went, µs, from the timings in its answer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -85,13 +93,21 @@ pub struct Stages {
     pub run: u64,
     /// Runnable but held back by dearer work.
     pub preempted: u64,
+    /// Scheduled send time → accepted by the shard: the generator's lag, the client, QUIC and
+    /// the shard's accept (wall clocks of one host in an embedded cluster).
+    pub inbound: u64,
+    /// Function finished → answer received by the client: the completion's way back through
+    /// the dispatcher and the shard, QUIC, and the client task's wake-up.
+    pub outbound: u64,
 }
 
 impl Stages {
-    /// Stages of a successful answer. `placement` is what remains of placed → started once
-    /// the machine's own start time is taken out; shard and dispatcher clocks are the same
-    /// host's clock in a local cluster, and saturate at 0 across hosts.
-    pub fn of(outcome: &InvocationOutcome) -> Self {
+    /// Stages of a successful answer scheduled to be sent at `sent_at_us` and received at
+    /// `received_at_us` (µs since the epoch, as the answer's timings). `placement` is what
+    /// remains of placed → started once the machine's own start time is taken out; shard,
+    /// dispatcher and harness clocks are the same host's clock in a local cluster, and
+    /// saturate at 0 across hosts.
+    pub fn of(outcome: &InvocationOutcome, sent_at_us: u64, received_at_us: u64) -> Self {
         let t = outcome.timings();
         Self {
             queued: t.queued_us(),
@@ -99,17 +115,21 @@ impl Stages {
             start: outcome.run.start_us,
             run: t.run_us(),
             preempted: outcome.run.preempted_us,
+            inbound: outcome.queued_at_us.saturating_sub(sent_at_us),
+            outbound: received_at_us.saturating_sub(outcome.run.finished_at_us),
         }
     }
 
     /// The values in [`STAGE_NAMES`] order.
-    pub fn values(&self) -> [u64; 5] {
+    pub fn values(&self) -> [u64; 7] {
         [
             self.queued,
             self.placement,
             self.start,
             self.run,
             self.preempted,
+            self.inbound,
+            self.outbound,
         ]
     }
 }
@@ -170,7 +190,7 @@ struct ClassRecorder {
     scheduled: u64,
     retried: u64,
     latency: Histogram<u64>,
-    stages: [Histogram<u64>; 5],
+    stages: [Histogram<u64>; STAGE_NAMES.len()],
     errors: BTreeMap<String, u64>,
     /// Latency by second of scheduled send time.
     per_second: Vec<Histogram<u64>>,
@@ -734,6 +754,9 @@ pub struct ClusterInfo {
     pub function_cpus: Vec<usize>,
     /// Real-time machine scheduling asked for (local only; the dispatcher log says if it got it).
     pub rt: Option<bool>,
+    /// CPUs the paying classes ran on in real-time mode (local only): all the function CPUs
+    /// under a real-time budget, else all but one.
+    pub real_time_cpus: Vec<usize>,
     /// QUIC connections per shard the harness used.
     pub connections_per_shard: usize,
     /// Host CPUs.
@@ -816,6 +839,8 @@ mod tests {
             start: 30,
             run: 40,
             preempted: 5,
+            inbound: 3,
+            outbound: 4,
         };
         r.record(&sample(0, 1, Answer::Ok(stages)));
         r.record(&sample(0, 15, Answer::Ok(stages)));

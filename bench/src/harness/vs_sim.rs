@@ -180,13 +180,18 @@ impl VsSimReport {
 }
 
 /// The simulated cluster for `info`: its shape, and in real-time mode the cores the
-/// dispatcher gives the paying classes (by its own rule, [`rt::function_cpus`]).
+/// dispatchers gave the paying classes (as they reported them; for a report without them, by
+/// the dispatcher's rule without a budget, [`rt::function_cpus`]).
 pub fn sim_config(info: &ClusterInfo, classes: usize) -> SimConfig {
     let machines = info.dispatchers.unwrap_or(1).max(1);
     let cores = info.cores.unwrap_or(1).max(1) as usize;
     let rt_cpus = info.rt.unwrap_or(false).then(|| {
-        let allowed: Vec<usize> = (0..info.host_cpus.max(1)).collect();
-        rt::function_cpus(&allowed, cores, true).0.real_time.len()
+        if info.real_time_cpus.is_empty() {
+            let allowed: Vec<usize> = (0..info.host_cpus.max(1)).collect();
+            rt::function_cpus(&allowed, cores, true).0.real_time.len()
+        } else {
+            info.real_time_cpus.len().min(cores)
+        }
     });
     SimConfig {
         machines,

@@ -7,7 +7,7 @@
 //! ([`GroupOps`]) in [`v1`] and [`v2`]; the shared logic (killing, removal, name checks) lives
 //! here so that it is written once.
 //!
-//! # Never the `cpu` controller
+//! # Never the `cpu` controller (but for one budget group)
 //!
 //! The kernels we run on have `CONFIG_RT_GROUP_SCHED`. With it, a task in a child `cpu` group can
 //! only be `SCHED_FIFO` if that group (and each parent) has a non-zero `cpu.rt_runtime_us`, and
@@ -24,6 +24,10 @@
 //!   `cpu.stat`, which every v2 group has even without the `cpu` controller. If the mount root
 //!   itself delegates `cpu` to our base, a warning is logged: real-time tasks may then fail.
 //!
+//! The one exception is [`rt_budget`]: a single v1 `cpu` group per machine, shared by all its
+//! functions, with a real-time budget on every CPU, so that the paying classes may use every
+//! CPU while the kernel keeps a share of each for everything else.
+//!
 //! # Layout
 //!
 //! [`CgroupRoot::detect`] reads `/proc/self/mountinfo`: it prefers v2 when the unified mount
@@ -32,6 +36,7 @@
 //! unit tests run against temp-dir fixtures that mimic the kernel's files.
 
 pub mod dynmods;
+pub mod rt_budget;
 mod v1;
 mod v2;
 
