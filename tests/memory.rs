@@ -52,6 +52,26 @@ fn cannot_limit_memory() -> Option<String> {
 
 /// One shard and one two-CPU dispatcher whose functions may use `memory`, with the examples
 /// deployed; four calls of a class may be placed on it at once.
+/// A swap file for a test that needs memory limits and swap, or `None` (with the reason
+/// printed) when this machine cannot give it one: the test is then skipped. The file is
+/// removed when the returned guard drops, also if the test fails.
+fn swap_or_skip() -> Option<SwapFile> {
+    if let Some(reason) = cannot_limit_memory() {
+        eprintln!("skipped: {reason}");
+        return None;
+    }
+    match SwapFile::create() {
+        Ok(swap) => {
+            eprintln!("swap file of {} MiB on", swap.bytes >> 20);
+            Some(swap)
+        }
+        Err(reason) => {
+            eprintln!("skipped: cannot make a swap file: {reason}");
+            None
+        }
+    }
+}
+
 async fn machine(memory: &str) -> TestCluster {
     let mut cluster = TestCluster::new();
     cluster.start_shard(&[]);
@@ -83,18 +103,9 @@ fn alloc(
 #[test]
 fn oversubscribed_batch_is_swapped_out_and_resumed_while_critical_is_untouched() {
     let _serial = serial();
-    if let Some(reason) = cannot_limit_memory() {
-        eprintln!("skipped: {reason}");
+    let Some(_swap) = swap_or_skip() else {
         return;
-    }
-    let swap = match SwapFile::create() {
-        Ok(swap) => swap,
-        Err(reason) => {
-            eprintln!("skipped: cannot make a swap file: {reason}");
-            return;
-        }
     };
-    eprintln!("swap file of {} MiB on", swap.bytes >> 20);
     runtime().block_on(async {
         tokio::time::timeout(TEST_TIMEOUT, async {
             let cluster = machine(SWAP_MEMORY).await;
@@ -224,18 +235,9 @@ async fn status_memory_once(
 #[test]
 fn a_run_frozen_past_its_timeout_ends_at_its_timeout() {
     let _serial = serial();
-    if let Some(reason) = cannot_limit_memory() {
-        eprintln!("skipped: {reason}");
+    let Some(_swap) = swap_or_skip() else {
         return;
-    }
-    let swap = match SwapFile::create() {
-        Ok(swap) => swap,
-        Err(reason) => {
-            eprintln!("skipped: cannot make a swap file: {reason}");
-            return;
-        }
     };
-    eprintln!("swap file of {} MiB on", swap.bytes >> 20);
     runtime().block_on(async {
         tokio::time::timeout(TEST_TIMEOUT, async {
             let cluster = machine(SWAP_MEMORY).await;

@@ -133,12 +133,13 @@ async fn under_a_budget_paying_classes_run_real_time_on_every_cpu_inside_it() {
     let mode = rt::probe();
     let allowed = rt::allowed_cpus();
     if mode != SchedMode::RealTime || allowed.len() < 2 {
-        eprintln!("real-time mode unavailable or one CPU ({mode:?}, {allowed:?}): nothing to check");
+        eprintln!(
+            "real-time mode unavailable or one CPU ({mode:?}, {allowed:?}): nothing to check"
+        );
         return;
     }
     let base = format!("tariff-test/budget-{}", std::process::id());
-    let budget = match RtBudget::detect(&base, rt::real_time_share(allowed.len()), allowed.len())
-    {
+    let budget = match RtBudget::detect(&base, rt::real_time_share(allowed.len()), allowed.len()) {
         Ok(budget) => BudgetGroup(budget),
         Err(e) => {
             eprintln!("no real-time group budget here ({e}): nothing to check");
@@ -157,8 +158,7 @@ async fn under_a_budget_paying_classes_run_real_time_on_every_cpu_inside_it() {
         work_root: work.path().to_owned(),
     });
     let check = async {
-        let critical =
-            scheduling_and_group_of(&machine, shell_job(1, 0, REPORT_SCHEDULING)).await;
+        let critical = scheduling_and_group_of(&machine, shell_job(1, 0, REPORT_SCHEDULING)).await;
         let batch = scheduling_and_group_of(&machine, shell_job(2, 3, REPORT_SCHEDULING)).await;
         (critical, batch)
     };
@@ -167,7 +167,10 @@ async fn under_a_budget_paying_classes_run_real_time_on_every_cpu_inside_it() {
         .expect("bounded");
     machine.shutdown().await;
     let group = format!("/{base}");
-    assert_eq!(critical, (POLICY_FIFO.to_owned(), allowed.clone(), group.clone()));
+    assert_eq!(
+        critical,
+        (POLICY_FIFO.to_owned(), allowed.clone(), group.clone())
+    );
     assert_eq!(batch, (POLICY_BATCH.to_owned(), allowed, group));
     // Dropping `budget` removes what shutdown may have left.
     drop(budget);

@@ -136,8 +136,7 @@ impl RtBudget {
                 write_file(&dir.join(CPU_RT_RUNTIME), &runtime.to_string())?;
                 runtime_us = runtime;
             }
-            if read_u64(&dir.join(CPU_SHARES)).unwrap_or(0) < SHARES_PER_CPU * cpus.max(1) as u64
-            {
+            if read_u64(&dir.join(CPU_SHARES)).unwrap_or(0) < SHARES_PER_CPU * cpus.max(1) as u64 {
                 write_file(&dir.join(CPU_SHARES), &shares)?;
             }
             parent = dir;
@@ -332,7 +331,10 @@ mod tests {
     fn no_group_budgets_no_budget() {
         let dir = tempfile::tempdir().unwrap();
         let error = RtBudget::create(dir.path(), "tariff/m1", 0.5, 2).unwrap_err();
-        assert!(error.to_string().contains("CONFIG_RT_GROUP_SCHED"), "{error}");
+        assert!(
+            error.to_string().contains("CONFIG_RT_GROUP_SCHED"),
+            "{error}"
+        );
         assert!(!dir.path().join("tariff").exists());
     }
 
@@ -342,7 +344,10 @@ mod tests {
 30 25 0:26 / /sys/fs/cgroup/cpuacct rw,relatime shared:8 - cgroup cgroup rw,cpuacct
 31 25 0:27 / /sys/fs/cgroup/cpu rw,relatime shared:9 - cgroup cgroup rw,cpu
 32 25 0:28 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw";
-        assert_eq!(cpu_mount(mountinfo), Some(PathBuf::from("/sys/fs/cgroup/cpu")));
+        assert_eq!(
+            cpu_mount(mountinfo),
+            Some(PathBuf::from("/sys/fs/cgroup/cpu"))
+        );
         assert_eq!(cpu_mount("32 25 0:28 / /u rw - cgroup2 cgroup2 rw"), None);
     }
 }

@@ -464,7 +464,10 @@ mod tests {
     fn spec(command: &[&str]) -> LaunchSpec {
         LaunchSpec {
             command: command.iter().map(|s| (*s).to_owned()).collect(),
-            env: vec![("PATH".into(), "/usr/bin:/bin".into()), ("X".into(), "42".into())],
+            env: vec![
+                ("PATH".into(), "/usr/bin:/bin".into()),
+                ("X".into(), "42".into()),
+            ],
             ..Default::default()
         }
     }
@@ -496,7 +499,10 @@ mod tests {
         let pid = started.pid.as_raw();
         assert_eq!(
             out.trim(),
-            format!("hello 42 {} {pid}", dir.path().canonicalize().unwrap().display())
+            format!(
+                "hello 42 {} {pid}",
+                dir.path().canonicalize().unwrap().display()
+            )
         );
         assert_eq!(err.trim(), "err");
     }
@@ -509,16 +515,24 @@ mod tests {
         missing_dir.work_dir = Some("/no/such/dir".into());
         let error = Plan::new(&missing_dir).unwrap().spawn().err().unwrap();
         assert_eq!(error.raw_os_error(), Some(libc::ENOENT));
-        let error = Plan::new(&spec(&["/etc/passwd"])).unwrap().spawn().err().unwrap();
+        let error = Plan::new(&spec(&["/etc/passwd"]))
+            .unwrap()
+            .spawn()
+            .err()
+            .unwrap();
         assert_eq!(error.raw_os_error(), Some(libc::EACCES));
     }
 
     #[test]
     fn signals_start_at_their_defaults_and_unblocked() {
-        let mut started = Plan::new(&spec(&["sh", "-c", "grep -E '^Sig(Blk|Ign)' /proc/self/status"]))
-            .unwrap()
-            .spawn()
-            .unwrap();
+        let mut started = Plan::new(&spec(&[
+            "sh",
+            "-c",
+            "grep -E '^Sig(Blk|Ign)' /proc/self/status",
+        ]))
+        .unwrap()
+        .spawn()
+        .unwrap();
         let mut out = String::new();
         started.stdout.read_to_string(&mut out).unwrap();
         assert_eq!(wait(started.pid), 0);
