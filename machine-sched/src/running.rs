@@ -64,6 +64,23 @@ struct MemoryState {
     expired: bool,
 }
 
+impl MemoryState {
+    /// Ends the current hold for a thaw: adds its time and its bytes swapped out and in to
+    /// the totals, and starts following swap-ins from `swap_now` (its bytes in swap now;
+    /// `None` when the process is about to die with its swap). Returns the frozen group for
+    /// the caller to thaw, if it was frozen.
+    fn end_hold(&mut self, swap_now: Option<u64>) -> Option<InstanceCgroup> {
+        if let Some(at) = self.frozen_at.take() {
+            self.held += at.elapsed();
+        }
+        self.swap_at_thaw = swap_now;
+        self.swap_at_freeze = None;
+        self.swapped_out += std::mem::take(&mut self.swapped_out_this_hold);
+        self.swapped_in += std::mem::take(&mut self.swapped_in_since_thaw);
+        self.frozen.take()
+    }
+}
+
 /// One running job.
 struct Entry {
     pid: i32,
@@ -245,15 +262,7 @@ impl Running {
     /// swap now (`swapped`).
     pub(crate) fn thawing(&self, id: u64, swapped: u64) -> Option<InstanceCgroup> {
         let mut jobs = self.jobs();
-        let entry = jobs.get_mut(&id)?;
-        if let Some(at) = entry.memory.frozen_at.take() {
-            entry.memory.held += at.elapsed();
-        }
-        entry.memory.swap_at_thaw = Some(swapped);
-        entry.memory.swap_at_freeze = None;
-        entry.memory.swapped_out += std::mem::take(&mut entry.memory.swapped_out_this_hold);
-        entry.memory.swapped_in += std::mem::take(&mut entry.memory.swapped_in_since_thaw);
-        entry.memory.frozen.take()
+        jobs.get_mut(&id)?.memory.end_hold(Some(swapped))
     }
 
     /// Job `id`'s timeout has passed: if the guard holds it frozen, thaw it now, so that the
@@ -266,18 +275,13 @@ impl Running {
         let Some(entry) = jobs.get_mut(&id) else {
             return false;
         };
-        let memory = &mut entry.memory;
-        memory.expired = true;
-        let Some(group) = memory.frozen.take() else {
+        entry.memory.expired = true;
+        if entry.memory.frozen.is_none() {
+            return false;
+        }
+        let Some(group) = entry.memory.end_hold(None) else {
             return false;
         };
-        if let Some(at) = memory.frozen_at.take() {
-            memory.held += at.elapsed();
-        }
-        memory.swap_at_freeze = None;
-        memory.swap_at_thaw = None;
-        memory.swapped_out += std::mem::take(&mut memory.swapped_out_this_hold);
-        memory.swapped_in += std::mem::take(&mut memory.swapped_in_since_thaw);
         let _ = group.thaw();
         true
     }
