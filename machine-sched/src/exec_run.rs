@@ -10,7 +10,7 @@ use tracing::debug;
 
 use crate::job::{Job, JobError};
 use crate::parts::Parts;
-use crate::priority::off_real_time;
+use crate::priority::on_launch_thread;
 use crate::process::RunRequest;
 use crate::provision::Prepared;
 use crate::running::{thawed_at_deadline, Cancel};
@@ -28,8 +28,9 @@ pub(crate) async fn run_exec(
     let name = provision.new_instance_name();
     let launch_job = job.clone();
     let turn_us = micros_since(arrived);
-    // Directories, cgroups and fork happen off the real-time path (see `off_real_time`).
-    let launched = off_real_time(provision.spawn_cpus().to_vec(), move || {
+    // Directories, cgroups and the new process happen on a launch thread (`on_launch_thread`).
+    let scheduling = machine.priority.launch_scheduling(job);
+    let launched = on_launch_thread(provision.spawn_cpus().to_vec(), scheduling, move || {
         let on_launch_thread = Instant::now();
         let queued_us = micros_since(arrived);
         let Prepared {

@@ -97,7 +97,7 @@ pub enum StartError {
     /// The persistent instance could not be spawned.
     #[error(transparent)]
     Instance(#[from] PersistentError),
-    /// The launch task (on the blocking pool, off real-time priority) panicked or was
+    /// The launch task (on the blocking pool, at its call's priority) panicked or was
     /// cancelled.
     #[error("launch task failed: {0}")]
     LaunchTask(#[from] tokio::task::JoinError),

@@ -84,8 +84,9 @@ impl LaunchSpec {
     /// instances ([`vfork`]: the same steps as [`LaunchSpec::command`]'s, without copying the
     /// dispatcher's address space).
     ///
-    /// Children start at normal priority: the machine scheduler raises them after exec, which
-    /// keeps fork and exec (and their memory-management locks) out of the real-time path.
+    /// The child starts with the calling thread's scheduling (a launch thread's:
+    /// [`crate::priority::on_launch_thread`], below the dispatcher's own priority) and keeps it
+    /// until `exec`; the machine scheduler confines and raises (or lowers) it after.
     pub(crate) fn start(&self) -> Result<Started, StartFailure> {
         let program = self.program().to_owned();
         let plan = match vfork::Plan::new(self) {

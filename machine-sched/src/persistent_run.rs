@@ -16,7 +16,7 @@ use crate::instance_pool::Instance;
 use crate::job::{Job, JobError, StartError};
 use crate::parts::Parts;
 use crate::persistent::{CallError, PersistentProcess};
-use crate::priority::off_real_time;
+use crate::priority::on_launch_thread;
 use crate::provision::Prepared;
 use crate::running::Cancel;
 use crate::turns::Turn;
@@ -40,7 +40,9 @@ pub(crate) async fn run_persistent(
         None => {
             let starter = Arc::clone(machine);
             let first = job.clone();
-            let started = off_real_time(machine.provision.spawn_cpus().to_vec(), move || {
+            let cpus = machine.provision.spawn_cpus().to_vec();
+            let scheduling = machine.priority.launch_scheduling(job);
+            let started = on_launch_thread(cpus, scheduling, move || {
                 start_instance(&starter, &first, keep_alive)
             })
             .await?;
@@ -147,7 +149,7 @@ pub(crate) async fn run_persistent(
     result
 }
 
-/// Starts a new instance for `job` (on a blocking thread, off real-time priority), confined
+/// Starts a new instance for `job` (on a launch thread, at its call's priority), confined
 /// and raised for the call that started it, so its start-up is not starved on the function
 /// CPUs; it is lowered again when it goes idle.
 fn start_instance(machine: &Parts, job: &Job, keep_alive: Duration) -> Result<Instance, JobError> {

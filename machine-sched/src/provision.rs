@@ -2,8 +2,9 @@
 //! the pool) and a private working directory, and a launch spec that uses them; a retired
 //! instance's leftovers are killed, its cgroup emptied for reuse and its directory removed.
 //!
-//! Housing work touches the file system and the cgroup tree, so callers run it off real-time
-//! priority ([`crate::priority::off_real_time`]); retiring does so on its own.
+//! Housing work touches the file system and the cgroup tree, so callers run it on a launch
+//! thread, below the dispatcher's own priority ([`crate::priority::on_launch_thread`]);
+//! retiring runs at normal priority on its own.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

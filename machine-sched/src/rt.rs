@@ -141,7 +141,8 @@ impl ThreadScheduling {
 /// strongest normal-priority weight, so a cold start is not kept waiting by whatever else
 /// runs at normal priority on the launch CPUs (a build on a shared host delayed launches by a
 /// CFS slice or more). Launches stay out of real time for the reasons in the module header;
-/// the launched process is returned to nice 0 before `exec` (`launch`).
+/// the launched process keeps this value until `exec` and is returned to nice 0 when it is
+/// confined (`priority`).
 pub const LAUNCH_NICE: i32 = -20;
 
 /// Sets the calling thread's nice value (Linux applies `PRIO_PROCESS` with who = 0 to the
@@ -150,6 +151,16 @@ pub const LAUNCH_NICE: i32 = -20;
 pub fn set_nice(nice: i32) {
     // SAFETY: a plain syscall without pointers.
     let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+}
+
+/// Sets thread `tid`'s nice value (`PRIO_PROCESS` with a thread id names that one thread on
+/// Linux).
+pub fn set_thread_nice(tid: i32, nice: i32) -> io::Result<()> {
+    // SAFETY: a plain syscall without pointers.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Puts thread `tid` under `SCHED_BATCH`: a normal (CFS) task at its nice value, marked

@@ -243,3 +243,31 @@ async fn the_cheapest_class_runs_first_come_first_served() {
         "the first {last} ran at once: starts {starts:?}, ends {ends:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_starts_at_nice_0_after_a_launch_at_nice_minus_20() {
+    let work = tempfile::tempdir().unwrap();
+    let allowed = rt::allowed_cpus();
+    // User-space mode launches as a normal task at the launch nice value, which the process
+    // keeps until it is confined.
+    let (cpus, _) = rt::function_cpus(&allowed, allowed.len(), false);
+    let machine = MachineScheduler::new(MachineOptions {
+        cores: cpus.functions.len(),
+        mode: SchedMode::UserSpace {
+            reason: "this test".into(),
+        },
+        cpus,
+        cgroups: None,
+        rt_budget: None,
+        user: None,
+        work_root: work.path().to_owned(),
+    });
+    // Field 19 of /proc/self/stat, read by a process the function starts after its confining.
+    let job = shell_job(1, 0, "sleep 0.3; cut -d' ' -f19 /proc/self/stat");
+    let report = tokio::time::timeout(TEST_TIMEOUT, machine.run(job))
+        .await
+        .expect("bounded")
+        .expect("the shell function runs");
+    machine.shutdown().await;
+    assert_eq!(String::from_utf8(report.output).unwrap().trim(), "0");
+}
