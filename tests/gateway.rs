@@ -616,6 +616,83 @@ fn over_budget_is_429_with_retry_after() {
     });
 }
 
+/// Concurrent requests the rate-limit test sends each caller: more than the route's burst.
+const RATE_CALLS: usize = 6;
+
+/// Sends `RATE_CALLS` requests at once (curl processes started together, so they arrive well
+/// within the limit's one-second interval however busy the machine) and returns their answers.
+fn at_once(url: &str, auth: Option<&str>) -> Vec<Http> {
+    let calls: Vec<_> = (0..RATE_CALLS)
+        .map(|_| {
+            let url = url.to_owned();
+            let auth = auth.map(str::to_owned);
+            std::thread::spawn(move || match &auth {
+                Some(auth) => curl(&["-H", auth, &url]),
+                None => curl(&[&url]),
+            })
+        })
+        .collect();
+    calls.into_iter().map(|c| c.join().unwrap()).collect()
+}
+
+#[test]
+fn a_route_over_its_rate_limit_is_429_with_retry_after() {
+    runtime().block_on(async {
+        let (cluster, routes) = site(&[]).await;
+        let token = cluster.token().await;
+        let other = cluster.add_tenant("other").await;
+        let mut mirror = shell("mirror", MIRROR_SCRIPT);
+        mirror.shared_with = vec!["other".into()];
+        cluster.deploy(mirror).await;
+        // Two limited routes: one counted per bearer token, one public (per client address).
+        let limited = format!(
+            "{ROUTES}\n[[route]]\nmethod = \"GET\"\npath = \"/limited\"\nfunction = \"mirror\"\n\
+             class = \"high\"\nrate = {{ per_second = 1, burst = 2 }}\n\
+             \n[[route]]\nmethod = \"GET\"\npath = \"/limited-public\"\nfunction = \"mirror\"\n\
+             class = \"high\"\ntenant = \"test\"\npublic = true\nrate = {{ per_second = 1 }}\n"
+        );
+        std::fs::write(&routes, limited).unwrap();
+        let gateway = GatewayProc::start(&cluster, &routes, &[]);
+
+        let answers = at_once(&gateway.url("/limited"), Some(&bearer(&token)));
+        let ok = answers.iter().filter(|a| a.status == 200).count();
+        let refused: Vec<&Http> = answers.iter().filter(|a| a.status == 429).collect();
+        assert_eq!(
+            ok + refused.len(),
+            RATE_CALLS,
+            "only 200s and 429s: {answers:?}"
+        );
+        assert!(
+            (1..=3).contains(&ok),
+            "a burst of 2 (3 if a second passed): {answers:?}"
+        );
+        for answer in &refused {
+            assert_eq!(answer.header("tariff-error"), Some("rate_limited"));
+            let retry_after: u64 = answer
+                .header("retry-after")
+                .and_then(|v| v.parse().ok())
+                .expect("Retry-After in whole seconds");
+            assert!(retry_after >= 1, "{answer:?}");
+            assert!(answer.text().contains("per second"), "says why: {answer:?}");
+        }
+        // Another caller's token has its own allowance on the same route.
+        let theirs = curl(&["-H", &bearer(&other), &gateway.url("/limited")]);
+        assert_eq!(theirs.status, 200, "{theirs:?}");
+        // A public route counts the client's address: one at once, the rest refused.
+        let public = at_once(&gateway.url("/limited-public"), None);
+        let ok = public.iter().filter(|a| a.status == 200).count();
+        assert!((1..=2).contains(&ok), "{public:?}");
+        assert!(
+            public.iter().all(|a| a.status == 200 || a.status == 429),
+            "{public:?}"
+        );
+        // The limit recovers: after its interval the caller is served again.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let again = curl(&["-H", &bearer(&token), &gateway.url("/limited")]);
+        assert_eq!(again.status, 200, "{again:?}");
+    });
+}
+
 #[test]
 fn a_slow_client_cannot_hold_the_gateway() {
     runtime().block_on(async {

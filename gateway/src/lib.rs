@@ -5,12 +5,13 @@
 //!
 //! One concept per module: the route table ([`routes`]), the HTTP envelope is the SDK's
 //! (`tariff_function::http`, shared with functions so both ends read one format), shard
-//! clients per token ([`clients`]), the status-code contract ([`status`]), responses
+//! clients per token ([`clients`]), rate limits per route and caller ([`rate`]), the status-code contract ([`status`]), responses
 //! ([`reply`]), asynchronous invocations ([`pending`]) and the server ([`server`]). The format
 //! and the contract are documented in `docs/gateway.md`.
 
 pub mod clients;
 pub mod pending;
+pub mod rate;
 pub mod reply;
 pub mod routes;
 pub mod server;

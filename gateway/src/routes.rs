@@ -10,10 +10,13 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use tariff_types::tenant::Token;
+
+use crate::rate::{RateLimit, RateSpec};
 
 /// Body limit of a route that sets none: enough for forms and JSON, small enough that a
 /// default route cannot be used to push large uploads through the cluster.
@@ -98,6 +101,8 @@ struct RouteSpec {
     body_limit: Option<u64>,
     #[serde(default)]
     timeout: Option<String>,
+    #[serde(default)]
+    rate: Option<RateSpec>,
 }
 
 /// One segment of a path pattern.
@@ -129,6 +134,9 @@ pub struct Route {
     pub body_limit: u64,
     /// How long the caller waits: the invocation's timeout, and the limit on reading the body.
     pub timeout: Duration,
+    /// Requests per second per caller, if limited; shared by the clones of this route in one
+    /// table (a reload starts every caller afresh).
+    pub rate_limit: Option<Arc<RateLimit>>,
 }
 
 /// What a lookup found.
@@ -230,6 +238,12 @@ impl Route {
         if timeout.is_zero() {
             return Err(invalid("timeout must be more than zero".into()));
         }
+        let rate_limit = spec
+            .rate
+            .map(RateLimit::new)
+            .transpose()
+            .map_err(invalid)?
+            .map(Arc::new);
         let public_token = if spec.public {
             let Some(tenant) = &spec.tenant else {
                 return Err(invalid(
@@ -259,6 +273,7 @@ impl Route {
             public_token,
             body_limit: spec.body_limit.unwrap_or(DEFAULT_BODY_LIMIT),
             timeout,
+            rate_limit,
         })
     }
 
@@ -420,6 +435,15 @@ mod tests {
         };
         assert_eq!(images.body_limit, 10);
         assert!(images.public_token.is_none());
+        assert!(home.rate_limit.is_none());
+        let limited = "[[route]]\nmethod = \"GET\"\npath = \"/\"\nfunction = \"f\"\n\
+                       class = \"high\"\nrate = { per_second = 20, burst = 40 }\n";
+        let table = super::RouteTable::parse(limited, Path::new("t.toml"), dir.path()).unwrap();
+        let Lookup::Found(route, _) = table.lookup("GET", "/") else {
+            panic!()
+        };
+        let spec = route.rate_limit.as_ref().expect("limited").spec();
+        assert_eq!((spec.per_second, spec.burst), (20, Some(40)));
     }
 
     #[test]
@@ -466,6 +490,12 @@ mod tests {
             (route("GET", "/", "timeout = \"soon\""), "timeout"),
             (route("GET", "/", "public = true"), "tenant"),
             (route("GET", "/", "colour = 1"), "colour"),
+            (route("GET", "/", "rate = { per_second = 0 }"), "per_second"),
+            (
+                route("GET", "/", "rate = { per_second = 5, burst = 0 }"),
+                "burst",
+            ),
+            (route("GET", "/", "rate = { per_minute = 5 }"), "per_minute"),
         ] {
             let err = table(&text, dir.path()).unwrap_err().to_string();
             assert!(err.contains(needle), "{err} should mention {needle}");

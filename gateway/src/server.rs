@@ -37,9 +37,10 @@ use tokio::sync::Semaphore;
 
 use crate::clients::ClientPool;
 use crate::pending::{PendingBook, Poll};
+use crate::rate::Caller;
 use crate::reply::{is_connection_header, Reply};
 use crate::routes::{Lookup, Route, RouteTable, RoutesError};
-use crate::status::{for_client_error, for_invoke_error, Failure};
+use crate::status::{for_client_error, for_invoke_error, for_rate_limit, Failure};
 
 /// Where asynchronous invocations are polled: `GET /_tariff/invocations/{id}`. The
 /// underscore prefix keeps it out of the way of a site's own paths.
@@ -365,6 +366,15 @@ impl Shared {
             Some(token) => token.clone(),
             None => bearer(request.headers())?,
         };
+        if let Some(limit) = &route.rate_limit {
+            let caller = match &route.public_token {
+                Some(_) => Caller::Address(peer.ip()),
+                None => Caller::Token(hash_token(&token)),
+            };
+            limit
+                .check(&caller)
+                .map_err(|limited| for_rate_limit(limit.spec(), limited))?;
+        }
         let respond_async = prefers_async(request.headers());
         let (parts, body) = request.into_parts();
         let body = read_body(&route, &parts.headers, body).await?;

@@ -13,6 +13,8 @@
 //! * `ChainTooDeep` is **508 Loop Detected** (RFC 5842): the function called functions
 //!   deeper than the cluster allows, which is most often a loop.
 //! * `OverBudget` is **429** with `Retry-After`: the caller (its tenant) must slow down.
+//!   So is a route's rate limit (`rate_limited`, [`crate::rate`]), with `Retry-After` the
+//!   wait until the caller's next request would pass, rounded up to whole seconds.
 //! * No answer from any shard is **503** (nothing was queued); a connection that broke with
 //!   the request in flight is **502** (it may have run).
 //!
@@ -26,6 +28,8 @@ use http::StatusCode;
 use tariff_cluster::client::ClientError;
 use tariff_types::tenant::AccessError;
 use tariff_types::wire::InvokeError;
+
+use crate::rate::{Limited, RateSpec};
 
 /// `Retry-After` on 429 and 503 when the shard gives no estimate of its own: one second is a
 /// few hundred invocations' worth of queue draining at the rates in docs/bench.md, and is
@@ -66,6 +70,21 @@ impl Failure {
         self.retry_after = Some(after);
         self
     }
+}
+
+/// The response to a request over its route's rate limit: 429, `Retry-After` the wait until
+/// the caller's next request would pass (at least [`RETRY_AFTER`]).
+pub fn for_rate_limit(spec: RateSpec, limited: Limited) -> Failure {
+    let burst = spec.burst.unwrap_or(spec.per_second);
+    Failure::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!(
+            "this route takes {} requests per second per caller (bursts of {burst}); slow down",
+            spec.per_second
+        ),
+    )
+    .retry_after_by(limited.retry_after.max(RETRY_AFTER))
 }
 
 /// The response to the shard's refusal or failure of an invocation.
