@@ -208,13 +208,7 @@ async fn status_memory_once(
     ready: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
     loop {
-        let out = cluster
-            .command()
-            .args(["status", "--json"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let json = cluster.status_json();
         let memory = json["dispatchers"]
             .as_array()
             .and_then(|d| d.iter().find(|d| d["name"] == "m1"))

@@ -294,13 +294,7 @@ fn status_lists_every_process_of_a_two_shard_two_dispatcher_cluster() {
         cluster.start_dispatcher("m2", 1, &[]);
         cluster.wait_for_machines(2).await;
 
-        let out = cluster
-            .command()
-            .args(["status", "--json"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let json = cluster.status_json();
         let mut shard_addrs: Vec<String> = json["shards"]
             .as_array()
             .unwrap()

@@ -29,6 +29,10 @@
 use std::io;
 
 use tariff_types::ClassId;
+// The thread-level calls live in `tariff-thread`, which the shard uses too (its ledger thread
+// takes its opener's scheduling); the machine scheduler's callers keep reaching them here.
+use tariff_thread::set_scheduler;
+pub use tariff_thread::{allowed_cpus, set_affinity, set_nice, ThreadScheduling};
 
 /// Priority of the dispatcher's threads: above every function priority.
 pub const DISPATCHER_PRIORITY: i32 = 50;
@@ -64,20 +68,6 @@ pub enum SchedMode {
     ProcessorSharing,
 }
 
-fn set_scheduler(tid: i32, policy: libc::c_int, priority: i32) -> io::Result<()> {
-    let param = libc::sched_param {
-        sched_priority: priority,
-    };
-    // SAFETY: `param` is a valid sched_param for the duration of the call; the kernel only
-    // reads it. A stale tid makes the call fail with ESRCH, which we report.
-    let rc = unsafe { libc::sched_setscheduler(tid, policy, &param) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 /// Puts thread `tid` under `SCHED_FIFO` at `priority`.
 pub fn set_fifo(tid: i32, priority: i32) -> io::Result<()> {
     set_scheduler(tid, libc::SCHED_FIFO, priority)
@@ -88,55 +78,6 @@ pub fn set_normal(tid: i32) -> io::Result<()> {
     set_scheduler(tid, libc::SCHED_OTHER, 0)
 }
 
-/// A thread's scheduling (policy with its reset-on-fork flag, real-time priority, nice value
-/// and CPUs), to put back after work that had to change it.
-///
-/// Why: the runtime's blocking threads are a pool shared by everything in the process. A
-/// launch leaves real-time priority and the function CPUs ([`crate::priority`]); if the thread
-/// went back to the pool that way, the next user (in `tariff local` or the load harness: a
-/// shard's ledger call, the harness's send schedule) would run as a normal task on the launch
-/// CPUs, behind the cheapest class's functions, without anyone having decided so.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ThreadScheduling {
-    /// `sched_getscheduler`'s answer, with `SCHED_RESET_ON_FORK` if set.
-    policy: libc::c_int,
-    /// The real-time priority (0 for normal policies).
-    priority: i32,
-    /// The nice value.
-    nice: i32,
-    /// The CPUs the thread may run on.
-    cpus: Vec<usize>,
-}
-
-impl ThreadScheduling {
-    /// The calling thread's scheduling.
-    pub fn current() -> ThreadScheduling {
-        let mut param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: queries about the calling thread; `param` is a valid out-pointer.
-        let (policy, nice) = unsafe {
-            let policy = libc::sched_getscheduler(0);
-            libc::sched_getparam(0, &mut param);
-            (policy, libc::getpriority(libc::PRIO_PROCESS, 0))
-        };
-        ThreadScheduling {
-            policy: policy.max(libc::SCHED_OTHER),
-            priority: param.sched_priority,
-            nice,
-            cpus: allowed_cpus(),
-        }
-    }
-
-    /// Gives the calling thread this scheduling (best effort: what the thread may not do, it
-    /// keeps).
-    pub fn apply(&self) {
-        if !self.cpus.is_empty() {
-            let _ = set_affinity(0, &self.cpus);
-        }
-        let _ = set_scheduler(0, self.policy, self.priority);
-        set_nice(self.nice);
-    }
-}
-
 /// Nice value of the dispatcher's launch threads (working directory, cgroups, `fork`): the
 /// strongest normal-priority weight, so a cold start is not kept waiting by whatever else
 /// runs at normal priority on the launch CPUs (a build on a shared host delayed launches by a
@@ -144,14 +85,6 @@ impl ThreadScheduling {
 /// the launched process keeps this value until `exec` and is returned to nice 0 when it is
 /// confined (`priority`).
 pub const LAUNCH_NICE: i32 = -20;
-
-/// Sets the calling thread's nice value (Linux applies `PRIO_PROCESS` with who = 0 to the
-/// calling thread). Best effort: an unprivileged dispatcher may not lower it, and then keeps
-/// its own.
-pub fn set_nice(nice: i32) {
-    // SAFETY: a plain syscall without pointers.
-    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
-}
 
 /// Sets thread `tid`'s nice value (`PRIO_PROCESS` with a thread id names that one thread on
 /// Linux).
@@ -253,38 +186,6 @@ fn explain_refusal(error: &io::Error) -> String {
 pub fn rt_throttle() -> Option<(i64, i64)> {
     let read = |path| std::fs::read_to_string(path).ok()?.trim().parse().ok();
     Some((read(RT_RUNTIME)?, read(RT_PERIOD)?))
-}
-
-/// CPUs this process may run on.
-pub fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: an all-zero cpu_set_t is a valid empty set; sched_getaffinity writes at most
-    // size_of::<cpu_set_t>() bytes into it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return Vec::new();
-        }
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
-            .collect()
-    }
-}
-
-/// Pins thread or process `tid` to `cpus`.
-pub fn set_affinity(tid: i32, cpus: &[usize]) -> io::Result<()> {
-    // SAFETY: as in allowed_cpus; CPU_SET only touches bits inside the set for cpu numbers
-    // below CPU_SETSIZE, which the filter guarantees.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for &cpu in cpus.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
-            libc::CPU_SET(cpu, &mut set);
-        }
-        if libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    }
 }
 
 /// Which CPUs functions run on: every class on `functions`, the real-time (paying) classes only
@@ -484,20 +385,6 @@ mod tests {
         let real_time: Vec<bool> = (0..4).map(|c| runs_real_time(ClassId(c), 4)).collect();
         assert_eq!(real_time, [true, true, true, false]);
         assert!(!runs_real_time(ClassId(0), 1));
-    }
-
-    #[test]
-    fn a_thread_gets_its_scheduling_back() {
-        std::thread::spawn(|| {
-            let before = ThreadScheduling::current();
-            set_nice(5);
-            let _ = set_affinity(0, &before.cpus[..1]);
-            assert_ne!(ThreadScheduling::current(), before);
-            before.apply();
-            assert_eq!(ThreadScheduling::current(), before);
-        })
-        .join()
-        .unwrap();
     }
 
     #[test]

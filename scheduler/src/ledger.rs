@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use rusqlite::params;
+use tariff_thread::ThreadScheduling;
 use tariff_types::billing::{Bill, BillLine, Cost};
 use tokio::sync::oneshot;
 
@@ -100,7 +101,15 @@ impl Ledger {
         )
         .map_err(err)?;
         let (jobs, inbox) = mpsc::channel();
-        let scheduling = Scheduling::of_current_thread();
+        // The ledger thread runs as the thread that opened the ledger does. Every answer waits
+        // for its line, so the thread that commits it is on every call's path and must run as
+        // the shard's own threads do. A process that also runs functions (`tariff local`, the
+        // load harness) raises its runtime threads above every function with reset-on-fork, so
+        // a new thread would start as a normal task, sharing the CPUs with the cheapest class's
+        // functions and waiting behind them for each commit (measured on web-vs-batch: the top
+        // class's answers waited up to tens of milliseconds between the function's end and the
+        // client). A shard alone runs as a normal process and changes nothing here.
+        let scheduling = ThreadScheduling::current();
         std::thread::Builder::new()
             .name("tariff-ledger".into())
             .spawn(move || {
@@ -143,48 +152,6 @@ impl Ledger {
         let (reply, done) = oneshot::channel();
         self.send(Job::Totals(month.to_owned(), reply))?;
         done.await.map_err(|_| LedgerError::Stopped)?
-    }
-}
-
-/// The scheduling policy and priority of the thread that opened the ledger, for the ledger
-/// thread.
-///
-/// Every answer waits for its line, so the thread that commits it is on every call's path and
-/// must run as the shard's own threads do. A process that also runs functions (`tariff local`,
-/// the load harness) raises its runtime threads above every function with reset-on-fork, so a
-/// new thread would start as a normal task, sharing the CPUs with the cheapest class's
-/// functions and waiting behind them for each commit (measured on web-vs-batch: the top
-/// class's answers waited up to tens of milliseconds between the function's end and the
-/// client). A shard alone runs as a normal process and changes nothing here.
-struct Scheduling {
-    /// `sched_getscheduler`'s answer, with its reset-on-fork flag.
-    policy: libc::c_int,
-    /// The real-time priority (0 for normal policies).
-    priority: libc::c_int,
-}
-
-impl Scheduling {
-    /// The calling thread's.
-    fn of_current_thread() -> Scheduling {
-        let mut param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: queries about the calling thread; `param` is a valid out-pointer.
-        let policy = unsafe {
-            libc::sched_getparam(0, &mut param);
-            libc::sched_getscheduler(0)
-        };
-        Scheduling {
-            policy: policy.max(libc::SCHED_OTHER),
-            priority: param.sched_priority,
-        }
-    }
-
-    /// Gives it to the calling thread (best effort: a refusal leaves it a normal task).
-    fn apply(&self) {
-        let param = libc::sched_param {
-            sched_priority: self.priority,
-        };
-        // SAFETY: `param` is valid for the call; the kernel only reads it.
-        unsafe { libc::sched_setscheduler(0, self.policy, &param) };
     }
 }
 

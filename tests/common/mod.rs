@@ -236,6 +236,20 @@ impl TestCluster {
         cmd
     }
 
+    /// `tariff status --json` for this cluster, parsed; panics (with the command's output) if
+    /// the command fails or its output is not JSON. One place for what several tests read
+    /// (shards, dispatchers, memory), so they agree on how the cluster is asked.
+    pub fn status_json(&self) -> serde_json::Value {
+        let out = self
+            .command()
+            .args(["status", "--json"])
+            .output()
+            .expect("running tariff status --json");
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("tariff status --json printed no JSON ({e}): {out:?}"))
+    }
+
     /// Starts a shard with extra arguments and waits for its address.
     pub fn start_shard(&mut self, extra: &[&str]) -> SocketAddr {
         self.start_shard_logging(extra, "warn")

@@ -678,17 +678,22 @@ impl InstanceCgroup {
 }
 
 /// Kills every process in the cgroup subtrees listed in the file `listing` (one directory
-/// per line, as a dispatcher records its own at start) and removes them, bottom up; how many
-/// directories were removed. For a dispatcher that was killed and will not come back to clean
-/// up itself (tests, the harness's chaos runs): a dispatcher started again on the same data
-/// directory cleans its stale groups on its own.
+/// per line, as a dispatcher records its own at start) and removes them, bottom up, with the
+/// real-time budget's intermediates they leave empty ([`rt_budget::remove_empty_intermediates`]:
+/// the dispatcher would have removed them had it been the last to leave); how many directories
+/// were removed. For a dispatcher that was killed and will not come back to clean up itself
+/// (tests, the harness's chaos runs): a dispatcher started again on the same data directory
+/// cleans its stale groups on its own.
 pub fn remove_listed_subtrees(listing: &Path) -> usize {
     let Ok(text) = fs::read_to_string(listing) else {
         return 0;
     };
     text.lines()
         .filter(|line| !line.trim().is_empty())
-        .map(|base| remove_subtree(Path::new(base.trim())))
+        .map(|base| {
+            let dir = Path::new(base.trim());
+            remove_subtree(dir) + rt_budget::remove_empty_intermediates(dir)
+        })
         .sum()
 }
 
