@@ -32,7 +32,7 @@ use tariff_types::ClassId;
 // The thread-level calls live in `tariff-thread`, which the shard uses too (its ledger thread
 // takes its opener's scheduling); the machine scheduler's callers keep reaching them here.
 use tariff_thread::set_scheduler;
-pub use tariff_thread::{allowed_cpus, set_affinity, set_nice, ThreadScheduling};
+pub use tariff_thread::{allowed_cpus, set_affinity, set_nice, set_thread_nice, ThreadScheduling};
 
 /// Priority of the dispatcher's threads: above every function priority.
 pub const DISPATCHER_PRIORITY: i32 = 50;
@@ -78,23 +78,14 @@ pub fn set_normal(tid: i32) -> io::Result<()> {
     set_scheduler(tid, libc::SCHED_OTHER, 0)
 }
 
-/// Nice value of the dispatcher's launch threads (working directory, cgroups, `fork`): the
-/// strongest normal-priority weight, so a cold start is not kept waiting by whatever else
-/// runs at normal priority on the launch CPUs (a build on a shared host delayed launches by a
-/// CFS slice or more). Launches stay out of real time for the reasons in the module header;
-/// the launched process keeps this value until `exec` and is returned to nice 0 when it is
-/// confined (`priority`).
+/// Nice value of the dispatcher's launch threads (working directory, cgroups, the new
+/// process) where functions are normal tasks (user-space and processor-sharing modes, or a
+/// real-time launch the kernel refused): the strongest normal-priority weight, so a cold start
+/// is not kept waiting by whatever else runs at normal priority (a build on a shared host
+/// delayed launches by a CFS slice or more). In real-time mode launches run at their call's
+/// `SCHED_FIFO` priority instead (`priority::on_launch_thread`). The launched process keeps
+/// its launch's scheduling until `exec` and is returned to nice 0 when it is confined.
 pub const LAUNCH_NICE: i32 = -20;
-
-/// Sets thread `tid`'s nice value (`PRIO_PROCESS` with a thread id names that one thread on
-/// Linux).
-pub fn set_thread_nice(tid: i32, nice: i32) -> io::Result<()> {
-    // SAFETY: a plain syscall without pointers.
-    if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
 
 /// Puts thread `tid` under `SCHED_BATCH`: a normal (CFS) task at its nice value, marked
 /// CPU-bound, so its wake-ups do not preempt other tasks (the cheapest class, see

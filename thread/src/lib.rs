@@ -28,12 +28,20 @@ pub fn set_scheduler(tid: i32, policy: libc::c_int, priority: i32) -> io::Result
     }
 }
 
-/// Sets the calling thread's nice value (Linux applies `PRIO_PROCESS` with who = 0 to the
-/// calling thread). Best effort: an unprivileged process may not lower it, and then keeps
-/// its own.
+/// Sets the calling thread's nice value. Best effort: an unprivileged process may not lower
+/// it, and then keeps its own.
 pub fn set_nice(nice: i32) {
+    let _ = set_thread_nice(0, nice);
+}
+
+/// Sets thread `tid`'s (0: the calling thread's) nice value: Linux applies `PRIO_PROCESS`
+/// with a thread id to that one thread.
+pub fn set_thread_nice(tid: i32, nice: i32) -> io::Result<()> {
     // SAFETY: a plain syscall without pointers.
-    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// CPUs this process may run on.
