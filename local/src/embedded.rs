@@ -82,6 +82,9 @@ pub struct LocalCluster {
     /// there waits behind them; elsewhere it only shares the CPU fairly with the cheapest class
     /// (`SCHED_BATCH`).
     pub real_time_cpus: BTreeSet<usize>,
+    /// The share of each real-time CPU the paying classes' real-time group budget gives them
+    /// per period, the least over the dispatchers (`None`: no dispatcher has a budget).
+    pub rt_budget: Option<f64>,
     /// The price classes.
     pub classes: PriceClasses,
     /// Where the servers keep their files.
@@ -222,6 +225,7 @@ impl LocalCluster {
         let mut tasks = Vec::new();
         let mut function_cpus = BTreeSet::new();
         let mut real_time_cpus = BTreeSet::new();
+        let mut rt_budget: Option<f64> = None;
         let mut metrics_addrs = Vec::new();
         let metrics_addr = || config.metrics.then(|| ([127, 0, 0, 1], 0).into());
         for (i, &shard_id) in shard_ids.iter().enumerate() {
@@ -270,6 +274,9 @@ impl LocalCluster {
             )?;
             function_cpus.extend(machine.cpus.functions.iter().copied());
             real_time_cpus.extend(machine.cpus.real_time.iter().copied());
+            if let Some(share) = machine.rt_budget.as_ref().map(|b| b.share()) {
+                rt_budget = Some(rt_budget.map_or(share, |s: f64| s.min(share)));
+            }
             let name = options.machine.clone();
             let dispatcher = Dispatcher::new(cluster, options, MachineScheduler::new(machine))?;
             if let Some(addr) = dispatcher.metrics_addr() {
@@ -281,6 +288,7 @@ impl LocalCluster {
             shard_addrs,
             function_cpus,
             real_time_cpus,
+            rt_budget,
             classes,
             dir,
             metrics_addrs,

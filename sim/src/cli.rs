@@ -77,6 +77,10 @@ pub struct SimArgs {
     /// How long a function's instance stays warm after it finishes, with --cold-start-ms.
     #[arg(long, default_value_t = super::DEFAULT_KEEP_ALIVE_S)]
     pub keep_alive_s: f64,
+    /// With --cold-start-ms: idle instances of every function each machine holds when the
+    /// run starts (a live cluster's warm-up leaves some).
+    #[arg(long, default_value_t = 0)]
+    pub prewarm: u32,
     /// Model communication (Tariff only): this many ms every invocation spends outside a
     /// core (caller to shard to machine and back); `tariff bench --vs-sim` measures it.
     #[arg(long)]
@@ -91,6 +95,11 @@ pub struct SimArgs {
     /// measures it).
     #[arg(long, default_value_t = 1.0)]
     pub shared_speed: f64,
+    /// With --rt-cpus: the kernel's real-time group budget, as the share of every 100 ms
+    /// each real-time core gives the paying classes (the live dispatcher asks for
+    /// (cores − 1) ÷ cores); a core out of budget stops its paying task until the next period.
+    #[arg(long)]
+    pub rt_budget: Option<f64>,
     /// Run the paper's memory experiment (Fig. 5): 32 GB per machine, idle list on.
     #[arg(long)]
     pub memory_experiment: bool,
@@ -157,6 +166,9 @@ impl SimArgs {
                 "--cold-start-ms and --keep-alive-s must be non-negative numbers"
             );
             config.overheads.cold_start = Some(from_secs(ms / 1e3));
+            config.overheads.prewarm = self.prewarm;
+        } else {
+            anyhow::ensure!(self.prewarm == 0, "--prewarm needs --cold-start-ms");
         }
         config.overheads.keep_alive = from_secs(self.keep_alive_s.max(0.0));
         if let Some(ms) = self.dispatch_overhead_ms {
@@ -167,6 +179,7 @@ impl SimArgs {
             config.overheads.dispatch = Some(from_secs(ms / 1e3));
         }
         config.rt_cpus = self.rt_cpus;
+        config.rt_budget = self.rt_budget;
         config.shared_speed = self.shared_speed;
         if let Some(gb) = self.swap_gb {
             anyhow::ensure!(

@@ -66,6 +66,9 @@ pub const DEFAULT_KEEP_ALIVE_S: f64 = 600.0;
 /// 10 ms is a tenth of the mean runtime: fine enough to see memory grow, cheap next to the
 /// ~16 000 events per simulated second of the default set-up.
 pub const TICK: Nanos = 10_000_000;
+/// Period of the real-time budget ([`SimConfig::rt_budget`]): the live dispatcher's
+/// `cpu.rt_period_us`, 100 ms. A whole number of [`TICK`]s, so a tick marks each period's start.
+pub const RT_BUDGET_PERIOD: Nanos = 10 * TICK;
 /// How far past a trace's last arrival a whole-trace run ends, so that arrival is inside the
 /// run (arrivals at or after the end are not simulated).
 pub const TRACE_END_MARGIN_S: f64 = 1e-3;
@@ -130,11 +133,19 @@ pub struct Overheads {
     /// core; the time is added to its run on that core. Swapping out (kernel write-back) and
     /// swapping in ahead of time while the invocation waits cost nothing. `None`: free.
     pub swap_in_bytes_per_s: Option<f64>,
-    /// Time added to an invocation's first start on a machine where its function has not
-    /// finished within `keep_alive`. `None`: no cold starts.
+    /// Time added to an invocation's first start on a machine where its function has no
+    /// idle instance: each machine keeps, per function, a pool of idle instances, as the live
+    /// machine scheduler does; a start takes the most recently idled one that has been idle
+    /// for less than `keep_alive`, or pays this, and a finished invocation puts its instance
+    /// back. So two overlapping calls of a function with one warm instance pay one cold start,
+    /// as they do live. `None`: no cold starts.
     pub cold_start: Option<Nanos>,
     /// How long a finished function's instance stays warm on its machine.
     pub keep_alive: Nanos,
+    /// Idle instances each machine holds of every function when the run starts (cold-start
+    /// model only): a live cluster's warm-up leaves some, and `tariff bench --vs-sim` counts
+    /// them from the live run.
+    pub prewarm: u32,
     /// Time every invocation spends outside a core on its way through a live cluster: the
     /// caller to the shard, the shard to the machine, the answer back (QUIC on loopback, the
     /// shard's and the dispatcher's handling). It is added to each latency and holds no core.
@@ -179,6 +190,9 @@ pub enum ConfigError {
     /// A cheapest-class speed outside (0, 1].
     #[error("the cheapest class's share of a core, {0}, must be in (0, 1]")]
     SharedSpeed(f64),
+    /// A real-time budget outside (0, 1], or without the live machine model.
+    #[error("the real-time budget {0} must be in (0, 1], with --rt-cpus")]
+    RtBudget(f64),
     /// Real-time cores outside 1..=cores.
     #[error("{rt} real-time cores must be between 1 and the machine's cores ({cores})")]
     RtCpus {
@@ -242,6 +256,12 @@ pub struct SimConfig {
     /// order, the turns sharing fairly what the running paying tasks leave
     /// (docs/machine-scheduler.md, "Every CPU works"). `None`: the paper's model.
     pub rt_cpus: Option<usize>,
+    /// Live machine model only: the kernel's real-time group budget, as the share of every
+    /// [`RT_BUDGET_PERIOD`] each real-time core gives the paying classes (the live dispatcher's
+    /// `cpu.rt_runtime_us` ÷ `cpu.rt_period_us`). A core whose paying work has used its share
+    /// of the period is throttled: the paying task on it stops until the next period, and
+    /// the cheapest class gets the core meanwhile. `None`: no budget.
+    pub rt_budget: Option<f64>,
     /// Live machine model only: the fraction of its fair share of a core the cheapest class
     /// actually gets. It is a normal task, so on a host where other normal work runs (other
     /// builds, the load generator) it shares the CPUs with that too; 1 on a dedicated
@@ -278,6 +298,7 @@ impl SimConfig {
             overheads: Overheads::default(),
             idle_list: false,
             rt_cpus: None,
+            rt_budget: None,
             shared_speed: 1.0,
             workload: WorkloadConfig::paper(DEFAULT_CLASSES),
             trace: None,
@@ -340,6 +361,11 @@ impl SimConfig {
         }
         if !(self.shared_speed > 0.0 && self.shared_speed <= 1.0) {
             return Err(ConfigError::SharedSpeed(self.shared_speed));
+        }
+        if let Some(share) = self.rt_budget {
+            if !(share > 0.0 && share <= 1.0) || self.rt_cpus.is_none() {
+                return Err(ConfigError::RtBudget(share));
+            }
         }
         if let Some(rt) = self.rt_cpus {
             if !(1..=self.cores).contains(&rt) {

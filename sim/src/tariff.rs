@@ -39,7 +39,7 @@ use std::collections::HashMap;
 use super::events::{from_secs, to_duration, Event, Nanos};
 use super::stats::BusyTally;
 use super::workload::{Invocation, INITIAL_MEMORY_MB, MB};
-use super::{Ctx, Overheads, SimConfig, SimScheduler};
+use super::{Ctx, Overheads, SimConfig, SimScheduler, RT_BUDGET_PERIOD};
 
 /// Memory a machine reports on the idle list when the memory model is off ("absurdly high").
 const UNLIMITED_MEMORY: u64 = u64::MAX / 2;
@@ -91,8 +91,10 @@ struct Task {
     started: bool,
     /// Share of a core it gets while running: 1 except for the cheapest class under the
     /// live machine model ([`SimConfig::rt_cpus`]), which shares what the paying classes
-    /// leave; 0 until that share is first set.
+    /// leave, and for a paying task on a throttled core (0); 0 until that share is first set.
     rate: f64,
+    /// Real-time budget only: the core it holds while running.
+    core: u16,
 }
 
 impl Task {
@@ -132,8 +134,14 @@ struct Machine {
     resident: u64,
     /// Its dispatcher's idle-list state.
     advert: IdleAdvertiser,
-    /// When each function last finished here (cold-start model only).
-    warm: HashMap<u32, Nanos>,
+    /// Cold-start model only: per function, when each idle instance went idle, the most
+    /// recently idled last (the live machine scheduler's pool takes from that end too).
+    idle: HashMap<u32, Vec<Nanos>>,
+    /// Real-time budget only: the real-time cores, each with its use of the current period.
+    rt_cores: Vec<RtCore>,
+    /// Real-time budget only: paying tasks holding a throttled core (they hold it but do not
+    /// run, so the cheapest class shares that core).
+    throttled_running: u32,
     /// Live machine model only: the cheapest class's own queue, FCFS with one turn per core
     /// (the dispatcher's `hold_cpu`); `rq` then orders the paying classes on the real-time
     /// CPUs alone.
@@ -143,6 +151,20 @@ struct Machine {
     cheap_running: Vec<u32>,
     /// Live machine model only: paying tasks running on the real-time CPUs.
     paid_running: u32,
+}
+
+/// One real-time core of a machine under the real-time budget ([`SimConfig::rt_budget`]):
+/// what its paying work has used of the current period, and who holds it.
+#[derive(Debug, Clone, Copy, Default)]
+struct RtCore {
+    /// The paying task holding it.
+    task: Option<u32>,
+    /// Paying work run on it this period, up to when its holder got it (or the period began).
+    used: Nanos,
+    /// Since when its holder has been running on its budget.
+    since: Nanos,
+    /// Out of budget until the next period.
+    throttled: bool,
 }
 
 /// Tariff's policy code wired to the event loop.
@@ -187,6 +209,8 @@ pub struct Tariff {
     cheapest: Option<u8>,
     /// Live machine model only: the share of its fair share the cheapest class gets.
     shared_speed: f64,
+    /// Real-time budget only: paying work each real-time core may run per period.
+    budget: Option<Nanos>,
 }
 
 impl Tariff {
@@ -228,7 +252,12 @@ impl Tariff {
                 advert: IdleAdvertiser::new(IdlePolicy::new(
                     config.memory_bytes.unwrap_or(UNLIMITED_MEMORY),
                 )),
-                warm: HashMap::new(),
+                idle: HashMap::new(),
+                rt_cores: match (live, config.rt_budget) {
+                    (Some(rt), Some(_)) => vec![RtCore::default(); rt],
+                    _ => Vec::new(),
+                },
+                throttled_running: 0,
             })
             .collect();
         Self {
@@ -252,6 +281,9 @@ impl Tariff {
             cores: config.cores,
             cheapest: live.map(|_| (config.classes - 1) as u8),
             shared_speed: config.shared_speed,
+            budget: live
+                .and(config.rt_budget)
+                .map(|share| (RT_BUDGET_PERIOD as f64 * share).round() as Nanos),
         }
     }
 
@@ -278,7 +310,8 @@ impl Tariff {
         if machine.cheap_running.is_empty() {
             return;
         }
-        let free = self.cores.saturating_sub(machine.paid_running as usize) as f64;
+        let paying = machine.paid_running - machine.throttled_running;
+        let free = self.cores.saturating_sub(paying as usize) as f64;
         let rate = (free / machine.cheap_running.len() as f64).min(1.0) * self.shared_speed;
         for &id in &machine.cheap_running {
             let task = &mut self.tasks[id as usize];
@@ -383,35 +416,34 @@ impl Tariff {
                     if !task.started {
                         task.started = true;
                         if let Some(cold) = self.overheads.cold_start {
-                            let warm_since = now.saturating_sub(self.overheads.keep_alive);
-                            let warm = self.machines[m]
-                                .warm
-                                .get(&task.inv.function)
-                                .is_some_and(|&t| t >= warm_since);
-                            if !warm {
-                                task.remaining += cold;
+                            let function = task.inv.function;
+                            if !self.take_instance(m, function, now) {
+                                self.tasks[id as usize].remaining += cold;
                             }
                         }
                     }
                     let (id, shared) = (id as u32, self.is_shared(id as u32));
                     let live = self.cheapest.is_some();
                     let task = &mut self.tasks[id as usize];
-                    let machine = &mut self.machines[m];
                     if shared {
                         // Its share, and so its completion, is set by `reshare` below.
                         task.rate = 0.0;
-                        machine.cheap_running.push(id);
+                        self.machines[m].cheap_running.push(id);
                     } else {
                         task.rate = 1.0;
-                        machine.paid_running += u32::from(live);
-                        ctx.events.push(
-                            now + task.remaining,
-                            Event::Completion {
-                                id,
-                                generation: task.generation,
-                            },
-                        );
+                        self.machines[m].paid_running += u32::from(live);
+                        match self.budget {
+                            Some(budget) => self.take_core(m, id, budget, now, ctx),
+                            None => ctx.events.push(
+                                now + task.remaining,
+                                Event::Completion {
+                                    id,
+                                    generation: task.generation,
+                                },
+                            ),
+                        }
                     }
+                    let machine = &mut self.machines[m];
                     self.busy
                         .moved(machine.running as usize, machine.running as usize + 1);
                     machine.running += 1;
@@ -420,6 +452,114 @@ impl Tariff {
             }
         }
         if self.cheapest.is_some() {
+            self.reshare(m, now, ctx);
+        }
+    }
+
+    /// Cold-start model: takes an idle instance of `function` on machine `m` for a start at
+    /// `now`, the most recently idled one, and says whether there was one still within its
+    /// keep-alive (else the start is cold). The pool holds [`Overheads::prewarm`] instances,
+    /// idle since the run began, until the function is first started there.
+    fn take_instance(&mut self, m: usize, function: u32, now: Nanos) -> bool {
+        let prewarm = self.overheads.prewarm as usize;
+        let idle = self.machines[m]
+            .idle
+            .entry(function)
+            .or_insert_with(|| vec![0; prewarm]);
+        match idle.pop() {
+            Some(since) if since >= now.saturating_sub(self.overheads.keep_alive) => true,
+            Some(_) => {
+                // The most recently idled has expired, so every older one has too.
+                idle.clear();
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Real-time budget: gives paying task `id`, just started on machine `m`, a free
+    /// real-time core — the one with the most budget left in this period — and schedules
+    /// its next event: its completion, or the moment the core's budget runs out. On a
+    /// throttled core (every free core is) it waits for the next period.
+    fn take_core(&mut self, m: usize, id: u32, budget: Nanos, now: Nanos, ctx: &mut Ctx) {
+        let machine = &mut self.machines[m];
+        let c = machine
+            .rt_cores
+            .iter()
+            .enumerate()
+            .filter(|(_, core)| core.task.is_none())
+            .min_by_key(|&(i, core)| (core.used, i))
+            .map(|(i, _)| i)
+            .expect("a run queue over the real-time cores runs at most one task per core");
+        let core = &mut machine.rt_cores[c];
+        core.task = Some(id);
+        core.since = now;
+        let task = &mut self.tasks[id as usize];
+        task.core = c as u16;
+        if core.throttled {
+            task.rate = 0.0;
+            machine.throttled_running += 1;
+            return;
+        }
+        let left = budget.saturating_sub(core.used);
+        ctx.events.push(
+            now + task.remaining.min(left),
+            Event::Completion {
+                id,
+                generation: task.generation,
+            },
+        );
+    }
+
+    /// Real-time budget: paying task `id` has used up its core's budget for this period;
+    /// it stops where it is, holding the core, until [`Self::replenish`].
+    fn throttle(&mut self, m: usize, id: u32, now: Nanos, ctx: &mut Ctx) {
+        let budget = self.budget.unwrap_or(0);
+        let task = &mut self.tasks[id as usize];
+        task.remaining = task.remaining_at(now);
+        task.since = now;
+        task.rate = 0.0;
+        task.generation = task.generation.wrapping_add(1);
+        let machine = &mut self.machines[m];
+        let core = &mut machine.rt_cores[usize::from(task.core)];
+        core.used = budget;
+        core.throttled = true;
+        machine.throttled_running += 1;
+        self.reshare(m, now, ctx);
+    }
+
+    /// Real-time budget: a new period on machine `m`. Every core's budget is whole again, and
+    /// each paying task holding one runs on (to its completion or the budget's end).
+    fn replenish(&mut self, m: usize, budget: Nanos, now: Nanos, ctx: &mut Ctx) {
+        let mut unthrottled = false;
+        for c in 0..self.machines[m].rt_cores.len() {
+            let core = &mut self.machines[m].rt_cores[c];
+            let was_throttled = core.throttled;
+            if core.used == 0 && !was_throttled && core.task.is_none() {
+                continue;
+            }
+            core.used = 0;
+            core.throttled = false;
+            core.since = now;
+            let Some(id) = core.task else { continue };
+            if was_throttled {
+                self.machines[m].throttled_running -= 1;
+                unthrottled = true;
+            }
+            let task = &mut self.tasks[id as usize];
+            task.remaining = task.remaining_at(now);
+            task.since = now;
+            task.rate = 1.0;
+            task.generation = task.generation.wrapping_add(1);
+            ctx.events.push(
+                now + task.remaining.min(budget),
+                Event::Completion {
+                    id,
+                    generation: task.generation,
+                },
+            );
+        }
+        if unthrottled {
             self.reshare(m, now, ctx);
         }
     }
@@ -566,6 +706,15 @@ impl Tariff {
             machine.cheap_running.retain(|&t| t != id);
         } else if live {
             machine.paid_running -= 1;
+            if let Some(budget) = self.budget {
+                let core = &mut machine.rt_cores[usize::from(task.core)];
+                if core.throttled {
+                    machine.throttled_running -= 1;
+                } else {
+                    core.used = (core.used + now.saturating_sub(core.since)).min(budget);
+                }
+                core.task = None;
+            }
         }
         self.busy
             .moved(machine.running as usize, machine.running as usize - 1);
@@ -654,6 +803,7 @@ impl SimScheduler for Tariff {
             parked: false,
             started: false,
             rate: 1.0,
+            core: 0,
         };
         let id = super::slots::store(&mut self.tasks, &mut self.free, task, |old, new| Task {
             generation: old.generation,
@@ -681,13 +831,22 @@ impl SimScheduler for Tariff {
         if task.generation != generation || !task.running {
             return;
         }
+        let m = task.machine as usize;
+        if self.budget.is_some() && !self.is_shared(id) && task.remaining_at(now) > 0 {
+            // Not done: its core's budget ran out.
+            self.throttle(m, id, now, ctx);
+            return;
+        }
         let answered = now + self.overheads.dispatch.unwrap_or(0);
         ctx.stats
             .completed(task.inv.class, task.inv.arrival, task.inv.runtime, answered);
         if self.overheads.cold_start.is_some() {
-            self.machines[task.machine as usize]
-                .warm
-                .insert(task.inv.function, now);
+            // Its instance goes back to the pool, idle from now.
+            self.machines[m]
+                .idle
+                .entry(task.inv.function)
+                .or_default()
+                .push(now);
         }
         self.remove(id, now, ctx);
         self.after_machine_event(task.machine as usize, now, ctx);
@@ -695,6 +854,11 @@ impl SimScheduler for Tariff {
     }
 
     fn tick(&mut self, now: Nanos, ctx: &mut Ctx) {
+        if let Some(budget) = self.budget.filter(|_| now.is_multiple_of(RT_BUDGET_PERIOD)) {
+            for m in 0..self.machines.len() {
+                self.replenish(m, budget, now, ctx);
+            }
+        }
         ctx.stats.utilisation_tally(&self.busy);
         if let Some(capacity) = self.capacity {
             // Memory grows between events, so every machine is checked; only the memory model

@@ -124,3 +124,101 @@ fn real_time_cores_beyond_the_machine_are_refused() {
     let err = run_invocations(&machine(Some(3)), &[call(0, 0)]).unwrap_err();
     assert!(err.to_string().contains("invalid"), "{err}");
 }
+
+/// A call of `ms` of CPU.
+fn call_of(at_ms: u64, class: u8, ms: u64) -> Invocation {
+    Invocation {
+        runtime: ms * 1_000_000,
+        ..call(at_ms, class)
+    }
+}
+
+/// The live model with the paying classes on both cores under a real-time budget of half of
+/// each core.
+fn budgeted() -> SimConfig {
+    SimConfig {
+        rt_budget: Some(0.5),
+        ..machine(Some(2))
+    }
+}
+
+#[test]
+fn a_core_out_of_budget_stops_its_paying_call_and_the_cheapest_class_gets_it() {
+    // Two paying calls of 100 ms on two cores, half of each core per 100 ms period: each runs
+    // 50 ms, waits out the period and runs its last 50 ms: 150 ms. A cheap call of 50 ms has
+    // no core until both are throttled, then both cores: it finishes at 100 ms. Without the
+    // budget the paying calls finish at 100 ms and the cheap one after them, at 150.
+    let calls = [call(0, 0), call(0, 0), call_of(0, 1, 50)];
+    let (paid, _) = latency(&budgeted(), &calls, 0);
+    let (cheap, _) = latency(&budgeted(), &calls, 1);
+    assert!(
+        close(paid, 150.0) && close(cheap, 100.0),
+        "budget: {paid}, {cheap}"
+    );
+    let (paid, _) = latency(&machine(Some(2)), &calls, 0);
+    let (cheap, _) = latency(&machine(Some(2)), &calls, 1);
+    assert!(
+        close(paid, 100.0) && close(cheap, 150.0),
+        "none: {paid}, {cheap}"
+    );
+}
+
+#[test]
+fn the_budget_is_whole_again_each_period() {
+    // A paying call of 100 ms arriving at 80 ms: 20 ms to the period's end, a new budget of
+    // 50 ms (100–150), throttled to 200, its last 30 ms: done at 230 ms, 150 ms after arriving.
+    let (paid, _) = latency(&budgeted(), &[call(80, 0)], 0);
+    assert!(close(paid, 150.0), "{paid}");
+    // A call that fits in what is left of its core's budget is never held.
+    let (paid, _) = latency(&budgeted(), &[call_of(0, 0, 40)], 0);
+    assert!(close(paid, 40.0), "{paid}");
+}
+
+#[test]
+fn a_budget_without_the_live_model_or_above_a_whole_core_is_refused() {
+    for config in [
+        SimConfig {
+            rt_budget: Some(0.5),
+            ..machine(None)
+        },
+        SimConfig {
+            rt_budget: Some(1.5),
+            ..machine(Some(2))
+        },
+    ] {
+        let err = run_invocations(&config, &[call(0, 0)]).unwrap_err();
+        assert!(err.to_string().contains("invalid"), "{err}");
+    }
+}
+
+/// The paper's machine with 10 ms cold starts, instances kept 100 ms, `prewarm` idle
+/// instances per function at the start.
+fn cold(prewarm: u32) -> SimConfig {
+    let mut config = machine(None);
+    config.overheads = Overheads {
+        cold_start: Some(from_secs(0.010)),
+        keep_alive: from_secs(0.100),
+        prewarm,
+        ..Overheads::default()
+    };
+    config
+}
+
+#[test]
+fn overlapping_calls_of_one_function_need_an_instance_each() {
+    // One function, two calls at once, a third at 150 ms. With one instance warm at the
+    // start, one of the first two is cold (110 ms); both instances are idle by 110 ms, so the
+    // third is warm (100 ms).
+    let calls = [call(0, 0), call(0, 0), call(150, 0)];
+    let report = run_invocations(&cold(1), &calls).expect("valid set-up");
+    let c = &report.schedulers[0].classes[0];
+    assert!(close(c.latency_ms.p50, 100.0), "p50 {}", c.latency_ms.p50);
+    assert!(close(c.latency_ms.p99, 110.0), "p99 {}", c.latency_ms.p99);
+    // With none warm both first calls are cold.
+    let (p50, _) = latency(&cold(0), &calls, 0);
+    assert!(close(p50, 110.0), "{p50}");
+    // An instance idle longer than its keep-alive is gone: at 300 ms every start is cold.
+    let late = [call(0, 0), call(300, 0)];
+    let (p50, p99) = latency(&cold(1), &late, 0);
+    assert!(close(p50, 100.0) && close(p99, 110.0), "{p50}, {p99}");
+}

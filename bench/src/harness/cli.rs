@@ -195,7 +195,7 @@ pub async fn run(cluster: &Cluster, args: BenchArgs) -> anyhow::Result<()> {
         .map_or(0, |p| p.phases.iter().map(|ph| ph.scheduled).sum());
     let vs_sim = match (args.vs_sim, policies.first()) {
         (true, Some(tariff)) => Some(
-            vs_sim::compare(&plan, tariff, &info, &classes)
+            vs_sim::compare(&plan, tariff, &info, &classes, &example_specs()?)
                 .context("replaying the schedule through the simulator")?,
         ),
         _ => None,
@@ -289,6 +289,7 @@ async fn run_local(
     let mut plan: Option<Plan> = None;
     let mut function_cpus = Vec::new();
     let mut real_time_cpus = None;
+    let mut rt_budget = None;
     let mut policies = Vec::new();
     for cluster_policy in runs {
         let policy = cluster_policy.name();
@@ -310,6 +311,9 @@ async fn run_local(
         };
         function_cpus = started.function_cpus();
         real_time_cpus.get_or_insert_with(|| started.real_time_cpus());
+        if rt_budget.is_none() {
+            rt_budget = started.rt_budget();
+        }
         // The schedule is made once, from the first cluster's CPUs, so every policy gets the
         // very same invocations at the very same times.
         let plan = match &plan {
@@ -352,6 +356,7 @@ async fn run_local(
         function_cpus,
         rt: Some(!args.no_rt),
         real_time_cpus: real_time_cpus.unwrap_or_default(),
+        rt_budget,
         connections_per_shard: args.connections,
         host_cpus: host_cpus(),
     };
@@ -380,6 +385,15 @@ impl Started {
         match self {
             Started::Embedded(local) => local.real_time_cpus.iter().copied().collect(),
             Started::Processes(processes) => processes.real_time_cpus.clone(),
+        }
+    }
+
+    /// The paying classes' real-time budget per CPU, as the embedded dispatchers got it (the
+    /// processes' is in their logs only).
+    fn rt_budget(&self) -> Option<f64> {
+        match self {
+            Started::Embedded(local) => local.rt_budget,
+            Started::Processes(_) => None,
         }
     }
 
@@ -502,6 +516,7 @@ async fn run_remote(
         function_cpus: Vec::new(),
         rt: None,
         real_time_cpus: Vec::new(),
+        rt_budget: None,
         connections_per_shard: args.connections,
         host_cpus: host_cpus(),
     };
@@ -542,6 +557,7 @@ async fn run_policy(
         progress: !args.quiet,
     };
     let mut phases = Vec::new();
+    let mut warmup = None;
     let mut starts = Vec::new();
     let mut chaos_task = None;
     let done = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -560,8 +576,11 @@ async fn run_policy(
             )));
         }
         let (recorder, elapsed) = driver::run_phase(&ctx, phase, &label).await;
-        if !phase.warmup {
-            phases.push(recorder.finish(phase, classes, &plan.tenants, elapsed, shards.len()));
+        let report = recorder.finish(phase, classes, &plan.tenants, elapsed, shards.len());
+        if phase.warmup {
+            warmup = Some(report);
+        } else {
+            phases.push(report);
         }
     }
     // Events timed past the last phase's end are not carried out.
@@ -569,6 +588,7 @@ async fn run_policy(
         task.abort();
     }
     let mut report = PolicyReport::new(policy, phases);
+    report.warmup = warmup;
     report.chaos = done
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -99,6 +99,8 @@ pub struct Stages {
     /// Function finished → answer received by the client: the completion's way back through
     /// the dispatcher and the shard, QUIC, and the client task's wake-up.
     pub outbound: u64,
+    /// A process had to be started for it (no warm instance), which `start` includes.
+    pub cold_start: bool,
 }
 
 impl Stages {
@@ -117,6 +119,7 @@ impl Stages {
             preempted: outcome.run.preempted_us,
             inbound: outcome.queued_at_us.saturating_sub(sent_at_us),
             outbound: received_at_us.saturating_sub(outcome.run.finished_at_us),
+            cold_start: outcome.run.cold_start,
         }
     }
 
@@ -196,6 +199,8 @@ struct ClassRecorder {
     per_second: Vec<Histogram<u64>>,
     /// Memory pressure's cost, summed.
     memory: MemoryTotals,
+    /// The `start` stage of the answers that were cold starts.
+    cold_start: Histogram<u64>,
 }
 
 impl ClassRecorder {
@@ -208,6 +213,7 @@ impl ClassRecorder {
             errors: BTreeMap::new(),
             per_second: Vec::new(),
             memory: MemoryTotals::default(),
+            cold_start: histogram(SIGNIFICANT_DIGITS),
         }
     }
 }
@@ -308,6 +314,8 @@ pub struct PhaseRecorder {
     tenants: Vec<TenantRecorder>,
     /// Per error kind, the earliest answer of that kind from the phase's start.
     first_error: BTreeMap<String, Duration>,
+    /// The `start` stage of every class's cold starts.
+    cold_start: Histogram<u64>,
 }
 
 impl PhaseRecorder {
@@ -317,6 +325,7 @@ impl PhaseRecorder {
             classes: (0..classes).map(|_| ClassRecorder::new()).collect(),
             tenants: (0..tenants.max(1)).map(|_| TenantRecorder::new()).collect(),
             first_error: BTreeMap::new(),
+            cold_start: histogram(SIGNIFICANT_DIGITS),
         };
         for p in &plan.invocations {
             if let Some(c) = recorder.classes.get_mut(p.class as usize) {
@@ -336,6 +345,11 @@ impl PhaseRecorder {
             let first = self.first_error.entry(kind.clone()).or_insert(at);
             *first = (*first).min(at);
         }
+        if let Answer::Ok(stages) = &sample.answer {
+            if stages.cold_start {
+                self.cold_start.saturating_record(stages.start.max(1));
+            }
+        }
         let Some(class) = self.classes.get_mut(sample.class as usize) else {
             return;
         };
@@ -349,6 +363,9 @@ impl PhaseRecorder {
                 class.retried += u64::from(sample.retried);
                 for (h, v) in class.stages.iter_mut().zip(stages.values()) {
                     h.saturating_record(v.max(1));
+                }
+                if stages.cold_start {
+                    class.cold_start.saturating_record(stages.start.max(1));
                 }
                 let second = sample.scheduled.as_secs() as usize;
                 if class.per_second.len() <= second {
@@ -425,6 +442,8 @@ impl PhaseRecorder {
                     throughput_per_s: ok as f64 / secs,
                     cdf: cdf(&c.latency),
                     memory: c.memory,
+                    cold_starts: c.cold_start.len(),
+                    cold_start_us: Percentiles::of(&c.cold_start),
                 }
             })
             .collect();
@@ -466,6 +485,8 @@ impl PhaseRecorder {
             classes,
             tenants,
             over_time,
+            cold_starts: self.cold_start.len(),
+            cold_start_us: Percentiles::of(&self.cold_start),
         }
     }
 }
@@ -533,6 +554,11 @@ pub struct ClassReport {
     /// What memory pressure cost the class's successful calls, summed (kills are the
     /// `killed_memory_pressure` errors).
     pub memory: MemoryTotals,
+    /// Of `ok`, the calls for which a process had to be started (no warm instance).
+    pub cold_starts: u64,
+    /// Their `start` stage (received on the machine → function running), all zero without
+    /// cold starts.
+    pub cold_start_us: Percentiles,
 }
 
 /// Bytes swapped out and in and time held for memory, summed over a class's answers.
@@ -642,6 +668,10 @@ pub struct PhaseReport {
     pub tenants: Vec<TenantReport>,
     /// Latency over time.
     pub over_time: Vec<SecondReport>,
+    /// Calls of every class for which a process had to be started.
+    pub cold_starts: u64,
+    /// Their `start` stage, every class together (all zero without cold starts).
+    pub cold_start_us: Percentiles,
 }
 
 /// The top class's p99 in the last phase against the first: the overload claim.
@@ -672,6 +702,9 @@ pub struct PolicyReport {
     pub top_class_p99_ratio: Option<TopClassRatio>,
     /// The `--chaos` events as they happened.
     pub chaos: Vec<super::chaos::ChaosRecord>,
+    /// The warm-up phase, when the workload has one: not part of the comparison, but what it
+    /// left on the machines (its cold starts) is what the first reported phase starts from.
+    pub warmup: Option<PhaseReport>,
 }
 
 impl PolicyReport {
@@ -683,6 +716,7 @@ impl PolicyReport {
             phases,
             top_class_p99_ratio,
             chaos: Vec::new(),
+            warmup: None,
         }
     }
 }
@@ -757,6 +791,9 @@ pub struct ClusterInfo {
     /// CPUs the paying classes ran on in real-time mode (local only): all the function CPUs
     /// under a real-time budget, else all but one.
     pub real_time_cpus: Vec<usize>,
+    /// The share of each of those CPUs the paying classes' real-time group budget gave them
+    /// per period (local embedded cluster only; `None`: no budget, or not known).
+    pub rt_budget: Option<f64>,
     /// QUIC connections per shard the harness used.
     pub connections_per_shard: usize,
     /// Host CPUs.
@@ -841,8 +878,14 @@ mod tests {
             preempted: 5,
             inbound: 3,
             outbound: 4,
+            cold_start: false,
         };
-        r.record(&sample(0, 1, Answer::Ok(stages)));
+        let cold = Stages {
+            start: 900,
+            cold_start: true,
+            ..stages
+        };
+        r.record(&sample(0, 1, Answer::Ok(cold)));
         r.record(&sample(0, 15, Answer::Ok(stages)));
         r.record(&sample(1, 2, Answer::Err("timed_out".into())));
         r.record(&sample(1, 3, Answer::Err(CLIENT_OVERLOAD.into())));
@@ -856,6 +899,11 @@ mod tests {
         }
         assert_eq!(report.classes[1].errors["timed_out"], 1);
         assert_eq!(report.classes[0].stages_us["run"].p50, 40);
+        // The cold start is counted, and its start stage kept apart from the warm one's.
+        assert_eq!(report.classes[0].cold_starts, 1);
+        assert_eq!(report.classes[0].cold_start_us.p50, 900);
+        assert_eq!(report.classes[1].cold_starts, 0);
+        assert_eq!((report.cold_starts, report.cold_start_us.p50), (1, 900));
         assert_eq!(report.throughput_per_s, 1.5);
         assert_eq!(report.placements_per_s_per_shard, 0.75);
         // Scheduled at 100 ms and 1.5 s: seconds 0 and 1.

@@ -23,16 +23,34 @@
 //!   phases halved it). That is the host, not Tariff, so it is measured per phase: the
 //!   class's mean CPU time per call ÷ the mean of its `run` stage (at most 1). The run stage
 //!   also holds the time the paying classes preempted it, which the model charges again, so
-//!   the share errs on the slow side by up to the paying classes' share of a core.
+//!   the share errs on the slow side by up to the paying classes' share of a core;
+//! * **the real-time budget** (real-time mode with a budget): the share of each CPU per
+//!   100 ms period the dispatchers' real-time group got, which turns on the simulator's
+//!   throttle (`SimConfig::rt_budget`): a CPU whose paying work has used its share waits for
+//!   the next period, as the kernel makes it;
+//! * **cold starts**: each call's function by name (the targets of one function share its
+//!   instances), that function's keep-alive, and per phase the time a cold start adds and the
+//!   instances the live machines had started before the phase (the warm-up's and earlier
+//!   phases' cold starts), with which the simulator's instance pools begin. A cold start's
+//!   cost is the median `start` stage of the phase's live cold starts less its most expensive
+//!   class's median `start` (the warm path, which the dispatch overhead holds); a phase
+//!   without cold starts keeps the last phase's (or the warm-up's) figure. It is measured per
+//!   phase, as the cheapest class's share is, because it is the host's: process creation
+//!   waits on kernel threads that share the CPUs with the cheapest class, and it took about
+//!   1 ms in an idle warm-up but 13–19 ms in an overload (2026-12-02).
 //!
 //! Latency itself is never fitted: the later phases' latencies (the overload) are predicted
 //! from the first phase's path and each phase's CPU share.
+
+use std::collections::HashMap;
 
 use serde::Serialize;
 use tariff_machine_sched::rt;
 use tariff_sim::events::from_secs;
 use tariff_sim::workload::Invocation;
 use tariff_sim::{Overheads, SchedulerKind, SimConfig, SimError, DEFAULT_K};
+use tariff_types::function::Runtime;
+use tariff_types::FunctionSpec;
 
 use super::record::{ClusterInfo, PhaseReport, PolicyReport};
 use super::schedule::{PhasePlan, Plan};
@@ -46,6 +64,8 @@ const DRAIN_MARGIN_S: f64 = 10.0;
 const US_PER_MS: f64 = 1000.0;
 /// Name of the live cluster stage that is the function's time on its machine.
 const RUN_STAGE: &str = "run";
+/// Name of the live cluster stage from the machine receiving a call to its function running.
+const START_STAGE: &str = "start";
 
 /// One class of one phase, both sides.
 #[derive(Debug, Clone, Serialize)]
@@ -78,6 +98,12 @@ pub struct PhaseVsSim {
     /// The cheapest class's share of a core measured in this phase and given to the
     /// simulator (1 when not measured).
     pub shared_speed: f64,
+    /// Idle instances of each function per machine the simulator started the phase with: the
+    /// live cold starts before the phase (0 without the cold-start model).
+    pub prewarm: u32,
+    /// The time a cold start added in this phase, ms, given to the simulator (`None`: no
+    /// cold start seen yet, so none is modelled).
+    pub cold_start_ms: Option<f64>,
     /// Per class, most expensive first (classes with no call on either side left out).
     pub classes: Vec<ClassVsSim>,
 }
@@ -92,6 +118,10 @@ pub struct VsSimReport {
     pub dispatch_overhead_ms: f64,
     /// Where it was measured: phase and class.
     pub calibrated_on: String,
+    /// The real-time budget's share of each CPU given to the simulator (`None`: none).
+    pub rt_budget: Option<f64>,
+    /// The functions' keep-alive given to the simulator, s (the shortest of them).
+    pub keep_alive_s: f64,
     /// Whether the cheapest class's share of a core was measured and given to the simulator
     /// (real-time mode; per phase in [`PhaseVsSim::shared_speed`]).
     pub shared_speed_measured: bool,
@@ -125,10 +155,14 @@ impl VsSimReport {
     /// The side-by-side table.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "\nlive vs simulated (tariff sim: {}; dispatch overhead {:.3} ms measured on {}{}):\n",
+            "\nlive vs simulated (tariff sim: {}{}; dispatch overhead {:.3} ms measured on {}{}; keep-alive {:.0} s; cold: a cold start's cost in the phase, ms; warm: instances started before it):\n",
             match self.rt_cpus {
                 Some(rt) => format!("live machine model, paying classes on {rt} core(s)"),
                 None => "one run queue per machine".to_owned(),
+            },
+            match self.rt_budget {
+                Some(share) => format!(" at most {share:.2} of each per 100 ms"),
+                None => String::new(),
             },
             self.dispatch_overhead_ms,
             self.calibrated_on,
@@ -137,11 +171,14 @@ impl VsSimReport {
             } else {
                 ""
             },
+            self.keep_alive_s,
         );
         out.push_str(&format!(
-            "{:<12} {:>5} {:<10} {:>7} {:>10} {:>10} {:>7} {:>10} {:>10} {:>7}\n",
+            "{:<12} {:>5} {:>5} {:>4} {:<10} {:>7} {:>10} {:>10} {:>7} {:>10} {:>10} {:>7}\n",
             "phase",
             "share",
+            "cold",
+            "warm",
             "class",
             "ok",
             "live p50",
@@ -154,9 +191,13 @@ impl VsSimReport {
         for phase in &self.phases {
             for c in &phase.classes {
                 out.push_str(&format!(
-                    "{:<12} {:>5.2} {:<10} {:>7} {:>10.1} {:>10.1} {:>6.0}% {:>10.1} {:>10.1} {:>6.0}%\n",
+                    "{:<12} {:>5.2} {:>5} {:>4} {:<10} {:>7} {:>10.1} {:>10.1} {:>6.0}% {:>10.1} {:>10.1} {:>6.0}%\n",
                     phase.phase,
                     phase.shared_speed,
+                    phase
+                        .cold_start_ms
+                        .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.1}")),
+                    phase.prewarm,
                     c.class,
                     c.live_ok,
                     c.live_p50_ms,
@@ -201,9 +242,55 @@ pub fn sim_config(info: &ClusterInfo, classes: usize) -> SimConfig {
         classes: classes.max(1),
         slots: cores as u32,
         schedulers: vec![SchedulerKind::TARIFF],
+        rt_budget: rt_cpus.and(info.rt_budget),
         rt_cpus,
         ..SimConfig::paper(1.0)
     }
+}
+
+/// Each target's function as a small number, the same for targets of one function (so they
+/// share its instances in the simulator), and the number of functions.
+fn function_ids(plan: &Plan) -> (Vec<u32>, usize) {
+    let mut ids: HashMap<&str, u32> = HashMap::new();
+    let per_target = plan
+        .targets
+        .iter()
+        .map(|t| {
+            let next = ids.len() as u32;
+            *ids.entry(t.function.as_str()).or_insert(next)
+        })
+        .collect();
+    (per_target, ids.len())
+}
+
+/// How long the targets' functions keep an idle instance: the shortest keep-alive among them
+/// (an exec function keeps none: every call starts a process).
+fn keep_alive_s(plan: &Plan, functions: &[FunctionSpec]) -> f64 {
+    plan.targets
+        .iter()
+        .filter_map(|t| functions.iter().find(|f| f.name == t.function))
+        .map(|f| match f.runtime {
+            Runtime::Persistent { keep_alive_ms } => keep_alive_ms as f64 / 1e3,
+            _ => 0.0,
+        })
+        .min_by(f64::total_cmp)
+        .unwrap_or(0.0)
+}
+
+/// The time a cold start added to a call in `phase`, µs: the median `start` stage of its live
+/// cold starts less its most expensive class's median `start` (the warm path, already in the
+/// dispatch overhead). `None` without a cold start.
+fn cold_start_us(phase: &PhaseReport) -> Option<u64> {
+    if phase.cold_starts == 0 {
+        return None;
+    }
+    let warm = phase
+        .classes
+        .iter()
+        .find(|c| c.ok > 0)
+        .and_then(|c| c.stages_us.get(START_STAGE))
+        .map_or(0, |s| s.p50);
+    Some(phase.cold_start_us.p50.saturating_sub(warm))
 }
 
 /// The dispatch overhead measured in `phase`: its most expensive class with answers, p50 of
@@ -243,13 +330,15 @@ fn error(sim: f64, live: f64) -> f64 {
     }
 }
 
-/// Replays every reported phase of `plan` through the simulator with the overhead measured
-/// on `live` and compares per class.
+/// Replays every reported phase of `plan` through the simulator with the overheads measured
+/// on `live` and compares per class; `functions` are the deployed functions (for their
+/// keep-alive).
 pub fn compare(
     plan: &Plan,
     live: &PolicyReport,
     info: &ClusterInfo,
     classes: &[String],
+    functions: &[FunctionSpec],
 ) -> Result<VsSimReport, SimError> {
     let (overhead_us, calibrated_on) = live
         .phases
@@ -259,19 +348,32 @@ pub fn compare(
         })
         .unwrap_or((0, "nothing (no answers)".to_owned()));
     let mut config = sim_config(info, classes.len());
+    let keep_alive = keep_alive_s(plan, functions);
     config.overheads = Overheads {
         dispatch: Some(from_secs(overhead_us as f64 / 1e6)),
+        keep_alive: from_secs(keep_alive),
         ..Overheads::default()
     };
+    let mut cold_us = live.warmup.as_ref().and_then(cold_start_us);
+    let (function_of, function_count) = function_ids(plan);
+    // Instances per function and machine the live cluster had started before each phase.
+    let mut started_before = live.warmup.as_ref().map_or(0, |w| w.cold_starts);
     let reported = plan.phases.iter().filter(|p| !p.warmup);
     let mut phases = Vec::new();
     for (phase, live_phase) in reported.zip(&live.phases) {
+        cold_us = cold_start_us(live_phase).or(cold_us);
+        let pools = (config.machines * function_count).max(1) as u64;
+        let prewarm = match cold_us {
+            Some(_) => started_before.div_ceil(pools) as u32,
+            None => 0,
+        };
+        started_before += live_phase.cold_starts;
         let invocations: Vec<Invocation> = phase
             .invocations
             .iter()
             .map(|call| Invocation {
                 arrival: call.at.as_nanos() as u64,
-                function: call.target,
+                function: function_of[call.target as usize],
                 runtime: (plan.targets[call.target as usize].cpu.as_nanos() as u64).max(1),
                 memory: 0,
                 class: call.class,
@@ -283,11 +385,13 @@ pub fn compare(
             Some(_) => shared_speed(plan, phase, live_phase).unwrap_or(1.0),
             None => 1.0,
         };
-        let phase_config = SimConfig {
+        let mut phase_config = SimConfig {
             duration_s: last_s + work_s / speed + DRAIN_MARGIN_S,
             shared_speed: speed,
             ..config.clone()
         };
+        phase_config.overheads.prewarm = prewarm;
+        phase_config.overheads.cold_start = cold_us.map(|us| from_secs(us as f64 / 1e6));
         let experiment = tariff_sim::run_invocations(&phase_config, &invocations)?;
         let sim = &experiment.schedulers[0];
         let classes = live_phase
@@ -314,11 +418,15 @@ pub fn compare(
         phases.push(PhaseVsSim {
             phase: phase.name.clone(),
             shared_speed: speed,
+            prewarm,
+            cold_start_ms: cold_us.map(|us| us as f64 / US_PER_MS),
             classes,
         });
     }
     Ok(VsSimReport {
         rt_cpus: config.rt_cpus,
+        rt_budget: config.rt_budget,
+        keep_alive_s: keep_alive,
         shared_speed_measured: config.rt_cpus.is_some(),
         dispatch_overhead_ms: overhead_us as f64 / US_PER_MS,
         calibrated_on,
