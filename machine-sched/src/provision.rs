@@ -226,9 +226,7 @@ impl Provisioner {
             if let Err(e) = root.clean_stale() {
                 debug!(error = %e, "cleaning instance cgroups at shutdown");
             }
-            for dir in root.base_dirs() {
-                let _ = std::fs::remove_dir(&dir);
-            }
+            root.remove_base();
         }
         if let Some(budget) = &self.rt_budget {
             if let Err(e) = budget.remove() {

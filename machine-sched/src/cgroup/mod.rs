@@ -76,6 +76,9 @@ pub const RECLAIM_FLOOR_BYTES: u64 = 1 << 20;
 const FREEZE_DEADLINE: Duration = Duration::from_secs(1);
 /// Poll interval of the bounded waits above.
 const POLL_STEP: Duration = Duration::from_millis(2);
+/// Attempts at creating a base whose shared intermediate another machine may remove meanwhile
+/// ([`CgroupRoot::with_layout`]).
+const CREATE_ATTEMPTS: usize = 3;
 
 /// Which cgroup interface a [`CgroupRoot`] drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -413,6 +416,9 @@ enum RootImpl {
 #[derive(Debug)]
 pub struct CgroupRoot {
     inner: RootImpl,
+    /// Directory levels of the base above its own (`tariff/<machine>`: 1), which the machine
+    /// that leaves them empty removes ([`CgroupRoot::remove_base`]).
+    intermediates: usize,
 }
 
 impl CgroupRoot {
@@ -425,13 +431,45 @@ impl CgroupRoot {
     }
 
     /// Like [`CgroupRoot::detect`], with explicit mount points (tests use temp-dir fixtures).
+    ///
+    /// The intermediate levels (`tariff`) are shared by the machines of a host, and the last
+    /// machine to leave removes them ([`CgroupRoot::remove_base`]); one may vanish between two
+    /// steps of the creation here, which then starts again (at most [`CREATE_ATTEMPTS`] times).
     pub fn with_layout(layout: Layout, base: &str) -> Result<CgroupRoot, CgroupError> {
         let base = check_base(base)?;
-        let inner = match layout.kind {
-            LayoutKind::V1(mounts) => RootImpl::V1(v1::V1Root::new(mounts, &base)?),
-            LayoutKind::V2(mount) => RootImpl::V2(v2::V2Root::new(mount, &base)?),
-        };
-        Ok(CgroupRoot { inner })
+        let intermediates = base.components().count() - 1;
+        let mut attempt = 1;
+        loop {
+            let made = match &layout.kind {
+                LayoutKind::V1(mounts) => v1::V1Root::new(mounts.clone(), &base).map(RootImpl::V1),
+                LayoutKind::V2(mount) => v2::V2Root::new(mount.clone(), &base).map(RootImpl::V2),
+            };
+            match made {
+                Ok(inner) => {
+                    return Ok(CgroupRoot {
+                        inner,
+                        intermediates,
+                    })
+                }
+                Err(CgroupError::CreateDir { source, .. })
+                    if source.kind() == io::ErrorKind::NotFound && attempt < CREATE_ATTEMPTS =>
+                {
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Removes the base directories, then the intermediate levels above them that no other
+    /// machine uses any more (an `rmdir` of a group with groups in it fails, which is the
+    /// test). Call it once every instance group is gone.
+    pub fn remove_base(&self) {
+        for dir in self.base_dirs() {
+            if remove_dir_retrying(&dir).is_ok() {
+                remove_empty_parents(&dir, self.intermediates);
+            }
+        }
     }
 
     /// Which interface this root drives.
@@ -679,9 +717,10 @@ impl InstanceCgroup {
 
 /// Kills every process in the cgroup subtrees listed in the file `listing` (one directory
 /// per line, as a dispatcher records its own at start) and removes them, bottom up, with the
-/// real-time budget's intermediates they leave empty ([`rt_budget::remove_empty_intermediates`]:
-/// the dispatcher would have removed them had it been the last to leave); how many directories
-/// were removed. For a dispatcher that was killed and will not come back to clean up itself
+/// real-time budget's intermediates they leave empty ([`rt_budget::remove_empty_intermediates`])
+/// and the one level above each other base that it leaves empty (a dispatcher's base is
+/// `tariff/<machine>`), as the dispatcher would have had it been the last to leave; how many
+/// directories were removed. For a dispatcher that was killed and will not come back to clean up itself
 /// (tests, the harness's chaos runs): a dispatcher started again on the same data directory
 /// cleans its stale groups on its own.
 pub fn remove_listed_subtrees(listing: &Path) -> usize {
@@ -692,7 +731,9 @@ pub fn remove_listed_subtrees(listing: &Path) -> usize {
         .filter(|line| !line.trim().is_empty())
         .map(|base| {
             let dir = Path::new(base.trim());
-            remove_subtree(dir) + rt_budget::remove_empty_intermediates(dir)
+            remove_subtree(dir)
+                + rt_budget::remove_empty_intermediates(dir)
+                + remove_empty_parents(dir, 1)
         })
         .sum()
 }
@@ -724,6 +765,21 @@ fn remove_subtree(dir: &Path) -> usize {
     }
     if remove_dir_retrying(dir).is_ok() {
         removed += 1;
+    }
+    removed
+}
+
+/// Removes up to `levels` directories above `dir` while each is empty (`rmdir` refuses a
+/// group with groups in it); how many went.
+fn remove_empty_parents(dir: &Path, levels: usize) -> usize {
+    let mut removed = 0;
+    let mut above = dir.parent();
+    while let Some(parent) = above.filter(|_| removed < levels) {
+        if fs::remove_dir(parent).is_err() {
+            break;
+        }
+        removed += 1;
+        above = parent.parent();
     }
     removed
 }
@@ -1007,6 +1063,32 @@ mod tests {
     }
 
     #[test]
+    fn the_last_machine_to_leave_removes_the_shared_intermediate() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = || {
+            Layout::v1([
+                (V1Controller::Memory, dir.path().join("memory")),
+                (V1Controller::Freezer, dir.path().join("freezer")),
+            ])
+        };
+        for mount in ["memory", "freezer"] {
+            fs::create_dir(dir.path().join(mount)).unwrap();
+        }
+        let m1 = CgroupRoot::with_layout(layout(), "tariff/m1").unwrap();
+        let m2 = CgroupRoot::with_layout(layout(), "tariff/m2").unwrap();
+        m1.remove_base();
+        for mount in ["memory", "freezer"] {
+            let shared = dir.path().join(mount).join("tariff");
+            assert!(!shared.join("m1").exists() && shared.join("m2").exists());
+        }
+        m2.remove_base();
+        for mount in ["memory", "freezer"] {
+            assert!(!dir.path().join(mount).join("tariff").exists(), "{mount}");
+            assert!(dir.path().join(mount).exists(), "never above the base");
+        }
+    }
+
+    #[test]
     fn base_and_names_are_checked() {
         assert_eq!(
             check_base("/tariff/m1/").unwrap(),
@@ -1044,11 +1126,15 @@ mod tests {
     #[test]
     fn listed_subtrees_are_removed_bottom_up() {
         let dir = tempfile::tempdir().unwrap();
-        let (memory, pids) = (dir.path().join("memory/base"), dir.path().join("pids/base"));
+        // A dispatcher's base is `tariff/<machine>`; the empty `tariff` above goes too.
+        let (memory, pids) = (
+            dir.path().join("memory/tariff/base"),
+            dir.path().join("pids/tariff/base"),
+        );
         fs::create_dir_all(memory.join("instance-1")).unwrap();
         fs::create_dir_all(&pids).unwrap();
         let listing = dir.path().join("cgroups");
-        let missing = dir.path().join("freezer/base");
+        let missing = dir.path().join("freezer/tariff/base");
         let text = format!(
             "{}\n{}\n\n{}\n",
             memory.display(),
@@ -1056,8 +1142,13 @@ mod tests {
             missing.display()
         );
         fs::write(&listing, text).unwrap();
-        assert_eq!(remove_listed_subtrees(&listing), 3);
+        assert_eq!(remove_listed_subtrees(&listing), 5);
         assert!(!memory.exists() && !pids.exists());
+        assert!(!dir.path().join("memory/tariff").exists());
+        assert!(
+            dir.path().join("memory").exists(),
+            "never above the base's parent"
+        );
         assert_eq!(remove_listed_subtrees(&dir.path().join("no-listing")), 0);
     }
 }
