@@ -433,3 +433,52 @@ pub fn compare(
         phases,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::harness::schedule::Target;
+
+    fn target(function: &str) -> Target {
+        Target {
+            function: function.into(),
+            payload: Vec::new(),
+            tenant: 0,
+            cpu: Duration::from_millis(10),
+        }
+    }
+
+    fn spec(name: &str, runtime: Runtime) -> FunctionSpec {
+        FunctionSpec {
+            name: name.into(),
+            command: vec![format!("/bin/{name}")],
+            runtime,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn targets_of_one_function_share_its_instances_and_the_shortest_keep_alive_counts() {
+        let plan = Plan {
+            targets: vec![target("counter"), target("echo"), target("counter")],
+            phases: Vec::new(),
+            tenants: vec!["t".into()],
+        };
+        assert_eq!(function_ids(&plan), (vec![0, 1, 0], 2));
+        let persistent = Runtime::Persistent {
+            keep_alive_ms: 60_000,
+        };
+        let functions = [
+            spec("counter", persistent.clone()),
+            spec("echo", Runtime::Exec),
+        ];
+        assert_eq!(
+            keep_alive_s(&plan, &functions),
+            0.0,
+            "an exec function keeps none"
+        );
+        assert_eq!(keep_alive_s(&plan, &functions[..1]), 60.0);
+    }
+}
