@@ -470,10 +470,7 @@ mod tests {
         let persistent = Runtime::Persistent {
             keep_alive_ms: 60_000,
         };
-        let functions = [
-            spec("counter", persistent.clone()),
-            spec("echo", Runtime::Exec),
-        ];
+        let functions = [spec("counter", persistent), spec("echo", Runtime::Exec)];
         assert_eq!(
             keep_alive_s(&plan, &functions),
             0.0,
