@@ -15,6 +15,8 @@ use std::fs::File;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::thread::JoinHandle;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -534,8 +536,93 @@ impl Hasher for NameHasher {
     }
 }
 
+/// Invocations the reading thread hands to the replay at a time: one hand-over per this many
+/// rows keeps the channel's cost per row negligible, and a batch (32 KiB) stays below the
+/// allocator's threshold for mapping fresh pages.
+const TRACE_BATCH: usize = 1024;
+/// Batches the reading thread may parse ahead of the replay: enough to ride out a burst of
+/// arrivals, few enough that the memory a run holds stays flat (128 KiB).
+const TRACE_BATCHES_AHEAD: usize = 4;
+
 /// Streams a trace CSV, stretching time by `time_scale` (> 1 slows arrivals down).
+///
+/// The file is read and parsed on a thread of its own, which sends the invocations in
+/// batches through a bounded channel: on the full-day trace of docs/simulator.md, reading
+/// was about a seventh of the run, and the replay never looks back, so it overlaps the
+/// simulation on a second core. The stream is the very one a single thread would read.
 pub struct TraceReader {
+    /// Batches parsed ahead; `None` once hung up.
+    batches: Option<Receiver<Vec<Invocation>>>,
+    /// The batch being handed out.
+    batch: std::vec::IntoIter<Invocation>,
+    /// The reading thread, joined when the reader is dropped.
+    reading: Option<JoinHandle<()>>,
+}
+
+impl TraceReader {
+    /// Opens `path` (validated by [`summarize_trace`] first) and starts reading it.
+    pub fn open(path: &Path, time_scale: f64, classes: usize) -> Result<Self, WorkloadError> {
+        let mut rows = TraceRows {
+            reader: open(path)?,
+            line: Vec::new(),
+            time_scale,
+            functions: HashMap::default(),
+            lowest_class: classes.saturating_sub(1).min(u8::MAX as usize) as u8,
+        };
+        let (send, batches) = sync_channel(TRACE_BATCHES_AHEAD);
+        let reading = std::thread::Builder::new()
+            .name("trace-reader".into())
+            .spawn(move || loop {
+                let batch: Vec<Invocation> = rows.by_ref().take(TRACE_BATCH).collect();
+                // An empty batch is the end; a failed send means the replay stopped early.
+                if batch.is_empty() || send.send(batch).is_err() {
+                    break;
+                }
+            })
+            .map_err(|source| WorkloadError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            batches: Some(batches),
+            batch: Vec::new().into_iter(),
+            reading: Some(reading),
+        })
+    }
+}
+
+impl Iterator for TraceReader {
+    type Item = Invocation;
+
+    /// The next invocation; a read or parse error (the file changed since it was summarised)
+    /// ends the stream.
+    fn next(&mut self) -> Option<Invocation> {
+        loop {
+            if let Some(invocation) = self.batch.next() {
+                return Some(invocation);
+            }
+            self.batch = self.batches.as_ref()?.recv().ok()?.into_iter();
+        }
+    }
+}
+
+impl Drop for TraceReader {
+    fn drop(&mut self) {
+        // Hang up first: a reading thread waiting on a full channel then stops instead of
+        // reading the rest of the file.
+        self.batches = None;
+        if let Some(reading) = self.reading.take() {
+            if let Err(panic) = reading.join() {
+                if !std::thread::panicking() {
+                    std::panic::resume_unwind(panic);
+                }
+            }
+        }
+    }
+}
+
+/// The rows of a trace CSV as invocations, read on [`TraceReader`]'s thread.
+struct TraceRows {
     /// The file.
     reader: BufReader<File>,
     /// The current line, reused so a row costs no allocation.
@@ -548,24 +635,10 @@ pub struct TraceReader {
     lowest_class: u8,
 }
 
-impl TraceReader {
-    /// Opens `path` (validated by [`summarize_trace`] first).
-    pub fn open(path: &Path, time_scale: f64, classes: usize) -> Result<Self, WorkloadError> {
-        Ok(Self {
-            reader: open(path)?,
-            line: Vec::new(),
-            time_scale,
-            functions: HashMap::default(),
-            lowest_class: classes.saturating_sub(1).min(u8::MAX as usize) as u8,
-        })
-    }
-}
-
-impl Iterator for TraceReader {
+impl Iterator for TraceRows {
     type Item = Invocation;
 
-    /// The next invocation; a read or parse error (the file changed since it was summarised)
-    /// ends the stream.
+    /// The next invocation; a read or parse error ends the stream.
     fn next(&mut self) -> Option<Invocation> {
         loop {
             let line = next_line(&mut self.reader, &mut self.line).ok()??;
