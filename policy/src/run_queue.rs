@@ -13,11 +13,11 @@
 //! tree's nodes (the simulator calls this millions of times).
 //!
 //! The same invariant bounds what one event decides: an arrival preempts at most one task and
-//! starts itself, and a finish frees one core for one task. So [`Decisions`] hold two inline,
-//! and an event allocates nothing. Tasks are found by id in a map with the Fx hash: ids are
-//! the driver's own numbers (slab indices in the simulator, invocation ids in the machine
-//! scheduler), not input an adversary chooses, and SipHash was a tenth of the simulator's
-//! time in this module.
+//! starts itself, and a finish frees one core for one task. So [`Decisions`] hold two inline
+//! instead of a `Vec` allocated per event. Tasks are found by id in a map with the Fx hash:
+//! ids are the driver's own numbers (slab indices in the simulator, invocation ids in the
+//! machine scheduler), not input an adversary chooses, and SipHash and its map were about
+//! 5 % of a long simulator run.
 
 use std::collections::BTreeMap;
 
