@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tracing::debug;
 
-use tariff_policy::run_queue::{Decision, RunQueue, TaskId};
+use tariff_policy::run_queue::{Decision, Decisions, RunQueue, TaskId};
 
 #[derive(Default)]
 struct TaskCtl {
@@ -60,7 +60,7 @@ impl Gate {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn apply(inner: &mut Inner, decisions: Vec<Decision>) {
+    fn apply(inner: &mut Inner, decisions: Decisions) {
         for decision in decisions {
             match decision {
                 Decision::Start(task) => {

@@ -13,8 +13,10 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::thread::JoinHandle;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -448,30 +450,164 @@ fn open(path: &Path) -> Result<BufReader<File>, WorkloadError> {
         })
 }
 
+/// Bytes of trace each of the two summarising threads parses per round: a round holds
+/// twice this in memory, and a thread costs tens of microseconds to start, which is noise
+/// next to parsing a mebibyte (about 20,000 rows).
+const SUMMARY_CHUNK: usize = 1 << 20;
+
 /// Reads a whole trace once, validating every line, to learn its size and load.
+///
+/// The run cannot start before this pass ends (the time scale depends on every row), so it
+/// parses on two threads: each round reads two chunks of whole lines and parses the second on
+/// a thread of its own while this one parses the first. The sum of the durations is still
+/// taken row by row in file order, so it is the very number one thread computes, and the
+/// first bad line is reported, with its number, as one thread would report it.
 pub fn summarize_trace(path: &Path) -> Result<TraceSummary, WorkloadError> {
-    let mut summary = TraceSummary {
-        invocations: 0,
-        busy_s: 0.0,
-        span_s: 0.0,
-        last_arrival_s: 0.0,
+    summarize_in_chunks(path, SUMMARY_CHUNK)
+}
+
+/// [`summarize_trace`], parsing `chunk` bytes per thread and round.
+fn summarize_in_chunks(path: &Path, chunk: usize) -> Result<TraceSummary, WorkloadError> {
+    let io_error = |source| WorkloadError::Io {
+        path: path.to_owned(),
+        source,
     };
-    let mut first: Option<f64> = None;
-    let mut last = 0.0_f64;
-    let mut reader = open(path)?;
-    let mut buffer = Vec::new();
-    for i in 0.. {
-        let read = next_line(&mut reader, &mut buffer).map_err(|source| WorkloadError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        let Some(line) = read else {
-            break;
-        };
-        if skip_line(line) {
-            continue;
+    let mut file = File::open(path).map_err(io_error)?;
+    let mut total = SummaryTotal::default();
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut carried = 0;
+    loop {
+        // Refill after the partial line carried over from the last round.
+        buffer.resize(carried + 2 * chunk, 0);
+        let mut filled = carried;
+        let mut failed = None;
+        while filled < buffer.len() {
+            match file.read(&mut buffer[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
         }
-        let row = parse_row(line).map_err(|reason| WorkloadError::Parse {
+        let at_end = filled < buffer.len();
+        // Whole lines only, unless the file ended: its last line may lack a line ending.
+        let whole = if at_end && failed.is_none() {
+            filled
+        } else {
+            buffer[..filled]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |i| i + 1)
+        };
+        let lines = &buffer[..whole];
+        let middle = lines[..lines.len() / 2]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        let (first, second) = lines.split_at(middle);
+        let (first, second) = std::thread::scope(|scope| {
+            let second = scope.spawn(|| ChunkSummary::of(second));
+            let first = ChunkSummary::of(first);
+            (
+                first,
+                second
+                    .join()
+                    .expect("the summarising thread does not panic"),
+            )
+        });
+        total.add(first, path)?;
+        total.add(second, path)?;
+        if let Some(source) = failed {
+            return Err(io_error(source));
+        }
+        if at_end {
+            break;
+        }
+        buffer.copy_within(whole..filled, 0);
+        carried = filled - whole;
+    }
+    total.finish(path)
+}
+
+/// One chunk of a trace, summarised on its own: what [`summarize_trace`] needs of it, with
+/// line numbers counted from the chunk's first line.
+#[derive(Debug, Default)]
+struct ChunkSummary {
+    /// Lines in the chunk (0-based numbers below are within it).
+    lines: usize,
+    /// Each row's duration in seconds, in file order.
+    durations_s: Vec<f64>,
+    /// The first row's line and arrival.
+    first: Option<(usize, f64)>,
+    /// The last row's arrival.
+    last: f64,
+    /// The first line that is not a row or is out of order within the chunk, and why.
+    error: Option<(usize, String)>,
+}
+
+impl ChunkSummary {
+    /// Parses `bytes`, whole lines, up to its first bad line.
+    fn of(bytes: &[u8]) -> Self {
+        let mut chunk = Self::default();
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let (mut line, after) = match rest.iter().position(|&b| b == b'\n') {
+                Some(i) => (&rest[..i], &rest[i + 1..]),
+                None => (rest, &[][..]),
+            };
+            rest = after;
+            let i = chunk.lines;
+            chunk.lines += 1;
+            while let [start @ .., b'\r'] = line {
+                line = start;
+            }
+            if skip_line(line) {
+                continue;
+            }
+            let row = match parse_row(line) {
+                Ok(row) => row,
+                Err(reason) => {
+                    chunk.error = Some((i, reason));
+                    break;
+                }
+            };
+            if chunk.first.is_some() && row.arrival_s < chunk.last {
+                chunk.error = Some((i, UNSORTED.into()));
+                break;
+            }
+            chunk.first.get_or_insert((i, row.arrival_s));
+            chunk.last = row.arrival_s;
+            chunk.durations_s.push(row.duration_ms / 1e3);
+        }
+        chunk
+    }
+}
+
+/// Why a row is refused when it arrives before the row above it.
+const UNSORTED: &str = "arrivals must be sorted by time";
+
+/// The chunks of a trace summarised so far, in file order.
+#[derive(Debug, Default)]
+struct SummaryTotal {
+    /// Lines before the next chunk.
+    lines: usize,
+    /// Rows so far.
+    invocations: u64,
+    /// Their durations, summed in file order.
+    busy_s: f64,
+    /// The first row's arrival.
+    first: Option<f64>,
+    /// The last row's arrival (0 before any row, as arrivals are never negative).
+    last: f64,
+}
+
+impl SummaryTotal {
+    /// Adds the next chunk, or reports the trace's first bad line if it is in this chunk.
+    fn add(&mut self, chunk: ChunkSummary, path: &Path) -> Result<(), WorkloadError> {
+        let error = |i: usize, reason: String| WorkloadError::Parse {
             path: path.to_owned(),
             line: i + 1,
             // A first line that is neither a row nor the header is most likely another
@@ -481,30 +617,47 @@ pub fn summarize_trace(path: &Path) -> Result<TraceSummary, WorkloadError> {
             } else {
                 reason
             },
-        })?;
-        if row.arrival_s < last {
-            return Err(WorkloadError::Parse {
+        };
+        if let Some((i, arrival_s)) = chunk.first {
+            if arrival_s < self.last {
+                return Err(error(self.lines + i, UNSORTED.into()));
+            }
+        }
+        if let Some((i, reason)) = chunk.error {
+            return Err(error(self.lines + i, reason));
+        }
+        if let Some((_, arrival_s)) = chunk.first {
+            self.first.get_or_insert(arrival_s);
+            self.last = chunk.last;
+        }
+        self.lines += chunk.lines;
+        self.invocations += chunk.durations_s.len() as u64;
+        for duration_s in chunk.durations_s {
+            self.busy_s += duration_s;
+        }
+        Ok(())
+    }
+
+    /// The summary of the whole trace.
+    fn finish(self, path: &Path) -> Result<TraceSummary, WorkloadError> {
+        let first = self
+            .first
+            .ok_or_else(|| WorkloadError::Empty(path.to_owned()))?;
+        let span_s = self.last - first;
+        if span_s <= 0.0 {
+            return Err(WorkloadError::NoSpan {
                 path: path.to_owned(),
-                line: i + 1,
-                reason: "arrivals must be sorted by time".into(),
+                invocations: self.invocations,
+                at_s: first,
             });
         }
-        first.get_or_insert(row.arrival_s);
-        last = row.arrival_s;
-        summary.invocations += 1;
-        summary.busy_s += row.duration_ms / 1e3;
+        Ok(TraceSummary {
+            invocations: self.invocations,
+            busy_s: self.busy_s,
+            span_s,
+            last_arrival_s: self.last,
+        })
     }
-    let first = first.ok_or_else(|| WorkloadError::Empty(path.to_owned()))?;
-    summary.span_s = last - first;
-    summary.last_arrival_s = last;
-    if summary.span_s <= 0.0 {
-        return Err(WorkloadError::NoSpan {
-            path: path.to_owned(),
-            invocations: summary.invocations,
-            at_s: first,
-        });
-    }
-    Ok(summary)
 }
 
 /// FNV-1a, the hash of the replay's function-name table: every row looks its name up, and
@@ -534,8 +687,93 @@ impl Hasher for NameHasher {
     }
 }
 
+/// Invocations the reading thread hands to the replay at a time: one hand-over (which wakes
+/// the reading thread, waiting on a full channel) per this many rows keeps the channel's cost
+/// per row negligible.
+const TRACE_BATCH: usize = 4096;
+/// Batches the reading thread may parse ahead of the replay: enough to ride out a burst of
+/// arrivals, few enough that the memory a run holds stays flat (256 KiB).
+const TRACE_BATCHES_AHEAD: usize = 2;
+
 /// Streams a trace CSV, stretching time by `time_scale` (> 1 slows arrivals down).
+///
+/// The file is read and parsed on a thread of its own, which sends the invocations in
+/// batches through a bounded channel: on the full-day trace of docs/simulator.md, reading
+/// was about a seventh of the run, and the replay never looks back, so it overlaps the
+/// simulation on a second core. The stream is the very one a single thread would read.
 pub struct TraceReader {
+    /// Batches parsed ahead; `None` once hung up.
+    batches: Option<Receiver<Vec<Invocation>>>,
+    /// The batch being handed out.
+    batch: std::vec::IntoIter<Invocation>,
+    /// The reading thread, joined when the reader is dropped.
+    reading: Option<JoinHandle<()>>,
+}
+
+impl TraceReader {
+    /// Opens `path` (validated by [`summarize_trace`] first) and starts reading it.
+    pub fn open(path: &Path, time_scale: f64, classes: usize) -> Result<Self, WorkloadError> {
+        let mut rows = TraceRows {
+            reader: open(path)?,
+            line: Vec::new(),
+            time_scale,
+            functions: HashMap::default(),
+            lowest_class: classes.saturating_sub(1).min(u8::MAX as usize) as u8,
+        };
+        let (send, batches) = sync_channel(TRACE_BATCHES_AHEAD);
+        let reading = std::thread::Builder::new()
+            .name("trace-reader".into())
+            .spawn(move || loop {
+                let batch: Vec<Invocation> = rows.by_ref().take(TRACE_BATCH).collect();
+                // An empty batch is the end; a failed send means the replay stopped early.
+                if batch.is_empty() || send.send(batch).is_err() {
+                    break;
+                }
+            })
+            .map_err(|source| WorkloadError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            batches: Some(batches),
+            batch: Vec::new().into_iter(),
+            reading: Some(reading),
+        })
+    }
+}
+
+impl Iterator for TraceReader {
+    type Item = Invocation;
+
+    /// The next invocation; a read or parse error (the file changed since it was summarised)
+    /// ends the stream.
+    fn next(&mut self) -> Option<Invocation> {
+        loop {
+            if let Some(invocation) = self.batch.next() {
+                return Some(invocation);
+            }
+            self.batch = self.batches.as_ref()?.recv().ok()?.into_iter();
+        }
+    }
+}
+
+impl Drop for TraceReader {
+    fn drop(&mut self) {
+        // Hang up first: a reading thread waiting on a full channel then stops instead of
+        // reading the rest of the file.
+        self.batches = None;
+        if let Some(reading) = self.reading.take() {
+            if let Err(panic) = reading.join() {
+                if !std::thread::panicking() {
+                    std::panic::resume_unwind(panic);
+                }
+            }
+        }
+    }
+}
+
+/// The rows of a trace CSV as invocations, read on [`TraceReader`]'s thread.
+struct TraceRows {
     /// The file.
     reader: BufReader<File>,
     /// The current line, reused so a row costs no allocation.
@@ -548,24 +786,10 @@ pub struct TraceReader {
     lowest_class: u8,
 }
 
-impl TraceReader {
-    /// Opens `path` (validated by [`summarize_trace`] first).
-    pub fn open(path: &Path, time_scale: f64, classes: usize) -> Result<Self, WorkloadError> {
-        Ok(Self {
-            reader: open(path)?,
-            line: Vec::new(),
-            time_scale,
-            functions: HashMap::default(),
-            lowest_class: classes.saturating_sub(1).min(u8::MAX as usize) as u8,
-        })
-    }
-}
-
-impl Iterator for TraceReader {
+impl Iterator for TraceRows {
     type Item = Invocation;
 
-    /// The next invocation; a read or parse error (the file changed since it was summarised)
-    /// ends the stream.
+    /// The next invocation; a read or parse error ends the stream.
     fn next(&mut self) -> Option<Invocation> {
         loop {
             let line = next_line(&mut self.reader, &mut self.line).ok()??;
@@ -1137,5 +1361,102 @@ mod tests {
             (1.5, "f", 20.0)
         );
         assert_eq!((spaced.memory_mb, spaced.class), (256.0, 2));
+    }
+
+    /// The summary as one thread reading line by line computes it (the code before the
+    /// summary was split over two threads), errors as `(line, reason)`.
+    fn summarize_line_by_line(text: &str) -> Result<(u64, f64, f64, f64), (usize, String)> {
+        let (mut invocations, mut busy_s, mut first, mut last) = (0, 0.0, None, 0.0_f64);
+        for (i, line) in text.lines().enumerate() {
+            if skip_line(line.as_bytes()) {
+                continue;
+            }
+            let row = parse_row(line.as_bytes()).map_err(|reason| (i + 1, reason))?;
+            if row.arrival_s < last {
+                return Err((i + 1, UNSORTED.into()));
+            }
+            first.get_or_insert(row.arrival_s);
+            last = row.arrival_s;
+            invocations += 1;
+            busy_s += row.duration_ms / 1e3;
+        }
+        Ok((invocations, busy_s, first.unwrap_or_default(), last))
+    }
+
+    /// Chunks of every size from a few bytes to more than the file, on traces with a bad
+    /// line or a row out of order at every line: the same summary to the last bit, or the
+    /// same first error on the same line, as one thread reading line by line.
+    #[test]
+    fn the_summary_does_not_depend_on_where_chunks_split() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = SmallRng::seed_from_u64(3);
+        let mut rows = vec![TRACE_HEADER.to_owned(), "# a comment".to_owned()];
+        let mut at = 0.0;
+        for i in 0..40 {
+            at += rng.gen_range(0..2000) as f64 / 1000.0;
+            let duration: f64 = rng.gen_range(1..10_000_000) as f64 / 1000.0;
+            rows.push(format!(
+                "{at:.3},f{},{duration:.3},{},{}",
+                i % 7,
+                100 + i,
+                i % 4
+            ));
+            if i % 9 == 0 {
+                rows.push(String::new());
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("tariff-sim-summary-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("trace.csv");
+        let mut traces = vec![rows.join("\n"), rows.join("\r\n") + "\r\n"];
+        for line in 0..rows.len() {
+            let mut bad = rows.clone();
+            bad[line] = "1,f,not a number,256,2".into();
+            traces.push(bad.join("\n"));
+            let mut unsorted = rows.clone();
+            unsorted.insert(line, "0.5,f,1,256,2".into());
+            traces.push(unsorted.join("\n") + "\n");
+        }
+        for text in &traces {
+            std::fs::write(&path, text).unwrap();
+            let expected = summarize_line_by_line(text);
+            for chunk in [
+                1,
+                2,
+                3,
+                5,
+                8,
+                13,
+                21,
+                34,
+                55,
+                text.len() / 2,
+                text.len() + 1,
+            ] {
+                let got = summarize_in_chunks(&path, chunk);
+                match (&expected, got) {
+                    (Ok((invocations, busy_s, first, last)), Ok(summary)) => {
+                        assert_eq!(summary.invocations, *invocations);
+                        assert_eq!(summary.busy_s.to_bits(), busy_s.to_bits(), "chunk {chunk}");
+                        assert_eq!(summary.span_s, last - first);
+                        assert_eq!(summary.last_arrival_s, *last);
+                    }
+                    (
+                        Err((line, reason)),
+                        Err(WorkloadError::Parse {
+                            line: l, reason: r, ..
+                        }),
+                    ) => {
+                        assert_eq!(
+                            (l, r.split(';').next().unwrap()),
+                            (*line, reason.as_str()),
+                            "chunk {chunk}"
+                        );
+                    }
+                    (expected, got) => panic!("chunk {chunk}: expected {expected:?}, got {got:?}"),
+                }
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
