@@ -7,14 +7,14 @@
 #
 #   bench/scripts/memory-rounds.sh [ROUNDS]        # default 3; OUT=dir to keep the reports
 #
-# The swap file (2 GiB, /tmp/tariff-bench-swap unless SWAP_FILE is set) is made here and
-# switched off and removed on exit, also after a failure or Ctrl-C. A machine that already has
+# The swap file (2 GiB, /tmp/tariff-bench-swap unless SWAP_FILE is set; it must not exist yet,
+# and its file system must take swap files: not tmpfs, not btrfs) is made here and switched
+# off and removed on exit, also after a failure, Ctrl-C or SIGTERM. A machine that already has
 # swap is used as it is.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 rounds=${1:-3}
-out=${OUT:-$(mktemp -d /tmp/tariff-memory-rounds.XXXXXX)}
 tariff=./target/release/tariff
 swap_file=${SWAP_FILE:-/tmp/tariff-bench-swap}
 
@@ -27,22 +27,39 @@ if [ ! -x "$tariff" ] || [ ! -x ./target/release/tariff-bench ]; then
     exit 1
 fi
 
+made_file=0
 made_swap=0
 cleanup() {
-    if [ "$made_swap" = 1 ]; then
-        swapoff "$swap_file" 2>/dev/null || true
+    if [ "$made_swap" = 0 ] && [ "$made_file" = 1 ]; then
         rm -f "$swap_file"
+    elif [ "$made_swap" = 1 ]; then
+        # An active swap file unlinked could no longer be switched off by its path.
+        if swapoff "$swap_file"; then
+            rm -f "$swap_file"
+        else
+            echo "memory-rounds: could not switch $swap_file off; remove it after swapoff" >&2
+        fi
     fi
 }
-trap cleanup EXIT INT TERM
+# A signal ends the script (and so runs the EXIT trap once), rather than letting the next
+# round run without the swap the trap has just removed.
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 if [ "$(awk '/^SwapTotal:/ {print $2}' /proc/meminfo)" = 0 ]; then
-    made_swap=1
+    if [ -e "$swap_file" ]; then
+        echo "memory-rounds: $swap_file exists; set SWAP_FILE to a new path" >&2
+        exit 1
+    fi
+    made_file=1
     fallocate -l 2G "$swap_file"
     chmod 600 "$swap_file"
     mkswap "$swap_file" >/dev/null
     swapon "$swap_file"
+    made_swap=1
 fi
 
+out=${OUT:-$(mktemp -d /tmp/tariff-memory-rounds.XXXXXX)}
 mkdir -p "$out"
 for round in $(seq "$rounds"); do
     for level in 2x 1.5x; do

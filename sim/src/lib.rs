@@ -69,6 +69,12 @@ pub const TICK: Nanos = 10_000_000;
 /// Period of the real-time budget ([`SimConfig::rt_budget`]): the live dispatcher's
 /// `cpu.rt_period_us`, 100 ms. A whole number of [`TICK`]s, so a tick marks each period's start.
 pub const RT_BUDGET_PERIOD: Nanos = 10 * TICK;
+/// The least real-time budget per period a core may have (0.1 ms, a share of 0.001): below it
+/// paying work would crawl (and a budget rounded to nothing would never finish).
+pub const MIN_RT_BUDGET: Nanos = 100_000;
+/// The most idle instances a pool may start with: each is a number in memory, and a machine
+/// with more idle instances of one function than this is not a machine.
+pub const MAX_PREWARM: u32 = 10_000;
 /// How far past a trace's last arrival a whole-trace run ends, so that arrival is inside the
 /// run (arrivals at or after the end are not simulated).
 pub const TRACE_END_MARGIN_S: f64 = 1e-3;
@@ -190,9 +196,16 @@ pub enum ConfigError {
     /// A cheapest-class speed outside (0, 1].
     #[error("the cheapest class's share of a core, {0}, must be in (0, 1]")]
     SharedSpeed(f64),
-    /// A real-time budget outside (0, 1], or without the live machine model.
-    #[error("the real-time budget {0} must be in (0, 1], with --rt-cpus")]
+    /// A real-time budget below [`MIN_RT_BUDGET`] per period or above a whole core, or without
+    /// the live machine model.
+    #[error(
+        "the real-time budget {0} must be at least {min} and at most 1, with --rt-cpus",
+        min = MIN_RT_BUDGET as f64 / RT_BUDGET_PERIOD as f64
+    )]
     RtBudget(f64),
+    /// More idle instances per function and machine than [`MAX_PREWARM`].
+    #[error("--prewarm {0}: at most {MAX_PREWARM} idle instances per function and machine")]
+    Prewarm(u32),
     /// Real-time cores outside 1..=cores.
     #[error("{rt} real-time cores must be between 1 and the machine's cores ({cores})")]
     RtCpus {
@@ -363,9 +376,13 @@ impl SimConfig {
             return Err(ConfigError::SharedSpeed(self.shared_speed));
         }
         if let Some(share) = self.rt_budget {
-            if !(share > 0.0 && share <= 1.0) || self.rt_cpus.is_none() {
+            let runtime = share * RT_BUDGET_PERIOD as f64;
+            if !(runtime >= MIN_RT_BUDGET as f64 && share <= 1.0) || self.rt_cpus.is_none() {
                 return Err(ConfigError::RtBudget(share));
             }
+        }
+        if self.overheads.prewarm > MAX_PREWARM {
+            return Err(ConfigError::Prewarm(self.overheads.prewarm));
         }
         if let Some(rt) = self.rt_cpus {
             if !(1..=self.cores).contains(&rt) {

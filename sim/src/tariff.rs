@@ -477,7 +477,7 @@ impl Tariff {
         }
     }
 
-    /// Real-time budget: gives paying task `id`, just started on machine `m`, a free
+    /// Real-time budget: gives paying task `id`, just started or resumed on machine `m`, a free
     /// real-time core — the one with the most budget left in this period — and schedules
     /// its next event: its completion, or the moment the core's budget runs out. On a
     /// throttled core (every free core is) it waits for the next period.

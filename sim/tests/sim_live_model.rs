@@ -146,7 +146,7 @@ fn budgeted() -> SimConfig {
 fn a_core_out_of_budget_stops_its_paying_call_and_the_cheapest_class_gets_it() {
     // Two paying calls of 100 ms on two cores, half of each core per 100 ms period: each runs
     // 50 ms, waits out the period and runs its last 50 ms: 150 ms. A cheap call of 50 ms has
-    // no core until both are throttled, then both cores: it finishes at 100 ms. Without the
+    // no core until both are throttled, then a whole one: it finishes at 100 ms. Without the
     // budget the paying calls finish at 100 ms and the cheap one after them, at 150.
     let calls = [call(0, 0), call(0, 0), call_of(0, 1, 50)];
     let (paid, _) = latency(&budgeted(), &calls, 0);
@@ -175,7 +175,7 @@ fn the_budget_is_whole_again_each_period() {
 }
 
 #[test]
-fn a_budget_without_the_live_model_or_above_a_whole_core_is_refused() {
+fn impossible_budgets_and_pools_are_refused() {
     for config in [
         SimConfig {
             rt_budget: Some(0.5),
@@ -184,6 +184,18 @@ fn a_budget_without_the_live_model_or_above_a_whole_core_is_refused() {
         SimConfig {
             rt_budget: Some(1.5),
             ..machine(Some(2))
+        },
+        SimConfig {
+            rt_budget: Some(1e-12),
+            ..machine(Some(2))
+        },
+        SimConfig {
+            overheads: Overheads {
+                cold_start: Some(1),
+                prewarm: u32::MAX,
+                ..Overheads::default()
+            },
+            ..machine(None)
         },
     ] {
         let err = run_invocations(&config, &[call(0, 0)]).unwrap_err();

@@ -31,13 +31,17 @@
 //! * **cold starts**: each call's function by name (the targets of one function share its
 //!   instances), that function's keep-alive, and per phase the time a cold start adds and the
 //!   instances the live machines had started before the phase (the warm-up's and earlier
-//!   phases' cold starts), with which the simulator's instance pools begin. A cold start's
-//!   cost is the median `start` stage of the phase's live cold starts less its most expensive
-//!   class's median `start` (the warm path, which the dispatch overhead holds); a phase
-//!   without cold starts keeps the last phase's (or the warm-up's) figure. It is measured per
-//!   phase, as the cheapest class's share is, because it is the host's: process creation
-//!   waits on kernel threads that share the CPUs with the cheapest class, and it took about
-//!   1 ms in an idle warm-up but 13–19 ms in an overload (2026-12-02).
+//!   phases' cold starts, spread evenly over machines and functions: exact for the shipped
+//!   workloads, one function on one machine), with which the simulator's instance pools
+//!   begin. A cold start's cost is, in the most expensive class with cold starts, the median
+//!   `start` stage of its cold starts less its median `start` (the warm path, which the
+//!   dispatch overhead holds; and the same class, so that waiting for a turn on the machine,
+//!   which the `start` stage also holds and the simulator models itself, is not counted
+//!   twice); a phase without cold starts keeps the last phase's (or the warm-up's) figure. It
+//!   is measured per phase, as the cheapest class's share is, because it is the host's:
+//!   process creation waits on kernel threads that share the CPUs with the cheapest class,
+//!   and it took about 1 ms in an idle warm-up but 10–16 ms in web-vs-batch's busy phase
+//!   (2026-12-02).
 //!
 //! Latency itself is never fitted: the later phases' latencies (the overload) are predicted
 //! from the first phase's path and each phase's CPU share.
@@ -277,20 +281,14 @@ fn keep_alive_s(plan: &Plan, functions: &[FunctionSpec]) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// The time a cold start added to a call in `phase`, µs: the median `start` stage of its live
-/// cold starts less its most expensive class's median `start` (the warm path, already in the
-/// dispatch overhead). `None` without a cold start.
+/// The time a cold start added to a call in `phase`, µs: in its most expensive class with
+/// cold starts, their median `start` stage less the class's median `start` (the warm path,
+/// already in the dispatch overhead; within one class, so that time waiting for a turn on
+/// the machine is not counted as the cold start's). `None` without a cold start.
 fn cold_start_us(phase: &PhaseReport) -> Option<u64> {
-    if phase.cold_starts == 0 {
-        return None;
-    }
-    let warm = phase
-        .classes
-        .iter()
-        .find(|c| c.ok > 0)
-        .and_then(|c| c.stages_us.get(START_STAGE))
-        .map_or(0, |s| s.p50);
-    Some(phase.cold_start_us.p50.saturating_sub(warm))
+    let class = phase.classes.iter().find(|c| c.cold_starts > 0)?;
+    let warm = class.stages_us.get(START_STAGE).map_or(0, |s| s.p50);
+    Some(class.cold_start_us.p50.saturating_sub(warm))
 }
 
 /// The dispatch overhead measured in `phase`: its most expensive class with answers, p50 of
@@ -385,8 +383,13 @@ pub fn compare(
             Some(_) => shared_speed(plan, phase, live_phase).unwrap_or(1.0),
             None => 1.0,
         };
+        // Every call has finished by then: all the work on one core at the slowest rate any
+        // class gets (the cheapest class's share, the paying classes' budget), plus a cold
+        // start for every call.
+        let slowest = speed.min(config.rt_budget.unwrap_or(1.0));
+        let cold_s = cold_us.map_or(0.0, |us| us as f64 / 1e6) * invocations.len() as f64;
         let mut phase_config = SimConfig {
-            duration_s: last_s + work_s / speed + DRAIN_MARGIN_S,
+            duration_s: last_s + work_s / slowest + cold_s + DRAIN_MARGIN_S,
             shared_speed: speed,
             ..config.clone()
         };

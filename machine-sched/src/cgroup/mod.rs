@@ -451,11 +451,7 @@ impl CgroupRoot {
                         intermediates,
                     })
                 }
-                Err(CgroupError::CreateDir { source, .. })
-                    if source.kind() == io::ErrorKind::NotFound && attempt < CREATE_ATTEMPTS =>
-                {
-                    attempt += 1;
-                }
+                Err(e) if e.vanished() && attempt < CREATE_ATTEMPTS => attempt += 1,
                 Err(e) => return Err(e),
             }
         }
@@ -463,7 +459,9 @@ impl CgroupRoot {
 
     /// Removes the base directories, then the intermediate levels above them that no other
     /// machine uses any more (an `rmdir` of a group with groups in it fails, which is the
-    /// test). Call it once every instance group is gone.
+    /// test). Call it once every instance group is gone. An intermediate an operator made
+    /// (say, one delegated to the unprivileged user a dispatcher runs as) goes too once
+    /// empty: make it again, or give each dispatcher a base of its own, before the next start.
     pub fn remove_base(&self) {
         for dir in self.base_dirs() {
             if remove_dir_retrying(&dir).is_ok() {
@@ -767,6 +765,19 @@ fn remove_subtree(dir: &Path) -> usize {
         removed += 1;
     }
     removed
+}
+
+impl CgroupError {
+    /// Whether a file or directory of the subtree being made was not found: another machine
+    /// removed a shared intermediate while it was being made ([`CgroupRoot::with_layout`]).
+    fn vanished(&self) -> bool {
+        match self {
+            CgroupError::CreateDir { source, .. }
+            | CgroupError::Read { source, .. }
+            | CgroupError::Write { source, .. } => source.kind() == io::ErrorKind::NotFound,
+            _ => false,
+        }
+    }
 }
 
 /// Removes up to `levels` directories above `dir` while each is empty (`rmdir` refuses a

@@ -376,8 +376,8 @@ fn remove_stale_siblings(dir: &Path, sibling_locks: &Path) -> usize {
 /// cleaning up after a dispatcher it killed, see [`super::remove_listed_subtrees`]): removes
 /// the directories above it that are left empty, as its machine would have
 /// ([`RtBudget::remove`]). Only budget intermediates (`cpu` groups, which have
-/// `cpu.rt_runtime_us`): a machine starting meanwhile walks its path again when one vanishes,
-/// which the other hierarchies' setup does not. Returns how many went.
+/// `cpu.rt_runtime_us`); the other hierarchies' empty levels are removed by
+/// [`super::remove_listed_subtrees`] itself. Returns how many went.
 pub fn remove_empty_intermediates(dir: &Path) -> usize {
     let mut removed = 0;
     let mut above = dir.parent();
