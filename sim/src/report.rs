@@ -84,6 +84,10 @@ pub struct ExperimentReport {
     /// Modelled overheads, when any is on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub overheads: Option<super::Overheads>,
+    /// The live machine model, when on (`--rt-cpus`): without it a report of that model could
+    /// not be told from one of the paper's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live_machine: Option<LiveMachine>,
     /// Whether EDF's deadlines counted from arrival.
     pub edf_absolute_deadlines: bool,
     /// Trace replayed, if any.
@@ -94,6 +98,17 @@ pub struct ExperimentReport {
     pub arrival_rate: f64,
     /// Each scheduler's results.
     pub schedulers: Vec<SchedulerReport>,
+}
+
+/// The live machine model a run used ([`SimConfig::rt_cpus`] and what goes with it).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LiveMachine {
+    /// Cores per machine the paying classes ran on.
+    pub rt_cpus: usize,
+    /// The real-time budget's share of each of those cores per period, if any.
+    pub rt_budget: Option<f64>,
+    /// The cheapest class's share of its fair share of a core.
+    pub shared_speed: f64,
 }
 
 /// A load sweep.
@@ -131,6 +146,11 @@ pub(crate) fn experiment_report(
             .map(|b| b as f64 / GB),
         idle_list: config.idle_list,
         overheads: config.overheads.any().then_some(config.overheads),
+        live_machine: config.rt_cpus.map(|rt_cpus| LiveMachine {
+            rt_cpus,
+            rt_budget: config.rt_budget,
+            shared_speed: config.shared_speed,
+        }),
         edf_absolute_deadlines: config.edf_absolute_deadlines,
         trace: config.trace.as_ref().map(|p| p.display().to_string()),
         mean_runtime_s,

@@ -234,3 +234,18 @@ fn overlapping_calls_of_one_function_need_an_instance_each() {
     let (p50, p99) = latency(&cold(1), &late, 0);
     assert!(close(p50, 100.0) && close(p99, 110.0), "{p50}, {p99}");
 }
+
+#[test]
+fn a_report_says_which_machine_model_it_ran() {
+    let calls = [call(0, 0)];
+    let live = run_invocations(&budgeted(), &calls).expect("valid set-up");
+    let model = live.live_machine.expect("the live model is reported");
+    assert_eq!((model.rt_cpus, model.rt_budget), (2, Some(0.5)));
+    let paper = run_invocations(&machine(None), &calls).expect("valid set-up");
+    assert!(paper.live_machine.is_none());
+    let json = serde_json::to_string(&paper).expect("reports serialise");
+    assert!(
+        !json.contains("live_machine"),
+        "the paper's reports are unchanged"
+    );
+}
