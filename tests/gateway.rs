@@ -524,6 +524,9 @@ fn hangup(gateway: &GatewayProc) {
 const SLOW_CALLS: usize = 5;
 /// Further calls the shedding test makes until one is shed.
 const PROBES: usize = 10;
+/// How long the shedding test waits for the slow calls beyond the machine and the queue to
+/// be shed before it probes (they are answered at once when they reach the shard).
+const SLOW_CALLS_SHED_WITHIN: Duration = Duration::from_secs(2);
 
 #[test]
 fn shedding_is_503_with_retry_after() {
@@ -550,6 +553,16 @@ fn shedding_is_503_with_retry_after() {
                 .spawn()
                 .unwrap();
             running.push(std::thread::spawn(move || child.wait()));
+        }
+        // Wait until the shard has shed the slow calls beyond the one running and the one
+        // queued (their curls end at once): a probe sent earlier could take the queue's one
+        // place itself, have the slow calls shed instead, and then find the queue empty at
+        // every try (504 after 500 ms, seen in CI on a busy machine).
+        let deadline = Instant::now() + SLOW_CALLS_SHED_WITHIN;
+        while running.iter().filter(|c| c.is_finished()).count() < SLOW_CALLS - 2
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // While they hold the machine (3 s each), a further call is shed. Probed a few times
         // on the route that gives up after 500 ms (504 when queued rather than shed), since
