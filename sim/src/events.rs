@@ -48,6 +48,14 @@ pub enum Event {
     },
     /// Periodic housekeeping: utilisation and memory samples, retries.
     Tick,
+    /// A timer of the policy's own (Tariff's real-time budget period, one per machine): `id`
+    /// says whose, and `generation` must still match, as for a completion.
+    Timer {
+        /// Whose timer (a machine).
+        id: u32,
+        /// Generation it was set in.
+        generation: u32,
+    },
 }
 
 /// An event with its time and its place in insertion order, which together order it.

@@ -67,8 +67,8 @@ pub const DEFAULT_KEEP_ALIVE_S: f64 = 600.0;
 /// ~16 000 events per simulated second of the default set-up.
 pub const TICK: Nanos = 10_000_000;
 /// Period of the real-time budget ([`SimConfig::rt_budget`]): the live dispatcher's
-/// `cpu.rt_period_us`, 100 ms. A whole number of [`TICK`]s, so a tick marks each period's start.
-pub const RT_BUDGET_PERIOD: Nanos = 10 * TICK;
+/// `cpu.rt_period_us`, 100 ms.
+pub const RT_BUDGET_PERIOD: Nanos = 100_000_000;
 /// The least real-time budget per period a core may have (0.1 ms, a share of 0.001): below it
 /// paying work would crawl (and a budget rounded to nothing would never finish).
 pub const MIN_RT_BUDGET: Nanos = 100_000;
@@ -273,7 +273,8 @@ pub struct SimConfig {
     /// [`RT_BUDGET_PERIOD`] each real-time core gives the paying classes (the live dispatcher's
     /// `cpu.rt_runtime_us` ÷ `cpu.rt_period_us`). A core whose paying work has used its share
     /// of the period is throttled: the paying task on it stops until the next period, and
-    /// the cheapest class gets the core meanwhile. `None`: no budget.
+    /// the cheapest class gets the core meanwhile. Periods begin, as the kernel's do, when a
+    /// paying task first runs after a quiet spell. `None`: no budget.
     pub rt_budget: Option<f64>,
     /// Live machine model only: the fraction of its fair share of a core the cheapest class
     /// actually gets. It is a normal task, so on a host where other normal work runs (other
@@ -507,6 +508,9 @@ pub(crate) trait SimScheduler {
     fn complete(&mut self, now: Nanos, id: u32, generation: u32, ctx: &mut Ctx);
     /// Periodic housekeeping: sample utilisation (and memory), retry blocked work.
     fn tick(&mut self, now: Nanos, ctx: &mut Ctx);
+    /// A timer the policy set fired (it may be stale; the policy checks `generation`). Only
+    /// policies that set timers need it.
+    fn timer(&mut self, _now: Nanos, _id: u32, _generation: u32, _ctx: &mut Ctx) {}
 }
 
 /// Runs `policy` over `source` until `end`; returns the measurements and the event count.
@@ -542,6 +546,7 @@ fn simulate(
                 }
             }
             Event::Completion { id, generation } => policy.complete(now, id, generation, &mut ctx),
+            Event::Timer { id, generation } => policy.timer(now, id, generation, &mut ctx),
             Event::Tick => {
                 policy.tick(now, &mut ctx);
                 ctx.events.push(now + TICK, Event::Tick);

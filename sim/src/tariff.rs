@@ -151,6 +151,21 @@ struct Machine {
     cheap_running: Vec<u32>,
     /// Live machine model only: paying tasks running on the real-time CPUs.
     paid_running: u32,
+    /// Real-time budget only: the budget's period timer.
+    period: PeriodTimer,
+}
+
+/// A machine's real-time budget period timer, as the kernel keeps one per group
+/// (`kernel/sched/rt.c`): started by the first paying task to run after a quiet spell, which
+/// begins a period there and then; every period after that renews the budget; stopped at a
+/// period's end that finds no paying task on the machine. So periods begin where activity
+/// does, not on a fixed grid.
+#[derive(Debug, Clone, Copy, Default)]
+struct PeriodTimer {
+    /// Whether it runs.
+    active: bool,
+    /// Bumped at every start, so a stopped timer's pending event is ignored.
+    generation: u32,
 }
 
 /// One real-time core of a machine under the real-time budget ([`SimConfig::rt_budget`]):
@@ -258,6 +273,7 @@ impl Tariff {
                     _ => Vec::new(),
                 },
                 throttled_running: 0,
+                period: PeriodTimer::default(),
             })
             .collect();
         Self {
@@ -322,8 +338,13 @@ impl Tariff {
             task.since = now;
             task.rate = rate;
             task.generation = task.generation.wrapping_add(1);
-            if rate > 0.0 {
-                let left = (task.remaining as f64 / rate).ceil() as Nanos;
+            // A task whose work is done finishes now, even with no share left (its completion,
+            // due at this very instant, may just have been made stale here).
+            if rate > 0.0 || task.remaining == 0 {
+                let left = match task.remaining {
+                    0 => 0,
+                    remaining => (remaining as f64 / rate).ceil() as Nanos,
+                };
                 ctx.events.push(
                     now + left,
                     Event::Completion {
@@ -483,6 +504,19 @@ impl Tariff {
     /// throttled core (every free core is) it waits for the next period.
     fn take_core(&mut self, m: usize, id: u32, budget: Nanos, now: Nanos, ctx: &mut Ctx) {
         let machine = &mut self.machines[m];
+        if !machine.period.active {
+            // The first paying task after a quiet spell: a period begins now. Every core's
+            // budget is whole (the timer stops only at a period's end, which renews it).
+            machine.period.active = true;
+            machine.period.generation = machine.period.generation.wrapping_add(1);
+            ctx.events.push(
+                now + RT_BUDGET_PERIOD,
+                Event::Timer {
+                    id: m as u32,
+                    generation: machine.period.generation,
+                },
+            );
+        }
         let c = machine
             .rt_cores
             .iter()
@@ -528,7 +562,7 @@ impl Tariff {
         self.reshare(m, now, ctx);
     }
 
-    /// Real-time budget: a new period on machine `m`. Every core's budget is whole again, and
+    /// Real-time budget: a new period on machine `m` ([`PeriodTimer`]). Every core's budget is whole again, and
     /// each paying task holding one runs on (to its completion or the budget's end).
     fn replenish(&mut self, m: usize, budget: Nanos, now: Nanos, ctx: &mut Ctx) {
         let mut unthrottled = false;
@@ -853,12 +887,25 @@ impl SimScheduler for Tariff {
         self.drive_dirty(now, ctx);
     }
 
-    fn tick(&mut self, now: Nanos, ctx: &mut Ctx) {
-        if let Some(budget) = self.budget.filter(|_| now.is_multiple_of(RT_BUDGET_PERIOD)) {
-            for m in 0..self.machines.len() {
-                self.replenish(m, budget, now, ctx);
-            }
+    fn timer(&mut self, now: Nanos, id: u32, generation: u32, ctx: &mut Ctx) {
+        let (m, Some(budget)) = (id as usize, self.budget) else {
+            return;
+        };
+        let timer = self.machines[m].period;
+        if !timer.active || timer.generation != generation {
+            return;
         }
+        self.replenish(m, budget, now, ctx);
+        let machine = &mut self.machines[m];
+        if machine.rq.is_empty() {
+            machine.period.active = false;
+        } else {
+            ctx.events
+                .push(now + RT_BUDGET_PERIOD, Event::Timer { id, generation });
+        }
+    }
+
+    fn tick(&mut self, now: Nanos, ctx: &mut Ctx) {
         ctx.stats.utilisation_tally(&self.busy);
         if let Some(capacity) = self.capacity {
             // Memory grows between events, so every machine is checked; only the memory model

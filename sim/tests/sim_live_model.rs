@@ -165,13 +165,25 @@ fn a_core_out_of_budget_stops_its_paying_call_and_the_cheapest_class_gets_it() {
 
 #[test]
 fn the_budget_is_whole_again_each_period() {
-    // A paying call of 100 ms arriving at 80 ms: 20 ms to the period's end, a new budget of
-    // 50 ms (100–150), throttled to 200, its last 30 ms: done at 230 ms, 150 ms after arriving.
+    // A lone paying call of 100 ms arriving at 80 ms begins a period: 50 ms (80–130), throttled
+    // to the period's end at 180, a new budget for its last 50 ms: done at 230 ms, 150 ms after
+    // arriving.
     let (paid, _) = latency(&budgeted(), &[call(80, 0)], 0);
     assert!(close(paid, 150.0), "{paid}");
     // A call that fits in what is left of its core's budget is never held.
     let (paid, _) = latency(&budgeted(), &[call_of(0, 0, 40)], 0);
     assert!(close(paid, 40.0), "{paid}");
+}
+
+#[test]
+fn a_period_begins_with_the_first_paying_call_after_a_quiet_spell() {
+    // The first call (100 ms at 0) ends at 150 ms; at 200 ms the period ends with nothing to
+    // run and the timer stops. A call at 330 ms starts a period there: 50 ms, throttled to
+    // 430, 50 ms more: 150 ms. On a fixed grid of periods it would have met a period's end at
+    // 400 ms and taken 120 ms.
+    let calls = [call(0, 0), call(330, 0)];
+    let (p50, p99) = latency(&budgeted(), &calls, 0);
+    assert!(close(p50, 150.0) && close(p99, 150.0), "{p50}, {p99}");
 }
 
 #[test]
