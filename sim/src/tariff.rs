@@ -139,9 +139,6 @@ struct Machine {
     idle: HashMap<u32, Vec<Nanos>>,
     /// Real-time budget only: the real-time cores, each with its use of the current period.
     rt_cores: Vec<RtCore>,
-    /// Real-time budget only: paying tasks holding a throttled core (they hold it but do not
-    /// run, so the cheapest class shares that core).
-    throttled_running: u32,
     /// Live machine model only: the cheapest class's own queue, FCFS with one turn per core
     /// (the dispatcher's `hold_cpu`); `rq` then orders the paying classes on the real-time
     /// CPUs alone.
@@ -272,7 +269,6 @@ impl Tariff {
                     (Some(rt), Some(_)) => vec![RtCore::default(); rt],
                     _ => Vec::new(),
                 },
-                throttled_running: 0,
                 period: PeriodTimer::default(),
             })
             .collect();
@@ -326,7 +322,14 @@ impl Tariff {
         if machine.cheap_running.is_empty() {
             return;
         }
-        let paying = machine.paid_running - machine.throttled_running;
+        // A paying task on a throttled core holds it but does not run: the cheapest class
+        // shares that core.
+        let held = machine
+            .rt_cores
+            .iter()
+            .filter(|c| c.throttled && c.task.is_some())
+            .count() as u32;
+        let paying = machine.paid_running - held;
         let free = self.cores.saturating_sub(paying as usize) as f64;
         let rate = (free / machine.cheap_running.len() as f64).min(1.0) * self.shared_speed;
         for &id in &machine.cheap_running {
@@ -532,7 +535,6 @@ impl Tariff {
         task.core = c as u16;
         if core.throttled {
             task.rate = 0.0;
-            machine.throttled_running += 1;
             return;
         }
         let left = budget.saturating_sub(core.used);
@@ -558,7 +560,6 @@ impl Tariff {
         let core = &mut machine.rt_cores[usize::from(task.core)];
         core.used = budget;
         core.throttled = true;
-        machine.throttled_running += 1;
         self.reshare(m, now, ctx);
     }
 
@@ -576,10 +577,7 @@ impl Tariff {
             core.throttled = false;
             core.since = now;
             let Some(id) = core.task else { continue };
-            if was_throttled {
-                self.machines[m].throttled_running -= 1;
-                unthrottled = true;
-            }
+            unthrottled |= was_throttled;
             let task = &mut self.tasks[id as usize];
             task.remaining = task.remaining_at(now);
             task.since = now;
@@ -742,9 +740,7 @@ impl Tariff {
             machine.paid_running -= 1;
             if let Some(budget) = self.budget {
                 let core = &mut machine.rt_cores[usize::from(task.core)];
-                if core.throttled {
-                    machine.throttled_running -= 1;
-                } else {
+                if !core.throttled {
                     core.used = (core.used + now.saturating_sub(core.since)).min(budget);
                 }
                 core.task = None;

@@ -465,7 +465,7 @@ impl CgroupRoot {
     pub fn remove_base(&self) {
         for dir in self.base_dirs() {
             if remove_dir_retrying(&dir).is_ok() {
-                remove_empty_parents(&dir, self.intermediates);
+                remove_empty_parents(&dir, self.intermediates, |_| true);
             }
         }
     }
@@ -731,7 +731,7 @@ pub fn remove_listed_subtrees(listing: &Path) -> usize {
             let dir = Path::new(base.trim());
             remove_subtree(dir)
                 + rt_budget::remove_empty_intermediates(dir)
-                + remove_empty_parents(dir, 1)
+                + remove_empty_parents(dir, 1, |_| true)
         })
         .sum()
 }
@@ -781,12 +781,16 @@ impl CgroupError {
 }
 
 /// Removes up to `levels` directories above `dir` while each is empty (`rmdir` refuses a
-/// group with groups in it); how many went.
-fn remove_empty_parents(dir: &Path, levels: usize) -> usize {
+/// group with groups in it) and `ours` says it is one of Tariff's levels; how many went.
+pub(crate) fn remove_empty_parents(
+    dir: &Path,
+    levels: usize,
+    ours: impl Fn(&Path) -> bool,
+) -> usize {
     let mut removed = 0;
     let mut above = dir.parent();
     while let Some(parent) = above.filter(|_| removed < levels) {
-        if fs::remove_dir(parent).is_err() {
+        if !ours(parent) || fs::remove_dir(parent).is_err() {
             break;
         }
         removed += 1;

@@ -379,17 +379,10 @@ fn remove_stale_siblings(dir: &Path, sibling_locks: &Path) -> usize {
 /// `cpu.rt_runtime_us`); the other hierarchies' empty levels are removed by
 /// [`super::remove_listed_subtrees`] itself. Returns how many went.
 pub fn remove_empty_intermediates(dir: &Path) -> usize {
-    let mut removed = 0;
-    let mut above = dir.parent();
     // Stops at the mount, which cannot be removed, or at the first directory still in use.
-    while let Some(parent) = above {
-        if !parent.join(CPU_RT_RUNTIME).exists() || fs::remove_dir(parent).is_err() {
-            break;
-        }
-        removed += 1;
-        above = parent.parent();
-    }
-    removed
+    super::remove_empty_parents(dir, usize::MAX, |parent| {
+        parent.join(CPU_RT_RUNTIME).exists()
+    })
 }
 
 /// Whether the group at `dir` holds no task and no group (a function process that outlived
